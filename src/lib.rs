@@ -1,0 +1,20 @@
+//! charging-ra: a Diameter Ro/Gx credit-control client with session replication.
+//!
+//! The crate is layered so that everything with protocol behaviour can run without sockets, clocks or stores:
+//!
+//! ```text
+//!   sans-IO core                          runtime around it
+//!   ────────────                          ─────────────────
+//!   codec   bytes <-> Message             (to come: transport, store, node, api, ocs)
+//!   dict    XML dictionaries, validation
+//! ```
+//!
+//! [`codec`] turns frames into [`codec::Message`]s and back without a dictionary; [`dict`] knows the AVPs and
+//! grammars of RFC 6733, RFC 4006/8506, 3GPP Ro (TS 32.299) and Gx (TS 29.212) and validates messages against them
+//! with the Result-Codes of RFC 6733 §7.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod dict;
+pub mod samples;
