@@ -84,7 +84,7 @@ fn parse_hex(text: &str) -> anyhow::Result<Vec<u8>> {
         .filter(|c| !c.is_whitespace() && *c != ':')
         .collect();
     let digits = digits.strip_prefix("0x").unwrap_or(&digits);
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         bail!("odd number of hex digits ({})", digits.len());
     }
     (0..digits.len())

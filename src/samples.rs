@@ -399,15 +399,13 @@ pub fn all(d: &Dictionary) -> Vec<(&'static str, Message)> {
         .push(b.a("Origin-Realm", "ocs.example.net"))
         .push(b.a("Result-Code", ResultCode::AVP_UNSUPPORTED.0))
         .push(b.a("Error-Message", "unsupported AVP 99999 with the M bit"))
-        .push(
-            b.g(
-                "Failed-AVP",
-                vec![
+        .push(b.g(
+            "Failed-AVP",
+            vec![
                     Avp::octets(99_999, Bytes::from_static(b"x"))
-                        .with_vendor(crate::codec::VendorId(99)),
+                        .with_vendor(crate::codec::VendorId::TGPP),
                 ],
-            ),
-        );
+        ));
 
     let gx = gx_samples(&b);
     let mut out = vec![

@@ -39,7 +39,7 @@ pub fn peek_frame_length(buf: &[u8], limits: &DecodeLimits) -> Result<Option<usi
         )));
     }
     let length = u32::from_be_bytes([0, first[1], first[2], first[3]]) as usize;
-    if length < HEADER_LEN || length % 4 != 0 {
+    if length < HEADER_LEN || !length.is_multiple_of(4) {
         return Err(DecodeError::new(DecodeErrorKind::InvalidMessageLength {
             declared: length,
             actual: buf.len(),
@@ -217,7 +217,7 @@ impl Message {
                 max: limits.max_message_size,
             });
         }
-        if declared != frame.len() || declared % 4 != 0 {
+        if declared != frame.len() || !declared.is_multiple_of(4) {
             return fail(DecodeErrorKind::InvalidMessageLength {
                 declared,
                 actual: frame.len(),
@@ -241,3 +241,45 @@ impl Message {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("message of {0} octets exceeds the 16 MiB Diameter limit")]
 pub struct MessageTooLong(pub usize);
+
+impl DecodeError {
+    /// The answer RFC 6733 §7.2 asks for when a request fails to decode or validate: the request's header
+    /// with R cleared (and E set for a 3xxx protocol error), Session-Id when it could be read, our Origin-Host
+    /// and Origin-Realm, Result-Code, Error-Message, Failed-AVP, and the request's Proxy-Info.
+    ///
+    /// `request` is the decoded request when only validation failed. Returns `None` when there is nothing to
+    /// answer: no header could be read, or the message was an answer (RFC 6733 §7.3: errors in answers are not
+    /// answered).
+    pub fn to_answer(
+        &self,
+        request: Option<&Message>,
+        origin_host: &str,
+        origin_realm: &str,
+    ) -> Option<Message> {
+        let header = self.header.filter(|h| h.flags.is_request())?;
+        let rc = self.result_code();
+        let mut answer = match request {
+            Some(req) => Message::answer_to(req),
+            None => Message {
+                header: header.answer(),
+                avps: Vec::new(),
+            },
+        };
+        answer.header.flags = answer
+            .header
+            .flags
+            .with(CommandFlags::ERROR, rc.is_protocol_error());
+        answer
+            .push(Avp::utf8(code::ORIGIN_HOST, origin_host))
+            .push(Avp::utf8(code::ORIGIN_REALM, origin_realm))
+            .push(Avp::u32(code::RESULT_CODE, rc.0))
+            .push(Avp::utf8(code::ERROR_MESSAGE, &self.error_message()).with_mandatory(false));
+        if let Some(failed) = self.failed_avp() {
+            answer.push(Avp::grouped(code::FAILED_AVP, std::slice::from_ref(failed)));
+        }
+        if let Some(req) = request {
+            answer.echo_proxy_info(req);
+        }
+        Some(answer)
+    }
+}

@@ -337,20 +337,11 @@ pub fn check_filter_rule(s: &str, qos: bool) -> Result<(), ValueError> {
         }
         // Optional port list: digits, ',' and '-'.
         let mut peek = t.clone();
-        if let Some(ports) = peek.next() {
-            if ports
-                .bytes()
+        if peek.next().is_some_and(|p| {
+            p.bytes()
                 .all(|b| b.is_ascii_digit() || b == b',' || b == b'-')
-                && keyword == "from"
-            {
-                t = peek;
-            } else if keyword == "to"
-                && ports
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || b == b',' || b == b'-')
-            {
-                t = peek;
-            }
+        }) {
+            t = peek;
         }
     }
     Ok(())

@@ -361,6 +361,8 @@ pub struct Dictionary {
     applications: BTreeMap<u32, ApplicationDef>,
     /// Definitions a later file replaced: (name, file replaced, file replacing).
     overrides: Vec<(String, String, String)>,
+    /// RFC 6733 §7.2 answer-message, for answers with the E bit.
+    error_answer: Grammar,
 }
 
 impl Dictionary {
@@ -391,6 +393,17 @@ impl Dictionary {
     }
 
     fn resolve(&mut self) {
+        self.error_answer = Grammar {
+            rules: validate::ERROR_ANSWER
+                .iter()
+                .map(|&(name, min, max)| Rule {
+                    name: name.to_string(),
+                    avp: None,
+                    min,
+                    max,
+                })
+                .collect(),
+        };
         let by_name = &self.by_name;
         let fix = |g: &mut Grammar| {
             for r in &mut g.rules {
@@ -406,6 +419,7 @@ impl Dictionary {
             fix(&mut cmd.request);
             fix(&mut cmd.answer);
         }
+        fix(&mut self.error_answer);
     }
 
     pub(crate) fn insert_avp(&mut self, def: AvpDef) {

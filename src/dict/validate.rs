@@ -9,8 +9,19 @@ use crate::codec::{
     Avp, AvpFlags, DecodeError, DecodeErrorKind, DecodeLimits, Message, ValueError,
 };
 
-/// RFC 6733 §7.2: the grammar of every answer with the E bit set, whatever its command.
-const ERROR_ANSWER: &[&str] = &["Session-Id", "Origin-Host", "Origin-Realm", "Result-Code"];
+/// RFC 6733 §7.2: the grammar of every answer with the E bit set, whatever its command: (name, min, max).
+pub(super) const ERROR_ANSWER: &[(&str, u32, Option<u32>)] = &[
+    ("Session-Id", 0, Some(1)),
+    ("Origin-Host", 1, Some(1)),
+    ("Origin-Realm", 1, Some(1)),
+    ("Result-Code", 1, Some(1)),
+    ("Origin-State-Id", 0, Some(1)),
+    ("Error-Message", 0, Some(1)),
+    ("Error-Reporting-Host", 0, Some(1)),
+    ("Failed-AVP", 0, Some(1)),
+    ("Experimental-Result", 0, Some(1)),
+    ("Proxy-Info", 0, None),
+];
 
 impl Dictionary {
     /// Validates a decoded message: the command is known for its application, every AVP with the M bit is
@@ -19,6 +30,13 @@ impl Dictionary {
     /// so are unknown values of Enumerated AVPs (3GPP keeps extending them; the application decides).
     pub fn validate(&self, msg: &Message, limits: &DecodeLimits) -> Result<(), DecodeError> {
         let h = msg.header;
+        // RFC 6733 §7.2: an answer with the E bit has the generic answer-message grammar, whatever its command
+        // (an unknown command is answered 3001 with E set, and that answer must be accepted).
+        if !h.flags.is_request() && h.flags.is_error() {
+            return self
+                .check_error_answer(msg, limits)
+                .map_err(|e| e.with_header(h));
+        }
         let cmd = match self.command(h.application_id, h.code) {
             Some(cmd) => cmd,
             None if self.application(h.application_id).is_none() && h.application_id.0 != 0 => {
@@ -30,33 +48,29 @@ impl Dictionary {
                 return Err(DecodeError::new(DecodeErrorKind::CommandUnsupported).with_header(h));
             }
         };
-        let result = if !h.flags.is_request() && h.flags.is_error() {
-            self.check_error_answer(msg, limits)
+        let grammar = if h.flags.is_request() {
+            &cmd.request
         } else {
-            let grammar = if h.flags.is_request() {
-                &cmd.request
-            } else {
-                &cmd.answer
-            };
-            self.check_avps(&msg.avps, Some(grammar), 0, limits)
+            &cmd.answer
         };
-        result.map_err(|e| e.with_header(h))
+        self.check_avps(msg.avps.iter().cloned().map(Ok), Some(grammar), 0, limits)
+            .map_err(|e| e.with_header(h))
     }
 
     fn check_error_answer(&self, msg: &Message, limits: &DecodeLimits) -> Result<(), DecodeError> {
-        self.check_avps(&msg.avps, None, 0, limits)?;
-        for name in &ERROR_ANSWER[1..] {
-            let def = self.avp_by_name(name).expect("base AVPs are shipped");
-            if !msg.avps.iter().any(|a| a.is(def.code, def.vendor)) {
-                return Err(missing(def));
-            }
-        }
-        Ok(())
+        self.check_avps(
+            msg.avps.iter().cloned().map(Ok),
+            Some(&self.error_answer),
+            0,
+            limits,
+        )
     }
 
+    /// Checks a sequence of AVPs against a grammar. The sequence is consumed lazily (a Grouped payload is
+    /// parsed as it is checked), so memory grows with the nesting depth, not with the number of members.
     fn check_avps(
         &self,
-        avps: &[Avp],
+        avps: impl Iterator<Item = Result<Avp, DecodeError>>,
         grammar: Option<&Grammar>,
         depth: usize,
         limits: &DecodeLimits,
@@ -65,37 +79,34 @@ impl Dictionary {
         // Occurrences per rule; grammars are short (a CCR has ~35 rules), a linear scan beats hashing.
         let mut counts = vec![0u32; rules.len()];
         for avp in avps {
+            let avp = avp?;
             let Some(idx) = self
                 .by_code
                 .get(&super::key(avp.code(), avp.vendor()))
                 .copied()
             else {
                 if avp.flags().is_mandatory() {
-                    return Err(DecodeError::new(DecodeErrorKind::AvpUnsupported {
-                        avp: avp.clone(),
-                    }));
+                    return Err(DecodeError::new(DecodeErrorKind::AvpUnsupported { avp }));
                 }
                 continue;
             };
             let def = &self.avps[idx];
-            self.check_avp(def, avp, depth, limits)?;
+            self.check_avp(def, &avp, depth, limits)?;
             if let Some(i) = rules.iter().position(|r| r.avp == Some(idx)) {
                 counts[i] += 1;
                 if rules[i].max.is_some_and(|max| counts[i] > max) {
                     let kind = if rules[i].max == Some(0) {
-                        DecodeErrorKind::AvpNotAllowed { avp: avp.clone() }
+                        DecodeErrorKind::AvpNotAllowed { avp }
                     } else {
-                        DecodeErrorKind::TooManyOccurrences { avp: avp.clone() }
+                        DecodeErrorKind::TooManyOccurrences { avp }
                     };
                     return Err(DecodeError::new(kind));
                 }
             }
         }
         for (rule, &n) in rules.iter().zip(&counts) {
-            if n < rule.min {
-                if let Some(idx) = rule.avp {
-                    return Err(missing(&self.avps[idx]));
-                }
+            if let (true, Some(idx)) = (n < rule.min, rule.avp) {
+                return Err(missing(&self.avps[idx]));
             }
         }
         Ok(())
@@ -126,14 +137,16 @@ impl Dictionary {
                 max_depth: limits.max_depth,
             }));
         }
-        // Failed-AVP for a member (wrapped in this AVP): RFC 6733 §7.5.
-        let children = avp.grouped_avps().map_err(|e| e.nested_in(avp))?;
         // RFC 6733 §7.5: Failed-AVP carries the offending AVPs themselves; only its structure is checked, or an
         // answer reporting an unsupported AVP would be rejected for containing it.
         if def.code == crate::codec::code::FAILED_AVP && def.vendor == 0 {
-            return Ok(());
+            return avp
+                .grouped_iter()
+                .try_for_each(|c| c.map(drop))
+                .map_err(|e| e.nested_in(avp));
         }
-        self.check_avps(&children, def.grammar.as_ref(), depth + 1, limits)
+        // A member's failure is reported wrapped in this AVP (RFC 6733 §7.5).
+        self.check_avps(avp.grouped_iter(), def.grammar.as_ref(), depth + 1, limits)
             .map_err(|e| match e.kind {
                 DecodeErrorKind::NestingTooDeep { .. } => e,
                 _ => e.nested_in(avp),

@@ -1,0 +1,22 @@
+//! The integration test binary: codec and dictionaries against the wire, real peers where installed.
+
+mod codec;
+mod crosscheck;
+mod dict;
+mod prop;
+mod wire;
+
+use std::io::Write;
+
+/// Prints a skip reason where plain `cargo test` shows it (the print macros are captured).
+pub fn skip(test: &str, reason: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {reason}");
+}
+
+/// Whether a program is on the PATH.
+pub fn have(program: &str) -> bool {
+    std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
