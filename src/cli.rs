@@ -1,6 +1,7 @@
 //! Command line: `charging-ra demo | decode`. Errors are reported here, at the binary's edge, with anyhow.
 
 use std::io::Read;
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -8,6 +9,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 
 use charging_ra::codec::{DecodeLimits, Message};
+use charging_ra::config::Config;
 use charging_ra::dict::Dictionary;
 use charging_ra::samples;
 
@@ -38,6 +40,9 @@ enum Command {
         /// Additional dictionary XML files.
         #[arg(long = "dictionary")]
         dictionaries: Vec<std::path::PathBuf>,
+        /// A configuration file whose [codec] limits and [dictionaries] apply.
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
     },
 }
 
@@ -49,7 +54,8 @@ pub fn main() -> ExitCode {
             hex,
             file,
             dictionaries,
-        } => decode(hex, file, &dictionaries),
+            config,
+        } => decode(hex, file, &dictionaries, config.as_deref()),
     };
     match result {
         Ok(code) => code,
@@ -60,29 +66,29 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn load_dictionary(files: &[std::path::PathBuf]) -> anyhow::Result<Dictionary> {
-    let texts = files
+fn load_dictionary(config: &Config, config_dir: &Path, files: &[std::path::PathBuf]) -> anyhow::Result<Dictionary> {
+    let texts = config
+        .dictionaries
+        .files
+        .iter()
+        .map(|f| config_dir.join(f))
+        .chain(files.iter().cloned())
+        .collect::<Vec<_>>();
+    let texts = texts
         .iter()
         .map(|f| {
             Ok((
                 f.display().to_string(),
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("reading dictionary {}", f.display()))?,
+                std::fs::read_to_string(f).with_context(|| format!("reading dictionary {}", f.display()))?,
             ))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let refs: Vec<(&str, &str)> = texts
-        .iter()
-        .map(|(n, t)| (n.as_str(), t.as_str()))
-        .collect();
+    let refs: Vec<(&str, &str)> = texts.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
     Ok(Dictionary::with_files(&refs)?)
 }
 
 fn parse_hex(text: &str) -> anyhow::Result<Vec<u8>> {
-    let digits: String = text
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != ':')
-        .collect();
+    let digits: String = text.chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
     let digits = digits.strip_prefix("0x").unwrap_or(&digits);
     if !digits.len().is_multiple_of(2) {
         bail!("odd number of hex digits ({})", digits.len());
@@ -100,12 +106,17 @@ fn decode(
     hex: Option<String>,
     file: Option<std::path::PathBuf>,
     dictionaries: &[std::path::PathBuf],
+    config_path: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
-    let dict = load_dictionary(dictionaries)?;
+    let config = match config_path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let dir = config_path.and_then(Path::parent).unwrap_or(Path::new("."));
+    let dict = load_dictionary(&config, dir, dictionaries)?;
+    let limits = config.codec.limits();
     let bytes = match (hex, file) {
-        (_, Some(path)) => {
-            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
-        }
+        (_, Some(path)) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
         (Some(h), None) if h == "-" => {
             let mut s = String::new();
             std::io::stdin().read_to_string(&mut s)?;
@@ -116,13 +127,12 @@ fn decode(
             bail!("give the message as hex, '-' for hex on standard input, or --file PATH")
         }
     };
-    Ok(print_message(&dict, Bytes::from(bytes)))
+    Ok(print_message(&dict, &limits, Bytes::from(bytes)))
 }
 
 /// Prints a decoded message, or the error and the answer a peer would get. Returns failure for bad bytes.
-fn print_message(dict: &Dictionary, bytes: Bytes) -> ExitCode {
-    let limits = DecodeLimits::default();
-    let msg = match Message::decode_with(bytes, &limits) {
+fn print_message(dict: &Dictionary, limits: &DecodeLimits, bytes: Bytes) -> ExitCode {
+    let msg = match Message::decode_with(bytes, limits) {
         Ok(m) => m,
         Err(e) => {
             println!("error: {e}");
@@ -134,7 +144,7 @@ fn print_message(dict: &Dictionary, bytes: Bytes) -> ExitCode {
         }
     };
     print!("{}", dict.display(&msg));
-    match dict.validate(&msg, &limits) {
+    match dict.validate(&msg, limits) {
         Ok(()) => {
             println!("valid");
             ExitCode::SUCCESS
@@ -151,15 +161,13 @@ fn print_message(dict: &Dictionary, bytes: Bytes) -> ExitCode {
 }
 
 fn demo() -> anyhow::Result<ExitCode> {
-    println!(
-        "charging-ra demo: the cluster demo is not built yet; decoding the built-in sample messages instead.\n"
-    );
+    println!("charging-ra demo: the cluster demo is not built yet; decoding the built-in sample messages instead.\n");
     let dict = Dictionary::builtin();
     let mut failed = 0;
     for (name, msg) in samples::all(&dict) {
         let bytes = msg.encode()?;
         println!("== {name} ({} octets)", bytes.len());
-        if print_message(&dict, bytes) != ExitCode::SUCCESS {
+        if print_message(&dict, &DecodeLimits::default(), bytes) != ExitCode::SUCCESS {
             failed += 1;
         }
         println!();

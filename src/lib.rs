@@ -16,5 +16,6 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod config;
 pub mod dict;
 pub mod samples;

@@ -5,9 +5,7 @@
 use bytes::Bytes;
 
 use crate::codec::value::{Address, Time};
-use crate::codec::{
-    AppId, Avp, CommandCode, CommandFlags, EndToEndId, HopByHopId, Message, ResultCode, code,
-};
+use crate::codec::{AppId, Avp, CommandCode, CommandFlags, EndToEndId, HopByHopId, Message, ResultCode, code};
 use crate::dict::{AvpValue, Dictionary};
 
 /// Builds AVPs by name; panics on a name or value the dictionary rejects (samples are fixed and tested).
@@ -15,9 +13,7 @@ struct B<'d>(&'d Dictionary);
 
 impl B<'_> {
     fn a<'v>(&self, name: &str, v: impl Into<AvpValue<'v>>) -> Avp {
-        self.0
-            .avp(name, v)
-            .unwrap_or_else(|e| panic!("sample AVP {name}: {e}"))
+        self.0.avp(name, v).unwrap_or_else(|e| panic!("sample AVP {name}: {e}"))
     }
     fn g(&self, name: &str, members: Vec<Avp>) -> Avp {
         self.a(name, members)
@@ -54,10 +50,7 @@ fn capabilities(b: &B, m: Message, host: &str, realm: &str) -> Message {
         .with(b.a("Auth-Application-Id", 4))
         .with(b.g(
             "Vendor-Specific-Application-Id",
-            vec![
-                b.a("Vendor-Id", 10415),
-                b.a("Auth-Application-Id", AppId::GX.0),
-            ],
+            vec![b.a("Vendor-Id", 10415), b.a("Auth-Application-Id", AppId::GX.0)],
         ))
         .with(b.a("Firmware-Revision", 1))
 }
@@ -99,14 +92,8 @@ fn ims_information(b: &B) -> Avp {
                 b.g(
                     "Time-Stamps",
                     vec![
-                        b.a(
-                            "SIP-Request-Timestamp",
-                            Time::from_unix(NOW - 30).expect("in range"),
-                        ),
-                        b.a(
-                            "SIP-Response-Timestamp",
-                            Time::from_unix(NOW - 29).expect("in range"),
-                        ),
+                        b.a("SIP-Request-Timestamp", Time::from_unix(NOW - 30).expect("in range")),
+                        b.a("SIP-Response-Timestamp", Time::from_unix(NOW - 29).expect("in range")),
                     ],
                 ),
                 b.a("IMS-Charging-Identifier", "icid-0d8f1e2a77c4"),
@@ -126,10 +113,7 @@ pub fn ro_ccr_update(d: &Dictionary) -> Message {
                 b.g("Requested-Service-Unit", vec![b.a("CC-Time", 300)]),
                 b.g(
                     "Used-Service-Unit",
-                    vec![
-                        b.a("CC-Time", 287),
-                        b.a("Reporting-Reason", "QUOTA_EXHAUSTED"),
-                    ],
+                    vec![b.a("CC-Time", 287), b.a("Reporting-Reason", "QUOTA_EXHAUSTED")],
                 ),
                 b.a("Service-Identifier", 1000),
                 b.a("Rating-Group", 100),
@@ -169,13 +153,7 @@ pub fn all(d: &Dictionary) -> Vec<(&'static str, Message)> {
     .with(b.a("Origin-State-Id", 1_795_763_400u32));
     let mut dwr = dwr;
     dwr.header.flags = CommandFlags(CommandFlags::REQUEST);
-    let dwa = answer(
-        &dwr,
-        &b,
-        "ocs1.ocs.example.net",
-        "ocs.example.net",
-        ResultCode::SUCCESS,
-    );
+    let dwa = answer(&dwr, &b, "ocs1.ocs.example.net", "ocs.example.net", ResultCode::SUCCESS);
     let mut dpr = ids(
         Message::request(CommandCode::DISCONNECT_PEER, AppId::COMMON),
         3,
@@ -185,13 +163,7 @@ pub fn all(d: &Dictionary) -> Vec<(&'static str, Message)> {
     .with(b.a("Origin-Realm", "ims.example.net"))
     .with(b.a("Disconnect-Cause", "REBOOTING"));
     dpr.header.flags = CommandFlags(CommandFlags::REQUEST);
-    let dpa = answer(
-        &dpr,
-        &b,
-        "ocs1.ocs.example.net",
-        "ocs.example.net",
-        ResultCode::SUCCESS,
-    );
+    let dpa = answer(&dpr, &b, "ocs1.ocs.example.net", "ocs.example.net", ResultCode::SUCCESS);
 
     let ccr_i = ids(ro_ccr(&b, "INITIAL_REQUEST", 0), 0x2a00_0001, 0x5e0c_0010)
         .with(b.g(
@@ -212,10 +184,7 @@ pub fn all(d: &Dictionary) -> Vec<(&'static str, Message)> {
             "User-Equipment-Info",
             vec![
                 b.a("User-Equipment-Info-Type", "IMEISV"),
-                b.a(
-                    "User-Equipment-Info-Value",
-                    Bytes::from_static(b"3569380356438091"),
-                ),
+                b.a("User-Equipment-Info-Value", Bytes::from_static(b"3569380356438091")),
             ],
         ))
         .with(ims_information(&b));
@@ -274,19 +243,15 @@ pub fn all(d: &Dictionary) -> Vec<(&'static str, Message)> {
             ),
         ],
     ));
-    let mut ccr_t = ids(
-        ro_ccr(&b, "TERMINATION_REQUEST", 2),
-        0x2a00_0003,
-        0x5e0c_0011,
-    )
-    .with(b.g(
-        "Multiple-Services-Credit-Control",
-        vec![
-            b.g("Used-Service-Unit", vec![b.a("CC-Time", 41)]),
-            b.a("Rating-Group", 100),
-        ],
-    ))
-    .with(b.a("Termination-Cause", "DIAMETER_LOGOUT"));
+    let mut ccr_t = ids(ro_ccr(&b, "TERMINATION_REQUEST", 2), 0x2a00_0003, 0x5e0c_0011)
+        .with(b.g(
+            "Multiple-Services-Credit-Control",
+            vec![
+                b.g("Used-Service-Unit", vec![b.a("CC-Time", 41)]),
+                b.a("Rating-Group", 100),
+            ],
+        ))
+        .with(b.a("Termination-Cause", "DIAMETER_LOGOUT"));
     ccr_t.header.flags = CommandFlags(ccr_t.header.flags.0 | CommandFlags::RETRANSMIT);
     let cca_t = answer(
         &ccr_t,
@@ -319,10 +284,7 @@ pub fn all(d: &Dictionary) -> Vec<(&'static str, Message)> {
             b.a("Subscription-Id-Data", "46701234567"),
         ],
     ))
-    .with(b.g(
-        "Requested-Service-Unit",
-        vec![b.a("CC-Service-Specific-Units", 1)],
-    ))
+    .with(b.g("Requested-Service-Unit", vec![b.a("CC-Service-Specific-Units", 1)]))
     .with(b.a("Service-Identifier", 2))
     .with(b.a("Direct-Debiting-Failure-Handling", "TERMINATE_OR_BUFFER"));
     let cca_e = answer(
@@ -338,10 +300,7 @@ pub fn all(d: &Dictionary) -> Vec<(&'static str, Message)> {
     .with(b.g(
         "Cost-Information",
         vec![
-            b.g(
-                "Unit-Value",
-                vec![b.a("Value-Digits", 150i64), b.a("Exponent", -2)],
-            ),
+            b.g("Unit-Value", vec![b.a("Value-Digits", 150i64), b.a("Exponent", -2)]),
             b.a("Currency-Code", 752),
             b.a("Cost-Unit", "SMS"),
         ],
@@ -359,13 +318,7 @@ pub fn all(d: &Dictionary) -> Vec<(&'static str, Message)> {
     .with(b.a("Auth-Application-Id", 4))
     .with(b.a("Re-Auth-Request-Type", "AUTHORIZE_ONLY"))
     .with(b.a("Rating-Group", 100));
-    let raa = answer(
-        &rar,
-        &b,
-        "as1.ims.example.net",
-        "ims.example.net",
-        ResultCode::SUCCESS,
-    );
+    let raa = answer(&rar, &b, "as1.ims.example.net", "ims.example.net", ResultCode::SUCCESS);
     let asr = ids(
         Message::request(CommandCode::ABORT_SESSION, AppId::CREDIT_CONTROL),
         0x0c00_0002,
@@ -384,13 +337,7 @@ pub fn all(d: &Dictionary) -> Vec<(&'static str, Message)> {
             b.a("Proxy-State", Bytes::from_static(b"\x01\x02state")),
         ],
     ));
-    let mut asa = answer(
-        &asr,
-        &b,
-        "as1.ims.example.net",
-        "ims.example.net",
-        ResultCode::SUCCESS,
-    );
+    let mut asa = answer(&asr, &b, "as1.ims.example.net", "ims.example.net", ResultCode::SUCCESS);
     asa.echo_proxy_info(&asr);
     let mut error = Message::answer_to(&ccr_u);
     error.header.flags = CommandFlags(error.header.flags.0 | CommandFlags::ERROR);
@@ -401,10 +348,7 @@ pub fn all(d: &Dictionary) -> Vec<(&'static str, Message)> {
         .push(b.a("Error-Message", "unsupported AVP 99999 with the M bit"))
         .push(b.g(
             "Failed-AVP",
-            vec![
-                    Avp::octets(99_999, Bytes::from_static(b"x"))
-                        .with_vendor(crate::codec::VendorId::TGPP),
-                ],
+            vec![Avp::octets(99_999, Bytes::from_static(b"x")).with_vendor(crate::codec::VendorId::TGPP)],
         ));
 
     let gx = gx_samples(&b);
@@ -490,10 +434,7 @@ pub fn gx_ccr_initial(d: &Dictionary) -> Message {
                 vec![
                     b.a("Priority-Level", 8),
                     b.a("Pre-emption-Capability", "PRE-EMPTION_CAPABILITY_DISABLED"),
-                    b.a(
-                        "Pre-emption-Vulnerability",
-                        "PRE-EMPTION_VULNERABILITY_ENABLED",
-                    ),
+                    b.a("Pre-emption-Vulnerability", "PRE-EMPTION_VULNERABILITY_ENABLED"),
                 ],
             ),
         ],
@@ -538,17 +479,11 @@ fn gx_samples(b: &B) -> Vec<(&'static str, Message)> {
             b.g(
                 "Charging-Rule-Definition",
                 vec![
-                    b.a(
-                        "Charging-Rule-Name",
-                        Bytes::from_static(b"video-zero-rated"),
-                    ),
+                    b.a("Charging-Rule-Name", Bytes::from_static(b"video-zero-rated")),
                     b.g(
                         "Flow-Information",
                         vec![
-                            b.a(
-                                "Flow-Description",
-                                "permit out 17 from 198.51.100.0/24 443 to assigned",
-                            ),
+                            b.a("Flow-Description", "permit out 17 from 198.51.100.0/24 443 to assigned"),
                             b.a("Flow-Direction", "DOWNLINK"),
                         ],
                     ),
@@ -574,10 +509,7 @@ fn gx_samples(b: &B) -> Vec<(&'static str, Message)> {
         "Usage-Monitoring-Information",
         vec![
             b.a("Monitoring-Key", Bytes::from_static(b"mk-video")),
-            b.g(
-                "Granted-Service-Unit",
-                vec![b.a("CC-Total-Octets", 1_000_000_000u64)],
-            ),
+            b.g("Granted-Service-Unit", vec![b.a("CC-Total-Octets", 1_000_000_000u64)]),
             b.a("Usage-Monitoring-Level", "PCC_RULE_LEVEL"),
         ],
     ));
@@ -596,38 +528,17 @@ fn gx_samples(b: &B) -> Vec<(&'static str, Message)> {
     .with(b.a("Event-Trigger", "SUCCESSFUL_RESOURCE_ALLOCATION"))
     .with(b.g(
         "Charging-Rule-Remove",
-        vec![b.a(
-            "Charging-Rule-Name",
-            Bytes::from_static(b"video-zero-rated"),
-        )],
+        vec![b.a("Charging-Rule-Name", Bytes::from_static(b"video-zero-rated"))],
     ));
-    let raa = answer(
-        &rar,
-        b,
-        "pgw1.epc.example.net",
-        "epc.example.net",
-        ResultCode::SUCCESS,
-    )
-    .with(b.g(
+    let raa = answer(&rar, b, "pgw1.epc.example.net", "epc.example.net", ResultCode::SUCCESS).with(b.g(
         "Charging-Rule-Report",
         vec![
-            b.a(
-                "Charging-Rule-Name",
-                Bytes::from_static(b"video-zero-rated"),
-            ),
+            b.a("Charging-Rule-Name", Bytes::from_static(b"video-zero-rated")),
             b.a("PCC-Rule-Status", "INACTIVE"),
             b.a("Rule-Failure-Code", "RESOURCE_ALLOCATION_FAILURE"),
         ],
     ));
     // Reference a code constant so the common codes stay in step with the dictionary (see the tests).
-    debug_assert_eq!(
-        b.0.avp_by_name("Session-Id").map(|d| d.code),
-        Some(code::SESSION_ID)
-    );
-    vec![
-        ("Gx CCR-I", ccr),
-        ("Gx CCA-I", cca),
-        ("Gx RAR", rar),
-        ("Gx RAA", raa),
-    ]
+    debug_assert_eq!(b.0.avp_by_name("Session-Id").map(|d| d.code), Some(code::SESSION_ID));
+    vec![("Gx CCR-I", ccr), ("Gx CCA-I", cca), ("Gx RAR", rar), ("Gx RAA", raa)]
 }

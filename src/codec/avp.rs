@@ -38,11 +38,7 @@ impl AvpFlags {
 impl fmt::Debug for AvpFlags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:#04x}", self.0)?;
-        for (bit, name) in [
-            (Self::VENDOR, 'V'),
-            (Self::MANDATORY, 'M'),
-            (Self::PROTECTED, 'P'),
-        ] {
+        for (bit, name) in [(Self::VENDOR, 'V'), (Self::MANDATORY, 'M'), (Self::PROTECTED, 'P')] {
             if self.0 & bit != 0 {
                 write!(f, " {name}")?;
             }
@@ -280,13 +276,7 @@ impl AvpIter {
         };
         let vendor_id = if flags.is_vendor() {
             if rest.len() < AVP_VENDOR_HEADER_LEN {
-                return Err(invalid_length(
-                    code,
-                    flags,
-                    Some(VendorId(0)),
-                    offset,
-                    length,
-                ));
+                return Err(invalid_length(code, flags, Some(VendorId(0)), offset, length));
             }
             Some(VendorId(word(8)))
         } else {

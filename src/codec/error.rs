@@ -123,9 +123,7 @@ impl DecodeError {
     pub fn result_code(&self) -> ResultCode {
         use DecodeErrorKind::*;
         match self.kind {
-            Truncated { .. } | InvalidMessageLength { .. } | TooLarge { .. } => {
-                ResultCode::INVALID_MESSAGE_LENGTH
-            }
+            Truncated { .. } | InvalidMessageLength { .. } | TooLarge { .. } => ResultCode::INVALID_MESSAGE_LENGTH,
             UnsupportedVersion(_) => ResultCode::UNSUPPORTED_VERSION,
             InvalidHeaderBits(_) => ResultCode::INVALID_HDR_BITS,
             InvalidAvpLength { .. } | InvalidAvpDataLength { .. } => ResultCode::INVALID_AVP_LENGTH,
@@ -208,21 +206,10 @@ impl fmt::Display for DecodeError {
                     "invalid message length {declared} (frame has {actual} octets; must be a multiple of 4, at least 20)"
                 )
             }
-            TooLarge { length, max } => write!(
-                f,
-                "message length {length} exceeds the limit of {max} octets"
-            ),
+            TooLarge { length, max } => write!(f, "message length {length} exceeds the limit of {max} octets"),
             InvalidHeaderBits(b) => write!(f, "invalid command flags {b:#04x}"),
-            InvalidAvpLength {
-                avp,
-                offset,
-                length,
-            } => {
-                write!(
-                    f,
-                    "AVP {} at offset {offset} has invalid length {length}",
-                    avp.code()
-                )
+            InvalidAvpLength { avp, offset, length } => {
+                write!(f, "AVP {} at offset {offset} has invalid length {length}", avp.code())
             }
             InvalidAvpDataLength { avp, reason } => {
                 write!(f, "AVP {} has invalid length: {reason}", avp.code())

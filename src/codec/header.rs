@@ -92,11 +92,7 @@ impl CommandFlags {
     }
     /// These flags with `bit` set or cleared.
     pub fn with(self, bit: u8, on: bool) -> Self {
-        if on {
-            Self(self.0 | bit)
-        } else {
-            Self(self.0 & !bit)
-        }
+        if on { Self(self.0 | bit) } else { Self(self.0 & !bit) }
     }
 }
 
@@ -154,10 +150,7 @@ impl Header {
             280 => "DW",
             282 => "DP",
             other => {
-                return format!(
-                    "cmd-{other}-{}",
-                    if self.flags.is_request() { 'R' } else { 'A' }
-                );
+                return format!("cmd-{other}-{}", if self.flags.is_request() { 'R' } else { 'A' });
             }
         };
         format!("{base}{}", if self.flags.is_request() { 'R' } else { 'A' })

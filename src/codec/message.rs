@@ -34,9 +34,7 @@ pub fn peek_frame_length(buf: &[u8], limits: &DecodeLimits) -> Result<Option<usi
         return Ok(None);
     };
     if first[0] != VERSION {
-        return Err(DecodeError::new(DecodeErrorKind::UnsupportedVersion(
-            first[0],
-        )));
+        return Err(DecodeError::new(DecodeErrorKind::UnsupportedVersion(first[0])));
     }
     let length = u32::from_be_bytes([0, first[1], first[2], first[3]]) as usize;
     if length < HEADER_LEN || !length.is_multiple_of(4) {
@@ -81,11 +79,7 @@ impl Message {
     /// An empty answer to `request`: same command, application and identifiers (RFC 6733 §6.2), with the
     /// Session-Id copied first when present. Finish it with [`Message::echo_proxy_info`].
     pub fn answer_to(request: &Message) -> Message {
-        let avps = request
-            .find(code::SESSION_ID, 0)
-            .cloned()
-            .into_iter()
-            .collect();
+        let avps = request.find(code::SESSION_ID, 0).cloned().into_iter().collect();
         Message {
             header: request.header.answer(),
             avps,
@@ -95,8 +89,7 @@ impl Message {
     /// Appends the request's Proxy-Info AVPs, in order (RFC 6733 §6.2 step 4: an answer carries every
     /// Proxy-Info of its request, unchanged).
     pub fn echo_proxy_info(&mut self, request: &Message) -> &mut Message {
-        self.avps
-            .extend(request.find_all(code::PROXY_INFO, 0).cloned());
+        self.avps.extend(request.find_all(code::PROXY_INFO, 0).cloned());
         self
     }
 
@@ -129,17 +122,13 @@ impl Message {
 
     /// The Session-Id, when present and valid UTF-8.
     pub fn session_id(&self) -> Option<&str> {
-        self.find(code::SESSION_ID, 0)
-            .and_then(|a| a.as_utf8().ok())
+        self.find(code::SESSION_ID, 0).and_then(|a| a.as_utf8().ok())
     }
 
     /// Result-Code, or the Experimental-Result-Code inside Experimental-Result (RFC 6733 §7.6), whichever is
     /// present; 3GPP servers send the latter with vendor 10415.
     pub fn result_code(&self) -> Option<super::ResultCode> {
-        if let Some(rc) = self
-            .find(code::RESULT_CODE, 0)
-            .and_then(|a| a.as_u32().ok())
-        {
+        if let Some(rc) = self.find(code::RESULT_CODE, 0).and_then(|a| a.as_u32().ok()) {
             return Some(super::ResultCode(rc));
         }
         let exp = self.find(code::EXPERIMENTAL_RESULT, 0)?;
@@ -196,8 +185,7 @@ impl Message {
                 Ok(_) => DecodeError::new(DecodeErrorKind::Truncated { len: frame.len() }),
             });
         }
-        let word =
-            |i: usize| u32::from_be_bytes([frame[i], frame[i + 1], frame[i + 2], frame[i + 3]]);
+        let word = |i: usize| u32::from_be_bytes([frame[i], frame[i + 1], frame[i + 2], frame[i + 3]]);
         let flags = CommandFlags(frame[4]);
         let header = Header {
             flags,
@@ -228,8 +216,9 @@ impl Message {
             return fail(DecodeErrorKind::InvalidHeaderBits(flags.0));
         }
         let body = frame.slice(HEADER_LEN..);
-        // Each AVP takes at least 8 octets: the vector grows with the input, not with a length field.
-        let mut avps = Vec::with_capacity(body.len() / 32);
+        // Sized from the input, never from a length field: typical AVPs take 12 to 40 octets, so one allocation
+        // usually suffices (each takes at least 8, so the vector stays proportional to the frame).
+        let mut avps = Vec::with_capacity(body.len() / 16);
         for avp in AvpIter::new(body, Container::Message) {
             avps.push(avp.map_err(|e| e.with_header(header))?);
         }
@@ -250,12 +239,7 @@ impl DecodeError {
     /// `request` is the decoded request when only validation failed. Returns `None` when there is nothing to
     /// answer: no header could be read, or the message was an answer (RFC 6733 §7.3: errors in answers are not
     /// answered).
-    pub fn to_answer(
-        &self,
-        request: Option<&Message>,
-        origin_host: &str,
-        origin_realm: &str,
-    ) -> Option<Message> {
+    pub fn to_answer(&self, request: Option<&Message>, origin_host: &str, origin_realm: &str) -> Option<Message> {
         let header = self.header.filter(|h| h.flags.is_request())?;
         let rc = self.result_code();
         let mut answer = match request {
@@ -265,10 +249,7 @@ impl DecodeError {
                 avps: Vec::new(),
             },
         };
-        answer.header.flags = answer
-            .header
-            .flags
-            .with(CommandFlags::ERROR, rc.is_protocol_error());
+        answer.header.flags = answer.header.flags.with(CommandFlags::ERROR, rc.is_protocol_error());
         answer
             .push(Avp::utf8(code::ORIGIN_HOST, origin_host))
             .push(Avp::utf8(code::ORIGIN_REALM, origin_realm))

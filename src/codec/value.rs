@@ -140,27 +140,20 @@ impl Address {
         let family = u16::from_be_bytes([data[0], data[1]]);
         let rest = &data[2..];
         Ok(match family {
-            1 => {
-                Address::Ipv4(Ipv4Addr::from(<[u8; 4]>::try_from(rest).map_err(|_| {
-                    ValueError::Length("an IPv4 Address carries 4 octets")
-                })?))
-            }
+            1 => Address::Ipv4(Ipv4Addr::from(
+                <[u8; 4]>::try_from(rest).map_err(|_| ValueError::Length("an IPv4 Address carries 4 octets"))?,
+            )),
             2 => Address::Ipv6(Ipv6Addr::from(
-                <[u8; 16]>::try_from(rest)
-                    .map_err(|_| ValueError::Length("an IPv6 Address carries 16 octets"))?,
+                <[u8; 16]>::try_from(rest).map_err(|_| ValueError::Length("an IPv6 Address carries 16 octets"))?,
             )),
             8 => {
                 if rest.is_empty() || rest.len() > 15 || !rest.iter().all(u8::is_ascii_digit) {
-                    return Err(ValueError::Invalid(
-                        "an E.164 Address is 1 to 15 ASCII digits".into(),
-                    ));
+                    return Err(ValueError::Invalid("an E.164 Address is 1 to 15 ASCII digits".into()));
                 }
                 Address::E164(String::from_utf8_lossy(rest).into_owned())
             }
             0 | 65535 => {
-                return Err(ValueError::Invalid(format!(
-                    "address family {family} is reserved"
-                )));
+                return Err(ValueError::Invalid(format!("address family {family} is reserved")));
             }
             _ => Address::Other {
                 family,
@@ -238,11 +231,7 @@ impl DiameterUri {
                 None => (authority, None),
             }
         };
-        if host.is_empty()
-            || !host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
-        {
+        if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b)) {
             return Err(bad("invalid host"));
         }
         let port = port
@@ -279,14 +268,9 @@ impl DiameterUri {
 /// '-', '.' and '_' (underscore is not in RFC 1035 but common in deployed realms).
 pub fn check_identity(s: &[u8]) -> Result<&str, ValueError> {
     if s.is_empty() || s.len() > 255 {
-        return Err(ValueError::Invalid(
-            "a DiameterIdentity has 1 to 255 octets".into(),
-        ));
+        return Err(ValueError::Invalid("a DiameterIdentity has 1 to 255 octets".into()));
     }
-    if !s
-        .iter()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(b))
-    {
+    if !s.iter().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(b)) {
         return Err(ValueError::Invalid(
             "a DiameterIdentity is an FQDN: letters, digits, '-', '.'".into(),
         ));
@@ -299,11 +283,7 @@ pub fn check_identity(s: &[u8]) -> Result<&str, ValueError> {
 pub fn check_filter_rule(s: &str, qos: bool) -> Result<(), ValueError> {
     let bad = |why: &str| ValueError::Invalid(format!("filter rule {s:?}: {why}"));
     let mut t = s.split_ascii_whitespace();
-    let actions: &[&str] = if qos {
-        &["tag", "meter"]
-    } else {
-        &["permit", "deny"]
-    };
+    let actions: &[&str] = if qos { &["tag", "meter"] } else { &["permit", "deny"] };
     if !t.next().is_some_and(|a| actions.contains(&a)) {
         return Err(bad(if qos {
             "action must be tag or meter"
@@ -314,9 +294,10 @@ pub fn check_filter_rule(s: &str, qos: bool) -> Result<(), ValueError> {
     if !t.next().is_some_and(|d| d == "in" || d == "out") {
         return Err(bad("direction must be in or out"));
     }
-    if !t.next().is_some_and(|p| {
-        p == "ip" || p.parse::<u8>().is_ok() || p.bytes().all(|b| b.is_ascii_alphabetic())
-    }) {
+    if !t
+        .next()
+        .is_some_and(|p| p == "ip" || p.parse::<u8>().is_ok() || p.bytes().all(|b| b.is_ascii_alphabetic()))
+    {
         return Err(bad("protocol must be ip or a number 0-255"));
     }
     for keyword in ["from", "to"] {
@@ -337,10 +318,10 @@ pub fn check_filter_rule(s: &str, qos: bool) -> Result<(), ValueError> {
         }
         // Optional port list: digits, ',' and '-'.
         let mut peek = t.clone();
-        if peek.next().is_some_and(|p| {
-            p.bytes()
-                .all(|b| b.is_ascii_digit() || b == b',' || b == b'-')
-        }) {
+        if peek
+            .next()
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit() || b == b',' || b == b'-'))
+        {
             t = peek;
         }
     }
@@ -360,8 +341,7 @@ impl Avp {
 
     /// UTF8String (and the text of DiameterURI, IPFilterRule…): must be valid UTF-8 (5004 otherwise).
     pub fn as_utf8(&self) -> Result<&str, ValueError> {
-        std::str::from_utf8(self.data())
-            .map_err(|e| ValueError::Invalid(format!("invalid UTF-8: {e}")))
+        std::str::from_utf8(self.data()).map_err(|e| ValueError::Invalid(format!("invalid UTF-8: {e}")))
     }
 
     /// DiameterIdentity.
@@ -467,12 +447,7 @@ impl Avp {
         if protected {
             flags |= AvpFlags::PROTECTED;
         }
-        Avp::new(
-            self.code(),
-            AvpFlags(flags),
-            self.vendor_id(),
-            self.data().clone(),
-        )
+        Avp::new(self.code(), AvpFlags(flags), self.vendor_id(), self.data().clone())
     }
 }
 
@@ -541,22 +516,12 @@ mod tests {
 
     #[test]
     fn uris_parse_per_rfc6733() {
-        let u = DiameterUri::parse("aaa://ocs.example.com:3868;transport=tcp;protocol=diameter")
-            .unwrap();
+        let u = DiameterUri::parse("aaa://ocs.example.com:3868;transport=tcp;protocol=diameter").unwrap();
         assert_eq!(
             (u.secure, u.host.as_str(), u.port, u.transport),
-            (
-                false,
-                "ocs.example.com",
-                Some(3868),
-                Some(UriTransport::Tcp)
-            )
+            (false, "ocs.example.com", Some(3868), Some(UriTransport::Tcp))
         );
-        assert!(
-            DiameterUri::parse("aaas://[2001:db8::1]:5658")
-                .unwrap()
-                .secure
-        );
+        assert!(DiameterUri::parse("aaas://[2001:db8::1]:5658").unwrap().secure);
         for bad in [
             "http://x",
             "aaa://",
@@ -594,15 +559,8 @@ mod tests {
         assert_eq!(Avp::u32(1, 7).as_u32(), Ok(7));
         assert_eq!(Avp::i64(1, -7).as_i64(), Ok(-7));
         assert_eq!(Avp::f64(1, 2.5).as_f64(), Ok(2.5));
-        assert!(matches!(
-            Avp::u64(1, 7).as_u32(),
-            Err(ValueError::Length(_))
-        ));
-        assert!(
-            Avp::octets(1, Bytes::from_static(&[0xff, 0xfe]))
-                .as_utf8()
-                .is_err()
-        );
+        assert!(matches!(Avp::u64(1, 7).as_u32(), Err(ValueError::Length(_))));
+        assert!(Avp::octets(1, Bytes::from_static(&[0xff, 0xfe])).as_utf8().is_err());
         assert!(check_identity(b"ocs.example.com").is_ok());
         assert!(check_identity(b"bad host").is_err());
     }

@@ -12,15 +12,8 @@ impl Dictionary {
     pub fn display(&self, msg: &Message) -> String {
         let h = &msg.header;
         let cmd = self.command(h.application_id, h.code);
-        let name = cmd.map_or_else(
-            || format!("Unknown command {}", h.code.0),
-            |c| c.name.clone(),
-        );
-        let dir = if h.flags.is_request() {
-            "Request"
-        } else {
-            "Answer"
-        };
+        let name = cmd.map_or_else(|| format!("Unknown command {}", h.code.0), |c| c.name.clone());
+        let dir = if h.flags.is_request() { "Request" } else { "Answer" };
         let app = self
             .application(h.application_id)
             .map_or("unknown application", |a| a.name.as_str());
@@ -43,10 +36,7 @@ impl Dictionary {
     fn display_avp(&self, out: &mut String, avp: &Avp, depth: usize) {
         let indent = "  ".repeat(depth);
         let def = self.avp_def(avp.code(), avp.vendor());
-        let vendor = avp
-            .vendor_id()
-            .map(|v| format!(" vendor={}", v.0))
-            .unwrap_or_default();
+        let vendor = avp.vendor_id().map(|v| format!(" vendor={}", v.0)).unwrap_or_default();
         let name = def.map_or("Unknown AVP", |d| d.name.as_str());
         let _ = write!(
             out,

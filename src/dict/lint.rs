@@ -45,19 +45,13 @@ impl Dictionary {
             let mut seen = HashSet::new();
             for r in &g.rules {
                 if r.avp.is_none() {
-                    push(
-                        file,
-                        format!("{owner}: rule names undefined AVP {:?}", r.name),
-                    );
+                    push(file, format!("{owner}: rule names undefined AVP {:?}", r.name));
                 }
                 if !seen.insert(&r.name) {
                     push(file, format!("{owner}: AVP {} has two rules", r.name));
                 }
                 if !clean(&r.name) {
-                    push(
-                        file,
-                        format!("{owner}: rule name {:?} has stray whitespace", r.name),
-                    );
+                    push(file, format!("{owner}: rule name {:?} has stray whitespace", r.name));
                 }
             }
         };
@@ -89,10 +83,7 @@ impl Dictionary {
                 push(format!("Grouped AVP {} has no member rules", def.name));
             }
             if def.data_type != DataType::Enumerated && !def.items.is_empty() {
-                push(format!(
-                    "{} is {} but lists enumerated values",
-                    def.name, def.data_type
-                ));
+                push(format!("{} is {} but lists enumerated values", def.name, def.data_type));
             }
             let mut codes = HashSet::new();
             let mut names = HashMap::new();
@@ -101,16 +92,10 @@ impl Dictionary {
                     push(format!("{}: value {} listed twice", def.name, item.code));
                 }
                 if names.insert(item.name.as_str(), item.code).is_some() {
-                    push(format!(
-                        "{}: value name {:?} listed twice",
-                        def.name, item.name
-                    ));
+                    push(format!("{}: value name {:?} listed twice", def.name, item.name));
                 }
                 if !clean(&item.name) {
-                    push(format!(
-                        "{}: value name {:?} has stray whitespace",
-                        def.name, item.name
-                    ));
+                    push(format!("{}: value name {:?} has stray whitespace", def.name, item.name));
                 }
             }
             if def.must.0 & def.must_not.0 != 0 {

@@ -31,10 +31,7 @@ pub const BUILTIN_FILES: &[(&str, &str)] = &[
         "credit-control.xml",
         include_str!("../../dictionaries/credit-control.xml"),
     ),
-    (
-        "3gpp-common.xml",
-        include_str!("../../dictionaries/3gpp-common.xml"),
-    ),
+    ("3gpp-common.xml", include_str!("../../dictionaries/3gpp-common.xml")),
     ("ro.xml", include_str!("../../dictionaries/ro.xml")),
     ("gx.xml", include_str!("../../dictionaries/gx.xml")),
 ];
@@ -186,10 +183,7 @@ pub struct AvpDef {
 impl AvpDef {
     /// The name of an Enumerated value.
     pub fn item_name(&self, code: i32) -> Option<&str> {
-        self.items
-            .iter()
-            .find(|i| i.code == code)
-            .map(|i| i.name.as_str())
+        self.items.iter().find(|i| i.code == code).map(|i| i.name.as_str())
     }
 
     /// An AVP of this definition with this payload: code, vendor, and the M bit when the rules require it.
@@ -335,8 +329,7 @@ impl Hasher for IdHasher {
     }
     fn write(&mut self, bytes: &[u8]) {
         for b in bytes {
-            self.0 =
-                (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+            self.0 = (self.0.rotate_left(5) ^ u64::from(*b)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
         }
     }
     fn write_u64(&mut self, n: u64) {
@@ -453,13 +446,10 @@ impl Dictionary {
     }
 
     pub(crate) fn insert_application(&mut self, def: ApplicationDef) {
-        let entry = self
-            .applications
-            .entry(def.id)
-            .or_insert_with(|| ApplicationDef {
-                vendors: Vec::new(),
-                ..def.clone()
-            });
+        let entry = self.applications.entry(def.id).or_insert_with(|| ApplicationDef {
+            vendors: Vec::new(),
+            ..def.clone()
+        });
         for v in def.vendors {
             if !entry.vendors.contains(&v) {
                 entry.vendors.push(v);
@@ -492,9 +482,7 @@ impl Dictionary {
 
     /// Every command, keyed by (application, code).
     pub fn commands(&self) -> impl Iterator<Item = (AppId, &CommandDef)> {
-        self.commands
-            .iter()
-            .map(|(k, c)| (AppId((k >> 32) as u32), c))
+        self.commands.iter().map(|(k, c)| (AppId((k >> 32) as u32), c))
     }
 
     /// The application with this id.
@@ -539,12 +527,8 @@ impl Dictionary {
         let data = match def.data_type {
             Unsigned32 => Bytes::copy_from_slice(&(int(0, u32::MAX.into())? as u32).to_be_bytes()),
             Unsigned64 => Bytes::copy_from_slice(&(int(0, u64::MAX.into())? as u64).to_be_bytes()),
-            Integer32 => Bytes::copy_from_slice(
-                &(int(i32::MIN.into(), i32::MAX.into())? as i32).to_be_bytes(),
-            ),
-            Integer64 => Bytes::copy_from_slice(
-                &(int(i64::MIN.into(), i64::MAX.into())? as i64).to_be_bytes(),
-            ),
+            Integer32 => Bytes::copy_from_slice(&(int(i32::MIN.into(), i32::MAX.into())? as i32).to_be_bytes()),
+            Integer64 => Bytes::copy_from_slice(&(int(i64::MIN.into(), i64::MAX.into())? as i64).to_be_bytes()),
             Enumerated => {
                 let v = match &value {
                     AvpValue::Str(s) => def
@@ -582,8 +566,7 @@ impl Dictionary {
                 AvpValue::Grouped(children) => Avp::grouped(0, &children).data().clone(),
                 other => return Err(mismatch(format!("got {other:?}"))),
             },
-            OctetString | UTF8String | DiameterIdentity | DiameterURI | IPFilterRule
-            | QoSFilterRule => match value {
+            OctetString | UTF8String | DiameterIdentity | DiameterURI | IPFilterRule | QoSFilterRule => match value {
                 AvpValue::Str(s) => Bytes::copy_from_slice(s.as_bytes()),
                 AvpValue::Octets(b) if def.data_type == OctetString => b,
                 other => return Err(mismatch(format!("got {other:?}"))),
@@ -609,39 +592,21 @@ mod tests {
     fn builtin_loads_and_resolves_names() {
         let d = Dictionary::builtin();
         let sid = d.avp_by_name("Session-Id").unwrap();
-        assert_eq!(
-            (sid.code, sid.vendor, sid.data_type),
-            (263, 0, DataType::UTF8String)
-        );
+        assert_eq!((sid.code, sid.vendor, sid.data_type), (263, 0, DataType::UTF8String));
         let mscc = d.avp_def(456, 0).unwrap();
         assert_eq!(mscc.name, "Multiple-Services-Credit-Control");
-        assert!(
-            mscc.grammar
-                .as_ref()
-                .unwrap()
-                .rules
-                .iter()
-                .all(|r| r.avp.is_some())
-        );
+        assert!(mscc.grammar.as_ref().unwrap().rules.iter().all(|r| r.avp.is_some()));
         assert_eq!(
             d.avp_by_name("CC-Request-Type").unwrap().item_name(2),
             Some("UPDATE_REQUEST")
         );
-        assert!(
-            d.command(AppId::CREDIT_CONTROL, CommandCode::CREDIT_CONTROL)
-                .is_some()
-        );
+        assert!(d.command(AppId::CREDIT_CONTROL, CommandCode::CREDIT_CONTROL).is_some());
         // RAR for Ro uses the base grammar; Gx has its own.
         assert_eq!(
-            d.command(AppId::CREDIT_CONTROL, CommandCode::RE_AUTH)
-                .unwrap()
-                .file,
+            d.command(AppId::CREDIT_CONTROL, CommandCode::RE_AUTH).unwrap().file,
             "base.xml"
         );
-        assert_eq!(
-            d.command(AppId::GX, CommandCode::RE_AUTH).unwrap().file,
-            "gx.xml"
-        );
+        assert_eq!(d.command(AppId::GX, CommandCode::RE_AUTH).unwrap().file, "gx.xml");
         assert!(d.overrides().is_empty(), "{:?}", d.overrides());
     }
 
@@ -653,10 +618,7 @@ mod tests {
             d.avp("CC-Request-Type", "TERMINATION_REQUEST").unwrap(),
             Avp::i32(416, 3)
         );
-        assert!(matches!(
-            d.avp("Rating-Group", -1),
-            Err(DictError::TypeMismatch { .. })
-        ));
+        assert!(matches!(d.avp("Rating-Group", -1), Err(DictError::TypeMismatch { .. })));
         assert!(matches!(
             d.avp("Rating-Group", "ten"),
             Err(DictError::TypeMismatch { .. })
@@ -665,15 +627,9 @@ mod tests {
             d.avp("Origin-Host", "not an identity"),
             Err(DictError::TypeMismatch { .. })
         ));
-        assert!(matches!(
-            d.avp("No-Such-AVP", 1),
-            Err(DictError::UnknownAvp(_))
-        ));
+        assert!(matches!(d.avp("No-Such-AVP", 1), Err(DictError::UnknownAvp(_))));
         let v = d
-            .avp(
-                "Supported-Features",
-                vec![d.avp("Vendor-Id", 10415).unwrap()],
-            )
+            .avp("Supported-Features", vec![d.avp("Vendor-Id", 10415).unwrap()])
             .unwrap();
         assert_eq!(v.vendor_id(), Some(VendorId::TGPP));
     }

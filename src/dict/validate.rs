@@ -5,9 +5,7 @@ use bytes::Bytes;
 
 use super::{AvpDef, DataType, Dictionary, Grammar};
 use crate::codec::value::{DiameterUri, check_filter_rule, check_identity};
-use crate::codec::{
-    Avp, AvpFlags, DecodeError, DecodeErrorKind, DecodeLimits, Message, ValueError,
-};
+use crate::codec::{Avp, AvpFlags, DecodeError, DecodeErrorKind, DecodeLimits, Message, ValueError};
 
 /// RFC 6733 §7.2: the grammar of every answer with the E bit set, whatever its command: (name, min, max).
 pub(super) const ERROR_ANSWER: &[(&str, u32, Option<u32>)] = &[
@@ -33,16 +31,12 @@ impl Dictionary {
         // RFC 6733 §7.2: an answer with the E bit has the generic answer-message grammar, whatever its command
         // (an unknown command is answered 3001 with E set, and that answer must be accepted).
         if !h.flags.is_request() && h.flags.is_error() {
-            return self
-                .check_error_answer(msg, limits)
-                .map_err(|e| e.with_header(h));
+            return self.check_error_answer(msg, limits).map_err(|e| e.with_header(h));
         }
         let cmd = match self.command(h.application_id, h.code) {
             Some(cmd) => cmd,
             None if self.application(h.application_id).is_none() && h.application_id.0 != 0 => {
-                return Err(
-                    DecodeError::new(DecodeErrorKind::ApplicationUnsupported).with_header(h)
-                );
+                return Err(DecodeError::new(DecodeErrorKind::ApplicationUnsupported).with_header(h));
             }
             None => {
                 return Err(DecodeError::new(DecodeErrorKind::CommandUnsupported).with_header(h));
@@ -58,12 +52,7 @@ impl Dictionary {
     }
 
     fn check_error_answer(&self, msg: &Message, limits: &DecodeLimits) -> Result<(), DecodeError> {
-        self.check_avps(
-            msg.avps.iter().cloned().map(Ok),
-            Some(&self.error_answer),
-            0,
-            limits,
-        )
+        self.check_avps(msg.avps.iter().cloned().map(Ok), Some(&self.error_answer), 0, limits)
     }
 
     /// Checks a sequence of AVPs against a grammar. The sequence is consumed lazily (a Grouped payload is
@@ -80,11 +69,7 @@ impl Dictionary {
         let mut counts = vec![0u32; rules.len()];
         for avp in avps {
             let avp = avp?;
-            let Some(idx) = self
-                .by_code
-                .get(&super::key(avp.code(), avp.vendor()))
-                .copied()
-            else {
+            let Some(idx) = self.by_code.get(&super::key(avp.code(), avp.vendor())).copied() else {
                 if avp.flags().is_mandatory() {
                     return Err(DecodeError::new(DecodeErrorKind::AvpUnsupported { avp }));
                 }
@@ -112,21 +97,13 @@ impl Dictionary {
         Ok(())
     }
 
-    fn check_avp(
-        &self,
-        def: &AvpDef,
-        avp: &Avp,
-        depth: usize,
-        limits: &DecodeLimits,
-    ) -> Result<(), DecodeError> {
+    fn check_avp(&self, def: &AvpDef, avp: &Avp, depth: usize, limits: &DecodeLimits) -> Result<(), DecodeError> {
         // RFC 6733 §7.1.3: flags inconsistent with the AVP's definition. Only for IETF AVPs: the 3GPP flag
         // tables changed across releases (peers of an older release set M where a newer one forbids it), and
         // rejecting a whole CCR for that would hurt more than it protects.
         let flags = avp.flags().0 & (AvpFlags::MANDATORY | AvpFlags::PROTECTED);
         if def.vendor == 0 && flags & def.must_not.0 != 0 {
-            return Err(DecodeError::new(DecodeErrorKind::InvalidAvpBits {
-                avp: avp.clone(),
-            }));
+            return Err(DecodeError::new(DecodeErrorKind::InvalidAvpBits { avp: avp.clone() }));
         }
         if def.data_type != DataType::Grouped {
             return check_value(def, avp).map_err(|e| e.for_avp(avp));

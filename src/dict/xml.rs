@@ -2,10 +2,7 @@
 
 use roxmltree::{Document, Node};
 
-use super::{
-    ApplicationDef, AvpDef, CommandDef, DataType, DictError, Dictionary, EnumItem, FlagRule,
-    Grammar, Rule,
-};
+use super::{ApplicationDef, AvpDef, CommandDef, DataType, DictError, Dictionary, EnumItem, FlagRule, Grammar, Rule};
 
 struct Ctx<'a> {
     file: &'a str,
@@ -22,26 +19,14 @@ impl Ctx<'_> {
     }
 
     fn attr<'n>(&self, node: Node<'n, 'n>, name: &str) -> Result<&'n str, DictError> {
-        node.attribute(name).ok_or_else(|| {
-            self.err(
-                node,
-                format!("<{}> needs attribute {name}", node.tag_name().name()),
-            )
-        })
+        node.attribute(name)
+            .ok_or_else(|| self.err(node, format!("<{}> needs attribute {name}", node.tag_name().name())))
     }
 
-    fn number<T: std::str::FromStr>(
-        &self,
-        node: Node,
-        name: &str,
-        text: &str,
-    ) -> Result<T, DictError> {
-        text.trim().parse().map_err(|_| {
-            self.err(
-                node,
-                format!("attribute {name}={text:?} is not a valid number"),
-            )
-        })
+    fn number<T: std::str::FromStr>(&self, node: Node, name: &str, text: &str) -> Result<T, DictError> {
+        text.trim()
+            .parse()
+            .map_err(|_| self.err(node, format!("attribute {name}={text:?} is not a valid number")))
     }
 
     fn flags(&self, node: Node, name: &str) -> Result<FlagRule, DictError> {
@@ -71,10 +56,7 @@ impl Ctx<'_> {
                 Some(m) => self.number(r, "min", m)?,
                 None => u32::from(required),
             };
-            let max = r
-                .attribute("max")
-                .map(|m| self.number(r, "max", m))
-                .transpose()?;
+            let max = r.attribute("max").map(|m| self.number(r, "max", m)).transpose()?;
             if max.is_some_and(|m| m < min) {
                 return Err(self.err(r, format!("rule for {name}: max is below min")));
             }
@@ -116,14 +98,8 @@ pub(super) fn load(dict: &mut Dictionary, file: &str, text: &str) -> Result<(), 
             match node.tag_name().name() {
                 "command" => {
                     let child = |tag| node.children().find(|n| n.has_tag_name(tag));
-                    let request = child("request")
-                        .map(|n| cx.grammar(n))
-                        .transpose()?
-                        .unwrap_or_default();
-                    let answer = child("answer")
-                        .map(|n| cx.grammar(n))
-                        .transpose()?
-                        .unwrap_or_default();
+                    let request = child("request").map(|n| cx.grammar(n)).transpose()?.unwrap_or_default();
+                    let answer = child("answer").map(|n| cx.grammar(n)).transpose()?.unwrap_or_default();
                     let def = CommandDef {
                         code: cx.number(node, "code", cx.attr(node, "code")?)?,
                         name: cx.attr(node, "name")?.to_string(),
@@ -156,9 +132,7 @@ fn load_avp(cx: &Ctx, node: Node, application: u32) -> Result<AvpDef, DictError>
     let data_type = DataType::parse(ty).ok_or_else(|| {
         cx.err(
             data,
-            format!(
-                "AVP {name}: unknown data type {ty:?} (RFC 6733 §4.2/§4.3 formats or QoSFilterRule)"
-            ),
+            format!("AVP {name}: unknown data type {ty:?} (RFC 6733 §4.2/§4.3 formats or QoSFilterRule)"),
         )
     })?;
     let mut items = Vec::new();
@@ -167,20 +141,13 @@ fn load_avp(cx: &Ctx, node: Node, application: u32) -> Result<AvpDef, DictError>
         // Enumerated is Integer32; some files write large values unsigned.
         let code = i32::try_from(code)
             .or_else(|_| u32::try_from(code).map(|c| c as i32))
-            .map_err(|_| {
-                cx.err(
-                    item,
-                    format!("AVP {name}: value {code} does not fit Integer32"),
-                )
-            })?;
+            .map_err(|_| cx.err(item, format!("AVP {name}: value {code} does not fit Integer32")))?;
         items.push(EnumItem {
             code,
             name: cx.attr(item, "name")?.to_string(),
         });
     }
-    let grammar = (data_type == DataType::Grouped)
-        .then(|| cx.grammar(data))
-        .transpose()?;
+    let grammar = (data_type == DataType::Grouped).then(|| cx.grammar(data)).transpose()?;
     let vendor = node
         .attribute("vendor-id")
         .map(|v| cx.number(node, "vendor-id", v))

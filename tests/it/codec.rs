@@ -3,8 +3,8 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use charging_ra::codec::{
-    AppId, Avp, AvpFlags, CommandCode, DecodeError, DecodeErrorKind, DecodeLimits, Message,
-    ResultCode, VendorId, code, peek_frame_length,
+    AppId, Avp, AvpFlags, CommandCode, DecodeError, DecodeErrorKind, DecodeLimits, Message, ResultCode, VendorId, code,
+    peek_frame_length,
 };
 use charging_ra::dict::Dictionary;
 use charging_ra::samples;
@@ -22,14 +22,9 @@ fn every_sample_round_trips_and_validates() {
     for (name, msg) in samples::all(&dict) {
         let bytes = msg.encode().unwrap();
         assert_eq!(bytes.len(), msg.encoded_len(), "{name}");
-        let back =
-            decode_and_validate(&dict, bytes.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let back = decode_and_validate(&dict, bytes.clone()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(back, msg, "{name}");
-        assert_eq!(
-            back.encode().unwrap(),
-            bytes,
-            "{name}: re-encoding changed bytes"
-        );
+        assert_eq!(back.encode().unwrap(), bytes, "{name}: re-encoding changed bytes");
     }
 }
 
@@ -40,17 +35,13 @@ fn golden_vectors_match() {
     let dict = Dictionary::builtin();
     let mut text = String::new();
     for (name, msg) in samples::all(&dict) {
-        text.push_str(&format!(
-            "# {name}\n{}\n",
-            hex::encode(msg.encode().unwrap())
-        ));
+        text.push_str(&format!("# {name}\n{}\n", hex::encode(msg.encode().unwrap())));
     }
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/samples.hex");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(path, &text).unwrap();
     }
-    let golden = std::fs::read_to_string(path)
-        .expect("tests/golden/samples.hex (UPDATE_GOLDEN=1 writes it)");
+    let golden = std::fs::read_to_string(path).expect("tests/golden/samples.hex (UPDATE_GOLDEN=1 writes it)");
     for (want, got) in golden.lines().zip(text.lines()) {
         assert_eq!(got, want);
     }
@@ -82,14 +73,8 @@ fn hand_written_dwr_decodes() {
     let m = decode_and_validate(&dict, Bytes::from_static(bytes)).unwrap();
     assert_eq!(m.header.code, CommandCode::DEVICE_WATCHDOG);
     assert_eq!(m.header.hop_by_hop.0, 0x1234_5678);
-    assert_eq!(
-        m.find(code::ORIGIN_HOST, 0).unwrap().as_identity(),
-        Ok("a.bcd")
-    );
-    assert_eq!(
-        m.find(code::ORIGIN_REALM, 0).unwrap().as_identity(),
-        Ok("bcd")
-    );
+    assert_eq!(m.find(code::ORIGIN_HOST, 0).unwrap().as_identity(), Ok("a.bcd"));
+    assert_eq!(m.find(code::ORIGIN_REALM, 0).unwrap().as_identity(), Ok("bcd"));
     assert_eq!(&m.encode().unwrap()[..], bytes);
 }
 
@@ -249,10 +234,7 @@ fn cases(dict: &Dictionary) -> Vec<Case> {
     });
     v.push(Case {
         name: "IPv4 Address of 5 octets",
-        bytes: cer(Avp::octets(
-            257,
-            Bytes::from_static(&[0, 1, 127, 0, 0, 1, 9]),
-        )),
+        bytes: cer(Avp::octets(257, Bytes::from_static(&[0, 1, 127, 0, 0, 1, 9]))),
         rc: 5014,
         failed: Some(257),
     });
@@ -260,10 +242,7 @@ fn cases(dict: &Dictionary) -> Vec<Case> {
         name: "Unsigned32 of 3 octets",
         bytes: dwr(&[
             dwr_avps(),
-            vec![Avp::octets(
-                code::ORIGIN_STATE_ID,
-                Bytes::from_static(&[0, 0, 1]),
-            )],
+            vec![Avp::octets(code::ORIGIN_STATE_ID, Bytes::from_static(&[0, 0, 1]))],
         ]
         .concat()),
         rc: 5014,
@@ -306,11 +285,7 @@ fn cases(dict: &Dictionary) -> Vec<Case> {
     });
     v.push(Case {
         name: "Origin-Host twice",
-        bytes: dwr(&[
-            dwr_avps(),
-            vec![Avp::utf8(code::ORIGIN_HOST, "x.example.net")],
-        ]
-        .concat()),
+        bytes: dwr(&[dwr_avps(), vec![Avp::utf8(code::ORIGIN_HOST, "x.example.net")]].concat()),
         rc: 5009,
         failed: Some(264),
     });
@@ -341,12 +316,7 @@ fn malformed_vectors_get_the_right_result_code_and_failed_avp() {
     let dict = Dictionary::builtin();
     for case in cases(&dict) {
         let err = decode_and_validate(&dict, case.bytes.clone()).expect_err(case.name);
-        assert_eq!(
-            err.result_code(),
-            ResultCode(case.rc),
-            "{}: {err}",
-            case.name
-        );
+        assert_eq!(err.result_code(), ResultCode(case.rc), "{}: {err}", case.name);
         assert_eq!(
             err.failed_avp().map(Avp::code),
             case.failed,
@@ -359,12 +329,7 @@ fn malformed_vectors_get_the_right_result_code_and_failed_avp() {
         let answer = err
             .to_answer(request.as_ref(), "ocs.example.net", "example.net")
             .expect(case.name);
-        assert_eq!(
-            answer.header.flags.is_error(),
-            case.rc / 1000 == 3,
-            "{}",
-            case.name
-        );
+        assert_eq!(answer.header.flags.is_error(), case.rc / 1000 == 3, "{}", case.name);
         assert_eq!(answer.result_code(), Some(ResultCode(case.rc)));
         let bytes = answer.encode().unwrap();
         let back = Message::decode(bytes).unwrap();
@@ -424,10 +389,7 @@ fn grouped_payload_without_last_padding_is_accepted() {
     let mut inner = avp_bytes(&[Avp::utf8(code::PROXY_HOST, "p.example.net")]);
     inner.truncate(inner.len() - 3);
     let mut body = avp_bytes(&dwr_avps());
-    body.extend(avp_bytes(&[Avp::mandatory(
-        code::PROXY_INFO,
-        Bytes::from(inner),
-    )]));
+    body.extend(avp_bytes(&[Avp::mandatory(code::PROXY_INFO, Bytes::from(inner))]));
     let dict = Dictionary::builtin();
     let m = decode_and_validate(&dict, raw_message(0x80, 280, 0, &body));
     // Proxy-Info requires Proxy-State too: the structure is read, the grammar then applies.
@@ -442,33 +404,24 @@ fn frame_length_is_checked_before_reading() {
         ..Default::default()
     };
     assert_eq!(peek_frame_length(&[1, 0], &limits), Ok(None));
-    assert_eq!(
-        peek_frame_length(&[1, 0, 0, 20, 0x80], &limits),
-        Ok(Some(20))
-    );
+    assert_eq!(peek_frame_length(&[1, 0, 0, 20, 0x80], &limits), Ok(Some(20)));
     let too_big = peek_frame_length(&[1, 0xff, 0xff, 0xfc], &limits).unwrap_err();
     assert!(matches!(too_big.kind, DecodeErrorKind::TooLarge { .. }));
     assert_eq!(
-        peek_frame_length(&[2, 0, 0, 20], &limits)
-            .unwrap_err()
-            .result_code(),
+        peek_frame_length(&[2, 0, 0, 20], &limits).unwrap_err().result_code(),
         ResultCode::UNSUPPORTED_VERSION
     );
     assert_eq!(
-        peek_frame_length(&[1, 0, 0, 19], &limits)
-            .unwrap_err()
-            .result_code(),
+        peek_frame_length(&[1, 0, 0, 19], &limits).unwrap_err().result_code(),
         ResultCode::INVALID_MESSAGE_LENGTH
     );
     assert_eq!(
-        peek_frame_length(&[1, 0, 0, 22], &limits)
-            .unwrap_err()
-            .result_code(),
+        peek_frame_length(&[1, 0, 0, 22], &limits).unwrap_err().result_code(),
         ResultCode::INVALID_MESSAGE_LENGTH
     );
     // A frame decoder under the limit refuses the big message without reading it.
-    let big = Message::request(CommandCode::CREDIT_CONTROL, AppId::CREDIT_CONTROL)
-        .with(Avp::octets(1, vec![0u8; 8000]));
+    let big =
+        Message::request(CommandCode::CREDIT_CONTROL, AppId::CREDIT_CONTROL).with(Avp::octets(1, vec![0u8; 8000]));
     let err = Message::decode_with(big.encode().unwrap(), &limits).unwrap_err();
     assert_eq!(
         err.kind,

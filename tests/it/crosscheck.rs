@@ -32,10 +32,7 @@ fn diameter_crate_reencodes_our_samples_identically() {
             continue;
         }
         let ours = msg.encode().unwrap();
-        let decoded = match diameter::DiameterMessage::decode_from(
-            &mut Cursor::new(&ours[..]),
-            Arc::clone(&theirs),
-        ) {
+        let decoded = match diameter::DiameterMessage::decode_from(&mut Cursor::new(&ours[..]), Arc::clone(&theirs)) {
             Ok(m) => m,
             Err(e) => panic!("{name}: diameter crate could not decode our bytes: {e:?}"),
         };

@@ -13,11 +13,7 @@ fn shipped_dictionaries_lint_clean() {
     assert!(
         findings.is_empty(),
         "{}",
-        findings
-            .iter()
-            .map(|f| f.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
+        findings.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("\n")
     );
     // What the lint proves is only worth something if it can fail: a broken file is caught.
     let bad = r#"<diameter><application id="4" name="bad">
@@ -64,10 +60,7 @@ fn codes_the_stack_uses_agree_with_the_dictionary() {
         ("Failed-AVP", FAILED_AVP),
         ("Experimental-Result-Code", EXPERIMENTAL_RESULT_CODE),
         ("CC-Request-Number", CC_REQUEST_NUMBER),
-        (
-            "Multiple-Services-Credit-Control",
-            MULTIPLE_SERVICES_CREDIT_CONTROL,
-        ),
+        ("Multiple-Services-Credit-Control", MULTIPLE_SERVICES_CREDIT_CONTROL),
         ("Validity-Time", VALIDITY_TIME),
         ("Final-Unit-Action", FINAL_UNIT_ACTION),
         ("Service-Context-Id", SERVICE_CONTEXT_ID),
@@ -86,37 +79,23 @@ fn minimal_avp(dict: &Dictionary, def: &AvpDef, depth: usize) -> Avp {
         DataType::Integer32 | DataType::Unsigned32 | DataType::Float32 | DataType::Time => {
             Bytes::from_static(&[0, 0, 0, 1])
         }
-        DataType::Enumerated => {
-            Bytes::copy_from_slice(&def.items.first().map_or(0, |i| i.code).to_be_bytes())
-        }
-        DataType::Integer64 | DataType::Unsigned64 | DataType::Float64 => {
-            Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 1])
-        }
-        DataType::Address => Avp::address(0, &Address::Ipv4([192, 0, 2, 1].into()))
-            .data()
-            .clone(),
+        DataType::Enumerated => Bytes::copy_from_slice(&def.items.first().map_or(0, |i| i.code).to_be_bytes()),
+        DataType::Integer64 | DataType::Unsigned64 | DataType::Float64 => Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 1]),
+        DataType::Address => Avp::address(0, &Address::Ipv4([192, 0, 2, 1].into())).data().clone(),
         DataType::UTF8String => Bytes::from_static("é".as_bytes()),
         DataType::DiameterIdentity => Bytes::from_static(b"host.example.net"),
         DataType::DiameterURI => Bytes::from_static(b"aaa://host.example.net:3868;transport=tcp"),
         DataType::IPFilterRule => Bytes::from_static(b"permit out ip from any to assigned"),
         DataType::QoSFilterRule => Bytes::from_static(b"meter out ip from any to any"),
         DataType::Grouped => {
-            let members = required_members(
-                dict,
-                &def.grammar.clone().unwrap_or_default().rules,
-                depth + 1,
-            );
+            let members = required_members(dict, &def.grammar.clone().unwrap_or_default().rules, depth + 1);
             return def.make(Avp::grouped(0, &members).data().clone());
         }
     };
     def.make(data)
 }
 
-fn required_members(
-    dict: &Dictionary,
-    rules: &[charging_ra::dict::Rule],
-    depth: usize,
-) -> Vec<Avp> {
+fn required_members(dict: &Dictionary, rules: &[charging_ra::dict::Rule], depth: usize) -> Vec<Avp> {
     let mut out = Vec::new();
     for rule in rules {
         let def = dict.avp_by_name(&rule.name).unwrap();
@@ -150,13 +129,8 @@ fn every_command_round_trips_with_its_required_avps() {
             let bytes = m.encode().unwrap();
             let back = Message::decode_with(bytes.clone(), &limits).unwrap();
             assert_eq!(back, m);
-            dict.validate(&back, &limits).unwrap_or_else(|e| {
-                panic!(
-                    "{} {}: {e}",
-                    cmd.name,
-                    if request { "request" } else { "answer" }
-                )
-            });
+            dict.validate(&back, &limits)
+                .unwrap_or_else(|e| panic!("{} {}: {e}", cmd.name, if request { "request" } else { "answer" }));
             count += 1;
         }
     }

@@ -4,8 +4,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use charging_ra::codec::{
-    AppId, Avp, AvpFlags, CommandCode, CommandFlags, EndToEndId, Header, HopByHopId, Message,
-    VendorId,
+    AppId, Avp, AvpFlags, CommandCode, CommandFlags, EndToEndId, Header, HopByHopId, Message, VendorId,
 };
 
 fn leaf() -> impl Strategy<Value = Avp> {
@@ -16,12 +15,7 @@ fn leaf() -> impl Strategy<Value = Avp> {
         proptest::collection::vec(any::<u8>(), 0..40),
     )
         .prop_map(|(code, flags, vendor, data)| {
-            Avp::new(
-                code,
-                AvpFlags(flags),
-                vendor.map(VendorId),
-                Bytes::from(data),
-            )
+            Avp::new(code, AvpFlags(flags), vendor.map(VendorId), Bytes::from(data))
         })
 }
 
@@ -43,11 +37,7 @@ fn message() -> impl Strategy<Value = Message> {
     )
         .prop_map(|(flags, code, app, hbh, e2e, avps)| {
             // The one header rule the decoder enforces: no E bit on a request.
-            let flags = if flags & 0x80 != 0 {
-                flags & !0x20
-            } else {
-                flags
-            };
+            let flags = if flags & 0x80 != 0 { flags & !0x20 } else { flags };
             Message {
                 header: Header {
                     flags: CommandFlags(flags),

@@ -38,12 +38,7 @@ pub fn tshark_check(label: &str, messages: &[bytes::Bytes]) -> Option<(String, S
         .unwrap();
     assert!(st.success(), "text2pcap failed");
     let run = |args: &[&str]| {
-        let out = Command::new("tshark")
-            .arg("-r")
-            .arg(&pcap)
-            .args(args)
-            .output()
-            .unwrap();
+        let out = Command::new("tshark").arg("-r").arg(&pcap).args(args).output().unwrap();
         assert!(
             out.status.success(),
             "tshark failed: {}",
@@ -92,11 +87,7 @@ pub fn unexpected_expert_lines(expert: &str) -> Vec<String> {
             section = name;
             continue;
         }
-        if !matches!(section, "Errors" | "Warns")
-            || t.is_empty()
-            || t.starts_with('=')
-            || t.starts_with("Frequency")
-        {
+        if !matches!(section, "Errors" | "Warns") || t.is_empty() || t.starts_with('=') || t.starts_with("Frequency") {
             continue;
         }
         if t.contains("Unknown AVP") || t.contains("Data is empty") {
@@ -137,10 +128,7 @@ fn tshark_decodes_every_sample_clean() {
             m.header.end_to_end.0,
             "{name}: {row}"
         );
-        assert!(
-            cols.get(3).is_none_or(|c| c.is_empty()),
-            "{name}: malformed: {row}"
-        );
+        assert!(cols.get(3).is_none_or(|c| c.is_empty()), "{name}: malformed: {row}");
     }
 }
 
