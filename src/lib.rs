@@ -18,4 +18,6 @@
 pub mod codec;
 pub mod config;
 pub mod dict;
+pub mod peer;
+pub mod router;
 pub mod samples;

@@ -125,10 +125,10 @@ fn expect_code(ctx: &Ctx, bytes: &[u8], want: u32, failed_avp: Option<&str>) -> 
             d.result_code, d.text
         ));
     }
-    if let (Subject::Exec, Some(f)) = (ctx.config.subject, failed_avp) {
-        if !d.text.contains(f) {
-            return Err(format!("expected Failed-AVP {f}: {}", d.text));
-        }
+    if let (Subject::Exec, Some(f)) = (ctx.config.subject, failed_avp)
+        && !d.text.contains(f)
+    {
+        return Err(format!("expected Failed-AVP {f}: {}", d.text));
     }
     Ok(())
 }

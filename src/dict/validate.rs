@@ -1,6 +1,8 @@
 //! Message validation against the dictionary: M-bit AVPs (RFC 6733 §4.1), AVP flag rules, data formats
 //! (§4.2, §4.3), command and Grouped grammars (§3.2, §4.4), with the Result-Code and Failed-AVP of §7.
 
+use std::borrow::Borrow;
+
 use bytes::Bytes;
 
 use super::{AvpDef, DataType, Dictionary, Grammar};
@@ -47,39 +49,49 @@ impl Dictionary {
         } else {
             &cmd.answer
         };
-        self.check_avps(msg.avps.iter().cloned().map(Ok), Some(grammar), 0, limits)
+        self.check_avps(msg.avps.iter().map(Ok), Some(grammar), 0, limits)
             .map_err(|e| e.with_header(h))
     }
 
     fn check_error_answer(&self, msg: &Message, limits: &DecodeLimits) -> Result<(), DecodeError> {
-        self.check_avps(msg.avps.iter().cloned().map(Ok), Some(&self.error_answer), 0, limits)
+        self.check_avps(msg.avps.iter().map(Ok), Some(&self.error_answer), 0, limits)
     }
 
     /// Checks a sequence of AVPs against a grammar. The sequence is consumed lazily (a Grouped payload is
     /// parsed as it is checked), so memory grows with the nesting depth, not with the number of members.
-    fn check_avps(
+    fn check_avps<A: Borrow<Avp>>(
         &self,
-        avps: impl Iterator<Item = Result<Avp, DecodeError>>,
+        avps: impl Iterator<Item = Result<A, DecodeError>>,
         grammar: Option<&Grammar>,
         depth: usize,
         limits: &DecodeLimits,
     ) -> Result<(), DecodeError> {
         let rules = grammar.map_or(&[][..], |g| &g.rules[..]);
-        // Occurrences per rule; grammars are short (a CCR has ~35 rules), a linear scan beats hashing.
-        let mut counts = vec![0u32; rules.len()];
+        // Occurrences per rule; grammars are short (a CCR has ~35 rules), a linear scan beats hashing, and a
+        // stack array avoids an allocation per Grouped AVP.
+        let mut small = [0u32; 80];
+        let mut large = Vec::new();
+        let counts: &mut [u32] = if rules.len() <= small.len() {
+            &mut small[..rules.len()]
+        } else {
+            large.resize(rules.len(), 0);
+            &mut large
+        };
         for avp in avps {
             let avp = avp?;
+            let avp = avp.borrow();
             let Some(idx) = self.by_code.get(&super::key(avp.code(), avp.vendor())).copied() else {
                 if avp.flags().is_mandatory() {
-                    return Err(DecodeError::new(DecodeErrorKind::AvpUnsupported { avp }));
+                    return Err(DecodeError::new(DecodeErrorKind::AvpUnsupported { avp: avp.clone() }));
                 }
                 continue;
             };
             let def = &self.avps[idx];
-            self.check_avp(def, &avp, depth, limits)?;
+            self.check_avp(def, avp, depth, limits)?;
             if let Some(i) = rules.iter().position(|r| r.avp == Some(idx)) {
                 counts[i] += 1;
                 if rules[i].max.is_some_and(|max| counts[i] > max) {
+                    let avp = avp.clone();
                     let kind = if rules[i].max == Some(0) {
                         DecodeErrorKind::AvpNotAllowed { avp }
                     } else {
@@ -89,7 +101,7 @@ impl Dictionary {
                 }
             }
         }
-        for (rule, &n) in rules.iter().zip(&counts) {
+        for (rule, &n) in rules.iter().zip(counts.iter()) {
             if let (true, Some(idx)) = (n < rule.min, rule.avp) {
                 return Err(missing(&self.avps[idx]));
             }
