@@ -18,6 +18,8 @@
 pub mod codec;
 pub mod config;
 pub mod dict;
+pub mod node;
 pub mod peer;
 pub mod router;
 pub mod samples;
+pub mod transport;

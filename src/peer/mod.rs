@@ -763,15 +763,16 @@ impl Peer {
         self.set_watchdog(now);
     }
 
-    /// SetWatchdog(): Tw plus jitter uniformly in ±2 s (RFC 3539 §3.4.1), never below 1 s.
+    /// SetWatchdog(): Tw plus jitter uniformly in ±2 s (RFC 3539 §3.4.1), or ±Tw/4 for the short Tw of tests,
+    /// so that the timer never fires before 3/4 of Tw.
     fn set_watchdog(&mut self, now: Instant) {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        let jitter_ms = (self.rng % 4001) as i64 - 2000;
         let base = self.config.watchdog_interval.as_millis() as i64;
-        let tw = Duration::from_millis((base + jitter_ms).max(1000) as u64);
-        self.timer = Some(now + tw);
+        let spread = (base / 4).min(2000);
+        let jitter_ms = (self.rng % (2 * spread as u64 + 1)) as i64 - spread;
+        self.timer = Some(now + Duration::from_millis((base + jitter_ms).max(1) as u64));
     }
 
     fn watchdog_expired(&mut self, now: Instant) {

@@ -4,6 +4,7 @@ mod codec;
 mod crosscheck;
 mod dict;
 mod prop;
+mod stack;
 mod wire;
 
 use std::io::Write;
