@@ -176,7 +176,7 @@ enum Command {
     Answer(PeerId, Message),
     AnswerUnanswered(PeerId, Message),
     Status(oneshot::Sender<NodeStatus>),
-    Stop(DisconnectCause, oneshot::Sender<()>),
+    Stop(DisconnectCause, oneshot::Sender<NodeStatus>),
 }
 
 enum Event {
@@ -338,13 +338,13 @@ impl DiameterNode {
         rx.await.ok()
     }
 
-    /// Graceful stop: DPR to every open peer, wait for the DPAs (at most the handshake timeout), end.
-    pub async fn stop(self, cause: DisconnectCause) {
+    /// Graceful stop: DPR to every open peer, wait for the DPAs (at most 2 s), end. Returns the final status.
+    pub async fn stop(self, cause: DisconnectCause) -> Option<NodeStatus> {
         let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Stop(cause, tx)).is_ok() {
-            let _ = rx.await;
-        }
+        self.commands.send(Command::Stop(cause, tx)).ok()?;
+        let status = rx.await.ok();
         let _ = self.task.await;
+        status
     }
 
     /// Ends at once, as a crash would: listeners close and connections are dropped without DPR.
@@ -371,7 +371,7 @@ struct Driver {
     limits: crate::codec::DecodeLimits,
     write_queue: usize,
     connect_timeout: Duration,
-    stopping: Option<(oneshot::Sender<()>, TokioInstant)>,
+    stopping: Option<(oneshot::Sender<NodeStatus>, TokioInstant)>,
     listeners: Vec<JoinHandle<()>>,
 }
 
@@ -398,7 +398,7 @@ impl Driver {
             }
         }
         if let Some((tx, _)) = self.stopping.take() {
-            let _ = tx.send(());
+            let _ = tx.send(self.status());
         }
         for l in &self.listeners {
             l.abort();
@@ -473,6 +473,26 @@ impl Driver {
                 self.router.stop(t, cause);
                 self.stopping = Some((reply, TokioInstant::now() + Duration::from_secs(2)));
             }
+        }
+    }
+
+    fn status(&self) -> NodeStatus {
+        let peers = self
+            .router
+            .peers()
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PeerStatus {
+                identity: p.identity().map(str::to_string),
+                state: p.state(),
+                watchdog: p.watchdog(),
+                available: p.is_available(),
+                metrics: self.router.metrics(PeerId(i)).clone(),
+            })
+            .collect();
+        NodeStatus {
+            peers,
+            pending: self.router.pending(),
         }
     }
 

@@ -3,8 +3,10 @@
 mod codec;
 mod crosscheck;
 mod dict;
+mod freediameter;
 mod prop;
 mod stack;
+mod tls;
 mod wire;
 
 use std::io::Write;

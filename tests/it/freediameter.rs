@@ -1,0 +1,306 @@
+//! Against freeDiameter 1.2.1 (Debian `freediameterd`, `freediameter-extensions`), started by each test with
+//! its own configuration from tests/freediameter/: CER/CEA, DWR/DWA both ways, DPR/DPA, reconnection after a
+//! freeDiameter restart, and freeDiameter as a relay between our client and our server, captured with tshark.
+//! Skipped, saying so, where freediameterd is not installed; CI installs it. `cargo test freediameter` selects
+//! them.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use charging_ra::codec::{ResultCode, code};
+use charging_ra::node::{DiameterNode, NodeConfig};
+use charging_ra::peer::{DisconnectCause, PeerState};
+
+use crate::stack::{Behaviour, ccr, client_config, open, serve, server_config, wait_for};
+
+const EXT_DIR: &str = "/usr/lib/freeDiameter";
+
+/// A freeDiameterd process, killed when dropped.
+struct FreeDiameter {
+    child: Option<Child>,
+    conf: PathBuf,
+    port: u16,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn available(test: &str) -> bool {
+    let ok = crate::have("freeDiameterd") && Path::new(EXT_DIR).join("acl_wl.fdx").exists();
+    if !ok {
+        crate::skip(
+            test,
+            "freediameterd / freediameter-extensions not installed (apt-get install freediameterd freediameter-extensions); CI installs them",
+        );
+    }
+    ok
+}
+
+impl FreeDiameter {
+    /// Writes the configuration (tests/freediameter/peer.conf with its placeholders filled) and starts it.
+    fn start(dir: &Path, identity: &str, realm: &str, extra: &str) -> FreeDiameter {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/freediameter");
+        let port = free_port();
+        if !dir.join("fd-cert.pem").exists() {
+            // freeDiameter wants TLS credentials even with TLS off.
+            let cert = rcgen::generate_simple_self_signed(vec![identity.to_string()]).unwrap();
+            std::fs::write(dir.join("fd-cert.pem"), cert.cert.pem()).unwrap();
+            std::fs::write(dir.join("fd-key.pem"), cert.signing_key.serialize_pem()).unwrap();
+        }
+        for f in ["acl_wl.conf", "rt_default.conf"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let conf = std::fs::read_to_string(src.join("peer.conf"))
+            .unwrap()
+            .replace("@IDENTITY@", identity)
+            .replace("@REALM@", realm)
+            .replace("@PORT@", &port.to_string())
+            .replace("@DIR@", dir.to_str().unwrap())
+            .replace("@EXT@", EXT_DIR)
+            .replace(
+                "@EXTRA@",
+                &extra.replace("@DIR@", dir.to_str().unwrap()).replace("@EXT@", EXT_DIR),
+            );
+        let path = dir.join(format!("{identity}.conf"));
+        std::fs::write(&path, conf).unwrap();
+        let mut fd = FreeDiameter {
+            child: None,
+            conf: path,
+            port,
+            log: dir.join(format!("{identity}.log")),
+        };
+        fd.spawn();
+        fd
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new("freeDiameterd")
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("freeDiameterd starts");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "freeDiameterd did not listen on {}: {}",
+            self.port,
+            std::fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// SIGTERM, as an operator's restart would (freeDiameter says goodbye with DPR), then wait.
+    fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            for _ in 0..100 {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for FreeDiameter {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn client_to_fd(host: &str, fd: &FreeDiameter, tw: Duration) -> NodeConfig {
+    let mut c = client_config(host, &[("fd.test.localdomain", fd.addr(), 1)], tw);
+    c.peers[0].config.reconnect_initial = Duration::from_millis(300);
+    c
+}
+
+#[tokio::test]
+async fn freediameter_peer_cer_dwr_both_ways_dpr_and_restart() {
+    if !available("freediameter_peer_cer_dwr_both_ways_dpr_and_restart") {
+        return;
+    }
+    let dir = crate::wire::tempdir("fd-peer");
+    let mut fd = FreeDiameter::start(&dir, "fd.test.localdomain", "test.localdomain", "");
+    // Node A is quiet (Tw 30 s): freeDiameter's own watchdog (TwTimer 6 s) fires and sends it DWRs.
+    let (a, _) = DiameterNode::start(client_to_fd("as1.test.localdomain", &fd, Duration::from_secs(30)))
+        .await
+        .unwrap();
+    // Node B is chatty (Tw 1 s): it sends DWRs, freeDiameter answers.
+    let (b, _) = DiameterNode::start(client_to_fd("as2.test.localdomain", &fd, Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let st = wait_for(&a, Duration::from_secs(10), "CER/CEA with freeDiameter", |s| open(s, 0)).await;
+    assert_eq!(st.peers[0].identity.as_deref(), Some("fd.test.localdomain"));
+    wait_for(&b, Duration::from_secs(10), "B open", |s| open(s, 0)).await;
+    let st = wait_for(&b, Duration::from_secs(10), "DWA from freeDiameter", |s| {
+        s.peers[0].metrics.messages_in.get("DWA").is_some_and(|&n| n >= 2)
+    })
+    .await;
+    assert!(st.peers[0].available);
+    let st = wait_for(&a, Duration::from_secs(15), "DWR from freeDiameter", |s| {
+        s.peers[0].metrics.messages_in.contains_key("DWR")
+    })
+    .await;
+    assert!(
+        st.peers[0].metrics.messages_out.contains_key("DWA"),
+        "we answered freeDiameter's DWR: {st:#?}"
+    );
+    // DPR/DPA: B leaves gracefully.
+    let fin = b.stop(DisconnectCause::Rebooting).await.unwrap();
+    assert_eq!(fin.peers[0].metrics.messages_out.get("DPR"), Some(&1));
+    assert_eq!(
+        fin.peers[0].metrics.messages_in.get("DPA"),
+        Some(&1),
+        "freeDiameter answered our DPR: {fin:#?}"
+    );
+    // freeDiameter restarts: A sees it go (DPR or connection loss), then reconnects to the new process.
+    fd.terminate();
+    wait_for(&a, Duration::from_secs(10), "A notices the restart", |s| {
+        s.peers[0].state == PeerState::Closed || !open(s, 0)
+    })
+    .await;
+    fd.spawn();
+    let st = wait_for(&a, Duration::from_secs(20), "A reconnected", |s| open(s, 0)).await;
+    assert!(
+        st.peers[0].metrics.messages_in.get("CEA").is_some_and(|&n| n >= 2),
+        "{st:#?}\n{}",
+        fd.log()
+    );
+    a.stop(DisconnectCause::Rebooting).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn freediameter_relays_between_our_client_and_our_server() {
+    if !available("freediameter_relays_between_our_client_and_our_server") {
+        return;
+    }
+    let capture_needed = crate::have("tshark");
+    let dir = crate::wire::tempdir("fd-relay");
+    // Our server (the OCS side) first, so that freeDiameter can connect to it.
+    let mut scfg = server_config("ocs1.ocs.localdomain");
+    let server_port = free_port();
+    scfg.listen = vec![SocketAddr::from(([127, 0, 0, 1], server_port))];
+    let (server, srx) = DiameterNode::start(scfg).await.unwrap();
+    let seen = serve("ocs1.ocs.localdomain", srx, Behaviour::Answer);
+    let extra = format!(
+        "LoadExtension = \"@EXT@/rt_default.fdx\" : \"@DIR@/rt_default.conf\";\n\
+         ConnectPeer = \"ocs1.ocs.localdomain\" {{ ConnectTo = \"127.0.0.1\"; Port = {server_port}; No_TLS; }};"
+    );
+    let fd = FreeDiameter::start(&dir, "fd.test.localdomain", "test.localdomain", &extra);
+    // Capture the run on both test ports: every frame must decode clean in tshark.
+    let pcap = dir.join("relay.pcap");
+    let mut capture = capture_needed.then(|| {
+        Command::new("tshark")
+            .args(["-i", "lo", "-q", "-w"])
+            .arg(&pcap)
+            .args(["-f", &format!("tcp port {} or tcp port {}", fd.port, server_port)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tshark capture starts")
+    });
+    if capture.is_some() {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    let (client, _) = DiameterNode::start(client_to_fd("as1.test.localdomain", &fd, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    wait_for(&client, Duration::from_secs(10), "client open with the relay", |s| {
+        open(s, 0)
+    })
+    .await;
+    wait_for(&server, Duration::from_secs(10), "relay connected to the server", |s| {
+        s.peers.iter().any(|p| p.available)
+    })
+    .await;
+    for n in 0..5 {
+        let a = client
+            .request(ccr("as1.test.localdomain;relay", "as1.test.localdomain", n), None)
+            .await;
+        let a = a.unwrap_or_else(|e| panic!("request {n} through freeDiameter failed: {e}\n{}", fd.log()));
+        assert_eq!(a.result_code(), Some(ResultCode::SUCCESS));
+        assert_eq!(a.find(code::CC_REQUEST_NUMBER, 0).unwrap().as_u32(), Ok(n));
+    }
+    let req = seen.lock().unwrap()[0].clone();
+    let rr: Vec<&str> = req
+        .find_all(code::ROUTE_RECORD, 0)
+        .filter_map(|a| a.as_utf8().ok())
+        .collect();
+    assert_eq!(
+        rr,
+        vec!["as1.test.localdomain"],
+        "the relay recorded the route (RFC 6733 §6.1.9)"
+    );
+    client.stop(DisconnectCause::Rebooting).await;
+    server.stop(DisconnectCause::Rebooting).await;
+    let fd_port = fd.port;
+    drop(fd);
+    if let Some(mut c) = capture.take() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = Command::new("kill").arg("-INT").arg(c.id().to_string()).status();
+        let _ = c.wait();
+        // Wireshark dissects Diameter on 3868 only: decode our test ports as Diameter too.
+        let decode_as = [
+            "-d".to_string(),
+            format!("tcp.port=={},diameter", fd_port),
+            "-d".to_string(),
+            format!("tcp.port=={server_port},diameter"),
+        ];
+        let out = Command::new("tshark")
+            .arg("-r")
+            .arg(&pcap)
+            .args(&decode_as)
+            .args(["-q", "-z", "expert"])
+            .output()
+            .unwrap();
+        let expert = String::from_utf8_lossy(&out.stdout);
+        let bad = crate::wire::unexpected_expert_lines(&expert);
+        assert!(
+            bad.is_empty(),
+            "tshark found problems in the capture:\n{}",
+            bad.join("\n")
+        );
+        let frames = Command::new("tshark")
+            .arg("-r")
+            .arg(&pcap)
+            .args(&decode_as)
+            .args(["-Y", "diameter"])
+            .output()
+            .unwrap();
+        let count = String::from_utf8_lossy(&frames.stdout).lines().count();
+        assert!(count >= 20, "the capture holds the Diameter exchange ({count} frames)");
+    } else {
+        crate::skip(
+            "freediameter relay capture",
+            "tshark not installed; the capture check did not run",
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
