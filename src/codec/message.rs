@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::avp::{Avp, AvpIter, Container};
+use super::avp::{Avp, Container, parse_avp};
 use super::error::{DecodeError, DecodeErrorKind};
 use super::header::{AppId, CommandCode, CommandFlags, EndToEndId, Header, HopByHopId};
 use super::{HEADER_LEN, MAX_LENGTH, VERSION, code};
@@ -219,8 +219,12 @@ impl Message {
         // Sized from the input, never from a length field: typical AVPs take 12 to 40 octets, so one allocation
         // usually suffices (each takes at least 8, so the vector stays proportional to the frame).
         let mut avps = Vec::with_capacity(body.len() / 16);
-        for avp in AvpIter::new(body, Container::Message) {
-            avps.push(avp.map_err(|e| e.with_header(header))?);
+        let mut pos = 0;
+        while pos < body.len() {
+            let (avp, next) =
+                parse_avp(&body, pos, Container::Message).map_err(|f| f.into_error().with_header(header))?;
+            avps.push(avp);
+            pos = next;
         }
         Ok(Message { header, avps })
     }

@@ -16,6 +16,7 @@ mod header;
 mod message;
 pub mod value;
 
+pub(crate) use avp::AvpFault;
 pub use avp::{Avp, AvpFlags, AvpIter};
 pub use error::{DecodeError, DecodeErrorKind, ValueError};
 pub use header::{AppId, CommandCode, CommandFlags, EndToEndId, Header, HopByHopId, VendorId};

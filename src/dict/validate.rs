@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::{AvpDef, DataType, Dictionary, Grammar};
 use crate::codec::value::{DiameterUri, check_filter_rule, check_identity};
-use crate::codec::{Avp, AvpFlags, DecodeError, DecodeErrorKind, DecodeLimits, Message, ValueError};
+use crate::codec::{Avp, AvpFault, AvpFlags, DecodeError, DecodeErrorKind, DecodeLimits, Message, ValueError};
 
 /// RFC 6733 §7.2: the grammar of every answer with the E bit set, whatever its command: (name, min, max).
 pub(super) const ERROR_ANSWER: &[(&str, u32, Option<u32>)] = &[
@@ -61,7 +61,7 @@ impl Dictionary {
     /// parsed as it is checked), so memory grows with the nesting depth, not with the number of members.
     fn check_avps<A: Borrow<Avp>>(
         &self,
-        avps: impl Iterator<Item = Result<A, DecodeError>>,
+        avps: impl Iterator<Item = Result<A, AvpFault>>,
         grammar: Option<&Grammar>,
         depth: usize,
         limits: &DecodeLimits,
@@ -78,7 +78,7 @@ impl Dictionary {
             &mut large
         };
         for avp in avps {
-            let avp = avp?;
+            let avp = avp.map_err(AvpFault::into_error)?;
             let avp = avp.borrow();
             let Some(idx) = self.by_code.get(&super::key(avp.code(), avp.vendor())).copied() else {
                 if avp.flags().is_mandatory() {
@@ -135,7 +135,7 @@ impl Dictionary {
                 .map_err(|e| e.nested_in(avp));
         }
         // A member's failure is reported wrapped in this AVP (RFC 6733 §7.5).
-        self.check_avps(avp.grouped_iter(), def.grammar.as_ref(), depth + 1, limits)
+        self.check_avps(avp.grouped_raw(), def.grammar.as_ref(), depth + 1, limits)
             .map_err(|e| match e.kind {
                 DecodeErrorKind::NestingTooDeep { .. } => e,
                 _ => e.nested_in(avp),

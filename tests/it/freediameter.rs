@@ -227,7 +227,14 @@ async fn freediameter_relays_between_our_client_and_our_server() {
             .expect("tshark capture starts")
     });
     if capture.is_some() {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // tshark writes the capture file's header once it captures; wait for it (it takes seconds under load).
+        for _ in 0..200 {
+            if std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let (client, _) = DiameterNode::start(client_to_fd("as1.test.localdomain", &fd, Duration::from_secs(5)))
         .await
