@@ -182,7 +182,14 @@ impl Router {
     pub fn new(config: RouterConfig, peers: Vec<PeerConfig>, dict: Arc<Dictionary>, e2e: EndToEndIds) -> Router {
         let table = RealmTable::new(config.routes.clone());
         let dup = DuplicateCache::new(config.duplicate_window, config.duplicate_capacity);
-        let peers: Vec<Peer> = peers.into_iter().map(|p| Peer::new(p, e2e.clone())).collect();
+        // Every peer speaks for this node: one identity, whatever the peer configurations carried.
+        let peers: Vec<Peer> = peers
+            .into_iter()
+            .map(|mut p| {
+                p.local = config.local.clone();
+                Peer::new(p, e2e.clone())
+            })
+            .collect();
         Router {
             metrics: vec![PeerMetrics::default(); peers.len()],
             peers,
