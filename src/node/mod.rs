@@ -200,8 +200,9 @@ impl DiameterNode {
     pub async fn start(mut config: NodeConfig) -> Result<(DiameterNode, mpsc::Receiver<IncomingRequest>), NodeError> {
         // RFC 6733 §8.16: Origin-State-Id must change at every restart. 0 (unset) takes the start time.
         if config.router.local.origin_state_id == 0 {
-            config.router.local.origin_state_id =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs() as u32);
+            config.router.local.origin_state_id = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_secs() as u32);
         }
         let tls_needed = !config.listen_tls.is_empty() || config.peers.iter().any(|p| p.tls);
         let (server_tls, client_tls) = match (&config.tls, tls_needed) {
