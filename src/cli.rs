@@ -44,6 +44,30 @@ enum Command {
         #[arg(long)]
         config: Option<std::path::PathBuf>,
     },
+    /// Run the OCS (Ro) and PCRF (Gx) simulator with its ledger and HTTP control API.
+    OcsSim {
+        /// Diameter listening address.
+        #[arg(long, default_value = "127.0.0.1:3868")]
+        listen: std::net::SocketAddr,
+        /// Our Origin-Host.
+        #[arg(long, default_value = "ocs.localdomain")]
+        origin_host: String,
+        /// Our Origin-Realm.
+        #[arg(long, default_value = "localdomain")]
+        origin_realm: String,
+        /// HTTP control API address (ledger, RAR/ASR, faults, metrics).
+        #[arg(long)]
+        control: Option<std::net::SocketAddr>,
+        /// Tariff, accounts, Gx policy, faults and Tcc (TOML; see docs/ocs-sim.md).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+        /// Write the ledger as JSON to this file on exit.
+        #[arg(long)]
+        ledger_out: Option<std::path::PathBuf>,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -56,6 +80,18 @@ pub fn main() -> ExitCode {
             dictionaries,
             config,
         } => decode(hex, file, &dictionaries, config.as_deref()),
+        Command::OcsSim {
+            listen,
+            origin_host,
+            origin_realm,
+            control,
+            config,
+            ledger_out,
+            log_json,
+        } => {
+            init_logging(log_json);
+            ocs_sim(listen, origin_host, origin_realm, control, config, ledger_out)
+        }
     };
     match result {
         Ok(code) => code,
@@ -63,6 +99,65 @@ pub fn main() -> ExitCode {
             eprintln!("charging-ra: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Logs to stderr: human-readable by default, JSON lines with `--log-json`; `RUST_LOG` filters (default info).
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn ocs_sim(
+    listen: std::net::SocketAddr,
+    origin_host: String,
+    origin_realm: String,
+    control: Option<std::net::SocketAddr>,
+    config: Option<std::path::PathBuf>,
+    ledger_out: Option<std::path::PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    use charging_ra::ocs::OcsConfig;
+    use charging_ra::ocs::server::{OcsServer, OcsServerConfig};
+    let ocs = match &config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str::<OcsConfig>(&text).with_context(|| format!("in {}", p.display()))?
+        }
+        None => OcsConfig::default(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let mut cfg = OcsServerConfig::new(listen, &origin_host, &origin_realm);
+        cfg.control = control;
+        cfg.ocs = ocs;
+        let server = OcsServer::start(cfg).await?;
+        tracing::info!(diameter = %server.diameter_addr(), control = ?server.control_addr(), "ocs-sim running as {origin_host}");
+        shutdown_signal().await;
+        let ledger = server.ledger_json();
+        let check = server.stop().await;
+        if let Some(path) = ledger_out {
+            std::fs::write(&path, serde_json::to_string_pretty(&ledger)?).with_context(|| format!("writing {}", path.display()))?;
+        }
+        tracing::info!(clean = check.clean, opened = check.sessions.opened, "ocs-sim stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }
 

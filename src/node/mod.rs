@@ -128,6 +128,50 @@ impl IncomingRequest {
         self.answered = true;
         let _ = self.commands.send(Command::Answer(self.peer, answer));
     }
+
+    /// Drops the request without answering (a simulator losing an answer on purpose).
+    pub fn discard(mut self) {
+        self.answered = true;
+    }
+}
+
+/// A cloneable handle on a running node for other tasks: requests, peer commands.
+#[derive(Clone, Debug)]
+pub struct NodeHandle {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl NodeHandle {
+    /// See [`DiameterNode::request_via`].
+    pub async fn request_via(
+        &self,
+        request: Message,
+        timeout: Option<Duration>,
+        via: Option<PeerId>,
+    ) -> Result<Message, RequestError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Request(request, timeout, via, tx))
+            .map_err(|_| RequestError::Stopped)?;
+        rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// See [`DiameterNode::disconnect_peer`].
+    pub fn disconnect_peer(&self, peer: PeerId, cause: DisconnectCause) {
+        let _ = self.commands.send(Command::DisconnectPeer(peer, cause));
+    }
+
+    /// See [`DiameterNode::close_peer`].
+    pub fn close_peer(&self, peer: PeerId) {
+        let _ = self.commands.send(Command::ClosePeer(peer));
+    }
+
+    /// See [`DiameterNode::status`].
+    pub async fn status(&self) -> Option<NodeStatus> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(Command::Status(tx)).ok()?;
+        rx.await.ok()
+    }
 }
 
 impl Drop for IncomingRequest {
@@ -167,12 +211,16 @@ pub struct NodeStatus {
     pub pending: usize,
 }
 
+#[derive(Debug)]
 enum Command {
     Request(
         Message,
         Option<Duration>,
+        Option<PeerId>,
         oneshot::Sender<Result<Message, RequestError>>,
     ),
+    DisconnectPeer(PeerId, DisconnectCause),
+    ClosePeer(PeerId),
     Answer(PeerId, Message),
     AnswerUnanswered(PeerId, Message),
     Status(oneshot::Sender<NodeStatus>),
@@ -330,18 +378,39 @@ impl DiameterNode {
 
     /// Sends a request and waits for its answer. `timeout` overrides the router's answer timeout.
     pub async fn request(&self, request: Message, timeout: Option<Duration>) -> Result<Message, RequestError> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Request(request, timeout, tx))
-            .map_err(|_| RequestError::Stopped)?;
-        rx.await.map_err(|_| RequestError::Stopped)?
+        self.handle().request_via(request, timeout, None).await
+    }
+
+    /// Sends a request preferring the peer `via` (e.g. the connection a session's requests came on).
+    pub async fn request_via(
+        &self,
+        request: Message,
+        timeout: Option<Duration>,
+        via: Option<PeerId>,
+    ) -> Result<Message, RequestError> {
+        self.handle().request_via(request, timeout, via).await
+    }
+
+    /// Sends DPR to one peer.
+    pub fn disconnect_peer(&self, peer: PeerId, cause: DisconnectCause) {
+        self.handle().disconnect_peer(peer, cause);
+    }
+
+    /// Closes one peer's connection without DPR.
+    pub fn close_peer(&self, peer: PeerId) {
+        self.handle().close_peer(peer);
+    }
+
+    /// A cloneable handle for other tasks.
+    pub fn handle(&self) -> NodeHandle {
+        NodeHandle {
+            commands: self.commands.clone(),
+        }
     }
 
     /// The peers and counters.
     pub async fn status(&self) -> Option<NodeStatus> {
-        let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Status(tx)).ok()?;
-        rx.await.ok()
+        self.handle().status().await
     }
 
     /// Graceful stop: DPR to every open peer, wait for the DPAs (at most 2 s), end. Returns the final status.
@@ -447,12 +516,14 @@ impl Driver {
     fn command(&mut self, c: Command) {
         let t = now();
         match c {
-            Command::Request(msg, timeout, reply) => {
+            Command::Request(msg, timeout, via, reply) => {
                 let token = self.next_token;
                 self.next_token += 1;
                 self.tokens.insert(token, reply);
-                self.router.send_request(t, msg, token, timeout);
+                self.router.send_request_via(t, msg, token, timeout, via);
             }
+            Command::DisconnectPeer(peer, cause) => self.router.disconnect_peer(t, peer, cause),
+            Command::ClosePeer(peer) => self.router.close_peer(t, peer),
             Command::Answer(peer, msg) | Command::AnswerUnanswered(peer, msg) => {
                 self.router.answer_request(t, peer, msg)
             }

@@ -140,6 +140,8 @@ struct Pending {
     deadline: Instant,
     /// Hosts a redirect agent named for this request (RFC 6733 §6.13), tried first.
     redirect_to: Vec<String>,
+    /// A peer the caller asked for (a server request goes back the way the session came).
+    via: Option<PeerId>,
 }
 
 /// A request delivered to the application, remembered until it is answered.
@@ -327,7 +329,20 @@ impl Router {
 
     /// Submits a request of the application. The End-to-End id is assigned when zero; Hop-by-Hop ids per attempt.
     /// `timeout` overrides the configured answer timeout.
-    pub fn send_request(&mut self, now: Instant, mut request: Message, token: RequestToken, timeout: Option<Duration>) {
+    pub fn send_request(&mut self, now: Instant, request: Message, token: RequestToken, timeout: Option<Duration>) {
+        self.send_request_via(now, request, token, timeout, None);
+    }
+
+    /// Like [`Router::send_request`], preferring the peer `via` while it is available (an OCS sends RAR/ASR
+    /// back over the connection the session's requests came on, directly or through a relay).
+    pub fn send_request_via(
+        &mut self,
+        now: Instant,
+        mut request: Message,
+        token: RequestToken,
+        timeout: Option<Duration>,
+        via: Option<PeerId>,
+    ) {
         if request.header.end_to_end.0 == 0 {
             request.header.end_to_end = self.e2e.next();
         }
@@ -348,8 +363,28 @@ impl Router {
             attempts: Vec::new(),
             deadline,
             redirect_to: Vec::new(),
+            via,
         };
         self.dispatch(now, pending, false);
+    }
+
+    /// Sends DPR to one peer (RFC 6733 §5.4) without reconnecting to it.
+    pub fn disconnect_peer(&mut self, now: Instant, peer: PeerId, cause: DisconnectCause) {
+        if let Some(p) = self.peers.get_mut(peer.0) {
+            p.stop(now, cause);
+            self.pump(now, peer);
+        }
+    }
+
+    /// Closes a peer's connection at once, without DPR (what a crash or a network failure looks like to it).
+    pub fn close_peer(&mut self, now: Instant, peer: PeerId) {
+        let Some(conn) = self.peers.get(peer.0).and_then(Peer::connection) else {
+            return;
+        };
+        self.conns.remove(&conn);
+        self.out.push_back(RouterOutput::Close(conn));
+        self.peers[peer.0].handle_disconnected(now, conn);
+        self.pump(now, peer);
     }
 
     /// Answers a request delivered as [`RouterOutput::Request`]. The answer must carry the request's Hop-by-Hop
@@ -628,6 +663,7 @@ impl Router {
             attempts: Vec::new(),
             deadline,
             redirect_to: Vec::new(),
+            via: None,
         };
         self.dispatch(now, pending, false);
     }
@@ -693,7 +729,13 @@ impl Router {
 
     /// Sends a pending request to its next hop (with the T flag when `retransmit`), or fails it.
     fn dispatch(&mut self, now: Instant, mut p: Pending, retransmit: bool) {
-        let hop = self.next_hop(&p.request, &p.tried, &p.redirect_to, now);
+        let hop = match p
+            .via
+            .filter(|v| !p.tried.contains(v) && self.peers.get(v.0).is_some_and(Peer::is_available))
+        {
+            Some(v) => Ok(v),
+            None => self.next_hop(&p.request, &p.tried, &p.redirect_to, now),
+        };
         let peer = match hop {
             Ok(peer) => peer,
             Err((rc, why)) => return self.fail(now, p, rc, why),

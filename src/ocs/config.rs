@@ -1,0 +1,248 @@
+//! The simulator's configuration (`--config ocs.toml`): tariff, accounts, Gx policy, faults, Tcc. Every key has a
+//! default, so an empty file (or none) gives a working OCS and PCRF.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::Units;
+
+/// Final-Unit-Action (RFC 4006 §8.35).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum FinalUnitAction {
+    /// 0: terminate the service.
+    Terminate,
+    /// 1: redirect to a top-up server.
+    Redirect,
+    /// 2: restrict access with filters.
+    RestrictAccess,
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OcsConfig {
+    /// Ro (online charging).
+    pub ro: RoConfig,
+    /// Gx (policy).
+    pub gx: GxConfig,
+    /// Accounts with their own balances (others get `ro.default_balance`).
+    pub subscribers: Vec<SubscriberConfig>,
+    /// Fault rules, applied in order; the first that matches acts.
+    pub faults: Vec<FaultRule>,
+    /// Tcc, RFC 4006 §13: a session with no request for this long is closed by the server. Default 0 (off).
+    #[serde(with = "humantime_serde")]
+    pub tcc: Duration,
+    /// How long an answered (Session-Id, CC-Request-Number) is kept for T-flag retransmissions.
+    #[serde(with = "humantime_serde")]
+    pub duplicate_window: Duration,
+}
+
+/// `[ro]`: the tariff.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoConfig {
+    /// Balance of every subscriber not listed in `[[subscribers]]`, per unit kind (absent kinds: unlimited).
+    pub default_balance: Units,
+    /// Rating groups with their own tariff; others use `default_rating_group`.
+    pub rating_groups: Vec<RatingGroupConfig>,
+    /// The tariff of rating groups not listed.
+    pub default_rating_group: RatingGroupConfig,
+    /// Unit price for event charging and price enquiries, in the smallest currency unit per service unit.
+    pub event_price: u64,
+    /// ISO 4217 numeric currency code for Cost-Information (default 978, EUR).
+    pub currency_code: u32,
+}
+
+impl Default for RoConfig {
+    fn default() -> Self {
+        RoConfig {
+            default_balance: Units::default(),
+            rating_groups: Vec::new(),
+            default_rating_group: RatingGroupConfig::default(),
+            event_price: 10,
+            currency_code: 978,
+        }
+    }
+}
+
+/// The tariff of one rating group.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RatingGroupConfig {
+    /// The rating group (ignored for the default).
+    pub rating_group: u32,
+    /// Units granted per request, per kind: the kinds the client asks for, or all of these when it asks none.
+    pub grant: Units,
+    /// Validity-Time of a grant, 0 for none.
+    #[serde(with = "humantime_serde")]
+    pub validity_time: Duration,
+    /// Quota-Holding-Time (TS 32.299), 0 for none.
+    #[serde(with = "humantime_serde")]
+    pub quota_holding_time: Duration,
+    /// Time-Quota-Threshold (seconds), 0 for none.
+    pub time_quota_threshold: u32,
+    /// Volume-Quota-Threshold (octets), 0 for none.
+    pub volume_quota_threshold: u32,
+    /// What the client must do once the last units are used.
+    pub final_unit_action: FinalUnitAction,
+    /// Redirect-Server-Address for REDIRECT (a SIP URI or URL).
+    pub redirect_address: String,
+    /// Filter-Id for RESTRICT_ACCESS.
+    pub restriction_filter: String,
+}
+
+impl Default for RatingGroupConfig {
+    fn default() -> Self {
+        RatingGroupConfig {
+            rating_group: 0,
+            grant: Units {
+                time: Some(300),
+                total_octets: Some(10_000_000),
+                units: Some(10),
+                ..Units::default()
+            },
+            validity_time: Duration::ZERO,
+            quota_holding_time: Duration::ZERO,
+            time_quota_threshold: 0,
+            volume_quota_threshold: 0,
+            final_unit_action: FinalUnitAction::Terminate,
+            redirect_address: "sip:topup@ocs.localdomain".into(),
+            restriction_filter: "topup-only".into(),
+        }
+    }
+}
+
+/// An account.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriberConfig {
+    /// Subscription-Id-Data (MSISDN, IMSI, SIP URI or NAI).
+    pub id: String,
+    /// Its balance per unit kind; kinds not listed are unlimited.
+    pub balance: Units,
+}
+
+/// `[gx]`: the policy the PCRF hands out.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GxConfig {
+    /// Predefined rule names installed at CCR-I (Charging-Rule-Name).
+    pub rule_names: Vec<String>,
+    /// Predefined rule bases installed at CCR-I (Charging-Rule-Base-Name).
+    pub rule_base_names: Vec<String>,
+    /// Dynamic rules installed at CCR-I (Charging-Rule-Definition).
+    pub rules: Vec<RuleConfig>,
+    /// Event-Trigger values armed at CCR-I (numeric, TS 29.212 §5.3.7).
+    pub event_triggers: Vec<i32>,
+    /// Session QoS: APN-AMBR uplink / downlink (bit/s) and the default bearer's QCI.
+    pub apn_ambr_ul: u32,
+    /// APN-AMBR downlink.
+    pub apn_ambr_dl: u32,
+    /// Default bearer QCI.
+    pub default_qci: i32,
+    /// Usage monitoring: Monitoring-Key and the volume granted per report, 0 for none.
+    pub monitoring_key: String,
+    /// Octets per usage-monitoring grant.
+    pub monitoring_volume: u64,
+}
+
+impl Default for GxConfig {
+    fn default() -> Self {
+        GxConfig {
+            rule_names: Vec::new(),
+            rule_base_names: vec!["default-internet".into()],
+            rules: vec![RuleConfig::default()],
+            event_triggers: vec![2, 13, 33],
+            apn_ambr_ul: 50_000_000,
+            apn_ambr_dl: 150_000_000,
+            default_qci: 9,
+            monitoring_key: "mk-session".into(),
+            monitoring_volume: 100_000_000,
+        }
+    }
+}
+
+/// A dynamic PCC rule.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuleConfig {
+    /// Charging-Rule-Name.
+    pub name: String,
+    /// Flow-Description values (IPFilterRule).
+    pub flows: Vec<String>,
+    /// QCI of the rule.
+    pub qci: i32,
+    /// Rating-Group.
+    pub rating_group: u32,
+    /// Precedence.
+    pub precedence: u32,
+}
+
+impl Default for RuleConfig {
+    fn default() -> Self {
+        RuleConfig {
+            name: "video-zero-rated".into(),
+            flows: vec!["permit out 17 from 198.51.100.0/24 443 to assigned".into()],
+            qci: 8,
+            rating_group: 200,
+            precedence: 100,
+        }
+    }
+}
+
+/// What a fault rule does.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum FaultAction {
+    /// Answer with this Result-Code (3xxx with the E bit).
+    ResultCode {
+        /// The code.
+        code: u32,
+    },
+    /// Answer normally, after this delay.
+    Delay {
+        /// The delay, e.g. "2s".
+        #[serde(with = "humantime_serde")]
+        delay: Duration,
+    },
+    /// Never answer (exercises Tx and CCFH).
+    Drop,
+    /// Close the connection the request came on, without answering.
+    Close,
+    /// Answer 3002 (DIAMETER_UNABLE_TO_DELIVER) with the E bit, as a relay that lost the route would.
+    UnableToDeliver,
+    /// Answer normally, then send DPR (DO_NOT_WANT_TO_TALK_TO_YOU is not used: REBOOTING) to the peer.
+    Dpr,
+}
+
+/// A fault: which requests it matches and what it does to them.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRule {
+    /// Subscription-Id-Data to match (any when absent).
+    #[serde(default)]
+    pub subscriber: Option<String>,
+    /// Session-Id to match.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Command short name: "CCR", "RAA"… (any when absent).
+    #[serde(default)]
+    pub command: Option<String>,
+    /// CC-Request-Type: "initial", "update", "termination", "event".
+    #[serde(default)]
+    pub request_type: Option<String>,
+    /// CC-Request-Number.
+    #[serde(default)]
+    pub request_number: Option<u32>,
+    /// Only requests without (false) or with (true) the T flag.
+    #[serde(default)]
+    pub retransmission: Option<bool>,
+    /// How many times it fires (unlimited when absent).
+    #[serde(default)]
+    pub times: Option<u32>,
+    /// What it does.
+    #[serde(flatten)]
+    pub action: FaultAction,
+}

@@ -1,0 +1,242 @@
+//! The ledger: what every session asked, was granted, reported and was charged, and the anomalies a correct
+//! client never causes. The conformance suite judges by [`Check`].
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::codec::{AppId, Message, code};
+use crate::units::Units;
+
+/// Where a session is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// Between CCR-I and CCR-T.
+    Open,
+    /// Ended by CCR-T.
+    Terminated,
+    /// A one-shot event (CCR-E).
+    Event,
+    /// Closed by the server after Tcc without a request.
+    ClosedByTcc,
+    /// Requests for a Session-Id that was never opened.
+    Unknown,
+}
+
+/// One request as received.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RequestRecord {
+    /// `initial`, `update`, `termination`, `event`.
+    pub request_type: String,
+    /// CC-Request-Number.
+    pub number: u32,
+    /// Origin-Host.
+    pub origin_host: String,
+    /// The T flag.
+    pub t_flag: bool,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The Result-Code answered, if any.
+    pub result_code: Option<u32>,
+    /// Answered from the cache (already processed), not charged again.
+    pub duplicate: bool,
+}
+
+impl RequestRecord {
+    pub(crate) fn of(req: &Message, at_ms: u64, result_code: Option<u32>, duplicate: bool) -> RequestRecord {
+        RequestRecord {
+            request_type: super::request_type_name(req.find(code::CC_REQUEST_TYPE, 0).and_then(|a| a.as_i32().ok()))
+                .into(),
+            number: req
+                .find(code::CC_REQUEST_NUMBER, 0)
+                .and_then(|a| a.as_u32().ok())
+                .unwrap_or(0),
+            origin_host: req
+                .find(code::ORIGIN_HOST, 0)
+                .and_then(|a| a.as_utf8().ok())
+                .unwrap_or_default()
+                .into(),
+            t_flag: req.header.flags.is_retransmit(),
+            at_ms,
+            result_code,
+            duplicate,
+        }
+    }
+}
+
+/// Units per rating group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RatingGroupLedger {
+    /// Granted over the session.
+    pub granted: Units,
+    /// Reported as used.
+    pub reported_used: Units,
+    /// Taken from the balance (reported usage, capped at what the balance held).
+    pub debited: Units,
+    /// Given back by REFUND_ACCOUNT.
+    pub refunded: Units,
+    /// The current grant, reserved until reported.
+    pub outstanding: Units,
+}
+
+/// Something a correct client never causes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Anomaly {
+    /// `repeated_number`, `skipped_number`, `usage_reported_twice`, `request_after_termination`, `closed_by_tcc`,
+    /// `answer_rejected`, `unknown_session`, `repeated_initial`.
+    pub kind: String,
+    /// What exactly.
+    pub detail: String,
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+}
+
+/// A RAR or ASR the simulator sent, and how it was answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServerRequestRecord {
+    /// `RAR` or `ASR`.
+    pub kind: String,
+    /// When it was sent.
+    pub at_ms: u64,
+    /// The answer's Result-Code; none when it was not answered.
+    pub result_code: Option<u32>,
+    /// The answer's Origin-Host.
+    pub answered_by: Option<String>,
+}
+
+/// What the PCEF reported on Gx.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GxLedger {
+    /// Rules and rule bases installed.
+    pub rules_installed: Vec<String>,
+    /// Event-Trigger values reported in CCR-U.
+    pub event_triggers_reported: Vec<i32>,
+    /// Rules reported failed, with their Rule-Failure-Code.
+    pub rule_failures: Vec<(String, i32)>,
+    /// Usage reported in Usage-Monitoring-Information.
+    pub usage_reported: Units,
+}
+
+/// One session in the ledger.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LedgerSession {
+    /// Session-Id.
+    pub session_id: String,
+    /// `ro` or `gx`.
+    pub app: String,
+    /// Subscription-Id-Data of the first Subscription-Id.
+    pub subscriber: Option<String>,
+    /// Where it is.
+    pub state: SessionState,
+    /// Highest CC-Request-Number seen.
+    pub last_number: Option<u32>,
+    /// Every request, in arrival order.
+    pub requests: Vec<RequestRecord>,
+    /// Units per rating group.
+    pub rating_groups: BTreeMap<u32, RatingGroupLedger>,
+    /// T-flag retransmissions answered from the cache, not charged again.
+    pub duplicates_answered: u32,
+    /// RAR/ASR sent.
+    pub server_requests: Vec<ServerRequestRecord>,
+    /// Gx reports.
+    pub gx: GxLedger,
+    /// What went wrong.
+    pub anomalies: Vec<Anomaly>,
+}
+
+impl LedgerSession {
+    pub(crate) fn new(sid: &str, app: AppId, subscriber: Option<String>) -> LedgerSession {
+        LedgerSession {
+            session_id: sid.into(),
+            app: if app == AppId::GX { "gx" } else { "ro" }.into(),
+            subscriber,
+            state: SessionState::Open,
+            last_number: None,
+            requests: Vec::new(),
+            rating_groups: BTreeMap::new(),
+            duplicates_answered: 0,
+            server_requests: Vec::new(),
+            gx: GxLedger::default(),
+            anomalies: Vec::new(),
+        }
+    }
+
+    pub(crate) fn anomaly(&mut self, at_ms: u64, kind: &str, detail: String) {
+        self.anomalies.push(Anomaly {
+            kind: kind.into(),
+            detail,
+            at_ms,
+        });
+    }
+}
+
+/// `GET /v1/ledger/check`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// No anomaly anywhere.
+    pub clean: bool,
+    /// Session counts.
+    pub sessions: SessionCounts,
+    /// Anomalies by kind.
+    pub anomalies: BTreeMap<String, u64>,
+    /// Unit totals over every session.
+    pub units: UnitTotals,
+    /// T-flag retransmissions answered from the cache.
+    pub duplicates_answered: u64,
+}
+
+/// Session counts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SessionCounts {
+    /// Sessions that sent CCR-I.
+    pub opened: u64,
+    /// Sessions ended by CCR-T.
+    pub terminated: u64,
+    /// Sessions still open.
+    pub open: u64,
+    /// Event (CCR-E) transactions.
+    pub events: u64,
+    /// Sessions the server closed (Tcc).
+    pub closed_by_tcc: u64,
+}
+
+/// Unit totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UnitTotals {
+    /// Granted.
+    pub granted: Units,
+    /// Reported as used.
+    pub reported_used: Units,
+    /// Debited from balances.
+    pub debited: Units,
+}
+
+impl Check {
+    pub(crate) fn of<'a>(sessions: impl Iterator<Item = &'a LedgerSession>) -> Check {
+        let mut c = Check::default();
+        for s in sessions {
+            if s.requests.iter().any(|r| r.request_type == "initial") {
+                c.sessions.opened += 1;
+            }
+            match s.state {
+                SessionState::Terminated => c.sessions.terminated += 1,
+                SessionState::Open => c.sessions.open += 1,
+                SessionState::Event => c.sessions.events += 1,
+                SessionState::ClosedByTcc => c.sessions.closed_by_tcc += 1,
+                SessionState::Unknown => {}
+            }
+            for a in &s.anomalies {
+                *c.anomalies.entry(a.kind.clone()).or_default() += 1;
+            }
+            for l in s.rating_groups.values() {
+                c.units.granted.add(&l.granted);
+                c.units.reported_used.add(&l.reported_used);
+                c.units.debited.add(&l.debited);
+            }
+            c.duplicates_answered += u64::from(s.duplicates_answered);
+        }
+        c.clean = c.anomalies.is_empty();
+        c
+    }
+}

@@ -1,0 +1,167 @@
+//! Service units as RFC 4006 counts them (§8.17–8.23): time, octets, service-specific units. The shape is the
+//! JSON of the HTTP front and the simulator's ledger: `{"time": s, "total_octets": n, "input_octets": n,
+//! "output_octets": n, "units": n}`, any subset.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{Avp, code};
+
+/// Kinds of units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitKind {
+    /// CC-Time, seconds.
+    Time,
+    /// CC-Total-Octets.
+    TotalOctets,
+    /// CC-Input-Octets.
+    InputOctets,
+    /// CC-Output-Octets.
+    OutputOctets,
+    /// CC-Service-Specific-Units.
+    Units,
+}
+
+impl UnitKind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [UnitKind; 5] = [
+        UnitKind::Time,
+        UnitKind::TotalOctets,
+        UnitKind::InputOctets,
+        UnitKind::OutputOctets,
+        UnitKind::Units,
+    ];
+
+    /// The AVP carrying this kind inside Granted/Requested/Used-Service-Unit.
+    pub fn avp_code(self) -> u32 {
+        match self {
+            UnitKind::Time => code::CC_TIME,
+            UnitKind::TotalOctets => code::CC_TOTAL_OCTETS,
+            UnitKind::InputOctets => code::CC_INPUT_OCTETS,
+            UnitKind::OutputOctets => code::CC_OUTPUT_OCTETS,
+            UnitKind::Units => code::CC_SERVICE_SPECIFIC_UNITS,
+        }
+    }
+}
+
+/// An amount of each kind; absent kinds are "none given".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Units {
+    /// Seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<u64>,
+    /// Octets both ways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_octets: Option<u64>,
+    /// Octets from the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_octets: Option<u64>,
+    /// Octets to the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_octets: Option<u64>,
+    /// Service-specific units (events, messages…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units: Option<u64>,
+}
+
+impl Units {
+    /// The amount of one kind.
+    pub fn get(&self, k: UnitKind) -> Option<u64> {
+        match k {
+            UnitKind::Time => self.time,
+            UnitKind::TotalOctets => self.total_octets,
+            UnitKind::InputOctets => self.input_octets,
+            UnitKind::OutputOctets => self.output_octets,
+            UnitKind::Units => self.units,
+        }
+    }
+
+    /// Sets the amount of one kind.
+    pub fn set(&mut self, k: UnitKind, v: Option<u64>) {
+        let slot = match k {
+            UnitKind::Time => &mut self.time,
+            UnitKind::TotalOctets => &mut self.total_octets,
+            UnitKind::InputOctets => &mut self.input_octets,
+            UnitKind::OutputOctets => &mut self.output_octets,
+            UnitKind::Units => &mut self.units,
+        };
+        *slot = v;
+    }
+
+    /// Whether no kind is given.
+    pub fn is_empty(&self) -> bool {
+        UnitKind::ALL.iter().all(|k| self.get(*k).is_none())
+    }
+
+    /// The kinds given.
+    pub fn kinds(&self) -> impl Iterator<Item = UnitKind> + '_ {
+        UnitKind::ALL.into_iter().filter(|k| self.get(*k).is_some())
+    }
+
+    /// Adds `other` kind by kind (absent + x = x).
+    pub fn add(&mut self, other: &Units) {
+        for k in UnitKind::ALL {
+            if let Some(v) = other.get(k) {
+                self.set(k, Some(self.get(k).unwrap_or(0).saturating_add(v)));
+            }
+        }
+    }
+
+    /// Reads the unit AVPs inside a GSU/RSU/USU (RFC 4006 §8.17–8.19). Money (CC-Money) is not counted.
+    pub fn from_grouped(avp: &Avp) -> Units {
+        let mut u = Units::default();
+        for child in avp.grouped_iter().filter_map(Result::ok) {
+            if child.vendor() != 0 {
+                continue;
+            }
+            let v = match child.code() {
+                code::CC_TIME => child.as_u32().ok().map(u64::from),
+                _ => child.as_u64().ok(),
+            };
+            if let Some(k) = UnitKind::ALL.into_iter().find(|k| k.avp_code() == child.code()) {
+                u.set(k, v);
+            }
+        }
+        u
+    }
+
+    /// The unit AVPs for a GSU/RSU/USU (CC-Time is Unsigned32, the others Unsigned64).
+    pub fn to_avps(&self) -> Vec<Avp> {
+        self.kinds()
+            .map(|k| {
+                let v = self.get(k).unwrap_or(0);
+                match k {
+                    UnitKind::Time => Avp::u32(k.avp_code(), v.min(u64::from(u32::MAX)) as u32),
+                    _ => Avp::u64(k.avp_code(), v),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_round_trip_through_avps_and_json() {
+        let u = Units {
+            time: Some(60),
+            total_octets: Some(1 << 40),
+            ..Default::default()
+        };
+        let g = Avp::grouped(code::GRANTED_SERVICE_UNIT, &u.to_avps());
+        assert_eq!(Units::from_grouped(&g), u);
+        let json = serde_json::to_string(&u).unwrap();
+        assert_eq!(json, r#"{"time":60,"total_octets":1099511627776}"#);
+        assert_eq!(serde_json::from_str::<Units>(&json).unwrap(), u);
+        let mut sum = u;
+        sum.add(&Units {
+            time: Some(1),
+            units: Some(2),
+            ..Default::default()
+        });
+        assert_eq!((sum.time, sum.units), (Some(61), Some(2)));
+    }
+}
