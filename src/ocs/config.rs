@@ -192,28 +192,22 @@ impl Default for RuleConfig {
     }
 }
 
-/// What a fault rule does.
+/// What a fault rule does: `"drop"`, `"close"`, `"unable_to_deliver"`, `"dpr"`, `{"result_code": 5031}` or
+/// `{"delay": "2s"}`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(rename_all = "snake_case", tag = "action")]
+#[serde(rename_all = "snake_case")]
 pub enum FaultAction {
     /// Answer with this Result-Code (3xxx with the E bit).
-    ResultCode {
-        /// The code.
-        code: u32,
-    },
+    ResultCode(u32),
     /// Answer normally, after this delay.
-    Delay {
-        /// The delay, e.g. "2s".
-        #[serde(with = "humantime_serde")]
-        delay: Duration,
-    },
-    /// Never answer (exercises Tx and CCFH).
+    Delay(#[serde(with = "humantime_serde")] Duration),
+    /// Process the request but never answer (a lost answer: exercises Tx, CCFH and T-flag retransmission).
     Drop,
     /// Close the connection the request came on, without answering.
     Close,
     /// Answer 3002 (DIAMETER_UNABLE_TO_DELIVER) with the E bit, as a relay that lost the route would.
     UnableToDeliver,
-    /// Answer normally, then send DPR (DO_NOT_WANT_TO_TALK_TO_YOU is not used: REBOOTING) to the peer.
+    /// Answer normally, then send DPR (REBOOTING) to the peer.
     Dpr,
 }
 
@@ -243,6 +237,5 @@ pub struct FaultRule {
     #[serde(default)]
     pub times: Option<u32>,
     /// What it does.
-    #[serde(flatten)]
     pub action: FaultAction,
 }

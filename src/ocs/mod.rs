@@ -346,7 +346,7 @@ impl Ocs {
     fn handle_inner(&mut self, now: Instant, wall_ms: u64, peer: PeerId, req: &Message) -> Reply {
         let fault = self.fault_for(req);
         let answer = match &fault {
-            Some(FaultAction::ResultCode { code }) => {
+            Some(FaultAction::ResultCode(code)) => {
                 let a = self.base_answer(req, ResultCode(*code));
                 self.record_only(now, wall_ms, peer, req, a.result_code());
                 return Reply::Answer(a);
@@ -360,7 +360,7 @@ impl Ocs {
             _ => self.process(now, wall_ms, peer, req),
         };
         match fault {
-            Some(FaultAction::Delay { delay }) => Reply::Delay(delay, answer),
+            Some(FaultAction::Delay(delay)) => Reply::Delay(delay, answer),
             Some(FaultAction::Drop) => Reply::Drop,
             Some(FaultAction::Dpr) => Reply::AnswerThenDpr(answer),
             _ => Reply::Answer(answer),

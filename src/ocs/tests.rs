@@ -277,7 +277,7 @@ fn faults_match_by_rule_and_fire_as_often_as_told() {
         times,
         action,
     };
-    o.add_fault(rule(FaultAction::ResultCode { code: 5031 }, Some(0), Some(1)));
+    o.add_fault(rule(FaultAction::ResultCode(5031), Some(0), Some(1)));
     let a = answer(o.handle_request(t, 1, P, &ccr("s1", 1, 0, "46701", &[mscc(10, None, true)])));
     assert_eq!(a.result_code(), Some(ResultCode::RATING_FAILED));
     // Fired once: the next CCR-I goes through.

@@ -4,6 +4,7 @@ mod codec;
 mod crosscheck;
 mod dict;
 mod freediameter;
+mod ocs;
 mod prop;
 mod stack;
 mod tls;
