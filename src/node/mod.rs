@@ -18,7 +18,7 @@ use crate::dict::Dictionary;
 use crate::peer::{ConnId, DisconnectCause, EndToEndIds, PeerConfig, PeerState, Watchdog};
 use crate::router::{PeerEvent, PeerId, PeerMetrics, RequestToken, Router, RouterConfig, RouterOutput};
 use crate::transport::tls::TlsConfig;
-use crate::transport::{ConnEvent, ConnIds, Connection, spawn_connection};
+use crate::transport::{BoxedStream, ConnEvent, ConnIds, Connection, spawn_connection};
 
 /// A peer and how to reach it.
 #[derive(Clone, Debug)]
@@ -229,9 +229,9 @@ enum Command {
 
 enum Event {
     Conn(ConnEvent),
-    Connected(PeerId, ConnId, Connection),
+    Connected(PeerId, ConnId, BoxedStream),
     ConnectFailed(PeerId, String),
-    Accepted(ConnId, Connection),
+    Accepted(ConnId, BoxedStream),
 }
 
 /// A running Diameter node.
@@ -291,30 +291,31 @@ impl DiameterNode {
             } else {
                 local_addrs.push(bound)
             }
-            let (events, conn_events, ids) = (events_tx.clone(), conn_tx.clone(), ids.clone());
+            let (events, ids) = (events_tx.clone(), ids.clone());
             let acceptor = if tls {
                 server_tls.clone().map(tokio_rustls::TlsAcceptor::from)
             } else {
                 None
             };
-            let write_queue = config.write_queue;
             listeners.push(tokio::spawn(async move {
                 loop {
                     let Ok((sock, from)) = l.accept().await else { continue };
                     let _ = sock.set_nodelay(true);
                     let conn = ids.next();
-                    let (events, conn_events, acceptor) = (events.clone(), conn_events.clone(), acceptor.clone());
+                    let (events, acceptor) = (events.clone(), acceptor.clone());
                     tokio::spawn(async move {
                         let c = match acceptor {
-                            None => spawn_connection(conn, sock, conn_events, limits, write_queue),
+                            None => Box::new(sock) as BoxedStream,
                             Some(acc) => match acc.accept(sock).await {
-                                Ok(s) => spawn_connection(conn, s, conn_events, limits, write_queue),
+                                Ok(s) => Box::new(s),
                                 Err(e) => {
                                     tracing::info!(%from, error = %e, "TLS handshake with a connecting peer failed");
                                     return;
                                 }
                             },
                         };
+                        // The driver starts reading only once the connection is registered: a peer's CER may
+                        // already be waiting, and must not overtake the registration.
                         let _ = events.send(Event::Accepted(conn, c));
                     });
                 }
@@ -498,7 +499,8 @@ impl Driver {
                     self.router.handle_disconnected(t, conn);
                 }
             }
-            Event::Connected(peer, conn, c) => {
+            Event::Connected(peer, conn, stream) => {
+                let c = spawn_connection(conn, stream, self.conn_tx.clone(), self.limits, self.write_queue);
                 self.conns.insert(conn, c);
                 self.router.handle_connected(t, peer, conn);
             }
@@ -506,7 +508,8 @@ impl Driver {
                 tracing::debug!(peer = peer.0, reason = %why, "connection attempt failed");
                 self.router.handle_connect_failed(t, peer);
             }
-            Event::Accepted(conn, c) => {
+            Event::Accepted(conn, stream) => {
+                let c = spawn_connection(conn, stream, self.conn_tx.clone(), self.limits, self.write_queue);
                 self.conns.insert(conn, c);
                 self.router.handle_accepted(conn);
             }
@@ -669,26 +672,20 @@ impl Driver {
             .clone()
             .or_else(|| ep.config.expected_host.clone())
             .unwrap_or_else(|| addr.ip().to_string());
-        let (events, conn_events, limits, queue, timeout) = (
-            self.events_tx.clone(),
-            self.conn_tx.clone(),
-            self.limits,
-            self.write_queue,
-            self.connect_timeout,
-        );
+        let (events, timeout) = (self.events_tx.clone(), self.connect_timeout);
         tokio::spawn(async move {
             let attempt = async {
                 let sock = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
                 let _ = sock.set_nodelay(true);
                 match tls {
-                    None => Ok::<_, String>(spawn_connection(conn, sock, conn_events, limits, queue)),
+                    None => Ok::<_, String>(Box::new(sock) as BoxedStream),
                     Some(cfg) => {
                         let server = rustls::pki_types::ServerName::try_from(name).map_err(|e| e.to_string())?;
                         let s = tokio_rustls::TlsConnector::from(cfg)
                             .connect(server, sock)
                             .await
                             .map_err(|e| e.to_string())?;
-                        Ok(spawn_connection(conn, s, conn_events, limits, queue))
+                        Ok(Box::new(s) as BoxedStream)
                     }
                 }
             };

@@ -20,7 +20,7 @@ pub enum FinalUnitAction {
 }
 
 /// The whole file.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OcsConfig {
     /// Ro (online charging).
@@ -34,9 +34,21 @@ pub struct OcsConfig {
     /// Tcc, RFC 4006 §13: a session with no request for this long is closed by the server. Default 0 (off).
     #[serde(with = "humantime_serde")]
     pub tcc: Duration,
-    /// How long an answered (Session-Id, CC-Request-Number) is kept for T-flag retransmissions.
-    #[serde(with = "humantime_serde")]
-    pub duplicate_window: Duration,
+    /// Requests recorded per session in the ledger; beyond it they are counted, not listed (long load runs).
+    pub max_requests_per_session: usize,
+}
+
+impl Default for OcsConfig {
+    fn default() -> Self {
+        OcsConfig {
+            ro: RoConfig::default(),
+            gx: GxConfig::default(),
+            subscribers: Vec::new(),
+            faults: Vec::new(),
+            tcc: Duration::ZERO,
+            max_requests_per_session: 10_000,
+        }
+    }
 }
 
 /// `[ro]`: the tariff.
@@ -238,4 +250,29 @@ pub struct FaultRule {
     pub times: Option<u32>,
     /// What it does.
     pub action: FaultAction,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_parses_and_unknown_keys_are_named() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/ocs.toml")).unwrap();
+        let c: OcsConfig = toml::from_str(&text).unwrap();
+        assert_eq!(c.ro.rating_groups[0].validity_time, Duration::from_secs(600));
+        assert_eq!(c.faults[0].action, FaultAction::Drop);
+        assert_eq!(c.faults[1].action, FaultAction::ResultCode(3004));
+        assert_eq!(c.faults[2].action, FaultAction::Delay(Duration::from_secs(2)));
+        assert_eq!(c.subscribers[0].balance.time, Some(120));
+        let err = toml::from_str::<OcsConfig>("[ro]\ndefault_balanse = {}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("default_balanse"), "{err}");
+        let err = toml::from_str::<OcsConfig>("[[faults]]\naction = \"explode\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("explode"), "{err}");
+        assert_eq!(toml::from_str::<OcsConfig>("").unwrap(), OcsConfig::default());
+    }
 }

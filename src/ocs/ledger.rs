@@ -131,8 +131,10 @@ pub struct LedgerSession {
     pub state: SessionState,
     /// Highest CC-Request-Number seen.
     pub last_number: Option<u32>,
-    /// Every request, in arrival order.
+    /// Every request, in arrival order (up to the configured maximum).
     pub requests: Vec<RequestRecord>,
+    /// Requests beyond the maximum, counted but not listed.
+    pub requests_not_listed: u64,
     /// Units per rating group.
     pub rating_groups: BTreeMap<u32, RatingGroupLedger>,
     /// T-flag retransmissions answered from the cache, not charged again.
@@ -154,11 +156,20 @@ impl LedgerSession {
             state: SessionState::Open,
             last_number: None,
             requests: Vec::new(),
+            requests_not_listed: 0,
             rating_groups: BTreeMap::new(),
             duplicates_answered: 0,
             server_requests: Vec::new(),
             gx: GxLedger::default(),
             anomalies: Vec::new(),
+        }
+    }
+
+    pub(crate) fn record(&mut self, max: usize, r: RequestRecord) {
+        if self.requests.len() < max {
+            self.requests.push(r);
+        } else {
+            self.requests_not_listed += 1;
         }
     }
 
@@ -216,7 +227,7 @@ impl Check {
     pub(crate) fn of<'a>(sessions: impl Iterator<Item = &'a LedgerSession>) -> Check {
         let mut c = Check::default();
         for s in sessions {
-            if s.requests.iter().any(|r| r.request_type == "initial") {
+            if s.requests.first().is_some_and(|r| r.request_type == "initial") {
                 c.sessions.opened += 1;
             }
             match s.state {

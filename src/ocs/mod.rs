@@ -140,8 +140,9 @@ pub struct Ocs {
     ledger: BTreeMap<String, LedgerSession>,
     runtime: HashMap<String, SessionRuntime>,
     faults: Vec<(FaultRule, u32)>,
-    answered: HashMap<(String, u32), Message>,
-    answered_order: VecDeque<(Instant, (String, u32))>,
+    /// The last answers per session, for retransmissions (RFC 4006 §7: a client has at most a few requests of a
+    /// session outstanding, so a handful per session is enough and memory stays bounded per session).
+    recent: HashMap<String, VecDeque<(u32, Message)>>,
     /// Requests by (command, request type, Result-Code) for the metrics.
     pub counters: BTreeMap<(String, String, u32), u64>,
     /// Processing-time histogram over [`LATENCY_BUCKETS`] (the last slot counts the rest).
@@ -149,6 +150,9 @@ pub struct Ocs {
     /// Total processing time.
     pub latency_sum: Duration,
 }
+
+/// Answers kept per session for retransmissions.
+const RECENT_ANSWERS: usize = 4;
 
 /// Upper bounds (seconds) of the processing-time histogram.
 pub const LATENCY_BUCKETS: [f64; 8] = [0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.1];
@@ -196,8 +200,7 @@ impl Ocs {
             ledger: BTreeMap::new(),
             runtime: HashMap::new(),
             faults,
-            answered: HashMap::new(),
-            answered_order: VecDeque::new(),
+            recent: HashMap::new(),
             counters: BTreeMap::new(),
             latency: [0; LATENCY_BUCKETS.len() + 1],
             latency_sum: Duration::ZERO,
@@ -292,22 +295,21 @@ impl Ocs {
         None
     }
 
-    fn remember_answer(&mut self, now: Instant, sid: &str, number: u32, answer: &Message) {
-        let window = if self.config.duplicate_window.is_zero() {
-            Duration::from_secs(300)
-        } else {
-            self.config.duplicate_window
-        };
-        while let Some((t, _)) = self.answered_order.front() {
-            if now.duration_since(*t) < window {
-                break;
-            }
-            let (_, k) = self.answered_order.pop_front().expect("front");
-            self.answered.remove(&k);
+    fn remember_answer(&mut self, sid: &str, number: u32, answer: &Message) {
+        let q = self.recent.entry(sid.to_string()).or_default();
+        if q.len() == RECENT_ANSWERS {
+            q.pop_front();
         }
-        let key = (sid.to_string(), number);
-        self.answered.insert(key.clone(), answer.clone());
-        self.answered_order.push_back((now, key));
+        q.push_back((number, answer.clone()));
+    }
+
+    fn recent_answer(&self, sid: &str, number: u32) -> Option<Message> {
+        self.recent
+            .get(sid)?
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == number)
+            .map(|(_, m)| m.clone())
     }
 
     fn base_answer(&self, req: &Message, rc: ResultCode) -> Message {
@@ -369,6 +371,7 @@ impl Ocs {
 
     /// Records a request that a fault answered without processing.
     fn record_only(&mut self, now: Instant, wall_ms: u64, peer: PeerId, req: &Message, rc: Option<ResultCode>) {
+        let self_max = self.config.max_requests_per_session;
         let Some(sid) = req.session_id().map(str::to_string) else {
             return;
         };
@@ -376,9 +379,7 @@ impl Ocs {
             .ledger
             .entry(sid.clone())
             .or_insert_with(|| LedgerSession::new(&sid, req.header.application_id, subscriber_of(req)));
-        entry
-            .requests
-            .push(RequestRecord::of(req, wall_ms, rc.map(|r| r.0), false));
+        entry.record(self_max, RequestRecord::of(req, wall_ms, rc.map(|r| r.0), false));
         if let Some(rt) = self.runtime.get_mut(&sid) {
             rt.last_activity = now;
             rt.reach.peer = peer;
@@ -386,6 +387,7 @@ impl Ocs {
     }
 
     fn process(&mut self, now: Instant, wall_ms: u64, peer: PeerId, req: &Message) -> Message {
+        let self_max = self.config.max_requests_per_session;
         let Some(sid) = req.session_id().map(str::to_string) else {
             return self.base_answer(req, ResultCode::MISSING_AVP);
         };
@@ -396,13 +398,15 @@ impl Ocs {
             .unwrap_or(0);
         let retransmit = req.header.flags.is_retransmit();
         // A request whose answer we already gave: same answer again, nothing charged (RFC 4006 §5.1, §7).
-        if let Some(prev) = self.answered.get(&(sid.clone(), number)).cloned() {
+        if let Some(prev) = self.recent_answer(&sid, number) {
             let mut again = prev;
             again.header.hop_by_hop = req.header.hop_by_hop;
             again.header.end_to_end = req.header.end_to_end;
             let s = self.ledger.get_mut(&sid).expect("answered sessions are in the ledger");
-            s.requests
-                .push(RequestRecord::of(req, wall_ms, again.result_code().map(|r| r.0), true));
+            s.record(
+                self_max,
+                RequestRecord::of(req, wall_ms, again.result_code().map(|r| r.0), true),
+            );
             if retransmit {
                 s.duplicates_answered += 1;
             } else {
@@ -450,12 +454,10 @@ impl Ocs {
                     "unknown_session",
                     format!("{} for a session never opened", request_type_name(Some(rtype))),
                 );
-                s.requests.push(RequestRecord::of(
-                    req,
-                    wall_ms,
-                    Some(ResultCode::UNKNOWN_SESSION_ID.0),
-                    false,
-                ));
+                s.record(
+                    self_max,
+                    RequestRecord::of(req, wall_ms, Some(ResultCode::UNKNOWN_SESSION_ID.0), false),
+                );
                 self.ledger.insert(sid.clone(), s);
                 return self.base_answer(req, ResultCode::UNKNOWN_SESSION_ID);
             }
@@ -466,12 +468,10 @@ impl Ocs {
                     "request_after_termination",
                     format!("request {number} after the session ended ({state:?})"),
                 );
-                s.requests.push(RequestRecord::of(
-                    req,
-                    wall_ms,
-                    Some(ResultCode::UNKNOWN_SESSION_ID.0),
-                    false,
-                ));
+                s.record(
+                    self_max,
+                    RequestRecord::of(req, wall_ms, Some(ResultCode::UNKNOWN_SESSION_ID.0), false),
+                );
                 return self.base_answer(req, ResultCode::UNKNOWN_SESSION_ID);
             }
             (_, Some((_, last))) => last,
@@ -521,7 +521,7 @@ impl Ocs {
         };
         let rc = answer.result_code().map(|r| r.0);
         let s = self.ledger.get_mut(&sid).expect("recorded above");
-        s.requests.push(RequestRecord::of(req, wall_ms, rc, false));
+        s.record(self_max, RequestRecord::of(req, wall_ms, rc, false));
         if rtype == 3 || rtype == 4 {
             s.state = if rtype == 3 {
                 SessionState::Terminated
@@ -530,7 +530,7 @@ impl Ocs {
             };
             self.runtime.remove(&sid);
         }
-        self.remember_answer(now, &sid, number, &answer);
+        self.remember_answer(&sid, number, &answer);
         answer
     }
 

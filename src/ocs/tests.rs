@@ -296,13 +296,7 @@ fn faults_match_by_rule_and_fire_as_often_as_told() {
     );
     assert_eq!(o.ledger()["s2"].rating_groups[&10].debited.time, Some(100));
     assert!(o.check().clean);
-    o.add_fault(rule(
-        FaultAction::Delay {
-            delay: Duration::from_millis(300),
-        },
-        Some(2),
-        None,
-    ));
+    o.add_fault(rule(FaultAction::Delay(Duration::from_millis(300)), Some(2), None));
     assert!(
         matches!(o.handle_request(t, 4, P, &ccr("s2", 2, 2, "46701", &[])), Reply::Delay(d, _) if d == Duration::from_millis(300))
     );
@@ -321,7 +315,10 @@ fn faults_match_by_rule_and_fire_as_often_as_told() {
 
 #[test]
 fn tcc_closes_idle_sessions_and_releases_their_reservation() {
-    let cfg = OcsConfig { tcc: Duration::from_secs(60), ..Default::default() };
+    let cfg = OcsConfig {
+        tcc: Duration::from_secs(60),
+        ..Default::default()
+    };
     let mut o = Ocs::new(cfg, "ocs.localdomain", "localdomain");
     let t = Instant::now();
     answer(o.handle_request(t, 1, P, &ccr("s1", 1, 0, "46701", &[mscc(10, None, true)])));

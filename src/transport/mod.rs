@@ -96,7 +96,16 @@ pub enum FrameError {
     Io(io::Error),
 }
 
-/// Starts the reader and writer tasks of a connection over any stream.
+/// Any byte stream a connection can run over: TCP, TLS over TCP (and SCTP, should it come).
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// A stream whose type is decided at run time (plain or TLS).
+pub type BoxedStream = Box<dyn Stream>;
+
+/// Starts the reader and writer tasks of a connection over any stream. Call it only once the connection is
+/// registered wherever its events go: its first frame may be read at once.
 pub fn spawn_connection<S>(
     conn: ConnId,
     stream: S,

@@ -324,3 +324,33 @@ async fn a_peer_that_stops_reading_is_cut_off_not_buffered_without_bound() {
     assert!(answered < 50_000, "cut off before all answers were queued: {answered}");
     server.stop(DisconnectCause::Rebooting).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cer_written_at_once_after_connecting_is_always_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Regression: a CER read before the accepted connection was registered used to be dropped, leaving the
+    // peer waiting for a CEA forever.
+    let (server, srx) = DiameterNode::start(server_config("ocs1.ocs.localdomain"))
+        .await
+        .unwrap();
+    serve("ocs1.ocs.localdomain", srx, Behaviour::Answer);
+    let mut cer = Message::request(CommandCode::CAPABILITIES_EXCHANGE, AppId::COMMON);
+    cer.avps = identity(
+        "fast.test.localdomain",
+        CLIENT_REALM,
+        &[Application::Auth(AppId::CREDIT_CONTROL)],
+    )
+    .capability_avps();
+    let cer = cer.encode().unwrap();
+    for i in 0..300 {
+        let mut sock = tokio::net::TcpStream::connect(server.local_addrs()[0]).await.unwrap();
+        sock.write_all(&cer).await.unwrap();
+        let mut head = [0u8; 20];
+        tokio::time::timeout(Duration::from_secs(2), sock.read_exact(&mut head))
+            .await
+            .unwrap_or_else(|_| panic!("no CEA on connection {i}"))
+            .unwrap();
+        assert_eq!(u32::from_be_bytes([0, head[5], head[6], head[7]]), 257);
+    }
+    server.stop(DisconnectCause::Rebooting).await;
+}
