@@ -134,7 +134,7 @@ fn ocs_sim(
         }
         None => OcsConfig::default(),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let mut cfg = OcsServerConfig::new(listen, &origin_host, &origin_realm);
         cfg.control = control;

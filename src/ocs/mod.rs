@@ -9,7 +9,9 @@ pub mod config;
 mod ledger;
 pub mod server;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use rustc_hash::FxHashMap as HashMap;
 use std::time::{Duration, Instant};
 
 use crate::codec::{AppId, Avp, CommandCode, CommandFlags, Message, ResultCode, VendorId, code};
@@ -196,11 +198,11 @@ impl Ocs {
             config,
             origin_host: origin_host.to_string(),
             origin_realm: origin_realm.to_string(),
-            accounts: HashMap::new(),
+            accounts: HashMap::default(),
             ledger: BTreeMap::new(),
-            runtime: HashMap::new(),
+            runtime: HashMap::default(),
             faults,
-            recent: HashMap::new(),
+            recent: HashMap::default(),
             counters: BTreeMap::new(),
             latency: [0; LATENCY_BUCKETS.len() + 1],
             latency_sum: Duration::ZERO,

@@ -91,6 +91,9 @@ impl OcsServer {
         ];
         let mut router = RouterConfig::new(local.clone(), vec![]);
         router.accept_unknown_peers = true;
+        // The simulator recognizes retransmissions by (Session-Id, CC-Request-Number), as RFC 4006 §7 servers do,
+        // and records them in the ledger; the base stack's (Origin-Host, End-to-End) cache would hide them from it.
+        router.duplicate_capacity = 0;
         let mut template = PeerConfig::new(local, None, false);
         template.watchdog_interval = cfg.watchdog_interval;
         router.accepted_peer = Some(template);

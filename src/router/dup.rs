@@ -39,15 +39,15 @@ impl DuplicateCache {
 
     /// Records a request and says whether it was seen before.
     pub fn check(&mut self, now: Instant, origin_host: &str, e2e: EndToEndId) -> Seen {
+        if self.capacity == 0 {
+            return Seen::New;
+        }
         self.expire(now);
         let key = (origin_host.to_ascii_lowercase(), e2e);
         match self.entries.get(&key) {
             Some(Some(answer)) => Seen::Answered(answer.clone()),
             Some(None) => Seen::InProgress,
             None => {
-                if self.capacity == 0 {
-                    return Seen::New;
-                }
                 while self.entries.len() >= self.capacity {
                     match self.order.pop_front() {
                         Some((_, old)) => {
@@ -65,6 +65,9 @@ impl DuplicateCache {
 
     /// Stores the answer sent for a request.
     pub fn answered(&mut self, origin_host: &str, e2e: EndToEndId, answer: &Message) {
+        if self.capacity == 0 {
+            return;
+        }
         if let Some(slot) = self.entries.get_mut(&(origin_host.to_ascii_lowercase(), e2e)) {
             *slot = Some(answer.clone());
         }
