@@ -311,3 +311,87 @@ async fn freediameter_relays_between_our_client_and_our_server() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn freediameter_relays_ocs_sim_rar_back_to_the_client() {
+    use charging_ra::codec::Avp;
+    use charging_ra::ocs::server::{OcsServer, OcsServerConfig, RarRequest};
+    if !available("freediameter_relays_ocs_sim_rar_back_to_the_client") {
+        return;
+    }
+    let dir = crate::wire::tempdir("fd-rar");
+    // The simulator behind freeDiameter: the client's CCR reaches it through the relay, and its RAR must go back
+    // the same way (the client is not its peer).
+    let ocs_port = free_port();
+    let sim = OcsServer::start(OcsServerConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], ocs_port)),
+        "ocs1.ocs.localdomain",
+        crate::stack::OCS_REALM,
+    ))
+    .await
+    .unwrap();
+    let extra = format!(
+        "LoadExtension = \"@EXT@/rt_default.fdx\" : \"@DIR@/rt_default.conf\";\n\
+         ConnectPeer = \"ocs1.ocs.localdomain\" {{ ConnectTo = \"127.0.0.1\"; Port = {ocs_port}; No_TLS; }};"
+    );
+    let fd = FreeDiameter::start(&dir, "fd.test.localdomain", "test.localdomain", &extra);
+    let (client, mut rx) = DiameterNode::start(client_to_fd("as1.test.localdomain", &fd, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    wait_for(&client, Duration::from_secs(10), "client open with the relay", |s| {
+        open(s, 0)
+    })
+    .await;
+    tokio::spawn(async move {
+        while let Some(req) = rx.recv().await {
+            let mut a = charging_ra::codec::Message::answer_to(&req.request);
+            a.push(Avp::u32(code::RESULT_CODE, 2001));
+            a.push(Avp::utf8(code::ORIGIN_HOST, "as1.test.localdomain"));
+            a.push(Avp::utf8(code::ORIGIN_REALM, crate::stack::CLIENT_REALM));
+            req.answer(a);
+        }
+    });
+    let mut ccr = ccr("as1.test.localdomain;rar;1", "as1.test.localdomain", 0);
+    ccr.push(Avp::grouped(
+        code::MULTIPLE_SERVICES_CREDIT_CONTROL,
+        &[
+            Avp::grouped(code::REQUESTED_SERVICE_UNIT, &[]),
+            Avp::u32(code::RATING_GROUP, 10),
+        ],
+    ));
+    let mut answer = None;
+    for _ in 0..50 {
+        // The relay may need a moment to open its connection to the simulator.
+        match client.request(ccr.clone(), Some(Duration::from_secs(2))).await {
+            Ok(a) if a.result_code() == Some(ResultCode::SUCCESS) => {
+                answer = Some(a);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    assert!(
+        answer.is_some(),
+        "CCR-I through freeDiameter to the simulator\n{}",
+        fd.log()
+    );
+    let out = sim
+        .rar(&RarRequest {
+            session_id: "as1.test.localdomain;rar;1".into(),
+            rating_groups: vec![10],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(out.result_code, 2001, "{out:?}\n{}", fd.log());
+    assert_eq!(out.answered_by.as_deref(), Some("as1.test.localdomain"));
+    let st = client.status().await.unwrap();
+    assert_eq!(
+        st.peers[0].metrics.messages_in.get("RAR"),
+        Some(&1),
+        "the RAR came through the relay"
+    );
+    client.stop(DisconnectCause::Rebooting).await;
+    assert!(sim.stop().await.clean);
+    let _ = std::fs::remove_dir_all(&dir);
+}
