@@ -182,7 +182,7 @@ impl Drop for IncomingRequest {
                 crate::codec::code::RESULT_CODE,
                 ResultCode::UNABLE_TO_COMPLY.0,
             ));
-            let _ = self.commands.send(Command::AnswerUnanswered(self.peer, a));
+            let _ = self.commands.send(Command::Answer(self.peer, a));
         }
     }
 }
@@ -222,7 +222,6 @@ enum Command {
     DisconnectPeer(PeerId, DisconnectCause),
     ClosePeer(PeerId),
     Answer(PeerId, Message),
-    AnswerUnanswered(PeerId, Message),
     Status(oneshot::Sender<NodeStatus>),
     Stop(DisconnectCause, oneshot::Sender<NodeStatus>),
 }
@@ -527,27 +526,9 @@ impl Driver {
             }
             Command::DisconnectPeer(peer, cause) => self.router.disconnect_peer(t, peer, cause),
             Command::ClosePeer(peer) => self.router.close_peer(t, peer),
-            Command::Answer(peer, msg) | Command::AnswerUnanswered(peer, msg) => {
-                self.router.answer_request(t, peer, msg)
-            }
+            Command::Answer(peer, msg) => self.router.answer_request(t, peer, msg),
             Command::Status(reply) => {
-                let peers = self
-                    .router
-                    .peers()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, p)| PeerStatus {
-                        identity: p.identity().map(str::to_string),
-                        state: p.state(),
-                        watchdog: p.watchdog(),
-                        available: p.is_available(),
-                        metrics: self.router.metrics(PeerId(i)).clone(),
-                    })
-                    .collect();
-                let _ = reply.send(NodeStatus {
-                    peers,
-                    pending: self.router.pending(),
-                });
+                let _ = reply.send(self.status());
             }
             Command::Stop(cause, reply) => {
                 self.router.stop(t, cause);
