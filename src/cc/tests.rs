@@ -1,0 +1,516 @@
+//! The RFC 4006 §7 client table row by row, with a manual clock.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::codec::{AppId, Avp, CommandCode, CommandFlags, Message, ResultCode, code};
+
+const TX: Duration = Duration::from_secs(10);
+
+fn config(ccfh: Ccfh) -> CcConfig {
+    CcConfig {
+        application: AppId::CREDIT_CONTROL,
+        origin_host: "as1.test.localdomain".into(),
+        origin_realm: "test.localdomain".into(),
+        destination_realm: "ocs.localdomain".into(),
+        destination_host: None,
+        service_context_id: "32260@3gpp.org".into(),
+        tx: TX,
+        ccfh,
+        ddfh: Ddfh::TerminateOrBuffer,
+        subscription: Some((0, "46701234567".into())),
+    }
+}
+
+struct H {
+    s: CcSession,
+    now: Instant,
+}
+
+impl H {
+    fn new(ccfh: Ccfh) -> H {
+        H {
+            s: CcSession::new(config(ccfh), "as1;1".into()),
+            now: Instant::now(),
+        }
+    }
+
+    fn drain(&mut self) -> (Vec<Message>, Vec<CcEvent>) {
+        let (mut sent, mut events) = (Vec::new(), Vec::new());
+        while let Some(o) = self.s.poll_output() {
+            match o {
+                CcOutput::Send(m) => sent.push(m),
+                CcOutput::Event(e) => events.push(e),
+            }
+        }
+        (sent, events)
+    }
+
+    fn one_request(&mut self) -> Message {
+        let (sent, _) = self.drain();
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        sent.into_iter().next().unwrap()
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.s.handle_timeout(self.now);
+    }
+
+    fn open(&mut self) {
+        self.s.start(self.now, &[Some(10)]);
+        let req = self.one_request();
+        self.s
+            .handle_answer(self.now, &cca(&req, 2001, &[grant(10, 300, None, None)]));
+        self.drain();
+        assert_eq!(self.s.state(), CcState::Open);
+    }
+}
+
+fn number(m: &Message) -> u32 {
+    m.find(code::CC_REQUEST_NUMBER, 0).unwrap().as_u32().unwrap()
+}
+
+fn rtype(m: &Message) -> i32 {
+    m.find(code::CC_REQUEST_TYPE, 0).unwrap().as_i32().unwrap()
+}
+
+fn grant(rg: u32, time: u32, validity: Option<u32>, fui: Option<i32>) -> Avp {
+    let mut v = vec![
+        Avp::grouped(code::GRANTED_SERVICE_UNIT, &[Avp::u32(code::CC_TIME, time)]),
+        Avp::u32(code::RATING_GROUP, rg),
+        Avp::u32(code::RESULT_CODE, 2001),
+    ];
+    if let Some(vt) = validity {
+        v.push(Avp::u32(code::VALIDITY_TIME, vt));
+    }
+    if let Some(a) = fui {
+        v.push(Avp::grouped(
+            code::FINAL_UNIT_INDICATION,
+            &[Avp::i32(code::FINAL_UNIT_ACTION, a)],
+        ));
+    }
+    Avp::grouped(code::MULTIPLE_SERVICES_CREDIT_CONTROL, &v)
+}
+
+fn cca(req: &Message, rc: u32, extra: &[Avp]) -> Message {
+    let mut a = Message::answer_to(req);
+    a.push(Avp::u32(code::RESULT_CODE, rc));
+    a.push(Avp::utf8(code::ORIGIN_HOST, "ocs1.ocs.localdomain"));
+    a.push(Avp::utf8(code::ORIGIN_REALM, "ocs.localdomain"));
+    a.push(req.find(code::CC_REQUEST_TYPE, 0).unwrap().clone());
+    a.push(req.find(code::CC_REQUEST_NUMBER, 0).unwrap().clone());
+    a.avps.extend(extra.iter().cloned());
+    a
+}
+
+fn terminated(events: &[CcEvent]) -> bool {
+    events.iter().any(|e| matches!(e, CcEvent::Terminate { .. }))
+}
+
+fn continued(events: &[CcEvent]) -> bool {
+    events
+        .iter()
+        .any(|e| matches!(e, CcEvent::ContinueWithoutCreditControl { .. }))
+}
+
+#[test]
+fn full_session_numbers_requests_and_follows_the_server() {
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.start(h.now, &[Some(10)]);
+    assert_eq!(h.s.state(), CcState::PendingI);
+    let i = h.one_request();
+    assert_eq!((rtype(&i), number(&i)), (1, 0));
+    assert!(i.find(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0).is_some());
+    // The dictionary accepts what we send.
+    crate::dict::Dictionary::builtin()
+        .validate(&Message::decode(i.encode().unwrap()).unwrap(), &Default::default())
+        .unwrap();
+    assert!(h.s.handle_answer(
+        h.now,
+        &cca(
+            &i,
+            2001,
+            &[
+                grant(10, 300, Some(60), None),
+                Avp::i32(code::CREDIT_CONTROL_FAILURE_HANDLING, 1)
+            ]
+        )
+    ));
+    let (_, ev) = h.drain();
+    assert!(ev.contains(&CcEvent::Granted {
+        rating_group: Some(10),
+        units: crate::units::Units {
+            time: Some(300),
+            ..Default::default()
+        },
+        final_unit: None
+    }));
+    assert_eq!(h.s.state(), CcState::Open);
+    assert_eq!(
+        h.s.ccfh(),
+        Ccfh::Continue,
+        "the server's CCFH replaces ours (RFC 4006 §5.7)"
+    );
+    h.s.update(
+        h.now,
+        vec![(
+            Some(10),
+            crate::units::Units {
+                time: Some(300),
+                ..Default::default()
+            },
+        )],
+        vec![Some(10)],
+        Some(3),
+    );
+    let u = h.one_request();
+    assert_eq!((rtype(&u), number(&u)), (2, 1));
+    assert_eq!(
+        u.find(code::DESTINATION_HOST, 0).unwrap().as_utf8(),
+        Ok("ocs1.ocs.localdomain"),
+        "later requests go to the host that answered"
+    );
+    h.s.handle_answer(h.now, &cca(&u, 2001, &[grant(10, 300, None, None)]));
+    h.drain();
+    h.s.terminate(
+        h.now,
+        vec![(
+            Some(10),
+            crate::units::Units {
+                time: Some(42),
+                ..Default::default()
+            },
+        )],
+    );
+    let t = h.one_request();
+    assert_eq!((rtype(&t), number(&t)), (3, 2));
+    h.s.handle_answer(h.now, &cca(&t, 2001, &[]));
+    let (_, ev) = h.drain();
+    assert_eq!(h.s.state(), CcState::Idle);
+    assert!(ev.contains(&CcEvent::Ended));
+}
+
+#[test]
+fn tx_expiry_in_pending_i_for_each_ccfh() {
+    // TERMINATE: end the service.
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.start(h.now, &[Some(10)]);
+    h.drain();
+    h.advance(TX);
+    let (_, ev) = h.drain();
+    assert!(terminated(&ev) && ev.contains(&CcEvent::Ended));
+    assert_eq!(h.s.state(), CcState::Idle);
+    // CONTINUE and RETRY_AND_TERMINATE: grant the service, stay in PendingI; a late answer opens the session.
+    for ccfh in [Ccfh::Continue, Ccfh::RetryAndTerminate] {
+        let mut h = H::new(ccfh);
+        h.s.start(h.now, &[Some(10)]);
+        let i = h.one_request();
+        h.advance(TX);
+        let (_, ev) = h.drain();
+        assert!(continued(&ev), "{ccfh:?}");
+        assert_eq!(h.s.state(), CcState::PendingI);
+        h.s.handle_answer(h.now, &cca(&i, 2001, &[grant(10, 60, None, None)]));
+        assert_eq!(h.s.state(), CcState::Open, "{ccfh:?}");
+    }
+}
+
+#[test]
+fn tx_expiry_in_pending_u_and_pending_t() {
+    for (ccfh, state) in [
+        (Ccfh::Terminate, CcState::Idle),
+        (Ccfh::Continue, CcState::PendingU),
+        (Ccfh::RetryAndTerminate, CcState::PendingU),
+    ] {
+        let mut h = H::new(ccfh);
+        h.open();
+        h.s.update(h.now, vec![(Some(10), Default::default())], vec![Some(10)], None);
+        h.drain();
+        h.advance(TX);
+        let (_, ev) = h.drain();
+        assert_eq!(h.s.state(), state, "{ccfh:?}");
+        assert_eq!(terminated(&ev), ccfh == Ccfh::Terminate);
+    }
+    let mut h = H::new(Ccfh::Continue);
+    h.open();
+    h.s.terminate(h.now, vec![]);
+    h.drain();
+    h.advance(TX);
+    let (_, ev) = h.drain();
+    assert_eq!(h.s.state(), CcState::Idle, "PendingT: Tx expiry ends the session");
+    assert!(ev.contains(&CcEvent::Ended));
+}
+
+#[test]
+fn failures_and_failure_codes_follow_the_client_table() {
+    // Failure to send in PendingI: CCFH decides.
+    for (ccfh, cont) in [
+        (Ccfh::Terminate, false),
+        (Ccfh::Continue, true),
+        (Ccfh::RetryAndTerminate, false),
+    ] {
+        let mut h = H::new(ccfh);
+        h.s.start(h.now, &[Some(10)]);
+        h.drain();
+        h.s.handle_send_failure(h.now, "3002 no route");
+        let (_, ev) = h.drain();
+        assert_eq!((continued(&ev), terminated(&ev)), (cont, !cont), "{ccfh:?}");
+        assert_eq!(h.s.state(), CcState::Idle);
+    }
+    // Answers: 4010 and 5030 end the service whatever CCFH; 4011 lets it go on; a failed answer follows CCFH;
+    // 4012 on CCR-I ends it.
+    for (rc, ccfh, expect_continue) in [
+        (4010, Ccfh::Continue, false),
+        (5030, Ccfh::Continue, false),
+        (4011, Ccfh::Terminate, true),
+        (5031, Ccfh::Continue, true),
+        (5031, Ccfh::Terminate, false),
+        (4012, Ccfh::Continue, false),
+    ] {
+        let mut h = H::new(ccfh);
+        h.s.start(h.now, &[Some(10)]);
+        let i = h.one_request();
+        h.s.handle_answer(h.now, &cca(&i, rc, &[]));
+        let (_, ev) = h.drain();
+        assert_eq!(continued(&ev), expect_continue, "{rc} {ccfh:?}: {ev:?}");
+        assert_eq!(terminated(&ev), !expect_continue, "{rc} {ccfh:?}");
+        assert_eq!(h.s.state(), CcState::Idle);
+    }
+    // A 3GPP server's Experimental-Result reads the same way.
+    let mut h = H::new(Ccfh::Continue);
+    h.s.start(h.now, &[Some(10)]);
+    let i = h.one_request();
+    let mut a = cca(&i, 2001, &[]);
+    a.avps.retain(|x| !x.is(code::RESULT_CODE, 0));
+    a.push(Avp::grouped(
+        code::EXPERIMENTAL_RESULT,
+        &[
+            Avp::u32(code::VENDOR_ID, 10415),
+            Avp::u32(code::EXPERIMENTAL_RESULT_CODE, 5030),
+        ],
+    ));
+    h.s.handle_answer(h.now, &a);
+    assert!(terminated(&h.drain().1));
+}
+
+#[test]
+fn requests_made_while_one_is_outstanding_are_queued_in_order() {
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.start(h.now, &[Some(10)]);
+    let i = h.one_request();
+    // While PendingI: an update and the termination queue up.
+    h.s.update(
+        h.now,
+        vec![(
+            Some(10),
+            crate::units::Units {
+                time: Some(5),
+                ..Default::default()
+            },
+        )],
+        vec![Some(10)],
+        None,
+    );
+    h.s.terminate(
+        h.now,
+        vec![(
+            Some(10),
+            crate::units::Units {
+                time: Some(7),
+                ..Default::default()
+            },
+        )],
+    );
+    assert!(h.drain().0.is_empty(), "never two requests in flight");
+    h.s.handle_answer(h.now, &cca(&i, 2001, &[grant(10, 60, None, None)]));
+    let u = h.one_request();
+    assert_eq!((rtype(&u), number(&u)), (2, 1));
+    h.s.handle_answer(h.now, &cca(&u, 2001, &[grant(10, 60, None, None)]));
+    let t = h.one_request();
+    assert_eq!((rtype(&t), number(&t)), (3, 2));
+}
+
+#[test]
+fn stale_or_mismatched_answers_are_dropped() {
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.start(h.now, &[Some(10)]);
+    let i = h.one_request();
+    let mut wrong_number = cca(&i, 2001, &[]);
+    wrong_number.avps.retain(|a| !a.is(code::CC_REQUEST_NUMBER, 0));
+    wrong_number.push(Avp::u32(code::CC_REQUEST_NUMBER, 7));
+    assert!(!h.s.handle_answer(h.now, &wrong_number));
+    let mut wrong_session = cca(&i, 2001, &[]);
+    wrong_session.avps[0] = Avp::utf8(code::SESSION_ID, "other;1");
+    assert!(!h.s.handle_answer(h.now, &wrong_session));
+    assert_eq!(h.s.state(), CcState::PendingI);
+    assert!(h.s.handle_answer(h.now, &cca(&i, 2001, &[])));
+}
+
+#[test]
+fn rar_in_open_and_in_pending_u_and_idle() {
+    let mut h = H::new(Ccfh::Terminate);
+    h.open();
+    let mut rar = Message::request(CommandCode::RE_AUTH, AppId::CREDIT_CONTROL)
+        .with(Avp::utf8(code::SESSION_ID, "as1;1"))
+        .with(Avp::u32(code::RATING_GROUP, 10));
+    rar.header.flags = CommandFlags(CommandFlags::REQUEST | CommandFlags::PROXIABLE);
+    let raa = h.s.handle_rar(h.now, &rar);
+    assert_eq!(raa.result_code(), Some(ResultCode::SUCCESS));
+    let (sent, ev) = h.drain();
+    assert!(ev.contains(&CcEvent::ReAuthRequested));
+    assert_eq!(sent.len(), 1);
+    let mscc = sent[0]
+        .find(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0)
+        .unwrap()
+        .grouped_avps()
+        .unwrap();
+    let usu = mscc
+        .iter()
+        .find(|a| a.is(code::USED_SERVICE_UNIT, 0))
+        .unwrap()
+        .grouped_avps()
+        .unwrap();
+    assert_eq!(
+        usu.iter().find(|a| a.is(872, 10415)).unwrap().as_i32(),
+        Ok(7),
+        "Reporting-Reason FORCED_REAUTHORISATION"
+    );
+    // A RAR while PendingU: RAA at once, the CCR-U it asks for after the outstanding one.
+    let raa = h.s.handle_rar(h.now, &rar);
+    assert_eq!(raa.result_code(), Some(ResultCode::SUCCESS));
+    assert!(h.drain().0.is_empty());
+    h.s.handle_answer(h.now, &cca(&sent[0], 2001, &[grant(10, 60, None, None)]));
+    assert_eq!(rtype(&h.one_request()), 2);
+    // No session: 5002.
+    let mut idle = H::new(Ccfh::Terminate);
+    assert_eq!(
+        idle.s.handle_rar(idle.now, &rar).result_code(),
+        Some(ResultCode::UNKNOWN_SESSION_ID)
+    );
+}
+
+#[test]
+fn asr_answers_and_terminates_with_the_usage() {
+    let mut h = H::new(Ccfh::Terminate);
+    h.open();
+    let asr =
+        Message::request(CommandCode::ABORT_SESSION, AppId::CREDIT_CONTROL).with(Avp::utf8(code::SESSION_ID, "as1;1"));
+    let asa = h.s.handle_asr(h.now, &asr);
+    assert_eq!(asa.result_code(), Some(ResultCode::SUCCESS));
+    let (sent, ev) = h.drain();
+    assert!(ev.contains(&CcEvent::Aborted) && terminated(&ev));
+    assert_eq!(rtype(&sent[0]), 3);
+    assert_eq!(h.s.state(), CcState::PendingT);
+}
+
+#[test]
+fn validity_time_expiry_reauthorizes_the_rating_group() {
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.start(h.now, &[Some(10)]);
+    let i = h.one_request();
+    h.s.handle_answer(h.now, &cca(&i, 2001, &[grant(10, 300, Some(60), None)]));
+    h.drain();
+    assert_eq!(h.s.poll_timeout(), Some(h.now + Duration::from_secs(60)));
+    h.advance(Duration::from_secs(59));
+    assert!(h.drain().0.is_empty());
+    h.advance(Duration::from_secs(1));
+    let (sent, ev) = h.drain();
+    assert!(ev.contains(&CcEvent::ValidityExpired { rating_group: Some(10) }));
+    assert_eq!(rtype(&sent[0]), 2);
+    let mscc = sent[0]
+        .find(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0)
+        .unwrap()
+        .grouped_avps()
+        .unwrap();
+    assert!(mscc.iter().any(|a| a.is(code::REQUESTED_SERVICE_UNIT, 0)));
+}
+
+#[test]
+fn final_units_and_per_rating_group_denial() {
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.start(h.now, &[Some(10), Some(20)]);
+    let i = h.one_request();
+    let denied = Avp::grouped(
+        code::MULTIPLE_SERVICES_CREDIT_CONTROL,
+        &[Avp::u32(code::RATING_GROUP, 20), Avp::u32(code::RESULT_CODE, 4012)],
+    );
+    h.s.handle_answer(h.now, &cca(&i, 2001, &[grant(10, 30, None, Some(1)), denied]));
+    let (_, ev) = h.drain();
+    assert!(
+        ev.iter().any(|e| matches!(
+            e,
+            CcEvent::Granted {
+                rating_group: Some(10),
+                final_unit: Some(FinalUnit::Redirect(_)),
+                ..
+            }
+        )),
+        "{ev:?}"
+    );
+    assert!(ev.contains(&CcEvent::Denied {
+        rating_group: Some(20),
+        result_code: ResultCode::CREDIT_LIMIT_REACHED
+    }));
+    assert_eq!(h.s.quotas().len(), 1);
+    assert_eq!(h.s.state(), CcState::Open);
+}
+
+#[test]
+fn event_charging_with_ddfh() {
+    let units = crate::units::Units {
+        units: Some(1),
+        ..Default::default()
+    };
+    // Success.
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.event(h.now, RequestedAction::DirectDebiting, units, Some(2));
+    assert_eq!(h.s.state(), CcState::PendingE);
+    let e = h.one_request();
+    assert_eq!((rtype(&e), number(&e)), (4, 0));
+    h.s.handle_answer(h.now, &cca(&e, 2001, &[]));
+    assert!(matches!(h.drain().1[..], [CcEvent::EventAnswered(_)]));
+    assert_eq!(h.s.state(), CcState::Idle);
+    // DIRECT_DEBITING failing to send with DDFH TERMINATE_OR_BUFFER: service granted, request stored with T.
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.event(h.now, RequestedAction::DirectDebiting, units, None);
+    h.drain();
+    h.s.handle_send_failure(h.now, "no peer");
+    let (_, ev) = h.drain();
+    assert!(ev.contains(&CcEvent::EventStored) && continued(&ev), "{ev:?}");
+    assert!(h.s.has_stored());
+    assert!(h.s.send_stored(h.now));
+    assert_eq!(h.s.state(), CcState::PendingB);
+    let b = h.one_request();
+    assert!(b.header.flags.is_retransmit(), "a stored request goes with the T flag");
+    assert_eq!(number(&b), 0, "the same request, the same number");
+    h.s.handle_answer(h.now, &cca(&b, 2001, &[]));
+    assert_eq!(h.s.state(), CcState::Idle);
+    assert!(!h.s.has_stored());
+    // DDFH CONTINUE and Tx expiry: the service is granted, the answer still awaited.
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.event(h.now, RequestedAction::DirectDebiting, units, None);
+    let e = h.one_request();
+    let mut a = cca(&e, 4011, &[]);
+    a.push(Avp::i32(code::DIRECT_DEBITING_FAILURE_HANDLING, 1));
+    h.s.handle_answer(h.now, &a);
+    h.drain();
+    h.s.event(h.now, RequestedAction::DirectDebiting, units, None);
+    h.drain();
+    h.advance(TX);
+    let (_, ev) = h.drain();
+    assert!(continued(&ev), "DDFH CONTINUE from the server applies: {ev:?}");
+    assert_eq!(h.s.state(), CcState::PendingE);
+    // REFUND_ACCOUNT and Tx expiry: stored for later.
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.event(h.now, RequestedAction::RefundAccount, units, None);
+    h.drain();
+    h.advance(TX);
+    assert!(h.drain().1.contains(&CcEvent::EventStored));
+    // CHECK_BALANCE failing: a service error, nothing stored.
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.event(h.now, RequestedAction::CheckBalance, units, None);
+    h.drain();
+    h.s.handle_send_failure(h.now, "no peer");
+    assert!(terminated(&h.drain().1));
+    assert!(!h.s.has_stored());
+}
