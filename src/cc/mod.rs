@@ -184,6 +184,12 @@ pub enum CcOutput {
     Send(Message),
     /// Tell the service.
     Event(CcEvent),
+    /// The request made with this tag is settled: answered, failed, given up on (Tx with CCFH CONTINUE), or
+    /// dropped from the queue because the session ended. The events before it are its outcome.
+    Done(Option<u64>),
+    /// The request made with this tag will never be sent: the session ended (or was not in a state to take
+    /// it) before its turn.
+    Dropped(Option<u64>),
 }
 
 /// What the service asks while a request is outstanding.
@@ -193,10 +199,20 @@ enum Queued {
         used: Vec<(Option<u32>, Units)>,
         requested: Vec<Option<u32>>,
         reason: Option<i32>,
+        tag: Option<u64>,
     },
     Terminate {
         used: Vec<(Option<u32>, Units)>,
+        tag: Option<u64>,
     },
+}
+
+impl Queued {
+    fn tag(&self) -> Option<u64> {
+        match self {
+            Queued::Update { tag, .. } | Queued::Terminate { tag, .. } => *tag,
+        }
+    }
 }
 
 /// One credit-control session.
@@ -209,6 +225,8 @@ pub struct CcSession {
     next_number: u32,
     /// The request outstanding, for correlation and retransmission.
     outstanding: Option<Message>,
+    /// The caller's tag of the outstanding request.
+    outstanding_tag: Option<u64>,
     tx_deadline: Option<Instant>,
     /// CCFH and DDFH as the server last set them (RFC 4006 §5.7).
     ccfh: Ccfh,
@@ -238,6 +256,7 @@ impl CcSession {
             state: CcState::Idle,
             next_number: 0,
             outstanding: None,
+            outstanding_tag: None,
             tx_deadline: None,
             failover_supported: false,
             granted_without_answer: false,
@@ -297,12 +316,13 @@ impl CcSession {
     // ---- the service's requests ------------------------------------------------------------------------
 
     /// Client requests access: CCR-I asking units for these rating groups (`None`: no MSCC, session level).
-    pub fn start(&mut self, now: Instant, rating_groups: &[Option<u32>]) {
+    pub fn start(&mut self, now: Instant, rating_groups: &[Option<u32>], tag: Option<u64>) {
         if self.state != CcState::Idle || self.next_number != 0 {
+            self.out.push_back(CcOutput::Dropped(tag));
             return;
         }
         let msccs = rating_groups.iter().map(|rg| mscc(*rg, None, true, None)).collect();
-        self.send(now, 1, msccs, CcState::PendingI);
+        self.send(now, 1, msccs, CcState::PendingI, tag);
     }
 
     /// Reports usage and asks for more (a quota used up, a threshold, a rating condition change). Queued while
@@ -313,32 +333,42 @@ impl CcSession {
         used: Vec<(Option<u32>, Units)>,
         requested: Vec<Option<u32>>,
         reason: Option<i32>,
+        tag: Option<u64>,
     ) {
         let q = Queued::Update {
             used,
             requested,
             reason,
+            tag,
         };
         match self.state {
             CcState::Open => self.run(now, q),
             CcState::PendingI | CcState::PendingU => self.queue.push_back(q),
-            _ => {}
+            _ => self.out.push_back(CcOutput::Dropped(tag)),
         }
     }
 
     /// The service ended: CCR-T with the final usage. Queued while a request is outstanding.
-    pub fn terminate(&mut self, now: Instant, used: Vec<(Option<u32>, Units)>) {
-        let q = Queued::Terminate { used };
+    pub fn terminate(&mut self, now: Instant, used: Vec<(Option<u32>, Units)>, tag: Option<u64>) {
+        let q = Queued::Terminate { used, tag };
         match self.state {
             CcState::Open => self.run(now, q),
             CcState::PendingI | CcState::PendingU => self.queue.push_back(q),
-            _ => {}
+            _ => self.out.push_back(CcOutput::Dropped(tag)),
         }
     }
 
     /// One-time service (event charging, RFC 4006 §6.3): CCR-E with Requested-Action.
-    pub fn event(&mut self, now: Instant, action: RequestedAction, requested: Units, service_identifier: Option<u32>) {
+    pub fn event(
+        &mut self,
+        now: Instant,
+        action: RequestedAction,
+        requested: Units,
+        service_identifier: Option<u32>,
+        tag: Option<u64>,
+    ) {
         if self.state != CcState::Idle {
+            self.out.push_back(CcOutput::Dropped(tag));
             return;
         }
         self.event_action = Some(action);
@@ -349,7 +379,7 @@ impl CcSession {
         }
         m.push(Avp::grouped(code::REQUESTED_SERVICE_UNIT, &requested.to_avps()));
         self.last_event = Some(m.clone());
-        self.transmit(now, m, CcState::PendingE);
+        self.transmit(now, m, CcState::PendingE, tag);
     }
 
     /// Sends the stored event request, if any (Idle → PendingB).
@@ -358,7 +388,7 @@ impl CcSession {
             return false;
         }
         let Some(m) = self.stored.take() else { return false };
-        self.transmit(now, m, CcState::PendingB);
+        self.transmit(now, m, CcState::PendingB, None);
         true
     }
 
@@ -381,6 +411,7 @@ impl CcSession {
         }
         self.outstanding = None;
         self.tx_deadline = None;
+        let tag = self.outstanding_tag.take();
         let rc = answer.result_code().unwrap_or(ResultCode::UNABLE_TO_COMPLY);
         self.learn_server_settings(answer);
         match self.state {
@@ -397,7 +428,18 @@ impl CcSession {
             }
             _ => {}
         }
+        self.settle(tag);
         true
+    }
+
+    /// Reports a settled request, placing its Done before the Send of the next request if one just left.
+    fn settle(&mut self, tag: Option<u64>) {
+        let at = self
+            .out
+            .iter()
+            .position(|o| matches!(o, CcOutput::Send(_)))
+            .unwrap_or(self.out.len());
+        self.out.insert(at, CcOutput::Done(tag));
     }
 
     /// The request could not be sent or got a transient error from the network (no route, no peer, 3002,
@@ -407,6 +449,7 @@ impl CcSession {
             return;
         }
         self.tx_deadline = None;
+        let tag = self.outstanding_tag.take();
         match self.state {
             CcState::PendingI | CcState::PendingU => {
                 self.outstanding = None;
@@ -427,6 +470,7 @@ impl CcSession {
             }
             _ => {}
         }
+        self.settle(tag);
     }
 
     /// A Re-Auth-Request (RFC 4006 §5.5): answer it, then a CCR-U reporting the rating groups it names (all
@@ -468,7 +512,7 @@ impl CcSession {
             .iter()
             .map(|rg| (*rg, self.quota(*rg).map(|q| q.used).unwrap_or_default()))
             .collect();
-        self.update(now, used, rgs, Some(REPORTING_REASON_FORCED_REAUTHORISATION));
+        self.update(now, used, rgs, Some(REPORTING_REASON_FORCED_REAUTHORISATION), None);
         raa
     }
 
@@ -491,8 +535,8 @@ impl CcSession {
                 reason: "aborted by the server (ASR)".into(),
             }));
             let used: Vec<(Option<u32>, Units)> = self.quotas.iter().map(|q| (q.rating_group, q.used)).collect();
-            self.queue.clear();
-            self.terminate(now, used);
+            self.drop_queue();
+            self.terminate(now, used, None);
         }
         asa
     }
@@ -501,7 +545,10 @@ impl CcSession {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.tx_deadline.is_some_and(|t| t <= now) {
             self.tx_deadline = None;
+            // Whatever CCFH/DDFH decide, the caller has its outcome now; a late answer is still matched.
+            let tag = self.outstanding_tag.take();
             self.tx_expired(now);
+            self.settle(tag);
         }
         let due: Vec<usize> = (0..self.quotas.len())
             .filter(|&i| self.quotas[i].deadline().is_some_and(|t| t <= now))
@@ -524,7 +571,7 @@ impl CcSession {
             .iter()
             .map(|rg| (*rg, self.quota(*rg).map(|q| q.used).unwrap_or_default()))
             .collect();
-        self.update(now, used, rgs, Some(REPORTING_REASON_VALIDITY_TIME));
+        self.update(now, used, rgs, Some(REPORTING_REASON_VALIDITY_TIME), None);
     }
 
     // ---- internals ---------------------------------------------------------------------------------------
@@ -565,13 +612,14 @@ impl CcSession {
         m
     }
 
-    fn send(&mut self, now: Instant, request_type: i32, msccs: Vec<Avp>, next: CcState) {
+    fn send(&mut self, now: Instant, request_type: i32, msccs: Vec<Avp>, next: CcState, tag: Option<u64>) {
         let mut m = self.request(request_type);
         m.avps.extend(msccs);
-        self.transmit(now, m, next);
+        self.transmit(now, m, next, tag);
     }
 
-    fn transmit(&mut self, now: Instant, m: Message, next: CcState) {
+    fn transmit(&mut self, now: Instant, m: Message, next: CcState, tag: Option<u64>) {
+        self.outstanding_tag = tag;
         self.outstanding = Some(m.clone());
         self.tx_deadline = Some(now + self.config.tx);
         self.granted_without_answer = false;
@@ -586,6 +634,7 @@ impl CcSession {
                 used,
                 requested,
                 reason,
+                tag,
             } => {
                 let mut msccs = Vec::new();
                 let mut rgs: Vec<Option<u32>> = used.iter().map(|(rg, _)| *rg).collect();
@@ -601,9 +650,9 @@ impl CcSession {
                         q.reported(u.unwrap_or_default());
                     }
                 }
-                self.send(now, 2, msccs, CcState::PendingU);
+                self.send(now, 2, msccs, CcState::PendingU, tag);
             }
-            Queued::Terminate { used } => {
+            Queued::Terminate { used, tag } => {
                 let msccs = used
                     .iter()
                     .map(|(rg, u)| mscc(*rg, Some(*u), false, Some(REPORTING_REASON_FINAL)))
@@ -611,7 +660,7 @@ impl CcSession {
                 for q in &mut self.quotas {
                     q.clear_timers();
                 }
-                self.send(now, 3, msccs, CcState::PendingT);
+                self.send(now, 3, msccs, CcState::PendingT, tag);
             }
         }
     }
@@ -906,9 +955,16 @@ impl CcSession {
         }
     }
 
+    /// Requests queued behind one that ended the session will never be sent: settle them.
+    fn drop_queue(&mut self) {
+        for q in std::mem::take(&mut self.queue) {
+            self.out.push_back(CcOutput::Dropped(q.tag()));
+        }
+    }
+
     fn end(&mut self, _now: Instant) {
         self.state = CcState::Idle;
-        self.queue.clear();
+        self.drop_queue();
         self.outstanding = None;
         self.tx_deadline = None;
         for q in &mut self.quotas {

@@ -41,6 +41,7 @@ impl H {
             match o {
                 CcOutput::Send(m) => sent.push(m),
                 CcOutput::Event(e) => events.push(e),
+                CcOutput::Done(_) | CcOutput::Dropped(_) => {}
             }
         }
         (sent, events)
@@ -58,7 +59,7 @@ impl H {
     }
 
     fn open(&mut self) {
-        self.s.start(self.now, &[Some(10)]);
+        self.s.start(self.now, &[Some(10)], None);
         let req = self.one_request();
         self.s
             .handle_answer(self.now, &cca(&req, 2001, &[grant(10, 300, None, None)]));
@@ -117,7 +118,7 @@ fn continued(events: &[CcEvent]) -> bool {
 #[test]
 fn full_session_numbers_requests_and_follows_the_server() {
     let mut h = H::new(Ccfh::Terminate);
-    h.s.start(h.now, &[Some(10)]);
+    h.s.start(h.now, &[Some(10)], None);
     assert_eq!(h.s.state(), CcState::PendingI);
     let i = h.one_request();
     assert_eq!((rtype(&i), number(&i)), (1, 0));
@@ -163,6 +164,7 @@ fn full_session_numbers_requests_and_follows_the_server() {
         )],
         vec![Some(10)],
         Some(3),
+        None,
     );
     let u = h.one_request();
     assert_eq!((rtype(&u), number(&u)), (2, 1));
@@ -182,6 +184,7 @@ fn full_session_numbers_requests_and_follows_the_server() {
                 ..Default::default()
             },
         )],
+        None,
     );
     let t = h.one_request();
     assert_eq!((rtype(&t), number(&t)), (3, 2));
@@ -195,7 +198,7 @@ fn full_session_numbers_requests_and_follows_the_server() {
 fn tx_expiry_in_pending_i_for_each_ccfh() {
     // TERMINATE: end the service.
     let mut h = H::new(Ccfh::Terminate);
-    h.s.start(h.now, &[Some(10)]);
+    h.s.start(h.now, &[Some(10)], None);
     h.drain();
     h.advance(TX);
     let (_, ev) = h.drain();
@@ -204,7 +207,7 @@ fn tx_expiry_in_pending_i_for_each_ccfh() {
     // CONTINUE and RETRY_AND_TERMINATE: grant the service, stay in PendingI; a late answer opens the session.
     for ccfh in [Ccfh::Continue, Ccfh::RetryAndTerminate] {
         let mut h = H::new(ccfh);
-        h.s.start(h.now, &[Some(10)]);
+        h.s.start(h.now, &[Some(10)], None);
         let i = h.one_request();
         h.advance(TX);
         let (_, ev) = h.drain();
@@ -224,7 +227,7 @@ fn tx_expiry_in_pending_u_and_pending_t() {
     ] {
         let mut h = H::new(ccfh);
         h.open();
-        h.s.update(h.now, vec![(Some(10), Default::default())], vec![Some(10)], None);
+        h.s.update(h.now, vec![(Some(10), Default::default())], vec![Some(10)], None, None);
         h.drain();
         h.advance(TX);
         let (_, ev) = h.drain();
@@ -233,7 +236,7 @@ fn tx_expiry_in_pending_u_and_pending_t() {
     }
     let mut h = H::new(Ccfh::Continue);
     h.open();
-    h.s.terminate(h.now, vec![]);
+    h.s.terminate(h.now, vec![], None);
     h.drain();
     h.advance(TX);
     let (_, ev) = h.drain();
@@ -250,7 +253,7 @@ fn failures_and_failure_codes_follow_the_client_table() {
         (Ccfh::RetryAndTerminate, false),
     ] {
         let mut h = H::new(ccfh);
-        h.s.start(h.now, &[Some(10)]);
+        h.s.start(h.now, &[Some(10)], None);
         h.drain();
         h.s.handle_send_failure(h.now, "3002 no route");
         let (_, ev) = h.drain();
@@ -268,7 +271,7 @@ fn failures_and_failure_codes_follow_the_client_table() {
         (4012, Ccfh::Continue, false),
     ] {
         let mut h = H::new(ccfh);
-        h.s.start(h.now, &[Some(10)]);
+        h.s.start(h.now, &[Some(10)], None);
         let i = h.one_request();
         h.s.handle_answer(h.now, &cca(&i, rc, &[]));
         let (_, ev) = h.drain();
@@ -278,7 +281,7 @@ fn failures_and_failure_codes_follow_the_client_table() {
     }
     // A 3GPP server's Experimental-Result reads the same way.
     let mut h = H::new(Ccfh::Continue);
-    h.s.start(h.now, &[Some(10)]);
+    h.s.start(h.now, &[Some(10)], None);
     let i = h.one_request();
     let mut a = cca(&i, 2001, &[]);
     a.avps.retain(|x| !x.is(code::RESULT_CODE, 0));
@@ -296,7 +299,7 @@ fn failures_and_failure_codes_follow_the_client_table() {
 #[test]
 fn requests_made_while_one_is_outstanding_are_queued_in_order() {
     let mut h = H::new(Ccfh::Terminate);
-    h.s.start(h.now, &[Some(10)]);
+    h.s.start(h.now, &[Some(10)], None);
     let i = h.one_request();
     // While PendingI: an update and the termination queue up.
     h.s.update(
@@ -310,6 +313,7 @@ fn requests_made_while_one_is_outstanding_are_queued_in_order() {
         )],
         vec![Some(10)],
         None,
+        None,
     );
     h.s.terminate(
         h.now,
@@ -320,6 +324,7 @@ fn requests_made_while_one_is_outstanding_are_queued_in_order() {
                 ..Default::default()
             },
         )],
+        None,
     );
     assert!(h.drain().0.is_empty(), "never two requests in flight");
     h.s.handle_answer(h.now, &cca(&i, 2001, &[grant(10, 60, None, None)]));
@@ -333,7 +338,7 @@ fn requests_made_while_one_is_outstanding_are_queued_in_order() {
 #[test]
 fn stale_or_mismatched_answers_are_dropped() {
     let mut h = H::new(Ccfh::Terminate);
-    h.s.start(h.now, &[Some(10)]);
+    h.s.start(h.now, &[Some(10)], None);
     let i = h.one_request();
     let mut wrong_number = cca(&i, 2001, &[]);
     wrong_number.avps.retain(|a| !a.is(code::CC_REQUEST_NUMBER, 0));
@@ -406,7 +411,7 @@ fn asr_answers_and_terminates_with_the_usage() {
 #[test]
 fn validity_time_expiry_reauthorizes_the_rating_group() {
     let mut h = H::new(Ccfh::Terminate);
-    h.s.start(h.now, &[Some(10)]);
+    h.s.start(h.now, &[Some(10)], None);
     let i = h.one_request();
     h.s.handle_answer(h.now, &cca(&i, 2001, &[grant(10, 300, Some(60), None)]));
     h.drain();
@@ -428,7 +433,7 @@ fn validity_time_expiry_reauthorizes_the_rating_group() {
 #[test]
 fn final_units_and_per_rating_group_denial() {
     let mut h = H::new(Ccfh::Terminate);
-    h.s.start(h.now, &[Some(10), Some(20)]);
+    h.s.start(h.now, &[Some(10), Some(20)], None);
     let i = h.one_request();
     let denied = Avp::grouped(
         code::MULTIPLE_SERVICES_CREDIT_CONTROL,
@@ -463,7 +468,7 @@ fn event_charging_with_ddfh() {
     };
     // Success.
     let mut h = H::new(Ccfh::Terminate);
-    h.s.event(h.now, RequestedAction::DirectDebiting, units, Some(2));
+    h.s.event(h.now, RequestedAction::DirectDebiting, units, Some(2), None);
     assert_eq!(h.s.state(), CcState::PendingE);
     let e = h.one_request();
     assert_eq!((rtype(&e), number(&e)), (4, 0));
@@ -472,7 +477,7 @@ fn event_charging_with_ddfh() {
     assert_eq!(h.s.state(), CcState::Idle);
     // DIRECT_DEBITING failing to send with DDFH TERMINATE_OR_BUFFER: service granted, request stored with T.
     let mut h = H::new(Ccfh::Terminate);
-    h.s.event(h.now, RequestedAction::DirectDebiting, units, None);
+    h.s.event(h.now, RequestedAction::DirectDebiting, units, None, None);
     h.drain();
     h.s.handle_send_failure(h.now, "no peer");
     let (_, ev) = h.drain();
@@ -488,13 +493,13 @@ fn event_charging_with_ddfh() {
     assert!(!h.s.has_stored());
     // DDFH CONTINUE and Tx expiry: the service is granted, the answer still awaited.
     let mut h = H::new(Ccfh::Terminate);
-    h.s.event(h.now, RequestedAction::DirectDebiting, units, None);
+    h.s.event(h.now, RequestedAction::DirectDebiting, units, None, None);
     let e = h.one_request();
     let mut a = cca(&e, 4011, &[]);
     a.push(Avp::i32(code::DIRECT_DEBITING_FAILURE_HANDLING, 1));
     h.s.handle_answer(h.now, &a);
     h.drain();
-    h.s.event(h.now, RequestedAction::DirectDebiting, units, None);
+    h.s.event(h.now, RequestedAction::DirectDebiting, units, None, None);
     h.drain();
     h.advance(TX);
     let (_, ev) = h.drain();
@@ -502,13 +507,13 @@ fn event_charging_with_ddfh() {
     assert_eq!(h.s.state(), CcState::PendingE);
     // REFUND_ACCOUNT and Tx expiry: stored for later.
     let mut h = H::new(Ccfh::Terminate);
-    h.s.event(h.now, RequestedAction::RefundAccount, units, None);
+    h.s.event(h.now, RequestedAction::RefundAccount, units, None, None);
     h.drain();
     h.advance(TX);
     assert!(h.drain().1.contains(&CcEvent::EventStored));
     // CHECK_BALANCE failing: a service error, nothing stored.
     let mut h = H::new(Ccfh::Terminate);
-    h.s.event(h.now, RequestedAction::CheckBalance, units, None);
+    h.s.event(h.now, RequestedAction::CheckBalance, units, None, None);
     h.drain();
     h.s.handle_send_failure(h.now, "no peer");
     assert!(terminated(&h.drain().1));

@@ -65,6 +65,11 @@ pub struct RoConfig {
     pub event_price: u64,
     /// ISO 4217 numeric currency code for Cost-Information (default 978, EUR).
     pub currency_code: u32,
+    /// Credit-Control-Failure-Handling sent in CCA-I (0 TERMINATE, 1 CONTINUE, 2 RETRY_AND_TERMINATE); absent:
+    /// not sent, the client keeps its own.
+    pub ccfh: Option<i32>,
+    /// CC-Session-Failover sent in CCA-I (0 NOT_SUPPORTED, 1 SUPPORTED); absent: not sent.
+    pub cc_session_failover: Option<i32>,
 }
 
 impl Default for RoConfig {
@@ -75,6 +80,8 @@ impl Default for RoConfig {
             default_rating_group: RatingGroupConfig::default(),
             event_price: 10,
             currency_code: 978,
+            ccfh: Some(2),
+            cc_session_failover: Some(1),
         }
     }
 }

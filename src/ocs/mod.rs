@@ -574,8 +574,12 @@ impl Ocs {
             self.release_all(sid, &subscriber);
         }
         if rtype == 1 {
-            answer.push(Avp::i32(cc::CC_SESSION_FAILOVER, 1));
-            answer.push(Avp::i32(code::CREDIT_CONTROL_FAILURE_HANDLING, 2));
+            if let Some(f) = self.config.ro.cc_session_failover {
+                answer.push(Avp::i32(cc::CC_SESSION_FAILOVER, f));
+            }
+            if let Some(h) = self.config.ro.ccfh {
+                answer.push(Avp::i32(code::CREDIT_CONTROL_FAILURE_HANDLING, h));
+            }
         }
         if rtype == 1 && all_denied {
             // RFC 4006 §9.1: nothing can be granted at all: the session is refused.

@@ -3,6 +3,7 @@
 mod codec;
 mod crosscheck;
 mod dict;
+mod engine;
 mod freediameter;
 mod ocs;
 mod prop;
