@@ -16,10 +16,7 @@ use charging_ra::transport::{ConnEvent, spawn_connection};
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.to_string())
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_string())
 }
 
 fn ccr(session: u32, number: u32) -> Bytes {
@@ -34,10 +31,7 @@ fn ccr(session: u32, number: u32) -> Bytes {
         .with(Avp::u32(code::CC_REQUEST_NUMBER, number))
         .with(Avp::grouped(
             code::SUBSCRIPTION_ID,
-            &[
-                Avp::i32(code::SUBSCRIPTION_ID_TYPE, 0),
-                Avp::utf8(code::SUBSCRIPTION_ID_DATA, "46701234567"),
-            ],
+            &[Avp::i32(code::SUBSCRIPTION_ID_TYPE, 0), Avp::utf8(code::SUBSCRIPTION_ID_DATA, "46701234567")],
         ));
     let mut mscc = vec![Avp::grouped(code::REQUESTED_SERVICE_UNIT, &[])];
     if number > 0 {
@@ -63,9 +57,7 @@ async fn main() {
     cer.header.flags = CommandFlags(CommandFlags::REQUEST);
     cer.avps = LocalIdentity::charging_client("load.localdomain", "localdomain", 1).capability_avps();
     conn.writer.send(cer.encode().unwrap()).await.unwrap();
-    let Some(ConnEvent::Frame(_, cea)) = events.recv().await else {
-        panic!("no CEA")
-    };
+    let Some(ConnEvent::Frame(_, cea)) = events.recv().await else { panic!("no CEA") };
     let cea = Message::decode(cea).unwrap();
     assert_eq!(cea.result_code().map(|r| r.0), Some(2001), "CER refused");
     let mut sent_at: HashMap<u32, Instant> = HashMap::new();
@@ -80,9 +72,7 @@ async fn main() {
     let (mut counted, mut errors) = (0u64, 0u64);
     let mut latencies: Vec<u32> = Vec::with_capacity(1 << 20);
     while let Some(ev) = events.recv().await {
-        let ConnEvent::Frame(_, frame) = ev else {
-            panic!("connection closed")
-        };
+        let ConnEvent::Frame(_, frame) = ev else { panic!("connection closed") };
         let hbh = u32::from_be_bytes([frame[12], frame[13], frame[14], frame[15]]);
         if frame[4] & 0x80 != 0 {
             continue; // a DWR from the server; answered by nobody in this client (short runs)

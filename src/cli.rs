@@ -14,11 +14,7 @@ use charging_ra::dict::Dictionary;
 use charging_ra::samples;
 
 #[derive(Parser)]
-#[command(
-    name = "charging-ra",
-    version,
-    about = "Diameter Ro/Gx credit-control client with session replication"
-)]
+#[command(name = "charging-ra", version, about = "Diameter Ro/Gx credit-control client with session replication")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -74,21 +70,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo => demo(),
-        Command::Decode {
-            hex,
-            file,
-            dictionaries,
-            config,
-        } => decode(hex, file, &dictionaries, config.as_deref()),
-        Command::OcsSim {
-            listen,
-            origin_host,
-            origin_realm,
-            control,
-            config,
-            ledger_out,
-            log_json,
-        } => {
+        Command::Decode { hex, file, dictionaries, config } => decode(hex, file, &dictionaries, config.as_deref()),
+        Command::OcsSim { listen, origin_host, origin_realm, control, config, ledger_out, log_json } => {
             init_logging(log_json);
             ocs_sim(listen, origin_host, origin_realm, control, config, ledger_out)
         }
@@ -106,10 +89,7 @@ pub fn main() -> ExitCode {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json {
         builder.json().init();
     } else {
@@ -162,13 +142,8 @@ async fn shutdown_signal() {
 }
 
 fn load_dictionary(config: &Config, config_dir: &Path, files: &[std::path::PathBuf]) -> anyhow::Result<Dictionary> {
-    let texts = config
-        .dictionaries
-        .files
-        .iter()
-        .map(|f| config_dir.join(f))
-        .chain(files.iter().cloned())
-        .collect::<Vec<_>>();
+    let texts =
+        config.dictionaries.files.iter().map(|f| config_dir.join(f)).chain(files.iter().cloned()).collect::<Vec<_>>();
     let texts = texts
         .iter()
         .map(|f| {

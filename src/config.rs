@@ -35,20 +35,14 @@ pub struct CodecConfig {
 impl Default for CodecConfig {
     fn default() -> Self {
         let d = DecodeLimits::default();
-        CodecConfig {
-            max_message_size: d.max_message_size,
-            max_depth: d.max_depth,
-        }
+        CodecConfig { max_message_size: d.max_message_size, max_depth: d.max_depth }
     }
 }
 
 impl CodecConfig {
     /// The limits for the decoder.
     pub fn limits(&self) -> DecodeLimits {
-        DecodeLimits {
-            max_message_size: self.max_message_size,
-            max_depth: self.max_depth,
-        }
+        DecodeLimits { max_message_size: self.max_message_size, max_depth: self.max_depth }
     }
 }
 
@@ -99,15 +93,9 @@ pub enum ConfigError {
 impl Config {
     /// Parses TOML text; `path` names the source in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        let invalid = |key, why: &str| ConfigError::Invalid {
-            path: path.into(),
-            key,
-            why: why.into(),
-        };
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let invalid = |key, why: &str| ConfigError::Invalid { path: path.into(), key, why: why.into() };
         if !(20..=crate::codec::MAX_LENGTH).contains(&config.codec.max_message_size) {
             return Err(invalid("codec.max_message_size", "must be 20 to 16777215 octets"));
         }
@@ -119,10 +107,7 @@ impl Config {
 
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
         Config::parse(&text, path)
     }
 
@@ -131,10 +116,8 @@ impl Config {
         let mut texts = Vec::new();
         for f in &self.dictionaries.files {
             let path = base.join(f);
-            let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-                path: path.clone(),
-                source,
-            })?;
+            let text =
+                std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
             texts.push((path.display().to_string(), text));
         }
         let refs: Vec<(&str, &str)> = texts.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
@@ -157,21 +140,15 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_by_name() {
-        let err = Config::parse("[codec]\nmax_mesage_size = 100\n", Path::new("node.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse("[codec]\nmax_mesage_size = 100\n", Path::new("node.toml")).unwrap_err().to_string();
         assert!(err.contains("max_mesage_size") && err.contains("node.toml"), "{err}");
-        let err = Config::parse("[codecs]\n", Path::new("n.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse("[codecs]\n", Path::new("n.toml")).unwrap_err().to_string();
         assert!(err.contains("codecs"), "{err}");
     }
 
     #[test]
     fn out_of_range_values_say_what_is_allowed() {
-        let err = Config::parse("[codec]\nmax_depth = 0\n", Path::new("n.toml"))
-            .unwrap_err()
-            .to_string();
+        let err = Config::parse("[codec]\nmax_depth = 0\n", Path::new("n.toml")).unwrap_err().to_string();
         assert!(err.contains("codec.max_depth") && err.contains("1 to 64"), "{err}");
     }
 }

@@ -33,9 +33,7 @@ fn ids(mut m: Message, hbh: u32, e2e: u32) -> Message {
 
 fn answer(req: &Message, b: &B, host: &str, realm: &str, rc: ResultCode) -> Message {
     let mut m = Message::answer_to(req);
-    m.push(b.a("Result-Code", rc.0))
-        .push(b.a("Origin-Host", host))
-        .push(b.a("Origin-Realm", realm));
+    m.push(b.a("Result-Code", rc.0)).push(b.a("Origin-Host", host)).push(b.a("Origin-Realm", realm));
     m
 }
 
@@ -69,10 +67,7 @@ fn ro_ccr(b: &B, request_type: &str, number: u32) -> Message {
         .with(b.a("Event-Timestamp", Time::from_unix(NOW).expect("in range")))
         .with(b.g(
             "Subscription-Id",
-            vec![
-                b.a("Subscription-Id-Type", "END_USER_E164"),
-                b.a("Subscription-Id-Data", "46701234567"),
-            ],
+            vec![b.a("Subscription-Id-Type", "END_USER_E164"), b.a("Subscription-Id-Data", "46701234567")],
         ))
         .with(b.a("Multiple-Services-Indicator", "MULTIPLE_SERVICES_SUPPORTED"))
 }
@@ -111,10 +106,7 @@ pub fn ro_ccr_update(d: &Dictionary) -> Message {
             "Multiple-Services-Credit-Control",
             vec![
                 b.g("Requested-Service-Unit", vec![b.a("CC-Time", 300)]),
-                b.g(
-                    "Used-Service-Unit",
-                    vec![b.a("CC-Time", 287), b.a("Reporting-Reason", "QUOTA_EXHAUSTED")],
-                ),
+                b.g("Used-Service-Unit", vec![b.a("CC-Time", 287), b.a("Reporting-Reason", "QUOTA_EXHAUSTED")]),
                 b.a("Service-Identifier", 1000),
                 b.a("Rating-Group", 100),
             ],
@@ -143,42 +135,28 @@ pub fn all(d: &Dictionary) -> Vec<(&'static str, Message)> {
         "ocs1.ocs.example.net",
         "ocs.example.net",
     );
-    let dwr = ids(
-        Message::request(CommandCode::DEVICE_WATCHDOG, AppId::COMMON),
-        2,
-        0x5e0c_0003,
-    )
-    .with(b.a("Origin-Host", "as1.ims.example.net"))
-    .with(b.a("Origin-Realm", "ims.example.net"))
-    .with(b.a("Origin-State-Id", 1_795_763_400u32));
+    let dwr = ids(Message::request(CommandCode::DEVICE_WATCHDOG, AppId::COMMON), 2, 0x5e0c_0003)
+        .with(b.a("Origin-Host", "as1.ims.example.net"))
+        .with(b.a("Origin-Realm", "ims.example.net"))
+        .with(b.a("Origin-State-Id", 1_795_763_400u32));
     let mut dwr = dwr;
     dwr.header.flags = CommandFlags(CommandFlags::REQUEST);
     let dwa = answer(&dwr, &b, "ocs1.ocs.example.net", "ocs.example.net", ResultCode::SUCCESS);
-    let mut dpr = ids(
-        Message::request(CommandCode::DISCONNECT_PEER, AppId::COMMON),
-        3,
-        0x5e0c_0004,
-    )
-    .with(b.a("Origin-Host", "as1.ims.example.net"))
-    .with(b.a("Origin-Realm", "ims.example.net"))
-    .with(b.a("Disconnect-Cause", "REBOOTING"));
+    let mut dpr = ids(Message::request(CommandCode::DISCONNECT_PEER, AppId::COMMON), 3, 0x5e0c_0004)
+        .with(b.a("Origin-Host", "as1.ims.example.net"))
+        .with(b.a("Origin-Realm", "ims.example.net"))
+        .with(b.a("Disconnect-Cause", "REBOOTING"));
     dpr.header.flags = CommandFlags(CommandFlags::REQUEST);
     let dpa = answer(&dpr, &b, "ocs1.ocs.example.net", "ocs.example.net", ResultCode::SUCCESS);
 
     let ccr_i = ids(ro_ccr(&b, "INITIAL_REQUEST", 0), 0x2a00_0001, 0x5e0c_0010)
         .with(b.g(
             "Subscription-Id",
-            vec![
-                b.a("Subscription-Id-Type", "END_USER_IMSI"),
-                b.a("Subscription-Id-Data", "240011234567890"),
-            ],
+            vec![b.a("Subscription-Id-Type", "END_USER_IMSI"), b.a("Subscription-Id-Data", "240011234567890")],
         ))
         .with(b.g(
             "Multiple-Services-Credit-Control",
-            vec![
-                b.g("Requested-Service-Unit", vec![b.a("CC-Time", 300)]),
-                b.a("Rating-Group", 100),
-            ],
+            vec![b.g("Requested-Service-Unit", vec![b.a("CC-Time", 300)]), b.a("Rating-Group", 100)],
         ))
         .with(b.g(
             "User-Equipment-Info",
@@ -188,155 +166,110 @@ pub fn all(d: &Dictionary) -> Vec<(&'static str, Message)> {
             ],
         ))
         .with(ims_information(&b));
-    let cca_i = answer(
-        &ccr_i,
-        &b,
-        "ocs1.ocs.example.net",
-        "ocs.example.net",
-        ResultCode::SUCCESS,
-    )
-    .with(b.a("Auth-Application-Id", 4))
-    .with(b.a("CC-Request-Type", "INITIAL_REQUEST"))
-    .with(b.a("CC-Request-Number", 0))
-    .with(b.g(
-        "Multiple-Services-Credit-Control",
-        vec![
-            b.g("Granted-Service-Unit", vec![b.a("CC-Time", 300)]),
-            b.a("Rating-Group", 100),
-            b.a("Validity-Time", 600),
-            b.a("Result-Code", ResultCode::SUCCESS.0),
-            b.a("Time-Quota-Threshold", 30),
-            b.a("Quota-Holding-Time", 120),
-        ],
-    ))
-    .with(b.a("Credit-Control-Failure-Handling", "RETRY_AND_TERMINATE"))
-    .with(b.a("CC-Session-Failover", "FAILOVER_SUPPORTED"));
-    let ccr_u = ro_ccr_update(d);
-    let cca_u_fui = answer(
-        &ccr_u,
-        &b,
-        "ocs1.ocs.example.net",
-        "ocs.example.net",
-        ResultCode::SUCCESS,
-    )
-    .with(b.a("Auth-Application-Id", 4))
-    .with(b.a("CC-Request-Type", "UPDATE_REQUEST"))
-    .with(b.a("CC-Request-Number", 1))
-    .with(b.g(
-        "Multiple-Services-Credit-Control",
-        vec![
-            b.g("Granted-Service-Unit", vec![b.a("CC-Time", 60)]),
-            b.a("Rating-Group", 100),
-            b.a("Result-Code", ResultCode::SUCCESS.0),
-            b.g(
-                "Final-Unit-Indication",
-                vec![
-                    b.a("Final-Unit-Action", "REDIRECT"),
-                    b.g(
-                        "Redirect-Server",
-                        vec![
-                            b.a("Redirect-Address-Type", "SIP URI"),
-                            b.a("Redirect-Server-Address", "sip:topup@ims.example.net"),
-                        ],
-                    ),
-                ],
-            ),
-        ],
-    ));
-    let mut ccr_t = ids(ro_ccr(&b, "TERMINATION_REQUEST", 2), 0x2a00_0003, 0x5e0c_0011)
+    let cca_i = answer(&ccr_i, &b, "ocs1.ocs.example.net", "ocs.example.net", ResultCode::SUCCESS)
+        .with(b.a("Auth-Application-Id", 4))
+        .with(b.a("CC-Request-Type", "INITIAL_REQUEST"))
+        .with(b.a("CC-Request-Number", 0))
         .with(b.g(
             "Multiple-Services-Credit-Control",
             vec![
-                b.g("Used-Service-Unit", vec![b.a("CC-Time", 41)]),
+                b.g("Granted-Service-Unit", vec![b.a("CC-Time", 300)]),
                 b.a("Rating-Group", 100),
+                b.a("Validity-Time", 600),
+                b.a("Result-Code", ResultCode::SUCCESS.0),
+                b.a("Time-Quota-Threshold", 30),
+                b.a("Quota-Holding-Time", 120),
             ],
+        ))
+        .with(b.a("Credit-Control-Failure-Handling", "RETRY_AND_TERMINATE"))
+        .with(b.a("CC-Session-Failover", "FAILOVER_SUPPORTED"));
+    let ccr_u = ro_ccr_update(d);
+    let cca_u_fui = answer(&ccr_u, &b, "ocs1.ocs.example.net", "ocs.example.net", ResultCode::SUCCESS)
+        .with(b.a("Auth-Application-Id", 4))
+        .with(b.a("CC-Request-Type", "UPDATE_REQUEST"))
+        .with(b.a("CC-Request-Number", 1))
+        .with(b.g(
+            "Multiple-Services-Credit-Control",
+            vec![
+                b.g("Granted-Service-Unit", vec![b.a("CC-Time", 60)]),
+                b.a("Rating-Group", 100),
+                b.a("Result-Code", ResultCode::SUCCESS.0),
+                b.g(
+                    "Final-Unit-Indication",
+                    vec![
+                        b.a("Final-Unit-Action", "REDIRECT"),
+                        b.g(
+                            "Redirect-Server",
+                            vec![
+                                b.a("Redirect-Address-Type", "SIP URI"),
+                                b.a("Redirect-Server-Address", "sip:topup@ims.example.net"),
+                            ],
+                        ),
+                    ],
+                ),
+            ],
+        ));
+    let mut ccr_t = ids(ro_ccr(&b, "TERMINATION_REQUEST", 2), 0x2a00_0003, 0x5e0c_0011)
+        .with(b.g(
+            "Multiple-Services-Credit-Control",
+            vec![b.g("Used-Service-Unit", vec![b.a("CC-Time", 41)]), b.a("Rating-Group", 100)],
         ))
         .with(b.a("Termination-Cause", "DIAMETER_LOGOUT"));
     ccr_t.header.flags = CommandFlags(ccr_t.header.flags.0 | CommandFlags::RETRANSMIT);
-    let cca_t = answer(
-        &ccr_t,
-        &b,
-        "ocs1.ocs.example.net",
-        "ocs.example.net",
-        ResultCode::SUCCESS,
-    )
-    .with(b.a("Auth-Application-Id", 4))
-    .with(b.a("CC-Request-Type", "TERMINATION_REQUEST"))
-    .with(b.a("CC-Request-Number", 2));
-    let ccr_e = ids(
-        Message::request(CommandCode::CREDIT_CONTROL, AppId::CREDIT_CONTROL),
-        0x2a00_0004,
-        0x5e0c_0012,
-    )
-    .with(b.a("Session-Id", "as1.ims.example.net;1795763400;43"))
-    .with(b.a("Origin-Host", "as1.ims.example.net"))
-    .with(b.a("Origin-Realm", "ims.example.net"))
-    .with(b.a("Destination-Realm", "ocs.example.net"))
-    .with(b.a("Auth-Application-Id", 4))
-    .with(b.a("Service-Context-Id", "32274@3gpp.org"))
-    .with(b.a("CC-Request-Type", "EVENT_REQUEST"))
-    .with(b.a("CC-Request-Number", 0))
-    .with(b.a("Requested-Action", "DIRECT_DEBITING"))
-    .with(b.g(
-        "Subscription-Id",
-        vec![
-            b.a("Subscription-Id-Type", "END_USER_E164"),
-            b.a("Subscription-Id-Data", "46701234567"),
-        ],
-    ))
-    .with(b.g("Requested-Service-Unit", vec![b.a("CC-Service-Specific-Units", 1)]))
-    .with(b.a("Service-Identifier", 2))
-    .with(b.a("Direct-Debiting-Failure-Handling", "TERMINATE_OR_BUFFER"));
-    let cca_e = answer(
-        &ccr_e,
-        &b,
-        "ocs1.ocs.example.net",
-        "ocs.example.net",
-        ResultCode::CREDIT_LIMIT_REACHED,
-    )
-    .with(b.a("Auth-Application-Id", 4))
-    .with(b.a("CC-Request-Type", "EVENT_REQUEST"))
-    .with(b.a("CC-Request-Number", 0))
-    .with(b.g(
-        "Cost-Information",
-        vec![
-            b.g("Unit-Value", vec![b.a("Value-Digits", 150i64), b.a("Exponent", -2)]),
-            b.a("Currency-Code", 752),
-            b.a("Cost-Unit", "SMS"),
-        ],
-    ));
-    let rar = ids(
-        Message::request(CommandCode::RE_AUTH, AppId::CREDIT_CONTROL),
-        0x0c00_0001,
-        0x0c5e_0001,
-    )
-    .with(b.a("Session-Id", SID))
-    .with(b.a("Origin-Host", "ocs1.ocs.example.net"))
-    .with(b.a("Origin-Realm", "ocs.example.net"))
-    .with(b.a("Destination-Realm", "ims.example.net"))
-    .with(b.a("Destination-Host", "as1.ims.example.net"))
-    .with(b.a("Auth-Application-Id", 4))
-    .with(b.a("Re-Auth-Request-Type", "AUTHORIZE_ONLY"))
-    .with(b.a("Rating-Group", 100));
+    let cca_t = answer(&ccr_t, &b, "ocs1.ocs.example.net", "ocs.example.net", ResultCode::SUCCESS)
+        .with(b.a("Auth-Application-Id", 4))
+        .with(b.a("CC-Request-Type", "TERMINATION_REQUEST"))
+        .with(b.a("CC-Request-Number", 2));
+    let ccr_e = ids(Message::request(CommandCode::CREDIT_CONTROL, AppId::CREDIT_CONTROL), 0x2a00_0004, 0x5e0c_0012)
+        .with(b.a("Session-Id", "as1.ims.example.net;1795763400;43"))
+        .with(b.a("Origin-Host", "as1.ims.example.net"))
+        .with(b.a("Origin-Realm", "ims.example.net"))
+        .with(b.a("Destination-Realm", "ocs.example.net"))
+        .with(b.a("Auth-Application-Id", 4))
+        .with(b.a("Service-Context-Id", "32274@3gpp.org"))
+        .with(b.a("CC-Request-Type", "EVENT_REQUEST"))
+        .with(b.a("CC-Request-Number", 0))
+        .with(b.a("Requested-Action", "DIRECT_DEBITING"))
+        .with(b.g(
+            "Subscription-Id",
+            vec![b.a("Subscription-Id-Type", "END_USER_E164"), b.a("Subscription-Id-Data", "46701234567")],
+        ))
+        .with(b.g("Requested-Service-Unit", vec![b.a("CC-Service-Specific-Units", 1)]))
+        .with(b.a("Service-Identifier", 2))
+        .with(b.a("Direct-Debiting-Failure-Handling", "TERMINATE_OR_BUFFER"));
+    let cca_e = answer(&ccr_e, &b, "ocs1.ocs.example.net", "ocs.example.net", ResultCode::CREDIT_LIMIT_REACHED)
+        .with(b.a("Auth-Application-Id", 4))
+        .with(b.a("CC-Request-Type", "EVENT_REQUEST"))
+        .with(b.a("CC-Request-Number", 0))
+        .with(b.g(
+            "Cost-Information",
+            vec![
+                b.g("Unit-Value", vec![b.a("Value-Digits", 150i64), b.a("Exponent", -2)]),
+                b.a("Currency-Code", 752),
+                b.a("Cost-Unit", "SMS"),
+            ],
+        ));
+    let rar = ids(Message::request(CommandCode::RE_AUTH, AppId::CREDIT_CONTROL), 0x0c00_0001, 0x0c5e_0001)
+        .with(b.a("Session-Id", SID))
+        .with(b.a("Origin-Host", "ocs1.ocs.example.net"))
+        .with(b.a("Origin-Realm", "ocs.example.net"))
+        .with(b.a("Destination-Realm", "ims.example.net"))
+        .with(b.a("Destination-Host", "as1.ims.example.net"))
+        .with(b.a("Auth-Application-Id", 4))
+        .with(b.a("Re-Auth-Request-Type", "AUTHORIZE_ONLY"))
+        .with(b.a("Rating-Group", 100));
     let raa = answer(&rar, &b, "as1.ims.example.net", "ims.example.net", ResultCode::SUCCESS);
-    let asr = ids(
-        Message::request(CommandCode::ABORT_SESSION, AppId::CREDIT_CONTROL),
-        0x0c00_0002,
-        0x0c5e_0002,
-    )
-    .with(b.a("Session-Id", SID))
-    .with(b.a("Origin-Host", "ocs1.ocs.example.net"))
-    .with(b.a("Origin-Realm", "ocs.example.net"))
-    .with(b.a("Destination-Realm", "ims.example.net"))
-    .with(b.a("Destination-Host", "as1.ims.example.net"))
-    .with(b.a("Auth-Application-Id", 4))
-    .with(b.g(
-        "Proxy-Info",
-        vec![
-            b.a("Proxy-Host", "dra1.example.net"),
-            b.a("Proxy-State", Bytes::from_static(b"\x01\x02state")),
-        ],
-    ));
+    let asr = ids(Message::request(CommandCode::ABORT_SESSION, AppId::CREDIT_CONTROL), 0x0c00_0002, 0x0c5e_0002)
+        .with(b.a("Session-Id", SID))
+        .with(b.a("Origin-Host", "ocs1.ocs.example.net"))
+        .with(b.a("Origin-Realm", "ocs.example.net"))
+        .with(b.a("Destination-Realm", "ims.example.net"))
+        .with(b.a("Destination-Host", "as1.ims.example.net"))
+        .with(b.a("Auth-Application-Id", 4))
+        .with(b.g(
+            "Proxy-Info",
+            vec![b.a("Proxy-Host", "dra1.example.net"), b.a("Proxy-State", Bytes::from_static(b"\x01\x02state"))],
+        ));
     let mut asa = answer(&asr, &b, "as1.ims.example.net", "ims.example.net", ResultCode::SUCCESS);
     asa.echo_proxy_info(&asr);
     let mut error = Message::answer_to(&ccr_u);
@@ -380,156 +313,117 @@ pub fn all(d: &Dictionary) -> Vec<(&'static str, Message)> {
 /// The Gx CCR-Initial of the benchmarks.
 pub fn gx_ccr_initial(d: &Dictionary) -> Message {
     let b = B(d);
-    ids(
-        Message::request(CommandCode::CREDIT_CONTROL, AppId::GX),
-        0x6700_0001,
-        0x7e0c_0001,
-    )
-    .with(b.a("Session-Id", GX_SID))
-    .with(b.a("Auth-Application-Id", AppId::GX.0))
-    .with(b.a("Origin-Host", "pgw1.epc.example.net"))
-    .with(b.a("Origin-Realm", "epc.example.net"))
-    .with(b.a("Destination-Realm", "pcrf.example.net"))
-    .with(b.a("CC-Request-Type", "INITIAL_REQUEST"))
-    .with(b.a("CC-Request-Number", 0))
-    .with(b.g(
-        "Supported-Features",
-        vec![
-            b.a("Vendor-Id", 10415),
-            b.a("Feature-List-ID", 1),
-            b.a("Feature-List", 0x0000_0003),
-        ],
-    ))
-    .with(b.g(
-        "Subscription-Id",
-        vec![
-            b.a("Subscription-Id-Type", "END_USER_IMSI"),
-            b.a("Subscription-Id-Data", "240011234567890"),
-        ],
-    ))
-    .with(b.g(
-        "Subscription-Id",
-        vec![
-            b.a("Subscription-Id-Type", "END_USER_E164"),
-            b.a("Subscription-Id-Data", "46701234567"),
-        ],
-    ))
-    .with(b.a("Network-Request-Support", "NETWORK_REQUEST SUPPORTED"))
-    .with(b.a("Framed-IP-Address", Bytes::from_static(&[10, 45, 0, 7])))
-    .with(b.a("IP-CAN-Type", "3GPP-EPS"))
-    .with(b.a("RAT-Type", "EUTRAN"))
-    .with(b.g(
-        "QoS-Information",
-        vec![
-            b.a("APN-Aggregate-Max-Bitrate-UL", 50_000_000),
-            b.a("APN-Aggregate-Max-Bitrate-DL", 150_000_000),
-        ],
-    ))
-    .with(b.g(
-        "Default-EPS-Bearer-QoS",
-        vec![
-            b.a("QoS-Class-Identifier", "QCI_9"),
-            b.g(
-                "Allocation-Retention-Priority",
-                vec![
-                    b.a("Priority-Level", 8),
-                    b.a("Pre-emption-Capability", "PRE-EMPTION_CAPABILITY_DISABLED"),
-                    b.a("Pre-emption-Vulnerability", "PRE-EMPTION_VULNERABILITY_ENABLED"),
-                ],
-            ),
-        ],
-    ))
-    .with(b.a(
-        "3GPP-User-Location-Info",
-        Bytes::from_static(&[
-            0x82, 0x42, 0xf0, 0x10, 0x00, 0x01, 0x42, 0xf0, 0x10, 0x00, 0x00, 0x10, 0x01,
-        ]),
-    ))
-    .with(b.a("3GPP-MS-TimeZone", Bytes::from_static(&[0x40, 0x00])))
-    .with(b.a("Called-Station-Id", "internet"))
-    .with(b.a("AN-GW-Address", Address::Ipv4([192, 0, 2, 20].into())))
+    ids(Message::request(CommandCode::CREDIT_CONTROL, AppId::GX), 0x6700_0001, 0x7e0c_0001)
+        .with(b.a("Session-Id", GX_SID))
+        .with(b.a("Auth-Application-Id", AppId::GX.0))
+        .with(b.a("Origin-Host", "pgw1.epc.example.net"))
+        .with(b.a("Origin-Realm", "epc.example.net"))
+        .with(b.a("Destination-Realm", "pcrf.example.net"))
+        .with(b.a("CC-Request-Type", "INITIAL_REQUEST"))
+        .with(b.a("CC-Request-Number", 0))
+        .with(b.g(
+            "Supported-Features",
+            vec![b.a("Vendor-Id", 10415), b.a("Feature-List-ID", 1), b.a("Feature-List", 0x0000_0003)],
+        ))
+        .with(b.g(
+            "Subscription-Id",
+            vec![b.a("Subscription-Id-Type", "END_USER_IMSI"), b.a("Subscription-Id-Data", "240011234567890")],
+        ))
+        .with(b.g(
+            "Subscription-Id",
+            vec![b.a("Subscription-Id-Type", "END_USER_E164"), b.a("Subscription-Id-Data", "46701234567")],
+        ))
+        .with(b.a("Network-Request-Support", "NETWORK_REQUEST SUPPORTED"))
+        .with(b.a("Framed-IP-Address", Bytes::from_static(&[10, 45, 0, 7])))
+        .with(b.a("IP-CAN-Type", "3GPP-EPS"))
+        .with(b.a("RAT-Type", "EUTRAN"))
+        .with(b.g(
+            "QoS-Information",
+            vec![b.a("APN-Aggregate-Max-Bitrate-UL", 50_000_000), b.a("APN-Aggregate-Max-Bitrate-DL", 150_000_000)],
+        ))
+        .with(b.g(
+            "Default-EPS-Bearer-QoS",
+            vec![
+                b.a("QoS-Class-Identifier", "QCI_9"),
+                b.g(
+                    "Allocation-Retention-Priority",
+                    vec![
+                        b.a("Priority-Level", 8),
+                        b.a("Pre-emption-Capability", "PRE-EMPTION_CAPABILITY_DISABLED"),
+                        b.a("Pre-emption-Vulnerability", "PRE-EMPTION_VULNERABILITY_ENABLED"),
+                    ],
+                ),
+            ],
+        ))
+        .with(b.a(
+            "3GPP-User-Location-Info",
+            Bytes::from_static(&[0x82, 0x42, 0xf0, 0x10, 0x00, 0x01, 0x42, 0xf0, 0x10, 0x00, 0x00, 0x10, 0x01]),
+        ))
+        .with(b.a("3GPP-MS-TimeZone", Bytes::from_static(&[0x40, 0x00])))
+        .with(b.a("Called-Station-Id", "internet"))
+        .with(b.a("AN-GW-Address", Address::Ipv4([192, 0, 2, 20].into())))
 }
 
 fn gx_samples(b: &B) -> Vec<(&'static str, Message)> {
     let ccr = gx_ccr_initial(b.0);
-    let cca = answer(
-        &ccr,
-        b,
-        "pcrf1.pcrf.example.net",
-        "pcrf.example.net",
-        ResultCode::SUCCESS,
-    )
-    .with(b.a("Auth-Application-Id", AppId::GX.0))
-    .with(b.a("CC-Request-Type", "INITIAL_REQUEST"))
-    .with(b.a("CC-Request-Number", 0))
-    .with(b.g(
-        "Supported-Features",
-        vec![
-            b.a("Vendor-Id", 10415),
-            b.a("Feature-List-ID", 1),
-            b.a("Feature-List", 0x0000_0003),
-        ],
-    ))
-    .with(b.a("Bearer-Control-Mode", "UE_NW"))
-    .with(b.a("Event-Trigger", "RAT_CHANGE"))
-    .with(b.a("Event-Trigger", "USAGE_REPORT"))
-    .with(b.g(
-        "Charging-Rule-Install",
-        vec![
-            b.g(
-                "Charging-Rule-Definition",
-                vec![
-                    b.a("Charging-Rule-Name", Bytes::from_static(b"video-zero-rated")),
-                    b.g(
-                        "Flow-Information",
-                        vec![
-                            b.a("Flow-Description", "permit out 17 from 198.51.100.0/24 443 to assigned"),
-                            b.a("Flow-Direction", "DOWNLINK"),
-                        ],
-                    ),
-                    b.g(
-                        "QoS-Information",
-                        vec![
-                            b.a("QoS-Class-Identifier", "QCI_8"),
-                            b.a("Max-Requested-Bandwidth-DL", 20_000_000),
-                        ],
-                    ),
-                    b.a("Rating-Group", 200),
-                    b.a("Online", "DISABLE_ONLINE"),
-                    b.a("Offline", "ENABLE_OFFLINE"),
-                    b.a("Metering-Method", "VOLUME"),
-                    b.a("Precedence", 100),
-                    b.a("Monitoring-Key", Bytes::from_static(b"mk-video")),
-                ],
-            ),
-            b.a("Charging-Rule-Base-Name", "default-internet"),
-        ],
-    ))
-    .with(b.g(
-        "Usage-Monitoring-Information",
-        vec![
-            b.a("Monitoring-Key", Bytes::from_static(b"mk-video")),
-            b.g("Granted-Service-Unit", vec![b.a("CC-Total-Octets", 1_000_000_000u64)]),
-            b.a("Usage-Monitoring-Level", "PCC_RULE_LEVEL"),
-        ],
-    ));
-    let rar = ids(
-        Message::request(CommandCode::RE_AUTH, AppId::GX),
-        0x0d00_0001,
-        0x0d5e_0001,
-    )
-    .with(b.a("Session-Id", GX_SID))
-    .with(b.a("Auth-Application-Id", AppId::GX.0))
-    .with(b.a("Origin-Host", "pcrf1.pcrf.example.net"))
-    .with(b.a("Origin-Realm", "pcrf.example.net"))
-    .with(b.a("Destination-Realm", "epc.example.net"))
-    .with(b.a("Destination-Host", "pgw1.epc.example.net"))
-    .with(b.a("Re-Auth-Request-Type", "AUTHORIZE_ONLY"))
-    .with(b.a("Event-Trigger", "SUCCESSFUL_RESOURCE_ALLOCATION"))
-    .with(b.g(
-        "Charging-Rule-Remove",
-        vec![b.a("Charging-Rule-Name", Bytes::from_static(b"video-zero-rated"))],
-    ));
+    let cca = answer(&ccr, b, "pcrf1.pcrf.example.net", "pcrf.example.net", ResultCode::SUCCESS)
+        .with(b.a("Auth-Application-Id", AppId::GX.0))
+        .with(b.a("CC-Request-Type", "INITIAL_REQUEST"))
+        .with(b.a("CC-Request-Number", 0))
+        .with(b.g(
+            "Supported-Features",
+            vec![b.a("Vendor-Id", 10415), b.a("Feature-List-ID", 1), b.a("Feature-List", 0x0000_0003)],
+        ))
+        .with(b.a("Bearer-Control-Mode", "UE_NW"))
+        .with(b.a("Event-Trigger", "RAT_CHANGE"))
+        .with(b.a("Event-Trigger", "USAGE_REPORT"))
+        .with(b.g(
+            "Charging-Rule-Install",
+            vec![
+                b.g(
+                    "Charging-Rule-Definition",
+                    vec![
+                        b.a("Charging-Rule-Name", Bytes::from_static(b"video-zero-rated")),
+                        b.g(
+                            "Flow-Information",
+                            vec![
+                                b.a("Flow-Description", "permit out 17 from 198.51.100.0/24 443 to assigned"),
+                                b.a("Flow-Direction", "DOWNLINK"),
+                            ],
+                        ),
+                        b.g(
+                            "QoS-Information",
+                            vec![b.a("QoS-Class-Identifier", "QCI_8"), b.a("Max-Requested-Bandwidth-DL", 20_000_000)],
+                        ),
+                        b.a("Rating-Group", 200),
+                        b.a("Online", "DISABLE_ONLINE"),
+                        b.a("Offline", "ENABLE_OFFLINE"),
+                        b.a("Metering-Method", "VOLUME"),
+                        b.a("Precedence", 100),
+                        b.a("Monitoring-Key", Bytes::from_static(b"mk-video")),
+                    ],
+                ),
+                b.a("Charging-Rule-Base-Name", "default-internet"),
+            ],
+        ))
+        .with(b.g(
+            "Usage-Monitoring-Information",
+            vec![
+                b.a("Monitoring-Key", Bytes::from_static(b"mk-video")),
+                b.g("Granted-Service-Unit", vec![b.a("CC-Total-Octets", 1_000_000_000u64)]),
+                b.a("Usage-Monitoring-Level", "PCC_RULE_LEVEL"),
+            ],
+        ));
+    let rar = ids(Message::request(CommandCode::RE_AUTH, AppId::GX), 0x0d00_0001, 0x0d5e_0001)
+        .with(b.a("Session-Id", GX_SID))
+        .with(b.a("Auth-Application-Id", AppId::GX.0))
+        .with(b.a("Origin-Host", "pcrf1.pcrf.example.net"))
+        .with(b.a("Origin-Realm", "pcrf.example.net"))
+        .with(b.a("Destination-Realm", "epc.example.net"))
+        .with(b.a("Destination-Host", "pgw1.epc.example.net"))
+        .with(b.a("Re-Auth-Request-Type", "AUTHORIZE_ONLY"))
+        .with(b.a("Event-Trigger", "SUCCESSFUL_RESOURCE_ALLOCATION"))
+        .with(b.g("Charging-Rule-Remove", vec![b.a("Charging-Rule-Name", Bytes::from_static(b"video-zero-rated"))]));
     let raa = answer(&rar, b, "pgw1.epc.example.net", "epc.example.net", ResultCode::SUCCESS).with(b.g(
         "Charging-Rule-Report",
         vec![

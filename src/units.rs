@@ -24,13 +24,8 @@ pub enum UnitKind {
 
 impl UnitKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [UnitKind; 5] = [
-        UnitKind::Time,
-        UnitKind::TotalOctets,
-        UnitKind::InputOctets,
-        UnitKind::OutputOctets,
-        UnitKind::Units,
-    ];
+    pub const ALL: [UnitKind; 5] =
+        [UnitKind::Time, UnitKind::TotalOctets, UnitKind::InputOctets, UnitKind::OutputOctets, UnitKind::Units];
 
     /// The AVP carrying this kind inside Granted/Requested/Used-Service-Unit.
     pub fn avp_code(self) -> u32 {
@@ -146,22 +141,14 @@ mod tests {
 
     #[test]
     fn units_round_trip_through_avps_and_json() {
-        let u = Units {
-            time: Some(60),
-            total_octets: Some(1 << 40),
-            ..Default::default()
-        };
+        let u = Units { time: Some(60), total_octets: Some(1 << 40), ..Default::default() };
         let g = Avp::grouped(code::GRANTED_SERVICE_UNIT, &u.to_avps());
         assert_eq!(Units::from_grouped(&g), u);
         let json = serde_json::to_string(&u).unwrap();
         assert_eq!(json, r#"{"time":60,"total_octets":1099511627776}"#);
         assert_eq!(serde_json::from_str::<Units>(&json).unwrap(), u);
         let mut sum = u;
-        sum.add(&Units {
-            time: Some(1),
-            units: Some(2),
-            ..Default::default()
-        });
+        sum.add(&Units { time: Some(1), units: Some(2), ..Default::default() });
         assert_eq!((sum.time, sum.units), (Some(61), Some(2)));
     }
 }

@@ -51,21 +51,7 @@ impl Rng {
     }
 }
 
-const INTERESTING: &[u32] = &[
-    0,
-    1,
-    7,
-    8,
-    11,
-    12,
-    0x7f,
-    0x80,
-    0xff,
-    0xffff,
-    0x00ff_ffff,
-    0x8000_0000,
-    0xffff_ffff,
-];
+const INTERESTING: &[u32] = &[0, 1, 7, 8, 11, 12, 0x7f, 0x80, 0xff, 0xffff, 0x00ff_ffff, 0x8000_0000, 0xffff_ffff];
 
 fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
     let mut b = input.to_vec();
@@ -111,15 +97,9 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
 
 #[test]
 fn mutated_messages_never_panic_and_stay_bounded() {
-    let iterations: usize = std::env::var("FUZZ_SMOKE_ITERATIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+    let iterations: usize = std::env::var("FUZZ_SMOKE_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     let dict = Dictionary::builtin();
-    let seeds: Vec<Vec<u8>> = samples::all(&dict)
-        .iter()
-        .map(|(_, m)| m.encode().unwrap().to_vec())
-        .collect();
+    let seeds: Vec<Vec<u8>> = samples::all(&dict).iter().map(|(_, m)| m.encode().unwrap().to_vec()).collect();
     let limits = DecodeLimits::default();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let (mut decoded, mut valid, mut worst_ratio) = (0usize, 0usize, 0f64);
@@ -136,11 +116,7 @@ fn mutated_messages_never_panic_and_stay_bounded() {
         // Allocation proportional to the input: the top-level AVP list and one occurrence counter per grammar
         // level, never a length field's worth.
         let bound = 64 * input.len() + 16 * 1024;
-        assert!(
-            used <= bound,
-            "iteration {i}: {used} bytes allocated for a {}-octet input",
-            input.len()
-        );
+        assert!(used <= bound, "iteration {i}: {used} bytes allocated for a {}-octet input", input.len());
         worst_ratio = worst_ratio.max(used as f64 / (input.len().max(1)) as f64);
         match result {
             Ok((m, v)) => {
@@ -152,16 +128,12 @@ fn mutated_messages_never_panic_and_stay_bounded() {
                     .unwrap_or_else(|e| panic!("iteration {i}: re-encoded message fails: {e}"));
                 assert_eq!(again, m, "iteration {i}");
                 if let Err(e) = v {
-                    let _ = e
-                        .to_answer(Some(&m), "h.example.net", "example.net")
-                        .map(|a| a.encode().unwrap());
+                    let _ = e.to_answer(Some(&m), "h.example.net", "example.net").map(|a| a.encode().unwrap());
                 }
             }
             Err(e) => {
                 let _ = e.result_code();
-                let _ = e
-                    .to_answer(None, "h.example.net", "example.net")
-                    .map(|a| a.encode().unwrap());
+                let _ = e.to_answer(None, "h.example.net", "example.net").map(|a| a.encode().unwrap());
             }
         }
     }
@@ -171,8 +143,5 @@ fn mutated_messages_never_panic_and_stay_bounded() {
         "fuzz smoke: {iterations} mutated frames, {decoded} decoded, {valid} valid, worst allocation {worst_ratio:.1} bytes per input octet"
     );
     // The loop is only meaningful if mutations reach both sides.
-    assert!(
-        decoded > iterations / 20 && decoded < iterations,
-        "decoded {decoded} of {iterations}"
-    );
+    assert!(decoded > iterations / 20 && decoded < iterations, "decoded {decoded} of {iterations}");
 }

@@ -109,10 +109,7 @@ pub struct Totals {
 impl Totals {
     /// The summary line, always the last line of the output.
     pub fn line(&self) -> String {
-        format!(
-            "conformance: {} passed, {} failed, {} skipped",
-            self.passed, self.failed, self.skipped
-        )
+        format!("conformance: {} passed, {} failed, {} skipped", self.passed, self.failed, self.skipped)
     }
 }
 
@@ -133,10 +130,8 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 /// Runs the scenarios whose names match `filter` (a glob; all when `None`), printing one table row each as it
 /// finishes, and returns the reports and totals.
 pub fn run(config: &Config, filter: Option<&str>, out: &mut dyn std::io::Write) -> (Vec<Report>, Totals) {
-    let scenarios: Vec<Scenario> = registry()
-        .into_iter()
-        .filter(|s| filter.is_none_or(|f| glob_match(f, s.name)))
-        .collect();
+    let scenarios: Vec<Scenario> =
+        registry().into_iter().filter(|s| filter.is_none_or(|f| glob_match(f, s.name))).collect();
     let width = scenarios.iter().map(|s| s.name.len()).max().unwrap_or(8).max(8);
     let _ = writeln!(out, "{:<width$}  {:<7}  {:>8}  spec", "scenario", "result", "time");
     let mut reports = Vec::new();
@@ -162,38 +157,19 @@ pub fn run(config: &Config, filter: Option<&str>, out: &mut dyn std::io::Write) 
             Outcome::Failed(e) => ("FAILED", format!("\n{:width$}  -> {e}", "")),
             Outcome::Skipped(e) => ("skipped", format!("\n{:width$}  -> {e}", "")),
         };
-        let _ = writeln!(
-            out,
-            "{:<width$}  {word:<7}  {:>8}  {}{detail}",
-            s.name,
-            fmt_duration(elapsed),
-            s.spec
-        );
-        reports.push(Report {
-            name: s.name,
-            spec: s.spec,
-            outcome,
-            millis: elapsed.as_millis(),
-        });
+        let _ = writeln!(out, "{:<width$}  {word:<7}  {:>8}  {}{detail}", s.name, fmt_duration(elapsed), s.spec);
+        reports.push(Report { name: s.name, spec: s.spec, outcome, millis: elapsed.as_millis() });
     }
     (reports, totals)
 }
 
 fn fmt_duration(d: Duration) -> String {
-    if d < Duration::from_secs(1) {
-        format!("{}ms", d.as_millis())
-    } else {
-        format!("{:.1}s", d.as_secs_f64())
-    }
+    if d < Duration::from_secs(1) { format!("{}ms", d.as_millis()) } else { format!("{:.1}s", d.as_secs_f64()) }
 }
 
 /// The `charging-ra` binary next to this executable (cargo puts every binary of a workspace in one directory;
 /// test executables live one level down, in `deps/`).
 pub fn sibling_binary(exe: &Path) -> Option<PathBuf> {
     let name = format!("charging-ra{}", std::env::consts::EXE_SUFFIX);
-    exe.ancestors()
-        .skip(1)
-        .take(2)
-        .map(|dir| dir.join(&name))
-        .find(|p| p.is_file())
+    exe.ancestors().skip(1).take(2).map(|dir| dir.join(&name)).find(|p| p.is_file())
 }

@@ -59,10 +59,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
     if args.list {
         for s in conformance::registry() {
-            let gap = s
-                .known_failing
-                .map(|g| format!(" [known gap: {g}]"))
-                .unwrap_or_default();
+            let gap = s.known_failing.map(|g| format!(" [known gap: {g}]")).unwrap_or_default();
             println!("{:<32} {}{gap}", s.name, s.spec);
         }
         return Ok(ExitCode::SUCCESS);
@@ -95,11 +92,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     println!("{}", totals.line());
-    Ok(if totals.failed > 0 {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if totals.failed > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// The charging-ra binary built next to this runner; when it is missing, build it with the same profile.
@@ -109,10 +102,7 @@ fn find_or_build_binary() -> anyhow::Result<PathBuf> {
         return Ok(bin);
     }
     let release = exe.parent().is_some_and(|d| d.ends_with("release"));
-    eprintln!(
-        "conformance: building charging-ra{}",
-        if release { " (release)" } else { "" }
-    );
+    eprintln!("conformance: building charging-ra{}", if release { " (release)" } else { "" });
     let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args(["build", "-p", "charging-ra", "--bin", "charging-ra"]);
     if release {

@@ -56,25 +56,12 @@ fn decode(ctx: &Ctx, bytes: &[u8]) -> Result<Decoded, String> {
                 .output()
                 .map_err(|e| format!("running {}: {e}", ctx.config.binary.display()))?;
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
-            let result_code = text
-                .lines()
-                .find_map(|l| l.strip_prefix("Result-Code: "))
-                .and_then(|v| v.trim().parse().ok());
+            let result_code =
+                text.lines().find_map(|l| l.strip_prefix("Result-Code: ")).and_then(|v| v.trim().parse().ok());
             match out.status.code() {
-                Some(0) => Ok(Decoded {
-                    valid: true,
-                    result_code,
-                    text,
-                }),
-                Some(1) => Ok(Decoded {
-                    valid: false,
-                    result_code,
-                    text,
-                }),
-                other => Err(format!(
-                    "decode exited with {other:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )),
+                Some(0) => Ok(Decoded { valid: true, result_code, text }),
+                Some(1) => Ok(Decoded { valid: false, result_code, text }),
+                other => Err(format!("decode exited with {other:?}: {}", String::from_utf8_lossy(&out.stderr))),
             }
         }
         Subject::Inproc => {
@@ -83,16 +70,8 @@ fn decode(ctx: &Ctx, bytes: &[u8]) -> Result<Decoded, String> {
             let result = Message::decode_with(Bytes::copy_from_slice(bytes), &limits)
                 .and_then(|m| dict.validate(&m, &limits).map(|()| m));
             Ok(match result {
-                Ok(m) => Decoded {
-                    valid: true,
-                    result_code: None,
-                    text: dict.display(&m),
-                },
-                Err(e) => Decoded {
-                    valid: false,
-                    result_code: Some(e.result_code().0),
-                    text: e.to_string(),
-                },
+                Ok(m) => Decoded { valid: true, result_code: None, text: dict.display(&m) },
+                Err(e) => Decoded { valid: false, result_code: Some(e.result_code().0), text: e.to_string() },
             })
         }
     }
@@ -106,10 +85,7 @@ fn golden_decode(ctx: &mut Ctx) -> Result<(), String> {
         if !d.valid {
             return Err(format!("{name}: not valid: {}", d.text));
         }
-        let cmd = dict
-            .command(msg.header.application_id, msg.header.code)
-            .map(|c| c.name.clone())
-            .unwrap_or_default();
+        let cmd = dict.command(msg.header.application_id, msg.header.code).map(|c| c.name.clone()).unwrap_or_default();
         if !d.text.contains(&cmd) {
             return Err(format!("{name}: output does not name the command {cmd}"));
         }
@@ -120,10 +96,7 @@ fn golden_decode(ctx: &mut Ctx) -> Result<(), String> {
 fn expect_code(ctx: &Ctx, bytes: &[u8], want: u32, failed_avp: Option<&str>) -> Result<(), String> {
     let d = decode(ctx, bytes)?;
     if d.valid || d.result_code != Some(want) {
-        return Err(format!(
-            "expected Result-Code {want}, got {:?}: {}",
-            d.result_code, d.text
-        ));
+        return Err(format!("expected Result-Code {want}, got {:?}: {}", d.result_code, d.text));
     }
     if let (Subject::Exec, Some(f)) = (ctx.config.subject, failed_avp)
         && !d.text.contains(f)

@@ -8,11 +8,7 @@ fn every_scenario_passes_with_real_processes() {
     // `cargo test --workspace` builds the charging-ra binary (its package has integration tests) before any test
     // runs; it lives in the target directory above deps/.
     let binary = sibling_binary(&exe).expect("charging-ra binary next to target/<profile>/: run `cargo build` first");
-    let config = Config {
-        subject: Subject::Exec,
-        store: StoreKind::Sqlite,
-        binary,
-    };
+    let config = Config { subject: Subject::Exec, store: StoreKind::Sqlite, binary };
     let mut out = Vec::new();
     let (reports, totals) = conformance::run(&config, None, &mut out);
     let text = String::from_utf8_lossy(&out);
@@ -25,11 +21,7 @@ fn every_scenario_passes_with_real_processes() {
 
 #[test]
 fn inproc_subject_agrees() {
-    let config = Config {
-        subject: Subject::Inproc,
-        store: StoreKind::Memory,
-        binary: Default::default(),
-    };
+    let config = Config { subject: Subject::Inproc, store: StoreKind::Memory, binary: Default::default() };
     let (_, totals) = conformance::run(&config, Some("codec-*"), &mut std::io::sink());
     assert_eq!(totals.failed, 0);
 }

@@ -1,1 +1,231 @@
-//! placeholder
+//! The HTTP JSON front: the embedding API for services not written in Rust, and for test drivers.
+//! `{id}` is the Session-Id, percent-encoded. Units are `{"time", "total_octets", "input_octets",
+//! "output_octets", "units"}` (any subset). Errors are `{"error", "result_code"?, "ccfh"?}` with a 4xx/5xx status.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{App, ChargingError, Engine, Outcome, RatingGroupRequest, Subscriber, UsedUnits};
+use crate::cc::RequestedAction;
+use crate::units::Units;
+
+/// `POST /v1/sessions`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenBody {
+    /// `ro` or `gx`.
+    pub app: App,
+    /// The subscriber.
+    pub subscriber: Option<Subscriber>,
+    /// Service-Context-Id (Ro), e.g. `32251@3gpp.org`.
+    #[serde(default)]
+    pub service_context: Option<String>,
+    /// Rating groups and the units asked for each.
+    #[serde(default)]
+    pub rating_groups: Vec<RatingGroupRequest>,
+    /// The convergence name to file the session under (a new one when absent).
+    #[serde(default)]
+    pub convergence: Option<String>,
+    /// Replicate from the start (the application's default when absent).
+    #[serde(default)]
+    pub replicate: Option<bool>,
+}
+
+/// `POST /v1/sessions/{id}/updates`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    /// Usage per rating group.
+    #[serde(default)]
+    pub used: Vec<UsedUnits>,
+    /// Rating groups to ask units for (those reported when absent).
+    #[serde(default)]
+    pub requested: Vec<RatingGroupRequest>,
+    /// A retry with the same key gets the first outcome and charges nothing more.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// `DELETE /v1/sessions/{id}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminateBody {
+    /// Final usage.
+    #[serde(default)]
+    pub used: Vec<UsedUnits>,
+}
+
+/// `POST /v1/events`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBody {
+    /// The subscriber.
+    pub subscriber: Option<Subscriber>,
+    /// Service-Context-Id.
+    #[serde(default)]
+    pub service_context: Option<String>,
+    /// `direct_debiting`, `refund_account`, `check_balance`, `price_enquiry`.
+    pub requested_action: RequestedAction,
+    /// Units.
+    #[serde(default)]
+    pub requested: Units,
+    /// Service-Identifier.
+    #[serde(default)]
+    pub service_id: Option<u32>,
+}
+
+fn error(status: StatusCode, why: String, result_code: Option<u32>, ccfh: Option<String>) -> Response {
+    let mut body = json!({ "error": why });
+    if let Some(rc) = result_code {
+        body["result_code"] = json!(rc);
+    }
+    if let Some(c) = ccfh {
+        body["ccfh"] = json!(c);
+    }
+    (status, Json(body)).into_response()
+}
+
+fn charging_error(e: ChargingError) -> Response {
+    match e {
+        ChargingError::UnknownSession(_) => error(StatusCode::NOT_FOUND, e.to_string(), None, None),
+        ChargingError::WrongState { .. } => error(StatusCode::CONFLICT, e.to_string(), None, None),
+        ChargingError::Invalid(_) => error(StatusCode::BAD_REQUEST, e.to_string(), None, None),
+        ChargingError::Refused { result_code, reason, outcome } => {
+            let ccfh = outcome
+                .as_ref()
+                .as_ref()
+                .and_then(|o| o.ccfh.clone())
+                .or_else(|| Some(format!("service ended: {reason}")));
+            let status = if result_code.is_some() { StatusCode::FORBIDDEN } else { StatusCode::SERVICE_UNAVAILABLE };
+            error(status, reason, result_code, ccfh)
+        }
+        ChargingError::Stopped => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None, None),
+    }
+}
+
+fn bad_json(r: JsonRejection) -> Response {
+    error(StatusCode::BAD_REQUEST, format!("bad JSON body: {}", r.body_text()), None, None)
+}
+
+fn outcome_json(o: &Outcome, node: &str, convergence: Option<&str>) -> Value {
+    let mut v = json!({
+        "session_id": o.session_id,
+        "node": node,
+        "result_code": o.result_code,
+        "state": o.state,
+        "granted": o.granted,
+    });
+    if let Some(c) = convergence {
+        v["convergence"] = json!(c);
+    }
+    if let Some(c) = &o.ccfh {
+        v["ccfh"] = json!(c);
+    }
+    if let Some(p) = &o.policy {
+        v["rules"] = json!(p.rules_installed);
+        v["rules_removed"] = json!(p.rules_removed);
+        v["event_triggers"] = json!(p.event_triggers);
+    }
+    if let Some(e) = &o.event {
+        v["event"] = json!(e);
+    }
+    v
+}
+
+/// The routes, for embedding in a larger axum application.
+pub fn router(engine: Engine) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/v1/sessions",
+            post(|State(e): State<Engine>, body: Result<Json<OpenBody>, JsonRejection>| async move {
+                let Json(b) = match body {
+                    Ok(b) => b,
+                    Err(r) => return bad_json(r),
+                };
+                if b.app == App::Ro && b.rating_groups.is_empty() {
+                    return error(StatusCode::BAD_REQUEST, "a Ro session needs at least one rating group".into(), None, None);
+                }
+                let convergence = b.convergence.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+                let _ = b.replicate;
+                match e.open_session(b.app, b.subscriber, b.service_context, b.rating_groups).await {
+                    Ok(o) => (StatusCode::CREATED, Json(outcome_json(&o, e.origin_host(), Some(&convergence)))).into_response(),
+                    Err(err) => charging_error(err),
+                }
+            }),
+        )
+        .route(
+            "/v1/sessions/{id}",
+            get(|State(e): State<Engine>, Path(id): Path<String>| async move {
+                match e.session(&id).await {
+                    Some(v) => Json(json!(v)).into_response(),
+                    None => error(StatusCode::NOT_FOUND, format!("unknown session {id}"), None, None),
+                }
+            })
+            .delete(|State(e): State<Engine>, Path(id): Path<String>, body: Option<Json<TerminateBody>>| async move {
+                let used = body.map(|Json(b)| b.used).unwrap_or_default();
+                match e.terminate(&id, used).await {
+                    Ok(o) => Json(outcome_json(&o, e.origin_host(), None)).into_response(),
+                    Err(err) => charging_error(err),
+                }
+            }),
+        )
+        .route(
+            "/v1/sessions/{id}/updates",
+            post(|State(e): State<Engine>, Path(id): Path<String>, body: Result<Json<UpdateBody>, JsonRejection>| async move {
+                let Json(b) = match body {
+                    Ok(b) => b,
+                    Err(r) => return bad_json(r),
+                };
+                match e.update(&id, b.used, b.requested, b.idempotency_key).await {
+                    Ok(o) => Json(outcome_json(&o, e.origin_host(), None)).into_response(),
+                    Err(err) => charging_error(err),
+                }
+            }),
+        )
+        .route(
+            "/v1/sessions/{id}/replicate",
+            post(|State(e): State<Engine>, Path(id): Path<String>| async move {
+                // Replication arrives with the store; the call is accepted for sessions that exist.
+                match e.session(&id).await {
+                    Some(_) => StatusCode::NO_CONTENT.into_response(),
+                    None => error(StatusCode::NOT_FOUND, format!("unknown session {id}"), None, None),
+                }
+            }),
+        )
+        .route(
+            "/v1/events",
+            post(|State(e): State<Engine>, body: Result<Json<EventBody>, JsonRejection>| async move {
+                let Json(b) = match body {
+                    Ok(b) => b,
+                    Err(r) => return bad_json(r),
+                };
+                match e.event(b.subscriber, b.service_context, b.requested_action, b.requested, b.service_id).await {
+                    Ok(o) => Json(outcome_json(&o, e.origin_host(), None)).into_response(),
+                    Err(err) => charging_error(err),
+                }
+            }),
+        )
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; see docs/embedding.md".into(), None, None) })
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .with_state(engine)
+}
+
+/// Serves the front on `addr` until the task is dropped; returns the bound address.
+pub async fn serve(engine: Engine, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = router(engine);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((bound, task))
+}

@@ -132,6 +132,9 @@ pub struct Grant {
     pub rating_group: Option<u32>,
     /// Units granted.
     pub granted: Units,
+    /// Validity-Time in seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validity_time: Option<u64>,
     /// Final-Unit-Indication.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub final_unit: Option<FinalUnit>,
@@ -324,9 +327,7 @@ impl Engine {
         let handle = node.handle();
         let (cmds, cmd_rx) = mpsc::unbounded_channel();
         let (net_tx, net_rx) = mpsc::unbounded_channel();
-        let boot = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let driver = Driver {
             ro: config.ro,
             gx: config.gx,
@@ -343,12 +344,7 @@ impl Engine {
             counter: Arc::new(AtomicU64::new(0)),
         };
         tokio::spawn(driver.run(cmd_rx, net_rx, incoming));
-        Ok(Engine {
-            cmds,
-            origin_host,
-            node: handle,
-            _node: Arc::new(tokio::sync::Mutex::new(Some(node))),
-        })
+        Ok(Engine { cmds, origin_host, node: handle, _node: Arc::new(tokio::sync::Mutex::new(Some(node))) })
     }
 
     /// This node's Origin-Host.
@@ -375,14 +371,7 @@ impl Engine {
         service_context: Option<String>,
         rating_groups: Vec<RatingGroupRequest>,
     ) -> Result<Outcome, ChargingError> {
-        self.call(|reply| Cmd::Open {
-            app,
-            subscriber,
-            service_context,
-            rating_groups,
-            reply,
-        })
-        .await?
+        self.call(|reply| Cmd::Open { app, subscriber, service_context, rating_groups, reply }).await?
     }
 
     /// Reports usage and asks for more (CCR-U). A repeated `idempotency_key` returns the first outcome without
@@ -394,24 +383,13 @@ impl Engine {
         requested: Vec<RatingGroupRequest>,
         idempotency_key: Option<String>,
     ) -> Result<Outcome, ChargingError> {
-        self.call(|reply| Cmd::Update {
-            session_id: session_id.into(),
-            used,
-            requested,
-            key: idempotency_key,
-            reply,
-        })
-        .await?
+        self.call(|reply| Cmd::Update { session_id: session_id.into(), used, requested, key: idempotency_key, reply })
+            .await?
     }
 
     /// Ends a session (CCR-T) with its final usage.
     pub async fn terminate(&self, session_id: &str, used: Vec<UsedUnits>) -> Result<Outcome, ChargingError> {
-        self.call(|reply| Cmd::Terminate {
-            session_id: session_id.into(),
-            used,
-            reply,
-        })
-        .await?
+        self.call(|reply| Cmd::Terminate { session_id: session_id.into(), used, reply }).await?
     }
 
     /// Event charging (CCR-E).
@@ -423,26 +401,12 @@ impl Engine {
         requested: Units,
         service_id: Option<u32>,
     ) -> Result<Outcome, ChargingError> {
-        self.call(|reply| Cmd::Event {
-            subscriber,
-            service_context,
-            action,
-            requested,
-            service_id,
-            reply,
-        })
-        .await?
+        self.call(|reply| Cmd::Event { subscriber, service_context, action, requested, service_id, reply }).await?
     }
 
     /// A session's state.
     pub async fn session(&self, session_id: &str) -> Option<SessionView> {
-        self.call(|reply| Cmd::View {
-            session_id: session_id.into(),
-            reply,
-        })
-        .await
-        .ok()
-        .flatten()
+        self.call(|reply| Cmd::View { session_id: session_id.into(), reply }).await.ok().flatten()
     }
 
     /// Every event the network causes from now on (re-auth, abort, policy changes, validity expiry, final units).
@@ -461,13 +425,7 @@ impl Engine {
 impl Entry {
     fn new(cc: CcSession, reply: oneshot::Sender<Result<Outcome, ChargingError>>) -> Entry {
         let mut waiters = HashMap::new();
-        waiters.insert(
-            0,
-            Waiter {
-                reply: Some(reply),
-                key: None,
-            },
-        );
+        waiters.insert(0, Waiter { reply: Some(reply), key: None });
         Entry {
             cc,
             waiters,
@@ -517,11 +475,9 @@ impl Entry {
         }
         if let Some(reply) = w.reply {
             let r = match refused {
-                Some((result_code, reason)) => Err(ChargingError::Refused {
-                    result_code,
-                    reason,
-                    outcome: Box::new(Some(outcome)),
-                }),
+                Some((result_code, reason)) => {
+                    Err(ChargingError::Refused { result_code, reason, outcome: Box::new(Some(outcome)) })
+                }
                 None => Ok(outcome),
             };
             let _ = reply.send(r);
@@ -576,15 +532,9 @@ impl Driver {
         service_context: Option<String>,
     ) -> Result<CcConfig, ChargingError> {
         let s = if app == App::Ro { &self.ro } else { &self.gx };
-        let subscription = subscriber
-            .map(|s| s.type_value().map(|t| (t, s.data.clone())))
-            .transpose()?;
+        let subscription = subscriber.map(|s| s.type_value().map(|t| (t, s.data.clone()))).transpose()?;
         Ok(CcConfig {
-            application: if app == App::Ro {
-                AppId::CREDIT_CONTROL
-            } else {
-                AppId::GX
-            },
+            application: if app == App::Ro { AppId::CREDIT_CONTROL } else { AppId::GX },
             origin_host: self.origin_host.clone(),
             origin_realm: self.origin_realm.clone(),
             destination_realm: s.destination_realm.clone(),
@@ -600,35 +550,20 @@ impl Driver {
     fn command(&mut self, c: Cmd) {
         let now = Instant::now();
         match c {
-            Cmd::Open {
-                app,
-                subscriber,
-                service_context,
-                rating_groups,
-                reply,
-            } => {
+            Cmd::Open { app, subscriber, service_context, rating_groups, reply } => {
                 let cfg = match self.cc_config(app, subscriber.as_ref(), service_context) {
                     Ok(c) => c,
                     Err(e) => return drop(reply.send(Err(e))),
                 };
                 let sid = self.session_id();
                 let mut cc = CcSession::new(cfg, sid.clone());
-                let rgs: Vec<Option<u32>> = if app == App::Gx {
-                    vec![]
-                } else {
-                    rating_groups.iter().map(|r| Some(r.rating_group)).collect()
-                };
+                let rgs: Vec<Option<u32>> =
+                    if app == App::Gx { vec![] } else { rating_groups.iter().map(|r| Some(r.rating_group)).collect() };
                 cc.start(now, &rgs, Some(0));
                 self.sessions.insert(sid.clone(), Entry::new(cc, reply));
                 self.pump(now, &sid);
             }
-            Cmd::Update {
-                session_id,
-                used,
-                requested,
-                key,
-                reply,
-            } => {
+            Cmd::Update { session_id, used, requested, key, reply } => {
                 let Some(e) = self.sessions.get_mut(&session_id) else {
                     return drop(reply.send(Err(ChargingError::UnknownSession(session_id))));
                 };
@@ -651,18 +586,11 @@ impl Driver {
                 if req.is_empty() {
                     req = used.iter().map(|u| Some(u.rating_group)).collect();
                 }
-                let tag = e.waiter(Waiter {
-                    reply: Some(reply),
-                    key,
-                });
+                let tag = e.waiter(Waiter { reply: Some(reply), key });
                 e.cc.update(now, used_v, req, reason, Some(tag));
                 self.pump(now, &session_id);
             }
-            Cmd::Terminate {
-                session_id,
-                used,
-                reply,
-            } => {
+            Cmd::Terminate { session_id, used, reply } => {
                 let Some(e) = self.sessions.get_mut(&session_id) else {
                     return drop(reply.send(Err(ChargingError::UnknownSession(session_id))));
                 };
@@ -674,25 +602,11 @@ impl Driver {
                         what: "terminate".into(),
                     })));
                 }
-                let tag = e.waiter(Waiter {
-                    reply: Some(reply),
-                    key: None,
-                });
-                e.cc.terminate(
-                    now,
-                    used.iter().map(|u| (Some(u.rating_group), u.used)).collect(),
-                    Some(tag),
-                );
+                let tag = e.waiter(Waiter { reply: Some(reply), key: None });
+                e.cc.terminate(now, used.iter().map(|u| (Some(u.rating_group), u.used)).collect(), Some(tag));
                 self.pump(now, &session_id);
             }
-            Cmd::Event {
-                subscriber,
-                service_context,
-                action,
-                requested,
-                service_id,
-                reply,
-            } => {
+            Cmd::Event { subscriber, service_context, action, requested, service_id, reply } => {
                 let cfg = match self.cc_config(App::Ro, subscriber.as_ref(), service_context) {
                     Ok(c) => c,
                     Err(e) => return drop(reply.send(Err(e))),
@@ -747,12 +661,9 @@ impl Driver {
         let Some(e) = self.sessions.get_mut(&sid) else {
             // RFC 6733 §8.3 / §8.5: 5002 for a session we do not know.
             let mut a = Message::answer_to(&req.request);
-            a.push(crate::codec::Avp::u32(
-                code::RESULT_CODE,
-                ResultCode::UNKNOWN_SESSION_ID.0,
-            ))
-            .push(crate::codec::Avp::utf8(code::ORIGIN_HOST, &self.origin_host))
-            .push(crate::codec::Avp::utf8(code::ORIGIN_REALM, &self.origin_realm));
+            a.push(crate::codec::Avp::u32(code::RESULT_CODE, ResultCode::UNKNOWN_SESSION_ID.0))
+                .push(crate::codec::Avp::utf8(code::ORIGIN_HOST, &self.origin_host))
+                .push(crate::codec::Avp::utf8(code::ORIGIN_REALM, &self.origin_realm));
             req.answer(a);
             return;
         };
@@ -761,10 +672,7 @@ impl Driver {
             crate::codec::CommandCode::ABORT_SESSION => e.cc.handle_asr(now, &req.request),
             _ => {
                 let mut a = Message::answer_to(&req.request);
-                a.push(crate::codec::Avp::u32(
-                    code::RESULT_CODE,
-                    ResultCode::COMMAND_UNSUPPORTED.0,
-                ));
+                a.push(crate::codec::Avp::u32(code::RESULT_CODE, ResultCode::COMMAND_UNSUPPORTED.0));
                 a
             }
         };
@@ -774,12 +682,7 @@ impl Driver {
 
     fn timeouts(&mut self) {
         let now = Instant::now();
-        let due: Vec<String> = self
-            .timers
-            .iter()
-            .take_while(|(t, _)| *t <= now)
-            .map(|(_, s)| s.clone())
-            .collect();
+        let due: Vec<String> = self.timers.iter().take_while(|(t, _)| *t <= now).map(|(_, s)| s.clone()).collect();
         for sid in due {
             if let Some(e) = self.sessions.get_mut(&sid) {
                 e.cc.handle_timeout(now);
@@ -813,10 +716,7 @@ impl Driver {
                             | CcEvent::Terminate { .. }
                     );
                     if notify {
-                        let se = SessionEvent {
-                            session_id: sid.to_string(),
-                            event: ev.clone(),
-                        };
+                        let se = SessionEvent { session_id: sid.to_string(), event: ev.clone() };
                         self.subscribers.retain(|s| s.send(se.clone()).is_ok());
                     }
                     e.collected.push(ev);
@@ -851,22 +751,17 @@ fn outcome(sid: &str, cc: &CcSession, answer: Option<&Message>, events: &[CcEven
     let mut policy = None;
     for ev in events {
         match ev {
-            CcEvent::Granted {
-                rating_group,
-                units,
-                final_unit,
-            } => granted.push(Grant {
+            CcEvent::Granted { rating_group, units, validity_time, final_unit } => granted.push(Grant {
                 rating_group: *rating_group,
                 granted: *units,
+                validity_time: validity_time.map(|v| v.as_secs()),
                 final_unit: final_unit.clone(),
                 result_code: 2001,
             }),
-            CcEvent::Denied {
-                rating_group,
-                result_code,
-            } => granted.push(Grant {
+            CcEvent::Denied { rating_group, result_code } => granted.push(Grant {
                 rating_group: *rating_group,
                 granted: Units::default(),
+                validity_time: None,
                 final_unit: None,
                 result_code: result_code.0,
             }),
@@ -875,9 +770,8 @@ fn outcome(sid: &str, cc: &CcSession, answer: Option<&Message>, events: &[CcEven
             _ => {}
         }
     }
-    let event = answer
-        .filter(|a| a.find(code::CC_REQUEST_TYPE, 0).and_then(|x| x.as_i32().ok()) == Some(4))
-        .map(|a| EventResult {
+    let event = answer.filter(|a| a.find(code::CC_REQUEST_TYPE, 0).and_then(|x| x.as_i32().ok()) == Some(4)).map(|a| {
+        EventResult {
             check_balance_result: a.find(422, 0).and_then(|x| x.as_i32().ok()),
             cost: a.find(423, 0).and_then(|c| {
                 c.grouped_iter()
@@ -887,7 +781,8 @@ fn outcome(sid: &str, cc: &CcSession, answer: Option<&Message>, events: &[CcEven
                     .and_then(|v| v.as_i64().ok())
             }),
             granted: a.find(code::GRANTED_SERVICE_UNIT, 0).map(Units::from_grouped),
-        });
+        }
+    });
     Outcome {
         session_id: sid.to_string(),
         result_code: answer.and_then(Message::result_code).map(|r| r.0),

@@ -127,6 +127,8 @@ pub enum CcEvent {
         rating_group: Option<u32>,
         /// The grant.
         units: Units,
+        /// Validity-Time: report and re-authorize within this long.
+        validity_time: Option<Duration>,
         /// Final units: what to do once they are used.
         final_unit: Option<FinalUnit>,
     },
@@ -195,16 +197,8 @@ pub enum CcOutput {
 /// What the service asks while a request is outstanding.
 #[derive(Clone, Debug, PartialEq)]
 enum Queued {
-    Update {
-        used: Vec<(Option<u32>, Units)>,
-        requested: Vec<Option<u32>>,
-        reason: Option<i32>,
-        tag: Option<u64>,
-    },
-    Terminate {
-        used: Vec<(Option<u32>, Units)>,
-        tag: Option<u64>,
-    },
+    Update { used: Vec<(Option<u32>, Units)>, requested: Vec<Option<u32>>, reason: Option<i32>, tag: Option<u64> },
+    Terminate { used: Vec<(Option<u32>, Units)>, tag: Option<u64> },
 }
 
 impl Queued {
@@ -306,11 +300,7 @@ impl CcSession {
 
     /// The earliest timer: Tx, or a quota's Validity-Time or Quota-Holding-Time.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.quotas
-            .iter()
-            .filter_map(Quota::deadline)
-            .chain(self.tx_deadline)
-            .min()
+        self.quotas.iter().filter_map(Quota::deadline).chain(self.tx_deadline).min()
     }
 
     // ---- the service's requests ------------------------------------------------------------------------
@@ -335,12 +325,7 @@ impl CcSession {
         reason: Option<i32>,
         tag: Option<u64>,
     ) {
-        let q = Queued::Update {
-            used,
-            requested,
-            reason,
-            tag,
-        };
+        let q = Queued::Update { used, requested, reason, tag };
         match self.state {
             CcState::Open => self.run(now, q),
             CcState::PendingI | CcState::PendingU => self.queue.push_back(q),
@@ -422,8 +407,7 @@ impl CcSession {
             CcState::PendingE => self.event_answer(answer, rc),
             CcState::PendingB => {
                 // Delete the request whatever the answer (RFC 4006 §7, PendingB).
-                self.out
-                    .push_back(CcOutput::Event(CcEvent::EventAnswered(answer.clone())));
+                self.out.push_back(CcOutput::Event(CcEvent::EventAnswered(answer.clone())));
                 self.state = CcState::Idle;
             }
             _ => {}
@@ -434,11 +418,7 @@ impl CcSession {
 
     /// Reports a settled request, placing its Done before the Send of the next request if one just left.
     fn settle(&mut self, tag: Option<u64>) {
-        let at = self
-            .out
-            .iter()
-            .position(|o| matches!(o, CcOutput::Send(_)))
-            .unwrap_or(self.out.len());
+        let at = self.out.iter().position(|o| matches!(o, CcOutput::Send(_))).unwrap_or(self.out.len());
         self.out.insert(at, CcOutput::Done(tag));
     }
 
@@ -478,11 +458,7 @@ impl CcSession {
     pub fn handle_rar(&mut self, now: Instant, rar: &Message) -> Message {
         let mut raa = Message::answer_to(rar);
         let open = matches!(self.state, CcState::Open | CcState::PendingI | CcState::PendingU);
-        let rc = if open {
-            ResultCode::SUCCESS
-        } else {
-            ResultCode::UNKNOWN_SESSION_ID
-        };
+        let rc = if open { ResultCode::SUCCESS } else { ResultCode::UNKNOWN_SESSION_ID };
         raa.push(Avp::u32(code::RESULT_CODE, rc.0))
             .push(Avp::utf8(code::ORIGIN_HOST, &self.config.origin_host))
             .push(Avp::utf8(code::ORIGIN_REALM, &self.config.origin_realm));
@@ -497,21 +473,12 @@ impl CcSession {
             self.out.push_back(CcOutput::Event(CcEvent::PolicyUpdate(rar.clone())));
             return raa;
         }
-        let named: Vec<Option<u32>> = rar
-            .find_all(code::RATING_GROUP, 0)
-            .filter_map(|a| a.as_u32().ok())
-            .map(Some)
-            .collect();
-        let rgs: Vec<Option<u32>> = if named.is_empty() {
-            self.quotas.iter().map(|q| q.rating_group).collect()
-        } else {
-            named
-        };
+        let named: Vec<Option<u32>> =
+            rar.find_all(code::RATING_GROUP, 0).filter_map(|a| a.as_u32().ok()).map(Some).collect();
+        let rgs: Vec<Option<u32>> =
+            if named.is_empty() { self.quotas.iter().map(|q| q.rating_group).collect() } else { named };
         // RFC 4006 §5.5: report usage of the rating groups asked for, with Reporting-Reason FORCED_REAUTHORISATION.
-        let used = rgs
-            .iter()
-            .map(|rg| (*rg, self.quota(*rg).map(|q| q.used).unwrap_or_default()))
-            .collect();
+        let used = rgs.iter().map(|rg| (*rg, self.quota(*rg).map(|q| q.used).unwrap_or_default())).collect();
         self.update(now, used, rgs, Some(REPORTING_REASON_FORCED_REAUTHORISATION), None);
         raa
     }
@@ -520,11 +487,7 @@ impl CcSession {
     pub fn handle_asr(&mut self, now: Instant, asr: &Message) -> Message {
         let mut asa = Message::answer_to(asr);
         let known = self.state != CcState::Idle;
-        let rc = if known {
-            ResultCode::SUCCESS
-        } else {
-            ResultCode::UNKNOWN_SESSION_ID
-        };
+        let rc = if known { ResultCode::SUCCESS } else { ResultCode::UNKNOWN_SESSION_ID };
         asa.push(Avp::u32(code::RESULT_CODE, rc.0))
             .push(Avp::utf8(code::ORIGIN_HOST, &self.config.origin_host))
             .push(Avp::utf8(code::ORIGIN_REALM, &self.config.origin_realm));
@@ -550,9 +513,8 @@ impl CcSession {
             self.tx_expired(now);
             self.settle(tag);
         }
-        let due: Vec<usize> = (0..self.quotas.len())
-            .filter(|&i| self.quotas[i].deadline().is_some_and(|t| t <= now))
-            .collect();
+        let due: Vec<usize> =
+            (0..self.quotas.len()).filter(|&i| self.quotas[i].deadline().is_some_and(|t| t <= now)).collect();
         if due.is_empty() {
             return;
         }
@@ -561,16 +523,11 @@ impl CcSession {
             let q = &mut self.quotas[i];
             q.clear_timers();
             rgs.push(q.rating_group);
-            self.out.push_back(CcOutput::Event(CcEvent::ValidityExpired {
-                rating_group: q.rating_group,
-            }));
+            self.out.push_back(CcOutput::Event(CcEvent::ValidityExpired { rating_group: q.rating_group }));
         }
         // RFC 4006 §5.1.2: an expired Validity-Time (or Quota-Holding-Time) re-authorizes the rating group with a
         // report of its usage.
-        let used = rgs
-            .iter()
-            .map(|rg| (*rg, self.quota(*rg).map(|q| q.used).unwrap_or_default()))
-            .collect();
+        let used = rgs.iter().map(|rg| (*rg, self.quota(*rg).map(|q| q.used).unwrap_or_default())).collect();
         self.update(now, used, rgs, Some(REPORTING_REASON_VALIDITY_TIME), None);
     }
 
@@ -600,10 +557,7 @@ impl CcSession {
         if let Some((t, data)) = &c.subscription {
             m.push(Avp::grouped(
                 code::SUBSCRIPTION_ID,
-                &[
-                    Avp::i32(code::SUBSCRIPTION_ID_TYPE, *t),
-                    Avp::utf8(code::SUBSCRIPTION_ID_DATA, data),
-                ],
+                &[Avp::i32(code::SUBSCRIPTION_ID_TYPE, *t), Avp::utf8(code::SUBSCRIPTION_ID_DATA, data)],
             ));
         }
         if c.application != AppId::GX && request_type != 4 {
@@ -630,12 +584,7 @@ impl CcSession {
     /// Carries out a queued (or immediate) service request from Open.
     fn run(&mut self, now: Instant, q: Queued) {
         match q {
-            Queued::Update {
-                used,
-                requested,
-                reason,
-                tag,
-            } => {
+            Queued::Update { used, requested, reason, tag } => {
                 let mut msccs = Vec::new();
                 let mut rgs: Vec<Option<u32>> = used.iter().map(|(rg, _)| *rg).collect();
                 for rg in &requested {
@@ -653,10 +602,8 @@ impl CcSession {
                 self.send(now, 2, msccs, CcState::PendingU, tag);
             }
             Queued::Terminate { used, tag } => {
-                let msccs = used
-                    .iter()
-                    .map(|(rg, u)| mscc(*rg, Some(*u), false, Some(REPORTING_REASON_FINAL)))
-                    .collect();
+                let msccs =
+                    used.iter().map(|(rg, u)| mscc(*rg, Some(*u), false, Some(REPORTING_REASON_FINAL))).collect();
                 for q in &mut self.quotas {
                     q.clear_timers();
                 }
@@ -667,19 +614,13 @@ impl CcSession {
 
     /// RFC 4006 §5.7: CCFH, DDFH and CC-Session-Failover from the server replace ours.
     fn learn_server_settings(&mut self, a: &Message) {
-        match a
-            .find(code::CREDIT_CONTROL_FAILURE_HANDLING, 0)
-            .and_then(|x| x.as_i32().ok())
-        {
+        match a.find(code::CREDIT_CONTROL_FAILURE_HANDLING, 0).and_then(|x| x.as_i32().ok()) {
             Some(0) => self.ccfh = Ccfh::Terminate,
             Some(1) => self.ccfh = Ccfh::Continue,
             Some(2) => self.ccfh = Ccfh::RetryAndTerminate,
             _ => {}
         }
-        match a
-            .find(code::DIRECT_DEBITING_FAILURE_HANDLING, 0)
-            .and_then(|x| x.as_i32().ok())
-        {
+        match a.find(code::DIRECT_DEBITING_FAILURE_HANDLING, 0).and_then(|x| x.as_i32().ok()) {
             Some(0) => self.ddfh = Ddfh::TerminateOrBuffer,
             Some(1) => self.ddfh = Ddfh::Continue,
             _ => {}
@@ -707,10 +648,9 @@ impl CcSession {
             }
             ResultCode::CREDIT_CONTROL_NOT_APPLICABLE => {
                 // 4011: the service goes on without credit control; the session ends here.
-                self.out
-                    .push_back(CcOutput::Event(CcEvent::ContinueWithoutCreditControl {
-                        reason: "4011 credit control not applicable".into(),
-                    }));
+                self.out.push_back(CcOutput::Event(CcEvent::ContinueWithoutCreditControl {
+                    reason: "4011 credit control not applicable".into(),
+                }));
                 self.end(now);
             }
             ResultCode::END_USER_SERVICE_DENIED | ResultCode::USER_UNKNOWN => {
@@ -745,12 +685,7 @@ impl CcSession {
                 .avps
                 .iter()
                 .filter(|x| {
-                    [
-                        code::GRANTED_SERVICE_UNIT,
-                        code::VALIDITY_TIME,
-                        code::FINAL_UNIT_INDICATION,
-                    ]
-                    .contains(&x.code())
+                    [code::GRANTED_SERVICE_UNIT, code::VALIDITY_TIME, code::FINAL_UNIT_INDICATION].contains(&x.code())
                         && x.vendor() == 0
                 })
                 .cloned()
@@ -762,28 +697,19 @@ impl CcSession {
     fn apply_mscc(&mut self, now: Instant, members: &[Avp]) {
         let get = |c: u32, v: u32| members.iter().find(|x| x.is(c, v));
         let rg = get(code::RATING_GROUP, 0).and_then(|x| x.as_u32().ok());
-        let rc = get(code::RESULT_CODE, 0)
-            .and_then(|x| x.as_u32().ok())
-            .map(ResultCode)
-            .unwrap_or(ResultCode::SUCCESS);
+        let rc = get(code::RESULT_CODE, 0).and_then(|x| x.as_u32().ok()).map(ResultCode).unwrap_or(ResultCode::SUCCESS);
         if !rc.is_success() {
             self.quotas.retain(|q| q.rating_group != rg);
-            self.out.push_back(CcOutput::Event(CcEvent::Denied {
-                rating_group: rg,
-                result_code: rc,
-            }));
+            self.out.push_back(CcOutput::Event(CcEvent::Denied { rating_group: rg, result_code: rc }));
             return;
         }
         let Some(gsu) = get(code::GRANTED_SERVICE_UNIT, 0) else {
             return;
         };
         let units = Units::from_grouped(gsu);
-        let validity = get(code::VALIDITY_TIME, 0)
-            .and_then(|x| x.as_u32().ok())
-            .map(|s| Duration::from_secs(u64::from(s)));
-        let qht = get(871, 10415)
-            .and_then(|x| x.as_u32().ok())
-            .map(|s| Duration::from_secs(u64::from(s)));
+        let validity =
+            get(code::VALIDITY_TIME, 0).and_then(|x| x.as_u32().ok()).map(|s| Duration::from_secs(u64::from(s)));
+        let qht = get(871, 10415).and_then(|x| x.as_u32().ok()).map(|s| Duration::from_secs(u64::from(s)));
         let final_unit = get(code::FINAL_UNIT_INDICATION, 0).map(FinalUnit::from_avp);
         let idx = match self.quotas.iter().position(|q| q.rating_group == rg) {
             Some(i) => i,
@@ -796,6 +722,7 @@ impl CcSession {
         self.out.push_back(CcOutput::Event(CcEvent::Granted {
             rating_group: rg,
             units,
+            validity_time: validity,
             final_unit,
         }));
     }
@@ -804,15 +731,11 @@ impl CcSession {
     fn failure_by_ccfh(&mut self, now: Instant, reason: String) {
         match self.ccfh {
             Ccfh::Continue => {
-                self.out
-                    .push_back(CcOutput::Event(CcEvent::ContinueWithoutCreditControl { reason }));
+                self.out.push_back(CcOutput::Event(CcEvent::ContinueWithoutCreditControl { reason }));
                 self.end(now);
             }
             Ccfh::Terminate | Ccfh::RetryAndTerminate => {
-                self.out.push_back(CcOutput::Event(CcEvent::Terminate {
-                    result_code: None,
-                    reason,
-                }));
+                self.out.push_back(CcOutput::Event(CcEvent::Terminate { result_code: None, reason }));
                 self.end(now);
             }
         }
@@ -835,10 +758,9 @@ impl CcSession {
                 Ccfh::Continue | Ccfh::RetryAndTerminate => {
                     if !self.granted_without_answer {
                         self.granted_without_answer = true;
-                        self.out
-                            .push_back(CcOutput::Event(CcEvent::ContinueWithoutCreditControl {
-                                reason: "no answer within Tx; service granted while waiting".into(),
-                            }));
+                        self.out.push_back(CcOutput::Event(CcEvent::ContinueWithoutCreditControl {
+                            reason: "no answer within Tx; service granted while waiting".into(),
+                        }));
                     }
                 }
             },
@@ -847,10 +769,9 @@ impl CcSession {
                 match (self.event_action, self.ddfh) {
                     (Some(RequestedAction::DirectDebiting), Ddfh::Continue) => {
                         // Grant the service, keep waiting (PendingE).
-                        self.out
-                            .push_back(CcOutput::Event(CcEvent::ContinueWithoutCreditControl {
-                                reason: "no answer within Tx (DDFH CONTINUE)".into(),
-                            }));
+                        self.out.push_back(CcOutput::Event(CcEvent::ContinueWithoutCreditControl {
+                            reason: "no answer within Tx (DDFH CONTINUE)".into(),
+                        }));
                     }
                     (Some(RequestedAction::DirectDebiting), Ddfh::TerminateOrBuffer) => {
                         self.outstanding = None;
@@ -896,10 +817,9 @@ impl CcSession {
         match (rc, self.event_action) {
             (ResultCode::CREDIT_CONTROL_NOT_APPLICABLE, _) => {
                 // 4011: grant the service without credit control; nothing to store (RFC 4006 §9.1).
-                self.out
-                    .push_back(CcOutput::Event(CcEvent::ContinueWithoutCreditControl {
-                        reason: "4011 credit control not applicable".into(),
-                    }));
+                self.out.push_back(CcOutput::Event(CcEvent::ContinueWithoutCreditControl {
+                    reason: "4011 credit control not applicable".into(),
+                }));
             }
             (ResultCode::END_USER_SERVICE_DENIED | ResultCode::USER_UNKNOWN | ResultCode::CREDIT_LIMIT_REACHED, _) => {
                 self.out.push_back(CcOutput::Event(CcEvent::Terminate {
@@ -927,18 +847,13 @@ impl CcSession {
             (Some(RequestedAction::DirectDebiting), Ddfh::TerminateOrBuffer) => {
                 // Grant the service and store the request with the T flag for later (RFC 4006 §6.3.2).
                 self.store(req);
-                self.out
-                    .push_back(CcOutput::Event(CcEvent::ContinueWithoutCreditControl { reason }));
+                self.out.push_back(CcOutput::Event(CcEvent::ContinueWithoutCreditControl { reason }));
             }
             (Some(RequestedAction::DirectDebiting), Ddfh::Continue) => {
-                self.out
-                    .push_back(CcOutput::Event(CcEvent::ContinueWithoutCreditControl { reason }));
+                self.out.push_back(CcOutput::Event(CcEvent::ContinueWithoutCreditControl { reason }));
             }
             (Some(RequestedAction::RefundAccount), _) => self.store(req),
-            _ => self.out.push_back(CcOutput::Event(CcEvent::Terminate {
-                result_code: None,
-                reason,
-            })),
+            _ => self.out.push_back(CcOutput::Event(CcEvent::Terminate { result_code: None, reason })),
         }
     }
 

@@ -22,11 +22,8 @@ impl FinalUnit {
     /// Reads a Final-Unit-Indication AVP; unknown actions read as TERMINATE (the safe one).
     pub fn from_avp(fui: &Avp) -> FinalUnit {
         let members: Vec<Avp> = fui.grouped_iter().filter_map(Result::ok).collect();
-        let action = members
-            .iter()
-            .find(|a| a.is(code::FINAL_UNIT_ACTION, 0))
-            .and_then(|a| a.as_i32().ok())
-            .unwrap_or(0);
+        let action =
+            members.iter().find(|a| a.is(code::FINAL_UNIT_ACTION, 0)).and_then(|a| a.as_i32().ok()).unwrap_or(0);
         match action {
             1 => {
                 let addr = members
@@ -110,9 +107,7 @@ impl Quota {
         if let Some(q) = self.holding_time {
             self.holding_deadline = Some(now + q);
         }
-        self.granted
-            .kinds()
-            .any(|k| self.used.get(k).unwrap_or(0) >= self.granted.get(k).unwrap_or(0))
+        self.granted.kinds().any(|k| self.used.get(k).unwrap_or(0) >= self.granted.get(k).unwrap_or(0))
     }
 
     /// The earliest of Validity-Time and Quota-Holding-Time.

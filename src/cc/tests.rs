@@ -29,10 +29,7 @@ struct H {
 
 impl H {
     fn new(ccfh: Ccfh) -> H {
-        H {
-            s: CcSession::new(config(ccfh), "as1;1".into()),
-            now: Instant::now(),
-        }
+        H { s: CcSession::new(config(ccfh), "as1;1".into()), now: Instant::now() }
     }
 
     fn drain(&mut self) -> (Vec<Message>, Vec<CcEvent>) {
@@ -61,8 +58,7 @@ impl H {
     fn open(&mut self) {
         self.s.start(self.now, &[Some(10)], None);
         let req = self.one_request();
-        self.s
-            .handle_answer(self.now, &cca(&req, 2001, &[grant(10, 300, None, None)]));
+        self.s.handle_answer(self.now, &cca(&req, 2001, &[grant(10, 300, None, None)]));
         self.drain();
         assert_eq!(self.s.state(), CcState::Open);
     }
@@ -86,10 +82,7 @@ fn grant(rg: u32, time: u32, validity: Option<u32>, fui: Option<i32>) -> Avp {
         v.push(Avp::u32(code::VALIDITY_TIME, vt));
     }
     if let Some(a) = fui {
-        v.push(Avp::grouped(
-            code::FINAL_UNIT_INDICATION,
-            &[Avp::i32(code::FINAL_UNIT_ACTION, a)],
-        ));
+        v.push(Avp::grouped(code::FINAL_UNIT_INDICATION, &[Avp::i32(code::FINAL_UNIT_ACTION, a)]));
     }
     Avp::grouped(code::MULTIPLE_SERVICES_CREDIT_CONTROL, &v)
 }
@@ -110,9 +103,7 @@ fn terminated(events: &[CcEvent]) -> bool {
 }
 
 fn continued(events: &[CcEvent]) -> bool {
-    events
-        .iter()
-        .any(|e| matches!(e, CcEvent::ContinueWithoutCreditControl { .. }))
+    events.iter().any(|e| matches!(e, CcEvent::ContinueWithoutCreditControl { .. }))
 }
 
 #[test]
@@ -129,39 +120,20 @@ fn full_session_numbers_requests_and_follows_the_server() {
         .unwrap();
     assert!(h.s.handle_answer(
         h.now,
-        &cca(
-            &i,
-            2001,
-            &[
-                grant(10, 300, Some(60), None),
-                Avp::i32(code::CREDIT_CONTROL_FAILURE_HANDLING, 1)
-            ]
-        )
+        &cca(&i, 2001, &[grant(10, 300, Some(60), None), Avp::i32(code::CREDIT_CONTROL_FAILURE_HANDLING, 1)])
     ));
     let (_, ev) = h.drain();
     assert!(ev.contains(&CcEvent::Granted {
         rating_group: Some(10),
-        units: crate::units::Units {
-            time: Some(300),
-            ..Default::default()
-        },
+        units: crate::units::Units { time: Some(300), ..Default::default() },
+        validity_time: Some(Duration::from_secs(60)),
         final_unit: None
     }));
     assert_eq!(h.s.state(), CcState::Open);
-    assert_eq!(
-        h.s.ccfh(),
-        Ccfh::Continue,
-        "the server's CCFH replaces ours (RFC 4006 §5.7)"
-    );
+    assert_eq!(h.s.ccfh(), Ccfh::Continue, "the server's CCFH replaces ours (RFC 4006 §5.7)");
     h.s.update(
         h.now,
-        vec![(
-            Some(10),
-            crate::units::Units {
-                time: Some(300),
-                ..Default::default()
-            },
-        )],
+        vec![(Some(10), crate::units::Units { time: Some(300), ..Default::default() })],
         vec![Some(10)],
         Some(3),
         None,
@@ -175,17 +147,7 @@ fn full_session_numbers_requests_and_follows_the_server() {
     );
     h.s.handle_answer(h.now, &cca(&u, 2001, &[grant(10, 300, None, None)]));
     h.drain();
-    h.s.terminate(
-        h.now,
-        vec![(
-            Some(10),
-            crate::units::Units {
-                time: Some(42),
-                ..Default::default()
-            },
-        )],
-        None,
-    );
+    h.s.terminate(h.now, vec![(Some(10), crate::units::Units { time: Some(42), ..Default::default() })], None);
     let t = h.one_request();
     assert_eq!((rtype(&t), number(&t)), (3, 2));
     h.s.handle_answer(h.now, &cca(&t, 2001, &[]));
@@ -247,11 +209,7 @@ fn tx_expiry_in_pending_u_and_pending_t() {
 #[test]
 fn failures_and_failure_codes_follow_the_client_table() {
     // Failure to send in PendingI: CCFH decides.
-    for (ccfh, cont) in [
-        (Ccfh::Terminate, false),
-        (Ccfh::Continue, true),
-        (Ccfh::RetryAndTerminate, false),
-    ] {
+    for (ccfh, cont) in [(Ccfh::Terminate, false), (Ccfh::Continue, true), (Ccfh::RetryAndTerminate, false)] {
         let mut h = H::new(ccfh);
         h.s.start(h.now, &[Some(10)], None);
         h.drain();
@@ -287,10 +245,7 @@ fn failures_and_failure_codes_follow_the_client_table() {
     a.avps.retain(|x| !x.is(code::RESULT_CODE, 0));
     a.push(Avp::grouped(
         code::EXPERIMENTAL_RESULT,
-        &[
-            Avp::u32(code::VENDOR_ID, 10415),
-            Avp::u32(code::EXPERIMENTAL_RESULT_CODE, 5030),
-        ],
+        &[Avp::u32(code::VENDOR_ID, 10415), Avp::u32(code::EXPERIMENTAL_RESULT_CODE, 5030)],
     ));
     h.s.handle_answer(h.now, &a);
     assert!(terminated(&h.drain().1));
@@ -304,28 +259,12 @@ fn requests_made_while_one_is_outstanding_are_queued_in_order() {
     // While PendingI: an update and the termination queue up.
     h.s.update(
         h.now,
-        vec![(
-            Some(10),
-            crate::units::Units {
-                time: Some(5),
-                ..Default::default()
-            },
-        )],
+        vec![(Some(10), crate::units::Units { time: Some(5), ..Default::default() })],
         vec![Some(10)],
         None,
         None,
     );
-    h.s.terminate(
-        h.now,
-        vec![(
-            Some(10),
-            crate::units::Units {
-                time: Some(7),
-                ..Default::default()
-            },
-        )],
-        None,
-    );
+    h.s.terminate(h.now, vec![(Some(10), crate::units::Units { time: Some(7), ..Default::default() })], None);
     assert!(h.drain().0.is_empty(), "never two requests in flight");
     h.s.handle_answer(h.now, &cca(&i, 2001, &[grant(10, 60, None, None)]));
     let u = h.one_request();
@@ -364,17 +303,8 @@ fn rar_in_open_and_in_pending_u_and_idle() {
     let (sent, ev) = h.drain();
     assert!(ev.contains(&CcEvent::ReAuthRequested));
     assert_eq!(sent.len(), 1);
-    let mscc = sent[0]
-        .find(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0)
-        .unwrap()
-        .grouped_avps()
-        .unwrap();
-    let usu = mscc
-        .iter()
-        .find(|a| a.is(code::USED_SERVICE_UNIT, 0))
-        .unwrap()
-        .grouped_avps()
-        .unwrap();
+    let mscc = sent[0].find(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0).unwrap().grouped_avps().unwrap();
+    let usu = mscc.iter().find(|a| a.is(code::USED_SERVICE_UNIT, 0)).unwrap().grouped_avps().unwrap();
     assert_eq!(
         usu.iter().find(|a| a.is(872, 10415)).unwrap().as_i32(),
         Ok(7),
@@ -388,10 +318,7 @@ fn rar_in_open_and_in_pending_u_and_idle() {
     assert_eq!(rtype(&h.one_request()), 2);
     // No session: 5002.
     let mut idle = H::new(Ccfh::Terminate);
-    assert_eq!(
-        idle.s.handle_rar(idle.now, &rar).result_code(),
-        Some(ResultCode::UNKNOWN_SESSION_ID)
-    );
+    assert_eq!(idle.s.handle_rar(idle.now, &rar).result_code(), Some(ResultCode::UNKNOWN_SESSION_ID));
 }
 
 #[test]
@@ -422,11 +349,7 @@ fn validity_time_expiry_reauthorizes_the_rating_group() {
     let (sent, ev) = h.drain();
     assert!(ev.contains(&CcEvent::ValidityExpired { rating_group: Some(10) }));
     assert_eq!(rtype(&sent[0]), 2);
-    let mscc = sent[0]
-        .find(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0)
-        .unwrap()
-        .grouped_avps()
-        .unwrap();
+    let mscc = sent[0].find(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0).unwrap().grouped_avps().unwrap();
     assert!(mscc.iter().any(|a| a.is(code::REQUESTED_SERVICE_UNIT, 0)));
 }
 
@@ -444,28 +367,18 @@ fn final_units_and_per_rating_group_denial() {
     assert!(
         ev.iter().any(|e| matches!(
             e,
-            CcEvent::Granted {
-                rating_group: Some(10),
-                final_unit: Some(FinalUnit::Redirect(_)),
-                ..
-            }
+            CcEvent::Granted { rating_group: Some(10), final_unit: Some(FinalUnit::Redirect(_)), .. }
         )),
         "{ev:?}"
     );
-    assert!(ev.contains(&CcEvent::Denied {
-        rating_group: Some(20),
-        result_code: ResultCode::CREDIT_LIMIT_REACHED
-    }));
+    assert!(ev.contains(&CcEvent::Denied { rating_group: Some(20), result_code: ResultCode::CREDIT_LIMIT_REACHED }));
     assert_eq!(h.s.quotas().len(), 1);
     assert_eq!(h.s.state(), CcState::Open);
 }
 
 #[test]
 fn event_charging_with_ddfh() {
-    let units = crate::units::Units {
-        units: Some(1),
-        ..Default::default()
-    };
+    let units = crate::units::Units { units: Some(1), ..Default::default() };
     // Success.
     let mut h = H::new(Ccfh::Terminate);
     h.s.event(h.now, RequestedAction::DirectDebiting, units, Some(2), None);

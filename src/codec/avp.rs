@@ -65,12 +65,7 @@ impl Avp {
             Some(_) => AvpFlags(flags.0 | AvpFlags::VENDOR),
             None => AvpFlags(flags.0 & !AvpFlags::VENDOR),
         };
-        Avp {
-            code,
-            flags,
-            vendor_id,
-            data,
-        }
+        Avp { code, flags, vendor_id, data }
     }
 
     /// A base-protocol AVP with the M bit set, the usual case.
@@ -125,11 +120,7 @@ impl Avp {
 
     /// Octets of the AVP header.
     pub fn header_len(&self) -> usize {
-        if self.vendor_id.is_some() {
-            AVP_VENDOR_HEADER_LEN
-        } else {
-            AVP_HEADER_LEN
-        }
+        if self.vendor_id.is_some() { AVP_VENDOR_HEADER_LEN } else { AVP_HEADER_LEN }
     }
 
     /// The AVP Length field: header and payload, without padding.
@@ -150,11 +141,7 @@ impl Avp {
     /// message encoder checks the total first and returns an error instead.
     pub fn encode_into(&self, buf: &mut BytesMut) {
         let len = self.length();
-        assert!(
-            len <= MAX_LENGTH,
-            "AVP {} is {len} octets, above the 24-bit limit",
-            self.code
-        );
+        assert!(len <= MAX_LENGTH, "AVP {} is {len} octets, above the 24-bit limit", self.code);
         buf.reserve(pad4(len));
         buf.put_u32(self.code);
         buf.put_u32(u32::from(self.flags.0) << 24 | len as u32);
@@ -262,12 +249,7 @@ pub struct AvpIter {
 
 impl AvpIter {
     pub(crate) fn new(buf: Bytes, container: Container) -> AvpIter {
-        AvpIter {
-            buf,
-            pos: 0,
-            container,
-            failed: false,
-        }
+        AvpIter { buf, pos: 0, container, failed: false }
     }
 
     fn next_avp(&mut self) -> Result<Avp, DecodeError> {
@@ -298,13 +280,7 @@ impl AvpFault {
 #[inline]
 pub(crate) fn parse_avp(buf: &Bytes, pos: usize, container: Container) -> Result<(Avp, usize), AvpFault> {
     let rest = &buf[pos..];
-    let fault = |code, flags, vendor_id, length| AvpFault {
-        code,
-        flags,
-        vendor_id,
-        offset: pos,
-        length,
-    };
+    let fault = |code, flags, vendor_id, length| AvpFault { code, flags, vendor_id, offset: pos, length };
     let Some(head) = rest.first_chunk::<AVP_HEADER_LEN>() else {
         // RFC 6733 §7.1.5: pad an incomplete header with zeros up to the minimum header length.
         let mut hdr = [0u8; AVP_HEADER_LEN];
@@ -319,10 +295,7 @@ pub(crate) fn parse_avp(buf: &Bytes, pos: usize, container: Container) -> Result
         let Some(v) = rest.get(8..12) else {
             return Err(fault(code, flags, Some(VendorId(0)), length));
         };
-        (
-            AVP_VENDOR_HEADER_LEN,
-            Some(VendorId(u32::from_be_bytes([v[0], v[1], v[2], v[3]]))),
-        )
+        (AVP_VENDOR_HEADER_LEN, Some(VendorId(u32::from_be_bytes([v[0], v[1], v[2], v[3]]))))
     } else {
         (AVP_HEADER_LEN, None)
     };
@@ -338,15 +311,7 @@ pub(crate) fn parse_avp(buf: &Bytes, pos: usize, container: Container) -> Result
         return Err(fault(code, flags, vendor_id, length));
     };
     let data = buf.slice(pos + header_len..pos + length);
-    Ok((
-        Avp {
-            code,
-            flags,
-            vendor_id,
-            data,
-        },
-        next,
-    ))
+    Ok((Avp { code, flags, vendor_id, data }, next))
 }
 
 fn invalid_length(

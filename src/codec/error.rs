@@ -171,12 +171,7 @@ impl DecodeError {
         use DecodeErrorKind::*;
         let wrap = |avp: &mut Avp| {
             let inner = std::mem::replace(avp, Avp::mandatory(0, Bytes::new()));
-            *avp = Avp::new(
-                parent.code(),
-                parent.flags(),
-                parent.vendor_id(),
-                super::avp::encode_avps(&[inner]),
-            );
+            *avp = Avp::new(parent.code(), parent.flags(), parent.vendor_id(), super::avp::encode_avps(&[inner]));
         };
         match &mut self.kind {
             InvalidAvpLength { avp, .. }
@@ -217,39 +212,23 @@ impl fmt::Display for DecodeError {
             InvalidAvpValue { avp, reason } => {
                 write!(f, "AVP {} has an invalid value: {reason}", avp.code())
             }
-            InvalidAvpBits { avp } => write!(
-                f,
-                "AVP {} has flags {:?} its definition forbids",
-                avp.code(),
-                avp.flags()
-            ),
-            AvpUnsupported { avp } => write!(
-                f,
-                "unsupported AVP {} (vendor {}) with the M bit",
-                avp.code(),
-                avp.vendor()
-            ),
+            InvalidAvpBits { avp } => {
+                write!(f, "AVP {} has flags {:?} its definition forbids", avp.code(), avp.flags())
+            }
+            AvpUnsupported { avp } => {
+                write!(f, "unsupported AVP {} (vendor {}) with the M bit", avp.code(), avp.vendor())
+            }
             MissingAvp { name, .. } => write!(f, "missing AVP {name}"),
             TooManyOccurrences { avp } => write!(f, "AVP {} occurs too many times", avp.code()),
             AvpNotAllowed { avp } => write!(f, "AVP {} is not allowed here", avp.code()),
             NestingTooDeep { avp, max_depth } => {
-                write!(
-                    f,
-                    "grouped AVPs nested deeper than {max_depth} levels under AVP {}",
-                    avp.code()
-                )
+                write!(f, "grouped AVPs nested deeper than {max_depth} levels under AVP {}", avp.code())
             }
             CommandUnsupported => write!(f, "command not supported"),
             ApplicationUnsupported => write!(f, "application not supported"),
         }?;
         if let Some(h) = &self.header {
-            write!(
-                f,
-                " ({}, command {}, application {})",
-                h.short_name(),
-                h.code.0,
-                h.application_id.0
-            )?;
+            write!(f, " ({}, command {}, application {})", h.short_name(), h.code.0, h.application_id.0)?;
         }
         Ok(())
     }

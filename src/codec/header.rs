@@ -99,12 +99,7 @@ impl CommandFlags {
 impl fmt::Debug for CommandFlags {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:#04x}", self.0)?;
-        for (bit, name) in [
-            (Self::REQUEST, 'R'),
-            (Self::PROXIABLE, 'P'),
-            (Self::ERROR, 'E'),
-            (Self::RETRANSMIT, 'T'),
-        ] {
+        for (bit, name) in [(Self::REQUEST, 'R'), (Self::PROXIABLE, 'P'), (Self::ERROR, 'E'), (Self::RETRANSMIT, 'T')] {
             if self.0 & bit != 0 {
                 write!(f, " {name}")?;
             }
@@ -132,10 +127,7 @@ impl Header {
     /// The header of the answer to a request with this header: same command, application and identifiers,
     /// R and T cleared, P kept (RFC 6733 §6.2).
     pub fn answer(&self) -> Header {
-        Header {
-            flags: CommandFlags(self.flags.0 & CommandFlags::PROXIABLE),
-            ..*self
-        }
+        Header { flags: CommandFlags(self.flags.0 & CommandFlags::PROXIABLE), ..*self }
     }
 
     /// The conventional short name of the command and direction (`CCR`, `CEA`, …) or `cmd-<code>-R/A`.

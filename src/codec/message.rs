@@ -20,10 +20,7 @@ impl Default for DecodeLimits {
     /// 1 MiB messages (a CCR is a few hundred octets; the 24-bit field allows 16 MiB) and 16 levels of Grouped
     /// AVPs (the deepest 3GPP Ro AVP, Service-Information, nests about six).
     fn default() -> Self {
-        DecodeLimits {
-            max_message_size: 1 << 20,
-            max_depth: 16,
-        }
+        DecodeLimits { max_message_size: 1 << 20, max_depth: 16 }
     }
 }
 
@@ -38,16 +35,10 @@ pub fn peek_frame_length(buf: &[u8], limits: &DecodeLimits) -> Result<Option<usi
     }
     let length = u32::from_be_bytes([0, first[1], first[2], first[3]]) as usize;
     if length < HEADER_LEN || !length.is_multiple_of(4) {
-        return Err(DecodeError::new(DecodeErrorKind::InvalidMessageLength {
-            declared: length,
-            actual: buf.len(),
-        }));
+        return Err(DecodeError::new(DecodeErrorKind::InvalidMessageLength { declared: length, actual: buf.len() }));
     }
     if length > limits.max_message_size {
-        return Err(DecodeError::new(DecodeErrorKind::TooLarge {
-            length,
-            max: limits.max_message_size,
-        }));
+        return Err(DecodeError::new(DecodeErrorKind::TooLarge { length, max: limits.max_message_size }));
     }
     Ok(Some(length))
 }
@@ -80,10 +71,7 @@ impl Message {
     /// Session-Id copied first when present. Finish it with [`Message::echo_proxy_info`].
     pub fn answer_to(request: &Message) -> Message {
         let avps = request.find(code::SESSION_ID, 0).cloned().into_iter().collect();
-        Message {
-            header: request.header.answer(),
-            avps,
-        }
+        Message { header: request.header.answer(), avps }
     }
 
     /// Appends the request's Proxy-Info AVPs, in order (RFC 6733 §6.2 step 4: an answer carries every
@@ -200,16 +188,10 @@ impl Message {
         }
         let declared = (word(0) & 0x00ff_ffff) as usize;
         if declared > limits.max_message_size {
-            return fail(DecodeErrorKind::TooLarge {
-                length: declared,
-                max: limits.max_message_size,
-            });
+            return fail(DecodeErrorKind::TooLarge { length: declared, max: limits.max_message_size });
         }
         if declared != frame.len() || !declared.is_multiple_of(4) {
-            return fail(DecodeErrorKind::InvalidMessageLength {
-                declared,
-                actual: frame.len(),
-            });
+            return fail(DecodeErrorKind::InvalidMessageLength { declared, actual: frame.len() });
         }
         // RFC 6733 §3: the E bit is for answers only.
         if flags.is_request() && flags.is_error() {
@@ -248,10 +230,7 @@ impl DecodeError {
         let rc = self.result_code();
         let mut answer = match request {
             Some(req) => Message::answer_to(req),
-            None => Message {
-                header: header.answer(),
-                avps: Vec::new(),
-            },
+            None => Message { header: header.answer(), avps: Vec::new() },
         };
         answer.header.flags = answer.header.flags.with(CommandFlags::ERROR, rc.is_protocol_error());
         answer

@@ -23,11 +23,7 @@ impl Time {
     /// The Unix time (seconds since 1970, may be negative) this value denotes.
     pub fn to_unix(self) -> i64 {
         let raw = i64::from(self.0);
-        if self.0 & 0x8000_0000 != 0 {
-            raw - NTP_UNIX_OFFSET
-        } else {
-            raw + (1 << 32) - NTP_UNIX_OFFSET
-        }
+        if self.0 & 0x8000_0000 != 0 { raw - NTP_UNIX_OFFSET } else { raw + (1 << 32) - NTP_UNIX_OFFSET }
     }
 
     /// The value for a Unix time, or `None` outside 1968-01-20 .. 2104-02-26, which 32 bits cannot carry.
@@ -68,13 +64,7 @@ impl fmt::Display for Time {
         let secs = self.to_unix();
         let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
         let (y, m, d) = civil_from_days(days);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60
-        )
+        write!(f, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
     }
 }
 
@@ -155,10 +145,7 @@ impl Address {
             0 | 65535 => {
                 return Err(ValueError::Invalid(format!("address family {family} is reserved")));
             }
-            _ => Address::Other {
-                family,
-                data: data.slice(2..),
-            },
+            _ => Address::Other { family, data: data.slice(2..) },
         })
     }
 }
@@ -234,9 +221,7 @@ impl DiameterUri {
         if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b)) {
             return Err(bad("invalid host"));
         }
-        let port = port
-            .map(|p| p.parse::<u16>().map_err(|_| bad("invalid port")))
-            .transpose()?;
+        let port = port.map(|p| p.parse::<u16>().map_err(|_| bad("invalid port"))).transpose()?;
         let (mut transport, mut protocol) = (None, None);
         for param in parts {
             match param.split_once('=') {
@@ -254,13 +239,7 @@ impl DiameterUri {
                 _ => return Err(bad("unknown parameter")),
             }
         }
-        Ok(DiameterUri {
-            secure,
-            host: host.to_string(),
-            port,
-            transport,
-            protocol,
-        })
+        Ok(DiameterUri { secure, host: host.to_string(), port, transport, protocol })
     }
 }
 
@@ -271,9 +250,7 @@ pub fn check_identity(s: &[u8]) -> Result<&str, ValueError> {
         return Err(ValueError::Invalid("a DiameterIdentity has 1 to 255 octets".into()));
     }
     if !s.iter().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(b)) {
-        return Err(ValueError::Invalid(
-            "a DiameterIdentity is an FQDN: letters, digits, '-', '.'".into(),
-        ));
+        return Err(ValueError::Invalid("a DiameterIdentity is an FQDN: letters, digits, '-', '.'".into()));
     }
     std::str::from_utf8(s).map_err(|_| ValueError::Invalid("not ASCII".into()))
 }
@@ -285,19 +262,12 @@ pub fn check_filter_rule(s: &str, qos: bool) -> Result<(), ValueError> {
     let mut t = s.split_ascii_whitespace();
     let actions: &[&str] = if qos { &["tag", "meter"] } else { &["permit", "deny"] };
     if !t.next().is_some_and(|a| actions.contains(&a)) {
-        return Err(bad(if qos {
-            "action must be tag or meter"
-        } else {
-            "action must be permit or deny"
-        }));
+        return Err(bad(if qos { "action must be tag or meter" } else { "action must be permit or deny" }));
     }
     if !t.next().is_some_and(|d| d == "in" || d == "out") {
         return Err(bad("direction must be in or out"));
     }
-    if !t
-        .next()
-        .is_some_and(|p| p == "ip" || p.parse::<u8>().is_ok() || p.bytes().all(|b| b.is_ascii_alphabetic()))
-    {
+    if !t.next().is_some_and(|p| p == "ip" || p.parse::<u8>().is_ok() || p.bytes().all(|b| b.is_ascii_alphabetic())) {
         return Err(bad("protocol must be ip or a number 0-255"));
     }
     for keyword in ["from", "to"] {
@@ -306,22 +276,18 @@ pub fn check_filter_rule(s: &str, qos: bool) -> Result<(), ValueError> {
         }
         let addr = t.next().ok_or_else(|| bad("missing address"))?;
         let addr = addr.strip_prefix('!').unwrap_or(addr);
-        let ip = addr.split_once('/').map_or(addr, |(ip, bits)| {
-            if bits.parse::<u8>().is_ok_and(|b| b <= 128) {
-                ip
-            } else {
-                ""
-            }
-        });
+        let ip = addr.split_once('/').map_or(
+            addr,
+            |(ip, bits)| {
+                if bits.parse::<u8>().is_ok_and(|b| b <= 128) { ip } else { "" }
+            },
+        );
         if !(ip == "any" || ip == "assigned" || ip.parse::<IpAddr>().is_ok()) {
             return Err(bad(&format!("invalid address {addr:?}")));
         }
         // Optional port list: digits, ',' and '-'.
         let mut peek = t.clone();
-        if peek
-            .next()
-            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit() || b == b',' || b == b'-'))
-        {
+        if peek.next().is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit() || b == b',' || b == b'-')) {
             t = peek;
         }
     }
@@ -471,24 +437,12 @@ mod tests {
         assert_eq!(Time(0).to_string(), "2036-02-07T06:28:16Z");
         assert_eq!(Time(u32::MAX).to_unix(), rollover - 1);
         // Round trip across the whole representable range.
-        for secs in [
-            -61_505_152,
-            -1,
-            0,
-            1_795_000_000,
-            rollover - 1,
-            rollover,
-            rollover + 1,
-            4_233_000_000,
-        ] {
+        for secs in [-61_505_152, -1, 0, 1_795_000_000, rollover - 1, rollover, rollover + 1, 4_233_000_000] {
             assert_eq!(Time::from_unix(secs).unwrap().to_unix(), secs, "{secs}");
         }
         assert_eq!(Time::from_unix(-61_505_153), None);
         assert_eq!(Time::from_unix(rollover + (1 << 31)), None);
-        assert_eq!(
-            Time::from_unix(1_795_763_400).unwrap().to_string(),
-            "2026-11-27T07:10:00Z"
-        );
+        assert_eq!(Time::from_unix(1_795_763_400).unwrap().to_string(), "2026-11-27T07:10:00Z");
     }
 
     #[test]
@@ -497,10 +451,7 @@ mod tests {
             Address::Ipv4(Ipv4Addr::new(192, 0, 2, 1)),
             Address::Ipv6("2001:db8::1".parse().unwrap()),
             Address::E164("46701234567".into()),
-            Address::Other {
-                family: 16,
-                data: Bytes::from_static(b"x"),
-            },
+            Address::Other { family: 16, data: Bytes::from_static(b"x") },
         ] {
             assert_eq!(Avp::address(257, &a).as_address().unwrap(), a);
         }
@@ -508,10 +459,7 @@ mod tests {
         assert!(matches!(three.as_address(), Err(ValueError::Length(_))));
         let e164 = Avp::octets(257, Bytes::from_static(&[0, 8, b'1', b'x']));
         assert!(matches!(e164.as_address(), Err(ValueError::Invalid(_))));
-        assert!(matches!(
-            Avp::octets(257, Bytes::from_static(&[0])).as_address(),
-            Err(ValueError::Length(_))
-        ));
+        assert!(matches!(Avp::octets(257, Bytes::from_static(&[0])).as_address(), Err(ValueError::Length(_))));
     }
 
     #[test]
@@ -522,13 +470,7 @@ mod tests {
             (false, "ocs.example.com", Some(3868), Some(UriTransport::Tcp))
         );
         assert!(DiameterUri::parse("aaas://[2001:db8::1]:5658").unwrap().secure);
-        for bad in [
-            "http://x",
-            "aaa://",
-            "aaa://x:99999",
-            "aaa://x;transport=quic",
-            "aaa://a b",
-        ] {
+        for bad in ["http://x", "aaa://", "aaa://x:99999", "aaa://x;transport=quic", "aaa://a b"] {
             assert!(DiameterUri::parse(bad).is_err(), "{bad}");
         }
     }

@@ -14,9 +14,7 @@ impl Dictionary {
         let cmd = self.command(h.application_id, h.code);
         let name = cmd.map_or_else(|| format!("Unknown command {}", h.code.0), |c| c.name.clone());
         let dir = if h.flags.is_request() { "Request" } else { "Answer" };
-        let app = self
-            .application(h.application_id)
-            .map_or("unknown application", |a| a.name.as_str());
+        let app = self.application(h.application_id).map_or("unknown application", |a| a.name.as_str());
         let mut out = format!(
             "{name}-{dir} ({}) code={} flags={:?} application={} ({app}) hop-by-hop={:#010x} end-to-end={:#010x} length={}\n",
             cmd.map_or_else(|| h.short_name(), |c| format!("{}{}", c.short, &dir[..1])),
@@ -38,13 +36,7 @@ impl Dictionary {
         let def = self.avp_def(avp.code(), avp.vendor());
         let vendor = avp.vendor_id().map(|v| format!(" vendor={}", v.0)).unwrap_or_default();
         let name = def.map_or("Unknown AVP", |d| d.name.as_str());
-        let _ = write!(
-            out,
-            "{indent}{name} ({}{vendor}) flags={:?} len={}",
-            avp.code(),
-            avp.flags(),
-            avp.length()
-        );
+        let _ = write!(out, "{indent}{name} ({}{vendor}) flags={:?} len={}", avp.code(), avp.flags(), avp.length());
         let Some(def) = def else {
             let _ = writeln!(out, ": {}", hex(avp.data()));
             return;

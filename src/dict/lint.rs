@@ -32,12 +32,7 @@ impl Dictionary {
     /// base AVPs have V in `must-not` or nowhere; no flag is both required and forbidden.
     pub fn lint(&self) -> Vec<LintFinding> {
         let mut out = Vec::new();
-        let mut push = |file: &str, problem: String| {
-            out.push(LintFinding {
-                file: file.to_string(),
-                problem,
-            })
-        };
+        let mut push = |file: &str, problem: String| out.push(LintFinding { file: file.to_string(), problem });
         for (name, old, new) in &self.overrides {
             push(new, format!("{name} is defined again (first in {old})"));
         }
@@ -67,12 +62,7 @@ impl Dictionary {
             grammar_check(&c.file, &format!("{}-Answer", c.name), &c.answer);
         }
         for def in &self.avps {
-            let mut push = |problem: String| {
-                out.push(LintFinding {
-                    file: def.file.clone(),
-                    problem,
-                })
-            };
+            let mut push = |problem: String| out.push(LintFinding { file: def.file.clone(), problem });
             if !clean(&def.name) {
                 push(format!("AVP name {:?} has stray whitespace", def.name));
             }

@@ -27,10 +27,7 @@ pub use lint::LintFinding;
 /// applications, but rules are resolved after all are loaded, so the order only matters for overrides).
 pub const BUILTIN_FILES: &[(&str, &str)] = &[
     ("base.xml", include_str!("../../dictionaries/base.xml")),
-    (
-        "credit-control.xml",
-        include_str!("../../dictionaries/credit-control.xml"),
-    ),
+    ("credit-control.xml", include_str!("../../dictionaries/credit-control.xml")),
     ("3gpp-common.xml", include_str!("../../dictionaries/3gpp-common.xml")),
     ("ro.xml", include_str!("../../dictionaries/ro.xml")),
     ("gx.xml", include_str!("../../dictionaries/gx.xml")),
@@ -102,11 +99,7 @@ pub struct FlagRule(pub u8);
 impl FlagRule {
     fn parse(s: &str) -> Option<FlagRule> {
         let mut bits = 0;
-        for part in s
-            .split([',', ' '])
-            .map(str::trim)
-            .filter(|p| !p.is_empty() && *p != "-")
-        {
+        for part in s.split([',', ' ']).map(str::trim).filter(|p| !p.is_empty() && *p != "-") {
             bits |= match part {
                 "V" | "v" => AvpFlags::VENDOR,
                 "M" | "m" => AvpFlags::MANDATORY,
@@ -389,12 +382,7 @@ impl Dictionary {
         self.error_answer = Grammar {
             rules: validate::ERROR_ANSWER
                 .iter()
-                .map(|&(name, min, max)| Rule {
-                    name: name.to_string(),
-                    avp: None,
-                    min,
-                    max,
-                })
+                .map(|&(name, min, max)| Rule { name: name.to_string(), avp: None, min, max })
                 .collect(),
         };
         let by_name = &self.by_name;
@@ -419,8 +407,7 @@ impl Dictionary {
         let k = key(def.code, def.vendor);
         if let Some(&old) = self.by_code.get(&k) {
             let prev = &self.avps[old];
-            self.overrides
-                .push((def.name.clone(), prev.file.clone(), def.file.clone()));
+            self.overrides.push((def.name.clone(), prev.file.clone(), def.file.clone()));
             if prev.name != def.name {
                 self.by_name.remove(&prev.name);
             }
@@ -429,8 +416,7 @@ impl Dictionary {
         } else {
             if let Some(&other) = self.by_name.get(&def.name) {
                 let prev = &self.avps[other];
-                self.overrides
-                    .push((def.name.clone(), prev.file.clone(), def.file.clone()));
+                self.overrides.push((def.name.clone(), prev.file.clone(), def.file.clone()));
             }
             self.by_name.insert(def.name.clone(), self.avps.len());
             self.by_code.insert(k, self.avps.len());
@@ -440,16 +426,13 @@ impl Dictionary {
 
     pub(crate) fn insert_command(&mut self, app: u32, def: CommandDef) {
         if let Some(prev) = self.commands.insert(key(def.code, app), def.clone()) {
-            self.overrides
-                .push((format!("command {}", def.name), prev.file, def.file));
+            self.overrides.push((format!("command {}", def.name), prev.file, def.file));
         }
     }
 
     pub(crate) fn insert_application(&mut self, def: ApplicationDef) {
-        let entry = self.applications.entry(def.id).or_insert_with(|| ApplicationDef {
-            vendors: Vec::new(),
-            ..def.clone()
-        });
+        let entry =
+            self.applications.entry(def.id).or_insert_with(|| ApplicationDef { vendors: Vec::new(), ..def.clone() });
         for v in def.vendors {
             if !entry.vendors.contains(&v) {
                 entry.vendors.push(v);
@@ -475,9 +458,7 @@ impl Dictionary {
     /// The command for this application, falling back to the common application 0 (base commands such as RAR
     /// and ASR are used by every application with its own Application-Id in the header).
     pub fn command(&self, app: AppId, code: CommandCode) -> Option<&CommandDef> {
-        self.commands
-            .get(&key(code.0, app.0))
-            .or_else(|| self.commands.get(&key(code.0, 0)))
+        self.commands.get(&key(code.0, app.0)).or_else(|| self.commands.get(&key(code.0, 0)))
     }
 
     /// Every command, keyed by (application, code).
@@ -509,14 +490,8 @@ impl Dictionary {
     /// Builds the AVP called `name` from a value checked against its format, with the flags its rules require.
     /// Integers convert when they fit; an Enumerated AVP also takes the name of a value.
     pub fn avp<'a>(&self, name: &str, value: impl Into<AvpValue<'a>>) -> Result<Avp, DictError> {
-        let def = self
-            .avp_by_name(name)
-            .ok_or_else(|| DictError::UnknownAvp(name.to_string()))?;
-        let mismatch = |why: String| DictError::TypeMismatch {
-            name: name.to_string(),
-            data_type: def.data_type,
-            why,
-        };
+        let def = self.avp_by_name(name).ok_or_else(|| DictError::UnknownAvp(name.to_string()))?;
+        let mismatch = |why: String| DictError::TypeMismatch { name: name.to_string(), data_type: def.data_type, why };
         let value = value.into();
         let int = |lo: i128, hi: i128| match &value {
             AvpValue::Int(v) if (lo..=hi).contains(v) => Ok(*v),
@@ -596,16 +571,10 @@ mod tests {
         let mscc = d.avp_def(456, 0).unwrap();
         assert_eq!(mscc.name, "Multiple-Services-Credit-Control");
         assert!(mscc.grammar.as_ref().unwrap().rules.iter().all(|r| r.avp.is_some()));
-        assert_eq!(
-            d.avp_by_name("CC-Request-Type").unwrap().item_name(2),
-            Some("UPDATE_REQUEST")
-        );
+        assert_eq!(d.avp_by_name("CC-Request-Type").unwrap().item_name(2), Some("UPDATE_REQUEST"));
         assert!(d.command(AppId::CREDIT_CONTROL, CommandCode::CREDIT_CONTROL).is_some());
         // RAR for Ro uses the base grammar; Gx has its own.
-        assert_eq!(
-            d.command(AppId::CREDIT_CONTROL, CommandCode::RE_AUTH).unwrap().file,
-            "base.xml"
-        );
+        assert_eq!(d.command(AppId::CREDIT_CONTROL, CommandCode::RE_AUTH).unwrap().file, "base.xml");
         assert_eq!(d.command(AppId::GX, CommandCode::RE_AUTH).unwrap().file, "gx.xml");
         assert!(d.overrides().is_empty(), "{:?}", d.overrides());
     }
@@ -614,23 +583,12 @@ mod tests {
     fn avp_by_name_checks_the_format() {
         let d = Dictionary::builtin();
         assert_eq!(d.avp("Rating-Group", 10).unwrap(), Avp::u32(432, 10));
-        assert_eq!(
-            d.avp("CC-Request-Type", "TERMINATION_REQUEST").unwrap(),
-            Avp::i32(416, 3)
-        );
+        assert_eq!(d.avp("CC-Request-Type", "TERMINATION_REQUEST").unwrap(), Avp::i32(416, 3));
         assert!(matches!(d.avp("Rating-Group", -1), Err(DictError::TypeMismatch { .. })));
-        assert!(matches!(
-            d.avp("Rating-Group", "ten"),
-            Err(DictError::TypeMismatch { .. })
-        ));
-        assert!(matches!(
-            d.avp("Origin-Host", "not an identity"),
-            Err(DictError::TypeMismatch { .. })
-        ));
+        assert!(matches!(d.avp("Rating-Group", "ten"), Err(DictError::TypeMismatch { .. })));
+        assert!(matches!(d.avp("Origin-Host", "not an identity"), Err(DictError::TypeMismatch { .. })));
         assert!(matches!(d.avp("No-Such-AVP", 1), Err(DictError::UnknownAvp(_))));
-        let v = d
-            .avp("Supported-Features", vec![d.avp("Vendor-Id", 10415).unwrap()])
-            .unwrap();
+        let v = d.avp("Supported-Features", vec![d.avp("Vendor-Id", 10415).unwrap()]).unwrap();
         assert_eq!(v.vendor_id(), Some(VendorId::TGPP));
     }
 

@@ -44,13 +44,8 @@ impl Dictionary {
                 return Err(DecodeError::new(DecodeErrorKind::CommandUnsupported).with_header(h));
             }
         };
-        let grammar = if h.flags.is_request() {
-            &cmd.request
-        } else {
-            &cmd.answer
-        };
-        self.check_avps(msg.avps.iter().map(Ok), Some(grammar), 0, limits)
-            .map_err(|e| e.with_header(h))
+        let grammar = if h.flags.is_request() { &cmd.request } else { &cmd.answer };
+        self.check_avps(msg.avps.iter().map(Ok), Some(grammar), 0, limits).map_err(|e| e.with_header(h))
     }
 
     fn check_error_answer(&self, msg: &Message, limits: &DecodeLimits) -> Result<(), DecodeError> {
@@ -129,17 +124,13 @@ impl Dictionary {
         // RFC 6733 §7.5: Failed-AVP carries the offending AVPs themselves; only its structure is checked, or an
         // answer reporting an unsupported AVP would be rejected for containing it.
         if def.code == crate::codec::code::FAILED_AVP && def.vendor == 0 {
-            return avp
-                .grouped_iter()
-                .try_for_each(|c| c.map(drop))
-                .map_err(|e| e.nested_in(avp));
+            return avp.grouped_iter().try_for_each(|c| c.map(drop)).map_err(|e| e.nested_in(avp));
         }
         // A member's failure is reported wrapped in this AVP (RFC 6733 §7.5).
-        self.check_avps(avp.grouped_raw(), def.grammar.as_ref(), depth + 1, limits)
-            .map_err(|e| match e.kind {
-                DecodeErrorKind::NestingTooDeep { .. } => e,
-                _ => e.nested_in(avp),
-            })
+        self.check_avps(avp.grouped_raw(), def.grammar.as_ref(), depth + 1, limits).map_err(|e| match e.kind {
+            DecodeErrorKind::NestingTooDeep { .. } => e,
+            _ => e.nested_in(avp),
+        })
     }
 }
 

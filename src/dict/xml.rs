@@ -24,20 +24,14 @@ impl Ctx<'_> {
     }
 
     fn number<T: std::str::FromStr>(&self, node: Node, name: &str, text: &str) -> Result<T, DictError> {
-        text.trim()
-            .parse()
-            .map_err(|_| self.err(node, format!("attribute {name}={text:?} is not a valid number")))
+        text.trim().parse().map_err(|_| self.err(node, format!("attribute {name}={text:?} is not a valid number")))
     }
 
     fn flags(&self, node: Node, name: &str) -> Result<FlagRule, DictError> {
         match node.attribute(name) {
             None => Ok(FlagRule::default()),
-            Some(s) => FlagRule::parse(s).ok_or_else(|| {
-                self.err(
-                    node,
-                    format!("{name}={s:?}: flags are V, M, P separated by commas, or -"),
-                )
-            }),
+            Some(s) => FlagRule::parse(s)
+                .ok_or_else(|| self.err(node, format!("{name}={s:?}: flags are V, M, P separated by commas, or -"))),
         }
     }
 
@@ -60,22 +54,14 @@ impl Ctx<'_> {
             if max.is_some_and(|m| m < min) {
                 return Err(self.err(r, format!("rule for {name}: max is below min")));
             }
-            rules.push(Rule {
-                name,
-                avp: None,
-                min,
-                max,
-            });
+            rules.push(Rule { name, avp: None, min, max });
         }
         Ok(Grammar { rules })
     }
 }
 
 pub(super) fn load(dict: &mut Dictionary, file: &str, text: &str) -> Result<(), DictError> {
-    let doc = Document::parse(text).map_err(|source| DictError::Xml {
-        file: file.to_string(),
-        source,
-    })?;
+    let doc = Document::parse(text).map_err(|source| DictError::Xml { file: file.to_string(), source })?;
     let cx = Ctx { file, doc: &doc };
     let root = doc.root_element();
     if !root.has_tag_name("diameter") {
@@ -130,10 +116,7 @@ fn load_avp(cx: &Ctx, node: Node, application: u32) -> Result<AvpDef, DictError>
         .ok_or_else(|| cx.err(node, format!("AVP {name} has no <data type=…>")))?;
     let ty = cx.attr(data, "type")?;
     let data_type = DataType::parse(ty).ok_or_else(|| {
-        cx.err(
-            data,
-            format!("AVP {name}: unknown data type {ty:?} (RFC 6733 §4.2/§4.3 formats or QoSFilterRule)"),
-        )
+        cx.err(data, format!("AVP {name}: unknown data type {ty:?} (RFC 6733 §4.2/§4.3 formats or QoSFilterRule)"))
     })?;
     let mut items = Vec::new();
     for item in data.children().filter(|n| n.has_tag_name("item")) {
@@ -142,17 +125,10 @@ fn load_avp(cx: &Ctx, node: Node, application: u32) -> Result<AvpDef, DictError>
         let code = i32::try_from(code)
             .or_else(|_| u32::try_from(code).map(|c| c as i32))
             .map_err(|_| cx.err(item, format!("AVP {name}: value {code} does not fit Integer32")))?;
-        items.push(EnumItem {
-            code,
-            name: cx.attr(item, "name")?.to_string(),
-        });
+        items.push(EnumItem { code, name: cx.attr(item, "name")?.to_string() });
     }
     let grammar = (data_type == DataType::Grouped).then(|| cx.grammar(data)).transpose()?;
-    let vendor = node
-        .attribute("vendor-id")
-        .map(|v| cx.number(node, "vendor-id", v))
-        .transpose()?
-        .unwrap_or(0);
+    let vendor = node.attribute("vendor-id").map(|v| cx.number(node, "vendor-id", v)).transpose()?.unwrap_or(0);
     Ok(AvpDef {
         code: cx.number(node, "code", cx.attr(node, "code")?)?,
         vendor,

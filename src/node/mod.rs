@@ -150,9 +150,7 @@ impl NodeHandle {
         via: Option<PeerId>,
     ) -> Result<Message, RequestError> {
         let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Request(request, timeout, via, tx))
-            .map_err(|_| RequestError::Stopped)?;
+        self.commands.send(Command::Request(request, timeout, via, tx)).map_err(|_| RequestError::Stopped)?;
         rx.await.map_err(|_| RequestError::Stopped)?
     }
 
@@ -178,10 +176,7 @@ impl Drop for IncomingRequest {
     fn drop(&mut self) {
         if !self.answered {
             let mut a = Message::answer_to(&self.request);
-            a.push(crate::codec::Avp::u32(
-                crate::codec::code::RESULT_CODE,
-                ResultCode::UNABLE_TO_COMPLY.0,
-            ));
+            a.push(crate::codec::Avp::u32(crate::codec::code::RESULT_CODE, ResultCode::UNABLE_TO_COMPLY.0));
             let _ = self.commands.send(Command::Answer(self.peer, a));
         }
     }
@@ -213,12 +208,7 @@ pub struct NodeStatus {
 
 #[derive(Debug)]
 enum Command {
-    Request(
-        Message,
-        Option<Duration>,
-        Option<PeerId>,
-        oneshot::Sender<Result<Message, RequestError>>,
-    ),
+    Request(Message, Option<Duration>, Option<PeerId>, oneshot::Sender<Result<Message, RequestError>>),
     DisconnectPeer(PeerId, DisconnectCause),
     ClosePeer(PeerId),
     Answer(PeerId, Message),
@@ -247,9 +237,8 @@ impl DiameterNode {
     pub async fn start(mut config: NodeConfig) -> Result<(DiameterNode, mpsc::Receiver<IncomingRequest>), NodeError> {
         // RFC 6733 §8.16: Origin-State-Id must change at every restart. 0 (unset) takes the start time.
         if config.router.local.origin_state_id == 0 {
-            config.router.local.origin_state_id = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_secs() as u32);
+            config.router.local.origin_state_id =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs() as u32);
         }
         let tls_needed = !config.listen_tls.is_empty() || config.peers.iter().any(|p| p.tls);
         let (server_tls, client_tls) = match (&config.tls, tls_needed) {
@@ -273,29 +262,16 @@ impl DiameterNode {
         let mut local_addrs = Vec::new();
         let mut local_tls_addrs = Vec::new();
         let mut listeners = Vec::new();
-        for (addr, tls) in config
-            .listen
-            .iter()
-            .map(|a| (a, false))
-            .chain(config.listen_tls.iter().map(|a| (a, true)))
-        {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| NodeError::Bind { addr: *addr, source })?;
-            let bound = l
-                .local_addr()
-                .map_err(|source| NodeError::Bind { addr: *addr, source })?;
+        for (addr, tls) in config.listen.iter().map(|a| (a, false)).chain(config.listen_tls.iter().map(|a| (a, true))) {
+            let l = TcpListener::bind(addr).await.map_err(|source| NodeError::Bind { addr: *addr, source })?;
+            let bound = l.local_addr().map_err(|source| NodeError::Bind { addr: *addr, source })?;
             if tls {
                 local_tls_addrs.push(bound)
             } else {
                 local_addrs.push(bound)
             }
             let (events, ids) = (events_tx.clone(), ids.clone());
-            let acceptor = if tls {
-                server_tls.clone().map(tokio_rustls::TlsAcceptor::from)
-            } else {
-                None
-            };
+            let acceptor = if tls { server_tls.clone().map(tokio_rustls::TlsAcceptor::from) } else { None };
             listeners.push(tokio::spawn(async move {
                 loop {
                     let Ok((sock, from)) = l.accept().await else { continue };
@@ -323,9 +299,7 @@ impl DiameterNode {
         let (commands, cmd_rx) = mpsc::unbounded_channel();
         let (incoming_tx, incoming_rx) = mpsc::channel(config.incoming_queue.max(1));
         let e2e = EndToEndIds::new(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             std::process::id().wrapping_mul(2_654_435_761),
         );
         let router = Router::new(
@@ -354,16 +328,7 @@ impl DiameterNode {
         };
         let listener_handles = driver.listeners.iter().map(JoinHandle::abort_handle).collect();
         let task = tokio::spawn(driver.run(events_rx, cmd_rx));
-        Ok((
-            DiameterNode {
-                commands,
-                local_addrs,
-                local_tls_addrs,
-                task,
-                listeners: listener_handles,
-            },
-            incoming_rx,
-        ))
+        Ok((DiameterNode { commands, local_addrs, local_tls_addrs, task, listeners: listener_handles }, incoming_rx))
     }
 
     /// The bound plain TCP addresses (useful with port 0).
@@ -403,9 +368,7 @@ impl DiameterNode {
 
     /// A cloneable handle for other tasks.
     pub fn handle(&self) -> NodeHandle {
-        NodeHandle {
-            commands: self.commands.clone(),
-        }
+        NodeHandle { commands: self.commands.clone() }
     }
 
     /// The peers and counters.
@@ -551,10 +514,7 @@ impl Driver {
                 metrics: self.router.metrics(PeerId(i)).clone(),
             })
             .collect();
-        NodeStatus {
-            peers,
-            pending: self.router.pending(),
-        }
+        NodeStatus { peers, pending: self.router.pending() }
     }
 
     fn drain(&mut self) {
@@ -572,22 +532,13 @@ impl Driver {
                         let _ = tx.send(Ok(msg));
                     }
                 }
-                RouterOutput::Failed {
-                    token,
-                    result_code,
-                    reason,
-                } => {
+                RouterOutput::Failed { token, result_code, reason } => {
                     if let Some(tx) = self.tokens.remove(&token) {
                         let _ = tx.send(Err(RequestError::Failed { result_code, reason }));
                     }
                 }
                 RouterOutput::Request(peer, request) => {
-                    let req = IncomingRequest {
-                        peer,
-                        request,
-                        commands: self.commands.clone(),
-                        answered: false,
-                    };
+                    let req = IncomingRequest { peer, request, commands: self.commands.clone(), answered: false };
                     if let Err(mpsc::error::TrySendError::Full(mut req) | mpsc::error::TrySendError::Closed(mut req)) =
                         self.incoming.try_send(req)
                     {
@@ -595,10 +546,7 @@ impl Driver {
                         req.answered = true;
                         let mut a = Message::answer_to(&req.request);
                         a.header.flags = a.header.flags.with(crate::codec::CommandFlags::ERROR, true);
-                        a.push(crate::codec::Avp::u32(
-                            crate::codec::code::RESULT_CODE,
-                            ResultCode::TOO_BUSY.0,
-                        ));
+                        a.push(crate::codec::Avp::u32(crate::codec::code::RESULT_CODE, ResultCode::TOO_BUSY.0));
                         self.router.answer_request(now(), req.peer, a);
                     }
                 }
@@ -625,11 +573,7 @@ impl Driver {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 // The peer does not read: cut it off rather than queue without bound (module docs).
-                tracing::warn!(
-                    conn = conn.0,
-                    queue = self.write_queue,
-                    "peer is not reading; connection closed"
-                );
+                tracing::warn!(conn = conn.0, queue = self.write_queue, "peer is not reading; connection closed");
                 if let Some(c) = self.conns.remove(&conn) {
                     c.close();
                 }
@@ -648,11 +592,8 @@ impl Driver {
         };
         let conn = self.ids.next();
         let tls = if ep.tls { self.client_tls.clone() } else { None };
-        let name = ep
-            .server_name
-            .clone()
-            .or_else(|| ep.config.expected_host.clone())
-            .unwrap_or_else(|| addr.ip().to_string());
+        let name =
+            ep.server_name.clone().or_else(|| ep.config.expected_host.clone()).unwrap_or_else(|| addr.ip().to_string());
         let (events, timeout) = (self.events_tx.clone(), self.connect_timeout);
         tokio::spawn(async move {
             let attempt = async {

@@ -116,12 +116,7 @@ impl Default for RatingGroupConfig {
     fn default() -> Self {
         RatingGroupConfig {
             rating_group: 0,
-            grant: Units {
-                time: Some(300),
-                total_octets: Some(10_000_000),
-                units: Some(10),
-                ..Units::default()
-            },
+            grant: Units { time: Some(300), total_octets: Some(10_000_000), units: Some(10), ..Units::default() },
             validity_time: Duration::ZERO,
             quota_holding_time: Duration::ZERO,
             time_quota_threshold: 0,
@@ -272,13 +267,9 @@ mod tests {
         assert_eq!(c.faults[1].action, FaultAction::ResultCode(3004));
         assert_eq!(c.faults[2].action, FaultAction::Delay(Duration::from_secs(2)));
         assert_eq!(c.subscribers[0].balance.time, Some(120));
-        let err = toml::from_str::<OcsConfig>("[ro]\ndefault_balanse = {}\n")
-            .unwrap_err()
-            .to_string();
+        let err = toml::from_str::<OcsConfig>("[ro]\ndefault_balanse = {}\n").unwrap_err().to_string();
         assert!(err.contains("default_balanse"), "{err}");
-        let err = toml::from_str::<OcsConfig>("[[faults]]\naction = \"explode\"\n")
-            .unwrap_err()
-            .to_string();
+        let err = toml::from_str::<OcsConfig>("[[faults]]\naction = \"explode\"\n").unwrap_err().to_string();
         assert!(err.contains("explode"), "{err}");
         assert_eq!(toml::from_str::<OcsConfig>("").unwrap(), OcsConfig::default());
     }

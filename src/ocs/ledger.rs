@@ -48,15 +48,8 @@ impl RequestRecord {
         RequestRecord {
             request_type: super::request_type_name(req.find(code::CC_REQUEST_TYPE, 0).and_then(|a| a.as_i32().ok()))
                 .into(),
-            number: req
-                .find(code::CC_REQUEST_NUMBER, 0)
-                .and_then(|a| a.as_u32().ok())
-                .unwrap_or(0),
-            origin_host: req
-                .find(code::ORIGIN_HOST, 0)
-                .and_then(|a| a.as_utf8().ok())
-                .unwrap_or_default()
-                .into(),
+            number: req.find(code::CC_REQUEST_NUMBER, 0).and_then(|a| a.as_u32().ok()).unwrap_or(0),
+            origin_host: req.find(code::ORIGIN_HOST, 0).and_then(|a| a.as_utf8().ok()).unwrap_or_default().into(),
             t_flag: req.header.flags.is_retransmit(),
             at_ms,
             result_code,
@@ -174,11 +167,7 @@ impl LedgerSession {
     }
 
     pub(crate) fn anomaly(&mut self, at_ms: u64, kind: &str, detail: String) {
-        self.anomalies.push(Anomaly {
-            kind: kind.into(),
-            detail,
-            at_ms,
-        });
+        self.anomalies.push(Anomaly { kind: kind.into(), detail, at_ms });
     }
 }
 

@@ -102,12 +102,7 @@ struct Account {
 impl Account {
     fn available(&self, k: UnitKind) -> Option<u64> {
         let i = UnitKind::ALL.iter().position(|x| *x == k).expect("every kind listed");
-        self.limited[i].then(|| {
-            self.balance
-                .get(k)
-                .unwrap_or(0)
-                .saturating_sub(self.reserved.get(k).unwrap_or(0))
-        })
+        self.limited[i].then(|| self.balance.get(k).unwrap_or(0).saturating_sub(self.reserved.get(k).unwrap_or(0)))
     }
 
     fn change(units: &mut Units, k: UnitKind, delta: i128) {
@@ -212,21 +207,14 @@ impl Ocs {
     /// Adds one request's processing time to the histogram.
     pub fn observe_latency(&mut self, d: Duration) {
         let secs = d.as_secs_f64();
-        let i = LATENCY_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(LATENCY_BUCKETS.len());
+        let i = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
         self.latency[i] += 1;
         self.latency_sum += d;
     }
 
     /// Forgets every session, account change and counter (the configured faults come back).
     pub fn reset(&mut self) {
-        *self = Ocs::new(
-            self.config.clone(),
-            &self.origin_host.clone(),
-            &self.origin_realm.clone(),
-        );
+        *self = Ocs::new(self.config.clone(), &self.origin_host.clone(), &self.origin_realm.clone());
     }
 
     /// Adds a fault rule at runtime (after the configured ones).
@@ -257,19 +245,12 @@ impl Ocs {
     fn account(&mut self, subscriber: &str) -> &mut Account {
         let (default, listed) = (&self.config.ro.default_balance, &self.config.subscribers);
         self.accounts.entry(subscriber.to_string()).or_insert_with(|| {
-            let balance = listed
-                .iter()
-                .find(|s| s.id == subscriber)
-                .map_or(*default, |s| s.balance);
+            let balance = listed.iter().find(|s| s.id == subscriber).map_or(*default, |s| s.balance);
             let mut limited = [false; 5];
             for (i, k) in UnitKind::ALL.iter().enumerate() {
                 limited[i] = balance.get(*k).is_some();
             }
-            Account {
-                balance,
-                limited,
-                reserved: Units::default(),
-            }
+            Account { balance, limited, reserved: Units::default() }
         })
     }
 
@@ -285,9 +266,7 @@ impl Ocs {
                 && rule.command.as_ref().is_none_or(|c| c.eq_ignore_ascii_case(&short))
                 && rule.request_type.as_ref().is_none_or(|t| t.eq_ignore_ascii_case(rtype))
                 && rule.request_number.is_none_or(|n| number == Some(n))
-                && rule
-                    .retransmission
-                    .is_none_or(|t| t == req.header.flags.is_retransmit())
+                && rule.retransmission.is_none_or(|t| t == req.header.flags.is_retransmit())
                 && rule.times.is_none_or(|t| *fired < t);
             if matches {
                 *fired += 1;
@@ -306,12 +285,7 @@ impl Ocs {
     }
 
     fn recent_answer(&self, sid: &str, number: u32) -> Option<Message> {
-        self.recent
-            .get(sid)?
-            .iter()
-            .rev()
-            .find(|(n, _)| *n == number)
-            .map(|(_, m)| m.clone())
+        self.recent.get(sid)?.iter().rev().find(|(n, _)| *n == number).map(|(_, m)| m.clone())
     }
 
     fn base_answer(&self, req: &Message, rc: ResultCode) -> Message {
@@ -394,10 +368,7 @@ impl Ocs {
             return self.base_answer(req, ResultCode::MISSING_AVP);
         };
         let number = u32_of(req, code::CC_REQUEST_NUMBER).unwrap_or(0);
-        let rtype = req
-            .find(code::CC_REQUEST_TYPE, 0)
-            .and_then(|a| a.as_i32().ok())
-            .unwrap_or(0);
+        let rtype = req.find(code::CC_REQUEST_TYPE, 0).and_then(|a| a.as_i32().ok()).unwrap_or(0);
         let retransmit = req.header.flags.is_retransmit();
         // A request whose answer we already gave: same answer again, nothing charged (RFC 4006 §5.1, §7).
         if let Some(prev) = self.recent_answer(&sid, number) {
@@ -405,24 +376,13 @@ impl Ocs {
             again.header.hop_by_hop = req.header.hop_by_hop;
             again.header.end_to_end = req.header.end_to_end;
             let s = self.ledger.get_mut(&sid).expect("answered sessions are in the ledger");
-            s.record(
-                self_max,
-                RequestRecord::of(req, wall_ms, again.result_code().map(|r| r.0), true),
-            );
+            s.record(self_max, RequestRecord::of(req, wall_ms, again.result_code().map(|r| r.0), true));
             if retransmit {
                 s.duplicates_answered += 1;
             } else {
-                s.anomaly(
-                    wall_ms,
-                    "repeated_number",
-                    format!("CC-Request-Number {number} again without the T flag"),
-                );
+                s.anomaly(wall_ms, "repeated_number", format!("CC-Request-Number {number} again without the T flag"));
                 if has_usage(req) {
-                    s.anomaly(
-                        wall_ms,
-                        "usage_reported_twice",
-                        format!("usage of request {number} reported again"),
-                    );
+                    s.anomaly(wall_ms, "usage_reported_twice", format!("usage of request {number} reported again"));
                 }
             }
             if let Some(rt) = self.runtime.get_mut(&sid) {
@@ -441,11 +401,7 @@ impl Ocs {
             (1, None) | (4, None) => None,
             (1, Some(_)) | (4, Some(_)) => {
                 let s = self.ledger.get_mut(&sid).expect("exists");
-                s.anomaly(
-                    wall_ms,
-                    "repeated_initial",
-                    "a second initial/event request for the session".into(),
-                );
+                s.anomaly(wall_ms, "repeated_initial", "a second initial/event request for the session".into());
                 None
             }
             (_, None) => {
@@ -456,10 +412,7 @@ impl Ocs {
                     "unknown_session",
                     format!("{} for a session never opened", request_type_name(Some(rtype))),
                 );
-                s.record(
-                    self_max,
-                    RequestRecord::of(req, wall_ms, Some(ResultCode::UNKNOWN_SESSION_ID.0), false),
-                );
+                s.record(self_max, RequestRecord::of(req, wall_ms, Some(ResultCode::UNKNOWN_SESSION_ID.0), false));
                 self.ledger.insert(sid.clone(), s);
                 return self.base_answer(req, ResultCode::UNKNOWN_SESSION_ID);
             }
@@ -470,66 +423,36 @@ impl Ocs {
                     "request_after_termination",
                     format!("request {number} after the session ended ({state:?})"),
                 );
-                s.record(
-                    self_max,
-                    RequestRecord::of(req, wall_ms, Some(ResultCode::UNKNOWN_SESSION_ID.0), false),
-                );
+                s.record(self_max, RequestRecord::of(req, wall_ms, Some(ResultCode::UNKNOWN_SESSION_ID.0), false));
                 return self.base_answer(req, ResultCode::UNKNOWN_SESSION_ID);
             }
             (_, Some((_, last))) => last,
         };
-        let entry = self
-            .ledger
-            .entry(sid.clone())
-            .or_insert_with(|| LedgerSession::new(&sid, app, subscriber.clone()));
+        let entry = self.ledger.entry(sid.clone()).or_insert_with(|| LedgerSession::new(&sid, app, subscriber.clone()));
         if let Some(last) = rc_session {
             if number <= last {
-                entry.anomaly(
-                    wall_ms,
-                    "repeated_number",
-                    format!("CC-Request-Number {number} after {last}"),
-                );
+                entry.anomaly(wall_ms, "repeated_number", format!("CC-Request-Number {number} after {last}"));
             } else if number > last + 1 {
-                entry.anomaly(
-                    wall_ms,
-                    "skipped_number",
-                    format!("CC-Request-Number {number} after {last}"),
-                );
+                entry.anomaly(wall_ms, "skipped_number", format!("CC-Request-Number {number} after {last}"));
             }
         } else if number != 0 {
-            entry.anomaly(
-                wall_ms,
-                "skipped_number",
-                format!("first request numbered {number}, not 0"),
-            );
+            entry.anomaly(wall_ms, "skipped_number", format!("first request numbered {number}, not 0"));
         }
         entry.last_number = Some(entry.last_number.map_or(number, |l| l.max(number)));
         self.runtime.insert(
             sid.clone(),
             SessionRuntime {
-                reach: Reachability {
-                    peer,
-                    host: origin_host,
-                    realm: origin_realm,
-                },
+                reach: Reachability { peer, host: origin_host, realm: origin_realm },
                 last_activity: now,
                 app,
             },
         );
-        let answer = if app == AppId::GX {
-            self.gx(req, &sid, rtype)
-        } else {
-            self.ro(req, &sid, rtype, subscriber)
-        };
+        let answer = if app == AppId::GX { self.gx(req, &sid, rtype) } else { self.ro(req, &sid, rtype, subscriber) };
         let rc = answer.result_code().map(|r| r.0);
         let s = self.ledger.get_mut(&sid).expect("recorded above");
         s.record(self_max, RequestRecord::of(req, wall_ms, rc, false));
         if rtype == 3 || rtype == 4 {
-            s.state = if rtype == 3 {
-                SessionState::Terminated
-            } else {
-                SessionState::Event
-            };
+            s.state = if rtype == 3 { SessionState::Terminated } else { SessionState::Event };
             self.runtime.remove(&sid);
         }
         self.remember_answer(&sid, number, &answer);
@@ -542,10 +465,7 @@ impl Ocs {
             return self.ro_event(req, sid, &subscriber);
         }
         let mut answer = self.base_answer(req, ResultCode::SUCCESS);
-        let msccs: Vec<Avp> = req
-            .find_all(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0)
-            .cloned()
-            .collect();
+        let msccs: Vec<Avp> = req.find_all(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0).cloned().collect();
         let mut all_denied = !msccs.is_empty();
         for mscc in &msccs {
             let members: Vec<Avp> = mscc.grouped_iter().filter_map(Result::ok).collect();
@@ -595,11 +515,7 @@ impl Ocs {
         for k in used.kinds() {
             let v = used.get(k).unwrap_or(0);
             let i = UnitKind::ALL.iter().position(|x| *x == k).expect("listed");
-            let take = if acct.limited[i] {
-                v.min(acct.balance.get(k).unwrap_or(0))
-            } else {
-                v
-            };
+            let take = if acct.limited[i] { v.min(acct.balance.get(k).unwrap_or(0)) } else { v };
             if acct.limited[i] {
                 Account::change(&mut acct.balance, k, -(i128::from(take)));
             }
@@ -626,11 +542,7 @@ impl Ocs {
     }
 
     fn release_all(&mut self, sid: &str, subscriber: &str) {
-        let rgs: Vec<u32> = self
-            .ledger
-            .get(sid)
-            .map(|s| s.rating_groups.keys().copied().collect())
-            .unwrap_or_default();
+        let rgs: Vec<u32> = self.ledger.get(sid).map(|s| s.rating_groups.keys().copied().collect()).unwrap_or_default();
         for rg in rgs {
             self.release(sid, subscriber, rg);
         }
@@ -676,13 +588,7 @@ impl Ocs {
             out.push(Avp::u32(code::RESULT_CODE, ResultCode::CREDIT_LIMIT_REACHED.0));
             return (out, true);
         }
-        let l = self
-            .ledger
-            .get_mut(sid)
-            .expect("session recorded")
-            .rating_groups
-            .entry(rg)
-            .or_default();
+        let l = self.ledger.get_mut(sid).expect("session recorded").rating_groups.entry(rg).or_default();
         l.granted.add(&granted);
         l.outstanding = granted;
         out.push(Avp::grouped(code::GRANTED_SERVICE_UNIT, &granted.to_avps()));
@@ -697,10 +603,7 @@ impl Ocs {
             out.push(v(Avp::u32(tgpp::VOLUME_QUOTA_THRESHOLD, tariff.volume_quota_threshold)));
         }
         if !tariff.quota_holding_time.is_zero() {
-            out.push(v(Avp::u32(
-                tgpp::QUOTA_HOLDING_TIME,
-                tariff.quota_holding_time.as_secs() as u32,
-            )));
+            out.push(v(Avp::u32(tgpp::QUOTA_HOLDING_TIME, tariff.quota_holding_time.as_secs() as u32)));
         }
         if final_units {
             let mut fui = vec![Avp::i32(
@@ -713,11 +616,7 @@ impl Ocs {
             )];
             match tariff.final_unit_action {
                 FinalUnitAction::Redirect => {
-                    let kind = if tariff.redirect_address.starts_with("sip:") {
-                        3
-                    } else {
-                        2
-                    };
+                    let kind = if tariff.redirect_address.starts_with("sip:") { 3 } else { 2 };
                     fui.push(Avp::grouped(
                         cc::REDIRECT_SERVER,
                         &[
@@ -736,28 +635,13 @@ impl Ocs {
 
     /// Event charging (RFC 4006 §6.3, Requested-Action §8.41).
     fn ro_event(&mut self, req: &Message, sid: &str, subscriber: &str) -> Message {
-        let action = req
-            .find(code::REQUESTED_ACTION, 0)
-            .and_then(|a| a.as_i32().ok())
-            .unwrap_or(0);
-        let rsu = req
-            .find(code::REQUESTED_SERVICE_UNIT, 0)
-            .map(Units::from_grouped)
-            .unwrap_or_default();
-        let asked = if rsu.is_empty() {
-            Units {
-                units: Some(1),
-                ..Units::default()
-            }
-        } else {
-            rsu
-        };
+        let action = req.find(code::REQUESTED_ACTION, 0).and_then(|a| a.as_i32().ok()).unwrap_or(0);
+        let rsu = req.find(code::REQUESTED_SERVICE_UNIT, 0).map(Units::from_grouped).unwrap_or_default();
+        let asked = if rsu.is_empty() { Units { units: Some(1), ..Units::default() } } else { rsu };
         let price = self.config.ro.event_price;
         let currency = self.config.ro.currency_code;
         let acct = self.account(subscriber);
-        let enough = asked
-            .kinds()
-            .all(|k| acct.available(k).is_none_or(|a| a >= asked.get(k).unwrap_or(0)));
+        let enough = asked.kinds().all(|k| acct.available(k).is_none_or(|a| a >= asked.get(k).unwrap_or(0)));
         let mut answer = self.base_answer(req, ResultCode::SUCCESS);
         let rg = 0;
         match action {
@@ -767,14 +651,7 @@ impl Ocs {
                     set_result(&mut answer, ResultCode::CREDIT_LIMIT_REACHED);
                     return answer;
                 }
-                self.ledger
-                    .get_mut(sid)
-                    .expect("recorded")
-                    .rating_groups
-                    .entry(rg)
-                    .or_default()
-                    .granted
-                    .add(&asked);
+                self.ledger.get_mut(sid).expect("recorded").rating_groups.entry(rg).or_default().granted.add(&asked);
                 self.debit(sid, subscriber, rg, &asked);
                 answer.push(Avp::grouped(code::GRANTED_SERVICE_UNIT, &asked.to_avps()));
             }
@@ -784,13 +661,7 @@ impl Ocs {
                 for k in asked.kinds() {
                     Account::change(&mut acct.balance, k, i128::from(asked.get(k).unwrap_or(0)));
                 }
-                let l = self
-                    .ledger
-                    .get_mut(sid)
-                    .expect("recorded")
-                    .rating_groups
-                    .entry(rg)
-                    .or_default();
+                let l = self.ledger.get_mut(sid).expect("recorded").rating_groups.entry(rg).or_default();
                 l.refunded.add(&asked);
             }
             2 => {
@@ -805,10 +676,7 @@ impl Ocs {
                     &[
                         Avp::grouped(
                             cc::UNIT_VALUE,
-                            &[
-                                Avp::i64(cc::VALUE_DIGITS, (price * n) as i64),
-                                Avp::i32(cc::EXPONENT, -2),
-                            ],
+                            &[Avp::i64(cc::VALUE_DIGITS, (price * n) as i64), Avp::i32(cc::EXPONENT, -2)],
                         ),
                         Avp::u32(cc::CURRENCY_CODE, currency),
                     ],
@@ -833,10 +701,8 @@ impl Ocs {
                 .filter(|a| a.is(tgpp::CHARGING_RULE_NAME, 10415))
                 .map(|a| String::from_utf8_lossy(a.data()).into_owned())
                 .collect();
-            if let Some(code) = members
-                .iter()
-                .find(|a| a.is(tgpp::RULE_FAILURE_CODE, 10415))
-                .and_then(|a| a.as_i32().ok())
+            if let Some(code) =
+                members.iter().find(|a| a.is(tgpp::RULE_FAILURE_CODE, 10415)).and_then(|a| a.as_i32().ok())
             {
                 for n in names {
                     s.gx.rule_failures.push((n, code));
@@ -844,11 +710,7 @@ impl Ocs {
             }
         }
         for umi in req.find_all(tgpp::USAGE_MONITORING_INFORMATION, 10415) {
-            for usu in umi
-                .grouped_iter()
-                .filter_map(Result::ok)
-                .filter(|a| a.is(code::USED_SERVICE_UNIT, 0))
-            {
+            for usu in umi.grouped_iter().filter_map(Result::ok).filter(|a| a.is(code::USED_SERVICE_UNIT, 0)) {
                 let u = Units::from_grouped(&usu);
                 s.gx.usage_reported.add(&u);
                 s.rating_groups.entry(0).or_default().reported_used.add(&u);
@@ -862,15 +724,9 @@ impl Ocs {
             for r in &g.rules {
                 let mut def = vec![v(Avp::octets(tgpp::CHARGING_RULE_NAME, r.name.clone().into_bytes()))];
                 for f in &r.flows {
-                    def.push(v(Avp::grouped(
-                        tgpp::FLOW_INFORMATION,
-                        &[v(Avp::utf8(tgpp::FLOW_DESCRIPTION, f))],
-                    )));
+                    def.push(v(Avp::grouped(tgpp::FLOW_INFORMATION, &[v(Avp::utf8(tgpp::FLOW_DESCRIPTION, f))])));
                 }
-                def.push(v(Avp::grouped(
-                    tgpp::QOS_INFORMATION,
-                    &[v(Avp::i32(tgpp::QOS_CLASS_IDENTIFIER, r.qci))],
-                )));
+                def.push(v(Avp::grouped(tgpp::QOS_INFORMATION, &[v(Avp::i32(tgpp::QOS_CLASS_IDENTIFIER, r.qci))])));
                 def.push(Avp::u32(code::RATING_GROUP, r.rating_group));
                 def.push(v(Avp::u32(tgpp::PRECEDENCE, r.precedence)));
                 install.push(v(Avp::grouped(tgpp::CHARGING_RULE_DEFINITION, &def)));
@@ -892,31 +748,22 @@ impl Ocs {
             }
             answer.push(v(Avp::grouped(
                 tgpp::QOS_INFORMATION,
-                &[
-                    v(Avp::u32(tgpp::APN_AMBR_UL, g.apn_ambr_ul)),
-                    v(Avp::u32(tgpp::APN_AMBR_DL, g.apn_ambr_dl)),
-                ],
+                &[v(Avp::u32(tgpp::APN_AMBR_UL, g.apn_ambr_ul)), v(Avp::u32(tgpp::APN_AMBR_DL, g.apn_ambr_dl))],
             )));
             answer.push(
                 v(Avp::grouped(
                     tgpp::DEFAULT_EPS_BEARER_QOS,
                     &[
                         v(Avp::i32(tgpp::QOS_CLASS_IDENTIFIER, g.default_qci)),
-                        v(Avp::grouped(
-                            tgpp::ALLOCATION_RETENTION_PRIORITY,
-                            &[v(Avp::u32(tgpp::PRIORITY_LEVEL, 8))],
-                        ))
-                        .with_mandatory(false),
+                        v(Avp::grouped(tgpp::ALLOCATION_RETENTION_PRIORITY, &[v(Avp::u32(tgpp::PRIORITY_LEVEL, 8))]))
+                            .with_mandatory(false),
                     ],
                 ))
                 .with_mandatory(false),
             );
         }
         if rtype != 3 && !g.monitoring_key.is_empty() && g.monitoring_volume > 0 {
-            let granted = Units {
-                total_octets: Some(g.monitoring_volume),
-                ..Units::default()
-            };
+            let granted = Units { total_octets: Some(g.monitoring_volume), ..Units::default() };
             s.rating_groups.entry(0).or_default().granted.add(&granted);
             answer.push(
                 v(Avp::grouped(
@@ -948,11 +795,8 @@ impl Ocs {
             .collect();
         for sid in &idle {
             self.runtime.remove(sid);
-            let subscriber = self
-                .ledger
-                .get(sid)
-                .and_then(|s| s.subscriber.clone())
-                .unwrap_or_else(|| "anonymous".into());
+            let subscriber =
+                self.ledger.get(sid).and_then(|s| s.subscriber.clone()).unwrap_or_else(|| "anonymous".into());
             self.release_all(sid, &subscriber);
             if let Some(s) = self.ledger.get_mut(sid) {
                 s.state = SessionState::ClosedByTcc;
@@ -1000,17 +844,13 @@ impl Ocs {
             m.push(Avp::u32(code::RATING_GROUP, *rg));
         }
         if !install.is_empty() {
-            let names: Vec<Avp> = install
-                .iter()
-                .map(|n| v(Avp::octets(tgpp::CHARGING_RULE_NAME, n.clone().into_bytes())))
-                .collect();
+            let names: Vec<Avp> =
+                install.iter().map(|n| v(Avp::octets(tgpp::CHARGING_RULE_NAME, n.clone().into_bytes()))).collect();
             m.push(v(Avp::grouped(tgpp::CHARGING_RULE_INSTALL, &names)));
         }
         if !remove.is_empty() {
-            let names: Vec<Avp> = remove
-                .iter()
-                .map(|n| v(Avp::octets(tgpp::CHARGING_RULE_NAME, n.clone().into_bytes())))
-                .collect();
+            let names: Vec<Avp> =
+                remove.iter().map(|n| v(Avp::octets(tgpp::CHARGING_RULE_NAME, n.clone().into_bytes()))).collect();
             m.push(v(Avp::grouped(tgpp::CHARGING_RULE_REMOVE, &names)));
         }
         for t in triggers {
@@ -1034,12 +874,7 @@ impl Ocs {
         answered_by: Option<String>,
     ) {
         if let Some(s) = self.ledger.get_mut(sid) {
-            s.server_requests.push(ServerRequestRecord {
-                kind: kind.into(),
-                at_ms: wall_ms,
-                result_code,
-                answered_by,
-            });
+            s.server_requests.push(ServerRequestRecord { kind: kind.into(), at_ms: wall_ms, result_code, answered_by });
             if result_code != Some(2001) {
                 s.anomaly(wall_ms, "answer_rejected", format!("{kind} answered {result_code:?}"));
             }
@@ -1056,11 +891,8 @@ impl Ocs {
 
 fn has_usage(m: &Message) -> bool {
     m.find(code::USED_SERVICE_UNIT, 0).is_some()
-        || m.find_all(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0).any(|mscc| {
-            mscc.grouped_iter()
-                .filter_map(Result::ok)
-                .any(|a| a.is(code::USED_SERVICE_UNIT, 0))
-        })
+        || m.find_all(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0)
+            .any(|mscc| mscc.grouped_iter().filter_map(Result::ok).any(|a| a.is(code::USED_SERVICE_UNIT, 0)))
 }
 
 fn set_result(m: &mut Message, rc: ResultCode) {

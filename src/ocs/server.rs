@@ -69,9 +69,7 @@ pub struct ServerRequestOutcome {
 }
 
 fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[derive(Clone)]
@@ -85,10 +83,8 @@ impl OcsServer {
     pub async fn start(cfg: OcsServerConfig) -> Result<OcsServer, OcsServerError> {
         let mut local = LocalIdentity::charging_client(&cfg.origin_host, &cfg.origin_realm, 0);
         local.product_name = "charging-ra ocs-sim".into();
-        local.applications = vec![
-            Application::Auth(AppId::CREDIT_CONTROL),
-            Application::VendorAuth(VendorId::TGPP, AppId::GX),
-        ];
+        local.applications =
+            vec![Application::Auth(AppId::CREDIT_CONTROL), Application::VendorAuth(VendorId::TGPP, AppId::GX)];
         let mut router = RouterConfig::new(local.clone(), vec![]);
         router.accept_unknown_peers = true;
         // The simulator recognizes retransmissions by (Session-Id, CC-Request-Number), as RFC 4006 §7 servers do,
@@ -100,15 +96,8 @@ impl OcsServer {
         let mut node_cfg = NodeConfig::new(router, vec![]);
         node_cfg.listen = vec![cfg.listen];
         let (node, mut requests) = DiameterNode::start(node_cfg).await?;
-        let ocs = Arc::new(Mutex::new(Ocs::new(
-            cfg.ocs.clone(),
-            &cfg.origin_host,
-            &cfg.origin_realm,
-        )));
-        let shared = Shared {
-            ocs: ocs.clone(),
-            node: node.handle(),
-        };
+        let ocs = Arc::new(Mutex::new(Ocs::new(cfg.ocs.clone(), &cfg.origin_host, &cfg.origin_realm)));
+        let shared = Shared { ocs: ocs.clone(), node: node.handle() };
         let mut tasks = Vec::new();
         let s = shared.clone();
         tasks.push(tokio::spawn(async move {
@@ -157,21 +146,15 @@ impl OcsServer {
         }
         let mut control = None;
         if let Some(addr) = cfg.control {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| OcsServerError::Control { addr, source })?;
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.map_err(|source| OcsServerError::Control { addr, source })?;
             control = listener.local_addr().ok();
             let app = router_for(shared);
             tasks.push(tokio::spawn(async move {
                 let _ = axum::serve(listener, app).await;
             }));
         }
-        Ok(OcsServer {
-            node,
-            ocs,
-            control,
-            tasks,
-        })
+        Ok(OcsServer { node, ocs, control, tasks })
     }
 
     /// The Diameter listening address.
@@ -191,26 +174,12 @@ impl OcsServer {
 
     /// Sends a RAR (see [`Ocs::rar`]) and records its answer.
     pub async fn rar(&self, req: &RarRequest) -> Result<ServerRequestOutcome, (StatusCode, String)> {
-        server_rar(
-            &Shared {
-                ocs: self.ocs.clone(),
-                node: self.node.handle(),
-            },
-            req,
-        )
-        .await
+        server_rar(&Shared { ocs: self.ocs.clone(), node: self.node.handle() }, req).await
     }
 
     /// Sends an ASR and records its answer.
     pub async fn asr(&self, req: &AsrRequest) -> Result<ServerRequestOutcome, (StatusCode, String)> {
-        server_asr(
-            &Shared {
-                ocs: self.ocs.clone(),
-                node: self.node.handle(),
-            },
-            req,
-        )
-        .await
+        server_asr(&Shared { ocs: self.ocs.clone(), node: self.node.handle() }, req).await
     }
 
     /// Stops: DPR to every client, tasks ended. Returns the ledger check.
@@ -286,11 +255,7 @@ pub struct AsrRequest {
 
 async fn via_peer(s: &Shared, via: &Option<String>, default: PeerId) -> Result<PeerId, (StatusCode, String)> {
     let Some(host) = via else { return Ok(default) };
-    let st = s
-        .node
-        .status()
-        .await
-        .ok_or((StatusCode::SERVICE_UNAVAILABLE, "node stopped".to_string()))?;
+    let st = s.node.status().await.ok_or((StatusCode::SERVICE_UNAVAILABLE, "node stopped".to_string()))?;
     st.peers
         .iter()
         .position(|p| p.identity.as_deref().is_some_and(|i| i.eq_ignore_ascii_case(host)) && p.available)
@@ -310,15 +275,11 @@ async fn send_server_request(
     let outcome = match s.node.request_via(msg, Some(Duration::from_secs(10)), Some(peer)).await {
         Ok(a) => ServerRequestOutcome {
             result_code: a.result_code().map_or(0, |r| r.0),
-            answered_by: a
-                .find(code::ORIGIN_HOST, 0)
-                .and_then(|x| x.as_utf8().ok())
-                .map(str::to_string),
+            answered_by: a.find(code::ORIGIN_HOST, 0).and_then(|x| x.as_utf8().ok()).map(str::to_string),
         },
-        Err(crate::node::RequestError::Failed { result_code, .. }) => ServerRequestOutcome {
-            result_code: result_code.0,
-            answered_by: None,
-        },
+        Err(crate::node::RequestError::Failed { result_code, .. }) => {
+            ServerRequestOutcome { result_code: result_code.0, answered_by: None }
+        }
         Err(e) => return Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string())),
     };
     s.ocs.lock().expect("ledger lock").record_server_answer(
@@ -341,10 +302,7 @@ async fn server_rar(s: &Shared, req: &RarRequest) -> Result<ServerRequestOutcome
     );
     let out = send_server_request(s, &req.session_id, "RAR", built, &req.via).await?;
     if out.result_code == 2001 {
-        s.ocs
-            .lock()
-            .expect("ledger lock")
-            .record_gx_rules(&req.session_id, &req.rules);
+        s.ocs.lock().expect("ledger lock").record_gx_rules(&req.session_id, &req.rules);
     }
     Ok(out)
 }
@@ -414,10 +372,7 @@ fn router_for(shared: Shared) -> axum::Router {
                 StatusCode::NO_CONTENT
             }),
         )
-        .route(
-            "/metrics",
-            get(|State(s): State<Shared>| async move { metrics(&s.ocs.lock().expect("ledger lock")) }),
-        )
+        .route("/metrics", get(|State(s): State<Shared>| async move { metrics(&s.ocs.lock().expect("ledger lock")) }))
         .with_state(shared)
 }
 
@@ -428,10 +383,8 @@ fn metrics(ocs: &Ocs) -> String {
         "# HELP ocs_requests_total Requests answered, by command, request type and Result-Code.\n# TYPE ocs_requests_total counter\n",
     );
     for ((cmd, rtype, rc), n) in &ocs.counters {
-        let _ = writeln!(
-            out,
-            "ocs_requests_total{{command=\"{cmd}\",request_type=\"{rtype}\",result_code=\"{rc}\"}} {n}"
-        );
+        let _ =
+            writeln!(out, "ocs_requests_total{{command=\"{cmd}\",request_type=\"{rtype}\",result_code=\"{rc}\"}} {n}");
     }
     let _ = writeln!(
         out,
@@ -444,11 +397,7 @@ fn metrics(ocs: &Ocs) -> String {
     }
     cumulative += ocs.latency[super::LATENCY_BUCKETS.len()];
     let _ = writeln!(out, "ocs_request_processing_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
-    let _ = writeln!(
-        out,
-        "ocs_request_processing_seconds_sum {}",
-        ocs.latency_sum.as_secs_f64()
-    );
+    let _ = writeln!(out, "ocs_request_processing_seconds_sum {}", ocs.latency_sum.as_secs_f64());
     let _ = writeln!(out, "ocs_request_processing_seconds_count {cumulative}");
     let check = ocs.check();
     let _ = writeln!(
@@ -456,10 +405,8 @@ fn metrics(ocs: &Ocs) -> String {
         "# HELP ocs_sessions_open Sessions between CCR-I and CCR-T.\n# TYPE ocs_sessions_open gauge\nocs_sessions_open {}",
         check.sessions.open
     );
-    let _ = writeln!(
-        out,
-        "# HELP ocs_ledger_anomalies Anomalies recorded, by kind.\n# TYPE ocs_ledger_anomalies gauge"
-    );
+    let _ =
+        writeln!(out, "# HELP ocs_ledger_anomalies Anomalies recorded, by kind.\n# TYPE ocs_ledger_anomalies gauge");
     for (k, n) in &check.anomalies {
         let _ = writeln!(out, "ocs_ledger_anomalies{{kind=\"{k}\"}} {n}");
     }

@@ -21,10 +21,7 @@ fn ccr(sid: &str, rtype: i32, number: u32, subscriber: &str, mscc: &[Avp]) -> Me
         .with(Avp::u32(code::CC_REQUEST_NUMBER, number))
         .with(Avp::grouped(
             code::SUBSCRIPTION_ID,
-            &[
-                Avp::i32(code::SUBSCRIPTION_ID_TYPE, 0),
-                Avp::utf8(code::SUBSCRIPTION_ID_DATA, subscriber),
-            ],
+            &[Avp::i32(code::SUBSCRIPTION_ID_TYPE, 0), Avp::utf8(code::SUBSCRIPTION_ID_DATA, subscriber)],
         ));
     m.avps.extend(mscc.iter().cloned());
     m.header.end_to_end = crate::codec::EndToEndId(number + 1);
@@ -54,28 +51,16 @@ fn answer(r: Reply) -> Message {
 fn grant_of(a: &Message, rg: u32) -> (Option<u32>, Option<u64>, Option<i32>) {
     for m in a.find_all(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0) {
         let members: Vec<Avp> = m.grouped_avps().unwrap();
-        if members
-            .iter()
-            .any(|x| x.is(code::RATING_GROUP, 0) && x.as_u32() == Ok(rg))
-        {
-            let rc = members
-                .iter()
-                .find(|x| x.is(code::RESULT_CODE, 0))
-                .and_then(|x| x.as_u32().ok());
-            let gsu = members
-                .iter()
-                .find(|x| x.is(code::GRANTED_SERVICE_UNIT, 0))
-                .map(Units::from_grouped);
-            let fui = members
-                .iter()
-                .find(|x| x.is(code::FINAL_UNIT_INDICATION, 0))
-                .and_then(|f| {
-                    f.grouped_avps()
-                        .unwrap()
-                        .iter()
-                        .find(|x| x.is(code::FINAL_UNIT_ACTION, 0))
-                        .and_then(|x| x.as_i32().ok())
-                });
+        if members.iter().any(|x| x.is(code::RATING_GROUP, 0) && x.as_u32() == Ok(rg)) {
+            let rc = members.iter().find(|x| x.is(code::RESULT_CODE, 0)).and_then(|x| x.as_u32().ok());
+            let gsu = members.iter().find(|x| x.is(code::GRANTED_SERVICE_UNIT, 0)).map(Units::from_grouped);
+            let fui = members.iter().find(|x| x.is(code::FINAL_UNIT_INDICATION, 0)).and_then(|f| {
+                f.grouped_avps()
+                    .unwrap()
+                    .iter()
+                    .find(|x| x.is(code::FINAL_UNIT_ACTION, 0))
+                    .and_then(|x| x.as_i32().ok())
+            });
             return (rc, gsu.and_then(|g| g.time), fui);
         }
     }
@@ -84,19 +69,11 @@ fn grant_of(a: &Message, rg: u32) -> (Option<u32>, Option<u64>, Option<i32>) {
 
 fn ocs_with(balance_time: u64) -> Ocs {
     let mut cfg = OcsConfig::default();
-    cfg.subscribers.push(SubscriberConfig {
-        id: "46701".into(),
-        balance: Units {
-            time: Some(balance_time),
-            ..Units::default()
-        },
-    });
+    cfg.subscribers
+        .push(SubscriberConfig { id: "46701".into(), balance: Units { time: Some(balance_time), ..Units::default() } });
     cfg.ro.rating_groups.push(RatingGroupConfig {
         rating_group: 10,
-        grant: Units {
-            time: Some(300),
-            ..Units::default()
-        },
+        grant: Units { time: Some(300), ..Units::default() },
         validity_time: Duration::from_secs(600),
         quota_holding_time: Duration::from_secs(60),
         time_quota_threshold: 30,
@@ -112,11 +89,7 @@ fn ro_session_grants_debits_and_leaves_a_clean_ledger() {
     let a = answer(o.handle_request(t, 1, P, &ccr("s1", 1, 0, "46701", &[mscc(10, None, true)])));
     assert_eq!(a.result_code(), Some(ResultCode::SUCCESS));
     assert_eq!(grant_of(&a, 10), (Some(2001), Some(300), None));
-    let m = a
-        .find(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0)
-        .unwrap()
-        .grouped_avps()
-        .unwrap();
+    let m = a.find(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0).unwrap().grouped_avps().unwrap();
     assert!(m.iter().any(|x| x.is(code::VALIDITY_TIME, 0) && x.as_u32() == Ok(600)));
     assert!(m.iter().any(|x| x.is(871, 10415)), "Quota-Holding-Time");
     assert!(m.iter().any(|x| x.is(868, 10415)), "Time-Quota-Threshold");
@@ -128,10 +101,7 @@ fn ro_session_grants_debits_and_leaves_a_clean_ledger() {
     assert_eq!(s.state, SessionState::Terminated);
     assert_eq!(s.requests.iter().map(|r| r.number).collect::<Vec<_>>(), vec![0, 1, 2]);
     let rg = &s.rating_groups[&10];
-    assert_eq!(
-        (rg.granted.time, rg.reported_used.time, rg.debited.time),
-        (Some(600), Some(370), Some(370))
-    );
+    assert_eq!((rg.granted.time, rg.reported_used.time, rg.debited.time), (Some(600), Some(370), Some(370)));
     let c = o.check();
     assert!(c.clean, "{c:?}");
     assert_eq!((c.sessions.opened, c.sessions.terminated, c.sessions.open), (1, 1, 0));
@@ -200,22 +170,14 @@ fn sequencing_anomalies_are_recorded() {
 #[test]
 fn event_charging_actions() {
     let mut cfg = OcsConfig::default();
-    cfg.subscribers.push(SubscriberConfig {
-        id: "46702".into(),
-        balance: Units {
-            units: Some(3),
-            ..Units::default()
-        },
-    });
+    cfg.subscribers
+        .push(SubscriberConfig { id: "46702".into(), balance: Units { units: Some(3), ..Units::default() } });
     let mut o = Ocs::new(cfg, "ocs.localdomain", "localdomain");
     let t = Instant::now();
     let event = |sid: &str, action: i32, n: u64| {
         ccr(sid, 4, 0, "46702", &[])
             .with(Avp::i32(code::REQUESTED_ACTION, action))
-            .with(Avp::grouped(
-                code::REQUESTED_SERVICE_UNIT,
-                &[Avp::u64(code::CC_SERVICE_SPECIFIC_UNITS, n)],
-            ))
+            .with(Avp::grouped(code::REQUESTED_SERVICE_UNIT, &[Avp::u64(code::CC_SERVICE_SPECIFIC_UNITS, n)]))
     };
     let a = answer(o.handle_request(t, 1, P, &event("e1", 0, 2)));
     assert_eq!(a.result_code(), Some(ResultCode::SUCCESS));
@@ -290,10 +252,7 @@ fn faults_match_by_rule_and_fire_as_often_as_told() {
     // The client's retransmission with T gets the answer that was lost, and usage is charged once.
     let mut again = u.clone();
     again.header.flags = CommandFlags(again.header.flags.0 | CommandFlags::RETRANSMIT);
-    assert_eq!(
-        answer(o.handle_request(t, 3, P, &again)).result_code(),
-        Some(ResultCode::SUCCESS)
-    );
+    assert_eq!(answer(o.handle_request(t, 3, P, &again)).result_code(), Some(ResultCode::SUCCESS));
     assert_eq!(o.ledger()["s2"].rating_groups[&10].debited.time, Some(100));
     assert!(o.check().clean);
     o.add_fault(rule(FaultAction::Delay(Duration::from_millis(300)), Some(2), None));
@@ -307,28 +266,17 @@ fn faults_match_by_rule_and_fire_as_often_as_told() {
     assert_eq!(a.result_code(), Some(ResultCode::UNABLE_TO_DELIVER));
     assert!(a.header.flags.is_error());
     o.add_fault(rule(FaultAction::Dpr, Some(5), None));
-    assert!(matches!(
-        o.handle_request(t, 7, P, &ccr("s2", 2, 5, "46701", &[])),
-        Reply::AnswerThenDpr(_)
-    ));
+    assert!(matches!(o.handle_request(t, 7, P, &ccr("s2", 2, 5, "46701", &[])), Reply::AnswerThenDpr(_)));
 }
 
 #[test]
 fn tcc_closes_idle_sessions_and_releases_their_reservation() {
-    let cfg = OcsConfig {
-        tcc: Duration::from_secs(60),
-        ..Default::default()
-    };
+    let cfg = OcsConfig { tcc: Duration::from_secs(60), ..Default::default() };
     let mut o = Ocs::new(cfg, "ocs.localdomain", "localdomain");
     let t = Instant::now();
     answer(o.handle_request(t, 1, P, &ccr("s1", 1, 0, "46701", &[mscc(10, None, true)])));
     answer(o.handle_request(t, 1, P, &ccr("s2", 1, 0, "46701", &[mscc(10, None, true)])));
-    answer(o.handle_request(
-        t + Duration::from_secs(50),
-        2,
-        P,
-        &ccr("s2", 2, 1, "46701", &[mscc(10, Some(1), true)]),
-    ));
+    answer(o.handle_request(t + Duration::from_secs(50), 2, P, &ccr("s2", 2, 1, "46701", &[mscc(10, Some(1), true)])));
     assert!(o.expire(t + Duration::from_secs(59), 3).is_empty());
     assert_eq!(o.expire(t + Duration::from_secs(60), 4), vec!["s1".to_string()]);
     assert_eq!(o.ledger()["s1"].state, SessionState::ClosedByTcc);
@@ -344,21 +292,14 @@ fn rar_and_asr_go_to_the_last_origin_host_through_its_connection() {
     let (rar, via) = o.rar("s1", &[10], &[], &[], &[]).unwrap();
     assert_eq!(via, PeerId(7));
     assert_eq!(rar.header.code, CommandCode::RE_AUTH);
-    assert_eq!(
-        rar.find(code::DESTINATION_HOST, 0).unwrap().as_utf8(),
-        Ok("as1.test.localdomain")
-    );
+    assert_eq!(rar.find(code::DESTINATION_HOST, 0).unwrap().as_utf8(), Ok("as1.test.localdomain"));
     assert_eq!(rar.find(code::RATING_GROUP, 0).unwrap().as_u32(), Ok(10));
     let dict = crate::dict::Dictionary::builtin();
     let back = Message::decode(rar.encode().unwrap()).unwrap();
     dict.validate(&back, &Default::default()).unwrap();
     let (asr, _) = o.asr("s1").unwrap();
-    dict.validate(&Message::decode(asr.encode().unwrap()).unwrap(), &Default::default())
-        .unwrap();
-    assert_eq!(
-        o.rar("nope", &[], &[], &[], &[]),
-        Err(OcsError::UnknownSession("nope".into()))
-    );
+    dict.validate(&Message::decode(asr.encode().unwrap()).unwrap(), &Default::default()).unwrap();
+    assert_eq!(o.rar("nope", &[], &[], &[], &[]), Err(OcsError::UnknownSession("nope".into())));
     answer(o.handle_request(t, 2, P, &ccr("s1", 3, 1, "46701", &[])));
     assert_eq!(o.asr("s1"), Err(OcsError::NotOpen("s1".into())));
     o.record_server_answer(5, "s1", "RAR", Some(5002), Some("as1".into()));

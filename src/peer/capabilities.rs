@@ -90,10 +90,7 @@ impl LocalIdentity {
 
     /// Origin-Host and Origin-Realm AVPs.
     pub fn origin_avps(&self) -> [Avp; 2] {
-        [
-            Avp::utf8(code::ORIGIN_HOST, &self.origin_host),
-            Avp::utf8(code::ORIGIN_REALM, &self.origin_realm),
-        ]
+        [Avp::utf8(code::ORIGIN_HOST, &self.origin_host), Avp::utf8(code::ORIGIN_REALM, &self.origin_realm)]
     }
 
     /// The AVPs of CER and CEA after Result-Code (RFC 6733 §5.3.1, §5.3.2).
@@ -177,10 +174,7 @@ impl PeerCapabilities {
         let mut common: Vec<AppId> = if relay_here {
             theirs.iter().copied().filter(|a| *a != AppId::RELAY).collect()
         } else {
-            ours.iter()
-                .copied()
-                .filter(|a| relay_there || theirs.contains(a))
-                .collect()
+            ours.iter().copied().filter(|a| relay_there || theirs.contains(a)).collect()
         };
         if relay_here && relay_there {
             common.push(AppId::RELAY);
@@ -220,15 +214,8 @@ mod tests {
             cer(&[Application::Auth(AppId::RELAY)]).common_applications(&local),
             vec![AppId::CREDIT_CONTROL, AppId::GX]
         );
-        assert!(
-            cer(&[Application::Auth(AppId(16_777_236))])
-                .common_applications(&local)
-                .is_empty()
-        );
+        assert!(cer(&[Application::Auth(AppId(16_777_236))]).common_applications(&local).is_empty());
         let caps = cer(&[]);
-        assert_eq!(
-            (caps.origin_host.as_str(), caps.origin_state_id),
-            ("b.example.net", Some(2))
-        );
+        assert_eq!((caps.origin_host.as_str(), caps.origin_state_id), ("b.example.net", Some(2)));
     }
 }

@@ -75,10 +75,7 @@ pub struct EndToEndIds {
 impl EndToEndIds {
     /// A generator seeded from the node's start time (seconds) and a random start for the counter.
     pub fn new(start_time_secs: u64, random: u32) -> EndToEndIds {
-        EndToEndIds {
-            high: ((start_time_secs & 0xfff) as u32) << 20,
-            counter: Arc::new(AtomicU32::new(random)),
-        }
+        EndToEndIds { high: ((start_time_secs & 0xfff) as u32) << 20, counter: Arc::new(AtomicU32::new(random)) }
     }
 
     /// The next identifier: the time-derived high bits, the counter wrapping within the low 20.
@@ -286,10 +283,7 @@ impl Peer {
 
     /// The configured identity we expect, or the one learnt.
     pub fn identity(&self) -> Option<&str> {
-        self.caps
-            .as_ref()
-            .map(|c| c.origin_host.as_str())
-            .or(self.config.expected_host.as_deref())
+        self.caps.as_ref().map(|c| c.origin_host.as_str()).or(self.config.expected_host.as_deref())
     }
 
     /// The connection in use while open.
@@ -601,11 +595,7 @@ impl Peer {
     /// close our connection and answer the peer's CER on its connection (Win-Election -> R-Open). Otherwise the
     /// CEA on our connection decides, and the peer's connection is closed then.
     fn elect(&mut self, now: Instant) {
-        let peer_host = self
-            .r_conn
-            .as_ref()
-            .and_then(|(_, c)| c.as_ref())
-            .map(|c| c.origin_host.clone());
+        let peer_host = self.r_conn.as_ref().and_then(|(_, c)| c.as_ref()).map(|c| c.origin_host.clone());
         let Some(peer_host) = peer_host else { return };
         if self.config.local.origin_host.as_bytes() > peer_host.as_bytes() {
             // Win: I-Disc, R-Snd-CEA -> R-Open.
@@ -713,10 +703,7 @@ impl Peer {
             CommandCode::DEVICE_WATCHDOG => self.check_origin_state(&msg),
             CommandCode::DISCONNECT_PEER if request => {
                 // R-Rcv-DPR / I-Rcv-DPR: answer, then wait for the peer to close (RFC 6733 §5.4).
-                let cause = msg
-                    .find(code::DISCONNECT_CAUSE, 0)
-                    .and_then(|a| a.as_i32().ok())
-                    .unwrap_or(0);
+                let cause = msg.find(code::DISCONNECT_CAUSE, 0).and_then(|a| a.as_i32().ok()).unwrap_or(0);
                 let dpa = self.answer(&msg, ResultCode::SUCCESS);
                 self.out.push_back(PeerOutput::Send(conn, dpa));
                 self.set_unavailable();

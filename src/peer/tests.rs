@@ -19,17 +19,11 @@ impl H {
         let mut remote = LocalIdentity::charging_client(remote_host, "example.net", 7);
         remote.product_name = "ocs".into();
         let config = PeerConfig::new(local, Some(remote_host.to_string()), true);
-        H {
-            peer: Peer::new(config, EndToEndIds::new(1, 0)),
-            now: Instant::now(),
-            remote,
-        }
+        H { peer: Peer::new(config, EndToEndIds::new(1, 0)), now: Instant::now(), remote }
     }
 
     fn drain(&mut self) -> Vec<PeerOutput> {
-        std::iter::from_fn(|| self.peer.poll_output())
-            .filter(|o| !matches!(o, PeerOutput::StateChanged(..)))
-            .collect()
+        std::iter::from_fn(|| self.peer.poll_output()).filter(|o| !matches!(o, PeerOutput::StateChanged(..))).collect()
     }
 
     /// Moves the clock forward, firing every timer on the way.
@@ -89,9 +83,7 @@ fn sent(out: &[PeerOutput], cmd: CommandCode) -> Message {
 }
 
 fn closes(out: &[PeerOutput]) -> Vec<ConnId> {
-    out.iter()
-        .filter_map(|o| if let PeerOutput::Close(c) = o { Some(*c) } else { None })
-        .collect()
+    out.iter().filter_map(|o| if let PeerOutput::Close(c) = o { Some(*c) } else { None }).collect()
 }
 
 #[test]
@@ -103,10 +95,7 @@ fn initiator_opens_after_cea_and_becomes_available() {
     h.peer.handle_connected(h.now, ConnId(1));
     let out = h.drain();
     let cer = sent(&out, CommandCode::CAPABILITIES_EXCHANGE);
-    assert!(
-        cer.is_request() && !cer.header.flags.is_proxiable(),
-        "CER is not proxiable (RFC 6733 §5.3.1)"
-    );
+    assert!(cer.is_request() && !cer.header.flags.is_proxiable(), "CER is not proxiable (RFC 6733 §5.3.1)");
     assert_eq!(cer.find(code::ORIGIN_STATE_ID, 0).unwrap().as_u32(), Ok(100));
     assert_eq!(h.peer.state(), PeerState::WaitICea);
     let cea = h.cea(&cer, ResultCode::SUCCESS);
@@ -156,8 +145,7 @@ fn cea_refusal_or_no_common_application_closes() {
     h.peer.start(h.now);
     h.peer.handle_connected(h.now, ConnId(1));
     let cer = sent(&h.drain(), CommandCode::CAPABILITIES_EXCHANGE);
-    h.peer
-        .handle_message(h.now, ConnId(1), h.cea(&cer, ResultCode::SUCCESS));
+    h.peer.handle_message(h.now, ConnId(1), h.cea(&cer, ResultCode::SUCCESS));
     assert_eq!(h.peer.state(), PeerState::Closed);
 }
 
@@ -201,8 +189,7 @@ fn election_lost_waits_for_our_cea() {
     assert!(h.peer.handle_incoming_cer(h.now, ConnId(2), &cer));
     assert_eq!(h.peer.state(), PeerState::WaitReturns);
     assert!(h.drain().is_empty(), "nothing sent on the losing side yet");
-    h.peer
-        .handle_message(h.now, ConnId(1), h.cea(&our_cer, ResultCode::SUCCESS));
+    h.peer.handle_message(h.now, ConnId(1), h.cea(&our_cer, ResultCode::SUCCESS));
     let out = h.drain();
     assert_eq!(closes(&out), vec![ConnId(2)], "R-Disc");
     assert_eq!(h.peer.state(), PeerState::IOpen);
@@ -219,10 +206,7 @@ fn election_while_connecting_falls_back_to_the_peers_connection() {
     assert_eq!(h.peer.state(), PeerState::WaitConnAckElect);
     h.peer.handle_connect_failed(h.now);
     let out = h.drain();
-    assert_eq!(
-        sent(&out, CommandCode::CAPABILITIES_EXCHANGE).result_code(),
-        Some(ResultCode::SUCCESS)
-    );
+    assert_eq!(sent(&out, CommandCode::CAPABILITIES_EXCHANGE).result_code(), Some(ResultCode::SUCCESS));
     assert_eq!(h.peer.state(), PeerState::ROpen);
 }
 
@@ -241,23 +225,15 @@ fn responder_accepts_cer_and_rejects_unknown_or_useless_peers() {
     other.avps[0] = Avp::utf8(code::ORIGIN_HOST, "intruder.example.net");
     assert!(!peer.handle_incoming_cer(now, ConnId(9), &other));
     let out: Vec<_> = std::iter::from_fn(|| peer.poll_output()).collect();
-    assert_eq!(
-        sent(&out, CommandCode::CAPABILITIES_EXCHANGE).result_code(),
-        Some(ResultCode::UNKNOWN_PEER)
-    );
+    assert_eq!(sent(&out, CommandCode::CAPABILITIES_EXCHANGE).result_code(), Some(ResultCode::UNKNOWN_PEER));
     assert_eq!(closes(&out), vec![ConnId(9)]);
     // No common application: 5010.
     let mut useless = cer.clone();
-    useless
-        .avps
-        .retain(|a| !a.is(code::AUTH_APPLICATION_ID, 0) && !a.is(code::VENDOR_SPECIFIC_APPLICATION_ID, 0));
+    useless.avps.retain(|a| !a.is(code::AUTH_APPLICATION_ID, 0) && !a.is(code::VENDOR_SPECIFIC_APPLICATION_ID, 0));
     useless.push(Avp::u32(code::AUTH_APPLICATION_ID, 16_777_236));
     assert!(!peer.handle_incoming_cer(now, ConnId(8), &useless));
     let out: Vec<_> = std::iter::from_fn(|| peer.poll_output()).collect();
-    assert_eq!(
-        sent(&out, CommandCode::CAPABILITIES_EXCHANGE).result_code(),
-        Some(ResultCode::NO_COMMON_APPLICATION)
-    );
+    assert_eq!(sent(&out, CommandCode::CAPABILITIES_EXCHANGE).result_code(), Some(ResultCode::NO_COMMON_APPLICATION));
     assert_eq!(peer.state(), PeerState::Closed);
     // The right one opens; a second connection while open is rejected (R-Reject).
     assert!(peer.handle_incoming_cer(now, ConnId(1), &cer));
@@ -282,8 +258,7 @@ fn watchdog_suspect_fails_over_then_down_then_reopen_needs_three_dwa() {
     assert_eq!(h.peer.watchdog(), Watchdog::Suspect);
     assert_eq!(h.drain(), vec![PeerOutput::Unavailable]);
     assert_eq!(
-        h.peer
-            .send_request(Message::request(CommandCode::CREDIT_CONTROL, AppId::CREDIT_CONTROL)),
+        h.peer.send_request(Message::request(CommandCode::CREDIT_CONTROL, AppId::CREDIT_CONTROL)),
         Err(SendError::NotAvailable)
     );
     // A second Tw: DOWN, the connection is closed.
@@ -299,8 +274,7 @@ fn watchdog_suspect_fails_over_then_down_then_reopen_needs_three_dwa() {
     assert_eq!(h.drain(), vec![PeerOutput::Connect]);
     h.peer.handle_connected(h.now, ConnId(2));
     let cer = sent(&h.drain(), CommandCode::CAPABILITIES_EXCHANGE);
-    h.peer
-        .handle_message(h.now, ConnId(2), h.cea(&cer, ResultCode::SUCCESS));
+    h.peer.handle_message(h.now, ConnId(2), h.cea(&cer, ResultCode::SUCCESS));
     assert_eq!(h.peer.watchdog(), Watchdog::Reopen { answered: 0 });
     assert!(!h.peer.is_available());
     for n in 1..=3 {
@@ -393,15 +367,8 @@ fn peer_dpr_is_answered_and_its_cause_decides_the_reconnect() {
         dpr.push(Avp::i32(code::DISCONNECT_CAUSE, cause));
         h.peer.handle_message(h.now, ConnId(1), dpr);
         let out = h.drain();
-        assert_eq!(
-            sent(&out, CommandCode::DISCONNECT_PEER).result_code(),
-            Some(ResultCode::SUCCESS)
-        );
-        assert_eq!(
-            h.peer.state(),
-            PeerState::Closing,
-            "DPA sent, waiting for the peer to close (RFC 6733 §5.6)"
-        );
+        assert_eq!(sent(&out, CommandCode::DISCONNECT_PEER).result_code(), Some(ResultCode::SUCCESS));
+        assert_eq!(h.peer.state(), PeerState::Closing, "DPA sent, waiting for the peer to close (RFC 6733 §5.6)");
         h.peer.handle_disconnected(h.now, ConnId(1));
         assert_eq!(h.peer.state(), PeerState::Closed);
         h.drain();
@@ -424,30 +391,19 @@ fn peer_dpr_is_answered_and_its_cause_decides_the_reconnect() {
 fn requests_get_fresh_hop_by_hop_ids_and_answers_are_delivered() {
     let mut h = H::new("as1.example.net", "ocs.example.net");
     assert_eq!(
-        h.peer
-            .send_request(Message::request(CommandCode::CREDIT_CONTROL, AppId::CREDIT_CONTROL)),
+        h.peer.send_request(Message::request(CommandCode::CREDIT_CONTROL, AppId::CREDIT_CONTROL)),
         Err(SendError::NotAvailable)
     );
     h.open(ConnId(1));
     h.drain();
-    let a = h
-        .peer
-        .send_request(Message::request(CommandCode::CREDIT_CONTROL, AppId::CREDIT_CONTROL))
-        .unwrap();
-    let b = h
-        .peer
-        .send_request(Message::request(CommandCode::CREDIT_CONTROL, AppId::CREDIT_CONTROL))
-        .unwrap();
+    let a = h.peer.send_request(Message::request(CommandCode::CREDIT_CONTROL, AppId::CREDIT_CONTROL)).unwrap();
+    let b = h.peer.send_request(Message::request(CommandCode::CREDIT_CONTROL, AppId::CREDIT_CONTROL)).unwrap();
     assert_ne!(a, b);
     let out = h.drain();
     let sent_ids: Vec<(HopByHopId, EndToEndId)> = out
         .iter()
         .filter_map(|o| {
-            if let PeerOutput::Send(_, m) = o {
-                Some((m.header.hop_by_hop, m.header.end_to_end))
-            } else {
-                None
-            }
+            if let PeerOutput::Send(_, m) = o { Some((m.header.hop_by_hop, m.header.end_to_end)) } else { None }
         })
         .collect();
     assert_eq!(sent_ids.len(), 2);

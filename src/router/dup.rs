@@ -29,12 +29,7 @@ pub struct DuplicateCache {
 impl DuplicateCache {
     /// A cache keeping requests for `window`, at most `capacity` of them.
     pub fn new(window: Duration, capacity: usize) -> DuplicateCache {
-        DuplicateCache {
-            window,
-            capacity,
-            entries: HashMap::new(),
-            order: VecDeque::new(),
-        }
+        DuplicateCache { window, capacity, entries: HashMap::new(), order: VecDeque::new() }
     }
 
     /// Records a request and says whether it was seen before.
@@ -107,19 +102,9 @@ mod tests {
         assert_eq!(c.check(t0, "AS1.example.net", EndToEndId(7)), Seen::InProgress);
         let answer = Message::request(CommandCode::CREDIT_CONTROL, AppId::CREDIT_CONTROL);
         c.answered("as1.example.net", EndToEndId(7), &answer);
-        assert_eq!(
-            c.check(t0 + Duration::from_secs(29), "as1.example.net", EndToEndId(7)),
-            Seen::Answered(answer)
-        );
-        assert_eq!(
-            c.check(t0, "as2.example.net", EndToEndId(7)),
-            Seen::New,
-            "another origin"
-        );
-        assert_eq!(
-            c.check(t0 + Duration::from_secs(30), "as1.example.net", EndToEndId(7)),
-            Seen::New
-        );
+        assert_eq!(c.check(t0 + Duration::from_secs(29), "as1.example.net", EndToEndId(7)), Seen::Answered(answer));
+        assert_eq!(c.check(t0, "as2.example.net", EndToEndId(7)), Seen::New, "another origin");
+        assert_eq!(c.check(t0 + Duration::from_secs(30), "as1.example.net", EndToEndId(7)), Seen::New);
     }
 
     #[test]

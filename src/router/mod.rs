@@ -392,11 +392,7 @@ impl Router {
     pub fn answer_request(&mut self, now: Instant, peer: PeerId, mut answer: Message) {
         let hbh = answer.header.hop_by_hop;
         let Some(inc) = self.incoming.remove(&(peer, hbh)) else {
-            tracing::warn!(
-                peer = peer.0,
-                hop_by_hop = hbh.0,
-                "answer for a request that is not pending; dropped"
-            );
+            tracing::warn!(peer = peer.0, hop_by_hop = hbh.0, "answer for a request that is not pending; dropped");
             return;
         };
         if !inc.proxy_info.is_empty() && answer.find(code::PROXY_INFO, 0).is_none() {
@@ -428,8 +424,7 @@ impl Router {
                 PeerOutput::Deliver(m) => self.delivered(now, peer, m),
                 PeerOutput::Available => self.out.push_back(RouterOutput::PeerEvent(peer, PeerEvent::Available)),
                 PeerOutput::Unavailable => {
-                    self.out
-                        .push_back(RouterOutput::PeerEvent(peer, PeerEvent::Unavailable));
+                    self.out.push_back(RouterOutput::PeerEvent(peer, PeerEvent::Unavailable));
                     self.fail_over(now, peer);
                 }
                 PeerOutput::Restarted => self.out.push_back(RouterOutput::PeerEvent(peer, PeerEvent::Restarted)),
@@ -441,8 +436,7 @@ impl Router {
                         ?to,
                         "peer state"
                     );
-                    self.out
-                        .push_back(RouterOutput::PeerEvent(peer, PeerEvent::State(from, to)));
+                    self.out.push_back(RouterOutput::PeerEvent(peer, PeerEvent::State(from, to)));
                     if to == PeerState::Closed {
                         // Nothing more will arrive on the old connection: what is still pending there fails over
                         // now or fails.
@@ -457,11 +451,7 @@ impl Router {
     fn first_message(&mut self, now: Instant, conn: ConnId, msg: Message, validation: Result<(), DecodeError>) {
         if msg.header.code != CommandCode::CAPABILITIES_EXCHANGE || !msg.is_request() {
             // RFC 6733 §5.6: before CER/CEA completes, any other message closes the connection.
-            tracing::info!(
-                conn = conn.0,
-                command = msg.header.code.0,
-                "message before CER; connection closed"
-            );
+            tracing::info!(conn = conn.0, command = msg.header.code.0, "message before CER; connection closed");
             self.conns.remove(&conn);
             self.out.push_back(RouterOutput::Close(conn));
             return;
@@ -469,15 +459,10 @@ impl Router {
         if let Err(e) = validation {
             return self.reject_frame(now, conn, None, e, Some(&msg));
         }
-        let host = msg
-            .find(code::ORIGIN_HOST, 0)
-            .and_then(|a| a.as_utf8().ok())
-            .unwrap_or_default()
-            .to_string();
+        let host = msg.find(code::ORIGIN_HOST, 0).and_then(|a| a.as_utf8().ok()).unwrap_or_default().to_string();
         let found = self.peers.iter().position(|p| {
             p.identity().is_some_and(|id| id.eq_ignore_ascii_case(&host))
-                || p.capabilities()
-                    .is_some_and(|c| c.origin_host.eq_ignore_ascii_case(&host))
+                || p.capabilities().is_some_and(|c| c.origin_host.eq_ignore_ascii_case(&host))
         });
         let peer = match found {
             Some(i) => PeerId(i),
@@ -579,47 +564,24 @@ impl Router {
         let local_host = self.config.local.origin_host.clone();
         let local_realm = self.config.local.origin_realm.clone();
         // RFC 6733 §6.1.3: our own identity in Route-Record means a loop.
-        if req
-            .find_all(code::ROUTE_RECORD, 0)
-            .any(|a| a.as_utf8().is_ok_and(|h| h.eq_ignore_ascii_case(&local_host)))
-        {
+        if req.find_all(code::ROUTE_RECORD, 0).any(|a| a.as_utf8().is_ok_and(|h| h.eq_ignore_ascii_case(&local_host))) {
             self.error_answer(peer, &req, ResultCode::LOOP_DETECTED, "request loops through this node");
             return self.pump(now, peer);
         }
         if app != AppId::COMMON
-            && !self.peers[peer.0]
-                .common_applications()
-                .iter()
-                .any(|a| *a == app || *a == AppId::RELAY)
+            && !self.peers[peer.0].common_applications().iter().any(|a| *a == app || *a == AppId::RELAY)
         {
-            self.error_answer(
-                peer,
-                &req,
-                ResultCode::APPLICATION_UNSUPPORTED,
-                "application not supported",
-            );
+            self.error_answer(peer, &req, ResultCode::APPLICATION_UNSUPPORTED, "application not supported");
             return self.pump(now, peer);
         }
-        let dest_realm = req
-            .find(code::DESTINATION_REALM, 0)
-            .and_then(|a| a.as_utf8().ok())
-            .map(str::to_string);
-        let dest_host = req
-            .find(code::DESTINATION_HOST, 0)
-            .and_then(|a| a.as_utf8().ok())
-            .map(str::to_string);
-        let for_us_realm = dest_realm
-            .as_deref()
-            .is_none_or(|r| r.eq_ignore_ascii_case(&local_realm));
+        let dest_realm = req.find(code::DESTINATION_REALM, 0).and_then(|a| a.as_utf8().ok()).map(str::to_string);
+        let dest_host = req.find(code::DESTINATION_HOST, 0).and_then(|a| a.as_utf8().ok()).map(str::to_string);
+        let for_us_realm = dest_realm.as_deref().is_none_or(|r| r.eq_ignore_ascii_case(&local_realm));
         let for_us_host = dest_host.as_deref().is_none_or(|h| h.eq_ignore_ascii_case(&local_host));
         if !(for_us_realm && for_us_host) {
             return self.relay(now, peer, req);
         }
-        let origin_host = req
-            .find(code::ORIGIN_HOST, 0)
-            .and_then(|a| a.as_utf8().ok())
-            .unwrap_or_default()
-            .to_string();
+        let origin_host = req.find(code::ORIGIN_HOST, 0).and_then(|a| a.as_utf8().ok()).unwrap_or_default().to_string();
         match self.dup.check(now, &origin_host, req.header.end_to_end) {
             Seen::New => {}
             Seen::InProgress => {
@@ -638,23 +600,14 @@ impl Router {
             }
         }
         let proxy_info = req.find_all(code::PROXY_INFO, 0).cloned().collect();
-        self.incoming.insert(
-            (peer, req.header.hop_by_hop),
-            Incoming {
-                origin_host,
-                proxy_info,
-            },
-        );
+        self.incoming.insert((peer, req.header.hop_by_hop), Incoming { origin_host, proxy_info });
         self.out.push_back(RouterOutput::Request(peer, req));
     }
 
     /// RFC 6733 §6.1.9: forward a request that is not for us, with our Route-Record, keeping its End-to-End id.
     fn relay(&mut self, now: Instant, from: PeerId, mut req: Message) {
         let hbh = req.header.hop_by_hop;
-        req.push(Avp::utf8(
-            code::ROUTE_RECORD,
-            self.peers[from.0].identity().unwrap_or_default(),
-        ));
+        req.push(Avp::utf8(code::ROUTE_RECORD, self.peers[from.0].identity().unwrap_or_default()));
         let deadline = now + self.config.answer_timeout;
         let pending = Pending {
             origin: Origin::Relayed(from, hbh),
@@ -683,10 +636,7 @@ impl Router {
             !tried.contains(&p)
                 && peers[p.0].is_available()
                 && (app == AppId::COMMON
-                    || peers[p.0]
-                        .common_applications()
-                        .iter()
-                        .any(|a| *a == app || *a == AppId::RELAY))
+                    || peers[p.0].common_applications().iter().any(|a| *a == app || *a == AppId::RELAY))
         };
         let by_identity = |host: &str| {
             (0..peers.len())
@@ -709,10 +659,7 @@ impl Router {
             return Ok(p);
         }
         let Some(realm) = req.find(code::DESTINATION_REALM, 0).and_then(|a| a.as_utf8().ok()) else {
-            return Err((
-                ResultCode::UNABLE_TO_DELIVER,
-                "no Destination-Realm and no usable Destination-Host".into(),
-            ));
+            return Err((ResultCode::UNABLE_TO_DELIVER, "no Destination-Realm and no usable Destination-Host".into()));
         };
         if let Some(p) = self.table.select(realm, app, usable) {
             return Ok(p);
@@ -720,19 +667,13 @@ impl Router {
         if !self.table.knows_realm(realm) && self.table.candidates(realm, app).is_empty() {
             Err((ResultCode::REALM_NOT_SERVED, format!("no route for realm {realm}")))
         } else {
-            Err((
-                ResultCode::UNABLE_TO_DELIVER,
-                format!("no available peer for realm {realm}"),
-            ))
+            Err((ResultCode::UNABLE_TO_DELIVER, format!("no available peer for realm {realm}")))
         }
     }
 
     /// Sends a pending request to its next hop (with the T flag when `retransmit`), or fails it.
     fn dispatch(&mut self, now: Instant, mut p: Pending, retransmit: bool) {
-        let hop = match p
-            .via
-            .filter(|v| !p.tried.contains(v) && self.peers.get(v.0).is_some_and(Peer::is_available))
-        {
+        let hop = match p.via.filter(|v| !p.tried.contains(v) && self.peers.get(v.0).is_some_and(Peer::is_available)) {
             Some(v) => Ok(v),
             None => self.next_hop(&p.request, &p.tried, &p.redirect_to, now),
         };
@@ -778,11 +719,7 @@ impl Router {
 
     fn fail(&mut self, now: Instant, p: Pending, rc: ResultCode, reason: String) {
         match p.origin {
-            Origin::Local(token) => self.out.push_back(RouterOutput::Failed {
-                token,
-                result_code: rc,
-                reason,
-            }),
+            Origin::Local(token) => self.out.push_back(RouterOutput::Failed { token, result_code: rc, reason }),
             Origin::Relayed(peer, hbh) => {
                 let mut req = p.request;
                 req.header.hop_by_hop = hbh;
@@ -822,11 +759,7 @@ impl Router {
                     .request
                     .find(code::DESTINATION_HOST, 0)
                     .and_then(|a| a.as_utf8().ok())
-                    .is_some_and(|h| {
-                        self.peers[peer.0]
-                            .identity()
-                            .is_some_and(|id| id.eq_ignore_ascii_case(h))
-                    });
+                    .is_some_and(|h| self.peers[peer.0].identity().is_some_and(|id| id.eq_ignore_ascii_case(h)));
                 if !pinned && self.next_hop(&p.request, &p.tried, &[], now).is_ok() {
                     p.attempts.clear();
                     return self.dispatch(now, p, false);
@@ -848,50 +781,27 @@ impl Router {
     /// Reads Redirect-Host, Redirect-Host-Usage and Redirect-Max-Cache-Time (RFC 6733 §6.13) into the cache,
     /// and returns the redirect hosts that are our peers (the request goes to the first usable one).
     fn learn_redirect(&mut self, now: Instant, req: &Message, answer: &Message) -> Vec<String> {
-        let hosts: Vec<String> = answer
-            .find_all(code::REDIRECT_HOST, 0)
-            .filter_map(|a| a.as_uri().ok())
-            .map(|u| u.host)
-            .collect();
-        let usage = answer
-            .find(code::REDIRECT_HOST_USAGE, 0)
-            .and_then(|a| a.as_i32().ok())
-            .unwrap_or(0) as u32;
-        let ttl = answer
-            .find(code::REDIRECT_MAX_CACHE_TIME, 0)
-            .and_then(|a| a.as_u32().ok())
-            .unwrap_or(0);
+        let hosts: Vec<String> =
+            answer.find_all(code::REDIRECT_HOST, 0).filter_map(|a| a.as_uri().ok()).map(|u| u.host).collect();
+        let usage = answer.find(code::REDIRECT_HOST_USAGE, 0).and_then(|a| a.as_i32().ok()).unwrap_or(0) as u32;
+        let ttl = answer.find(code::REDIRECT_MAX_CACHE_TIME, 0).and_then(|a| a.as_u32().ok()).unwrap_or(0);
         if usage != 0
             && ttl > 0
             && let Some(key) = redirect_key(usage, req)
         {
             let expires = now + Duration::from_secs(u64::from(ttl));
-            self.redirects.push(Redirect {
-                usage,
-                key,
-                hosts: hosts.clone(),
-                expires,
-            });
+            self.redirects.push(Redirect { usage, key, hosts: hosts.clone(), expires });
         }
         hosts
             .into_iter()
-            .filter(|h| {
-                self.peers
-                    .iter()
-                    .any(|p| p.identity().is_some_and(|id| id.eq_ignore_ascii_case(h)))
-            })
+            .filter(|h| self.peers.iter().any(|p| p.identity().is_some_and(|id| id.eq_ignore_ascii_case(h))))
             .collect()
     }
 
     /// RFC 3539 failover: requests pending on `peer` go to an alternate peer with the T flag. The attempt on
     /// `peer` stays mapped, so that if it recovers and answers first, its answer wins (RFC 6733 §5.5.4).
     fn fail_over(&mut self, now: Instant, peer: PeerId) {
-        let keys: Vec<u64> = self
-            .by_hop
-            .iter()
-            .filter(|((p, _), _)| *p == peer)
-            .map(|(_, k)| *k)
-            .collect();
+        let keys: Vec<u64> = self.by_hop.iter().filter(|((p, _), _)| *p == peer).map(|(_, k)| *k).collect();
         for key in keys {
             let Some(p) = self.requests.get(&key) else { continue };
             if p.tried.last() != Some(&peer) {
@@ -904,11 +814,7 @@ impl Router {
             self.metrics[peer.0].failovers += 1;
             let p = self.requests.remove(&key).expect("present");
             self.deadlines.remove(&(p.deadline, key));
-            tracing::info!(
-                peer = peer.0,
-                e2e = p.request.header.end_to_end.0,
-                "request failed over with the T flag"
-            );
+            tracing::info!(peer = peer.0, e2e = p.request.header.end_to_end.0, "request failed over with the T flag");
             self.dispatch(now, p, true);
         }
     }
@@ -917,12 +823,8 @@ impl Router {
     /// when no other peer can take them.
     fn connection_lost(&mut self, now: Instant, peer: PeerId) {
         self.fail_over(now, peer);
-        let lost: Vec<((PeerId, HopByHopId), u64)> = self
-            .by_hop
-            .iter()
-            .filter(|((p, _), _)| *p == peer)
-            .map(|(a, k)| (*a, *k))
-            .collect();
+        let lost: Vec<((PeerId, HopByHopId), u64)> =
+            self.by_hop.iter().filter(|((p, _), _)| *p == peer).map(|(a, k)| (*a, *k)).collect();
         for (attempt, key) in lost {
             self.by_hop.remove(&attempt);
             let current = match self.requests.get_mut(&key) {
@@ -945,27 +847,17 @@ impl Router {
     }
 
     fn count_in(&mut self, peer: PeerId, m: &Message) {
-        *self.metrics[peer.0]
-            .messages_in
-            .entry(m.header.short_name())
-            .or_default() += 1;
+        *self.metrics[peer.0].messages_in.entry(m.header.short_name()).or_default() += 1;
     }
 
     fn count_out(&mut self, peer: PeerId, m: &Message) {
-        *self.metrics[peer.0]
-            .messages_out
-            .entry(m.header.short_name())
-            .or_default() += 1;
+        *self.metrics[peer.0].messages_out.entry(m.header.short_name()).or_default() += 1;
     }
 }
 
 /// The cache key a Redirect-Host-Usage value (RFC 6733 §6.13) selects for a request.
 fn redirect_key(usage: u32, req: &Message) -> Option<String> {
-    let text = |c| {
-        req.find(c, 0)
-            .and_then(|a| a.as_utf8().ok())
-            .map(str::to_ascii_lowercase)
-    };
+    let text = |c| req.find(c, 0).and_then(|a| a.as_utf8().ok()).map(str::to_ascii_lowercase);
     let app = req.header.application_id.0;
     match usage {
         1 => text(code::SESSION_ID).map(|s| format!("session:{s}")),

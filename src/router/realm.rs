@@ -58,11 +58,7 @@ impl RealmTable {
     fn matching<'a>(&'a self, realm: &'a str, app: AppId) -> impl Iterator<Item = &'a Route> + 'a {
         let exact = self.knows_realm(realm);
         self.routes.iter().filter(move |r| {
-            let realm_ok = if exact {
-                r.realm.eq_ignore_ascii_case(realm)
-            } else {
-                r.realm == "*"
-            };
+            let realm_ok = if exact { r.realm.eq_ignore_ascii_case(realm) } else { r.realm == "*" };
             realm_ok && r.application.is_none_or(|a| a == app)
         })
     }
@@ -74,19 +70,12 @@ impl RealmTable {
         let eligible: Vec<usize> = (0..self.routes.len())
             .filter(|&i| {
                 let r = &self.routes[i];
-                let realm_ok = if exact {
-                    r.realm.eq_ignore_ascii_case(realm)
-                } else {
-                    r.realm == "*"
-                };
+                let realm_ok = if exact { r.realm.eq_ignore_ascii_case(realm) } else { r.realm == "*" };
                 realm_ok && r.application.is_none_or(|a| a == app) && usable(r.peer)
             })
             .collect();
         let best = eligible.iter().map(|&i| self.routes[i].priority).min()?;
-        let group: Vec<usize> = eligible
-            .into_iter()
-            .filter(|&i| self.routes[i].priority == best)
-            .collect();
+        let group: Vec<usize> = eligible.into_iter().filter(|&i| self.routes[i].priority == best).collect();
         let total: i64 = group.iter().map(|&i| i64::from(self.routes[i].weight.max(1))).sum();
         let mut chosen = group[0];
         for &i in &group {
@@ -105,13 +94,7 @@ mod tests {
     use super::*;
 
     fn route(realm: &str, peer: usize, priority: u32, weight: u32) -> Route {
-        Route {
-            realm: realm.into(),
-            application: None,
-            peer: PeerId(peer),
-            priority,
-            weight,
-        }
+        Route { realm: realm.into(), application: None, peer: PeerId(peer), priority, weight }
     }
 
     #[test]
@@ -121,41 +104,24 @@ mod tests {
             route("ocs.example.net", 1, 1, 1),
             route("ocs.example.net", 2, 2, 1),
         ]);
-        let picks: Vec<usize> = (0..8)
-            .map(|_| t.select("OCS.example.net", AppId::CREDIT_CONTROL, |_| true).unwrap().0)
-            .collect();
+        let picks: Vec<usize> =
+            (0..8).map(|_| t.select("OCS.example.net", AppId::CREDIT_CONTROL, |_| true).unwrap().0).collect();
         assert_eq!(picks.iter().filter(|&&p| p == 0).count(), 6);
         assert_eq!(picks.iter().filter(|&&p| p == 1).count(), 2);
         // Peer 0 and 1 down: the backup of priority 2.
-        assert_eq!(
-            t.select("ocs.example.net", AppId::CREDIT_CONTROL, |p| p.0 == 2),
-            Some(PeerId(2))
-        );
+        assert_eq!(t.select("ocs.example.net", AppId::CREDIT_CONTROL, |p| p.0 == 2), Some(PeerId(2)));
         assert_eq!(t.select("ocs.example.net", AppId::CREDIT_CONTROL, |_| false), None);
-        assert_eq!(
-            t.candidates("ocs.example.net", AppId::CREDIT_CONTROL),
-            vec![PeerId(0), PeerId(1), PeerId(2)]
-        );
+        assert_eq!(t.candidates("ocs.example.net", AppId::CREDIT_CONTROL), vec![PeerId(0), PeerId(1), PeerId(2)]);
     }
 
     #[test]
     fn applications_and_default_route() {
         let mut t = RealmTable::new(vec![
-            Route {
-                realm: "x.net".into(),
-                application: Some(AppId::GX),
-                peer: PeerId(0),
-                priority: 1,
-                weight: 1,
-            },
+            Route { realm: "x.net".into(), application: Some(AppId::GX), peer: PeerId(0), priority: 1, weight: 1 },
             route("*", 1, 1, 1),
         ]);
         assert_eq!(t.select("x.net", AppId::GX, |_| true), Some(PeerId(0)));
-        assert_eq!(
-            t.select("x.net", AppId::CREDIT_CONTROL, |_| true),
-            None,
-            "a known realm does not fall back to *"
-        );
+        assert_eq!(t.select("x.net", AppId::CREDIT_CONTROL, |_| true), None, "a known realm does not fall back to *");
         assert_eq!(t.select("y.net", AppId::CREDIT_CONTROL, |_| true), Some(PeerId(1)));
         assert!(t.knows_realm("X.NET") && !t.knows_realm("y.net"));
     }

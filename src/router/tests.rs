@@ -46,12 +46,7 @@ fn local() -> LocalIdentity {
 fn remote(host: &str) -> Remote {
     let mut id = LocalIdentity::charging_client(host, "ocs.example.net", 7);
     id.applications = vec![Application::Auth(AppId::CREDIT_CONTROL)];
-    Remote {
-        id,
-        mode: Mode::Answer(2001),
-        watchdog: true,
-        received: Vec::new(),
-    }
+    Remote { id, mode: Mode::Answer(2001), watchdog: true, received: Vec::new() }
 }
 
 impl Sim {
@@ -215,13 +210,7 @@ impl Sim {
 }
 
 fn route(realm: &str, peer: usize, priority: u32) -> Route {
-    Route {
-        realm: realm.into(),
-        application: None,
-        peer: PeerId(peer),
-        priority,
-        weight: 1,
-    }
+    Route { realm: realm.into(), application: None, peer: PeerId(peer), priority, weight: 1 }
 }
 
 #[test]
@@ -248,10 +237,7 @@ fn suspect_peer_fails_its_pending_requests_over_with_the_t_flag() {
     assert!(!first.header.flags.is_retransmit());
     // Tw (30 ± 2 s) idle: DWR; another Tw unanswered: SUSPECT -> failover.
     s.advance(Duration::from_secs(9));
-    assert!(
-        s.answers.is_empty() && s.failed.is_empty(),
-        "the answer timeout (10 s) has not passed"
-    );
+    assert!(s.answers.is_empty() && s.failed.is_empty(), "the answer timeout (10 s) has not passed");
     let mut s = Sim::two_ocs();
     s.router.config.answer_timeout = Duration::from_secs(120);
     s.remotes[0].mode = Mode::Silent;
@@ -260,10 +246,7 @@ fn suspect_peer_fails_its_pending_requests_over_with_the_t_flag() {
     s.advance(Duration::from_secs(65));
     assert_eq!(s.answers.len(), 1, "answered by the alternate peer");
     let resent = s.app_requests_received(1)[0].clone();
-    assert!(
-        resent.header.flags.is_retransmit(),
-        "T flag on the failed-over request (RFC 6733 §5.5.4)"
-    );
+    assert!(resent.header.flags.is_retransmit(), "T flag on the failed-over request (RFC 6733 §5.5.4)");
     let first = s.app_requests_received(0)[0].clone();
     assert_eq!(resent.header.end_to_end, first.header.end_to_end, "same End-to-End id");
     assert_eq!(resent.session_id(), Some("s1"));
@@ -280,10 +263,7 @@ fn suspect_peer_fails_its_pending_requests_over_with_the_t_flag() {
 
 #[test]
 fn lost_connection_without_alternate_fails_with_3002() {
-    let mut s = Sim::new(
-        vec![route("ocs.example.net", 0, 1)],
-        vec![remote("ocs1.ocs.example.net")],
-    );
+    let mut s = Sim::new(vec![route("ocs.example.net", 0, 1)], vec![remote("ocs1.ocs.example.net")]);
     s.remotes[0].mode = Mode::Silent;
     s.send(s.ccr("s1"), 3);
     let c = s.conn_of(0);
@@ -302,10 +282,7 @@ fn unknown_realm_is_3003_and_no_available_peer_is_3002() {
     m.push(Avp::utf8(code::DESTINATION_REALM, "elsewhere.net"));
     s.send(m, 1);
     assert_eq!(s.failed, vec![(1, ResultCode::REALM_NOT_SERVED)]);
-    let mut s = Sim::new(
-        vec![route("ocs.example.net", 0, 1)],
-        vec![remote("ocs1.ocs.example.net")],
-    );
+    let mut s = Sim::new(vec![route("ocs.example.net", 0, 1)], vec![remote("ocs1.ocs.example.net")]);
     s.router.stop(s.now, crate::peer::DisconnectCause::Rebooting);
     s.run();
     s.send(s.ccr("s2"), 2);
@@ -326,11 +303,7 @@ fn too_busy_is_retried_on_another_peer_and_redirects_are_followed() {
     s.send(s.ccr("s1"), 1);
     assert_eq!(s.answers[0].1.result_code(), Some(ResultCode::SUCCESS));
     s.send(s.ccr("s2"), 2);
-    assert_eq!(
-        s.app_requests_received(0).len(),
-        1,
-        "the cached redirect skips the agent"
-    );
+    assert_eq!(s.app_requests_received(0).len(), 1, "the cached redirect skips the agent");
     assert_eq!(s.app_requests_received(1).len(), 2);
 }
 
@@ -360,8 +333,7 @@ fn server() -> (Router, Instant, ConnId) {
     r.handle_frame(now, conn, cer.encode().unwrap());
     let out: Vec<_> = std::iter::from_fn(|| r.poll_output()).collect();
     assert!(
-        out.iter()
-            .any(|o| matches!(o, RouterOutput::Send(_, m) if m.result_code() == Some(ResultCode::SUCCESS))),
+        out.iter().any(|o| matches!(o, RouterOutput::Send(_, m) if m.result_code() == Some(ResultCode::SUCCESS))),
         "{out:?}"
     );
     (r, now, conn)
@@ -369,13 +341,7 @@ fn server() -> (Router, Instant, ConnId) {
 
 fn sent_answers(r: &mut Router) -> Vec<Message> {
     std::iter::from_fn(|| r.poll_output())
-        .filter_map(|o| {
-            if let RouterOutput::Send(_, m) = o {
-                Some(m)
-            } else {
-                None
-            }
-        })
+        .filter_map(|o| if let RouterOutput::Send(_, m) = o { Some(m) } else { None })
         .collect()
 }
 
@@ -391,10 +357,7 @@ fn client_ccr(e2e: u32, hbh: u32) -> Message {
         .with(Avp::u32(code::CC_REQUEST_NUMBER, 0))
         .with(Avp::grouped(
             code::PROXY_INFO,
-            &[
-                Avp::utf8(280, "dra.example.net"),
-                Avp::octets(33, Bytes::from_static(b"st")),
-            ],
+            &[Avp::utf8(280, "dra.example.net"), Avp::octets(33, Bytes::from_static(b"st"))],
         ));
     m.header.end_to_end = crate::codec::EndToEndId(e2e);
     m.header.hop_by_hop = HopByHopId(hbh);
@@ -406,9 +369,7 @@ fn duplicates_get_the_cached_answer_and_proxy_info_is_echoed() {
     let (mut r, now, conn) = server();
     r.handle_frame(now, conn, client_ccr(77, 1).encode().unwrap());
     let delivered: Vec<_> = std::iter::from_fn(|| r.poll_output()).collect();
-    let [RouterOutput::Request(peer, req)] = &delivered[..] else {
-        panic!("{delivered:?}")
-    };
+    let [RouterOutput::Request(peer, req)] = &delivered[..] else { panic!("{delivered:?}") };
     // The same request again (a retransmission with the T flag) while in progress: dropped.
     let mut again = client_ccr(77, 2);
     again.header.flags = again.header.flags.with(CommandFlags::RETRANSMIT, true);
@@ -421,10 +382,7 @@ fn duplicates_get_the_cached_answer_and_proxy_info_is_echoed() {
     r.answer_request(now, *peer, answer);
     let sent = sent_answers(&mut r);
     assert_eq!(sent.len(), 1);
-    assert!(
-        sent[0].find(code::PROXY_INFO, 0).is_some(),
-        "Proxy-Info echoed (RFC 6733 §6.2)"
-    );
+    assert!(sent[0].find(code::PROXY_INFO, 0).is_some(), "Proxy-Info echoed (RFC 6733 §6.2)");
     // After the answer: a retransmission gets the same answer on its own Hop-by-Hop id, not a second processing.
     r.handle_frame(now, conn, again.encode().unwrap());
     let sent = sent_answers(&mut r);
@@ -447,10 +405,7 @@ fn protocol_errors_are_answered_with_the_right_result_code() {
     let mut unknown = client_ccr(2, 11);
     unknown.header.code = CommandCode(8_388_600);
     r.handle_frame(now, conn, unknown.encode().unwrap());
-    assert_eq!(
-        sent_answers(&mut r)[0].result_code(),
-        Some(ResultCode::COMMAND_UNSUPPORTED)
-    );
+    assert_eq!(sent_answers(&mut r)[0].result_code(), Some(ResultCode::COMMAND_UNSUPPORTED));
     // Our own identity in Route-Record: 3005.
     let looped = client_ccr(3, 12).with(Avp::utf8(code::ROUTE_RECORD, "ocs1.ocs.example.net"));
     r.handle_frame(now, conn, looped.encode().unwrap());
@@ -485,10 +440,7 @@ fn protocol_errors_are_answered_with_the_right_result_code() {
 
 #[test]
 fn before_cer_anything_else_closes_and_unknown_peers_get_3010() {
-    let cfg = RouterConfig::new(
-        LocalIdentity::charging_client("ocs1.ocs.example.net", "ocs.example.net", 1),
-        vec![],
-    );
+    let cfg = RouterConfig::new(LocalIdentity::charging_client("ocs1.ocs.example.net", "ocs.example.net", 1), vec![]);
     let mut r = Router::new(cfg, vec![], Arc::new(Dictionary::builtin()), EndToEndIds::new(1, 0));
     let now = Instant::now();
     r.handle_accepted(ConnId(1));
@@ -504,21 +456,14 @@ fn before_cer_anything_else_closes_and_unknown_peers_get_3010() {
     assert_eq!(out[1], RouterOutput::Close(ConnId(2)));
     // Garbage that is not Diameter: the connection is closed.
     r.handle_accepted(ConnId(3));
-    r.handle_frame(
-        now,
-        ConnId(3),
-        Bytes::from_static(&[1, 0, 0, 20, 0x80, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-    );
+    r.handle_frame(now, ConnId(3), Bytes::from_static(&[1, 0, 0, 20, 0x80, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
     assert_eq!(r.poll_output(), Some(RouterOutput::Close(ConnId(3))));
 }
 
 #[test]
 fn requests_for_another_realm_are_relayed_with_route_record() {
     // A relay: clients in example.net, servers in ocs.example.net behind peer 0.
-    let mut s = Sim::new(
-        vec![route("ocs.example.net", 0, 1)],
-        vec![remote("ocs1.ocs.example.net")],
-    );
+    let mut s = Sim::new(vec![route("ocs.example.net", 0, 1)], vec![remote("ocs1.ocs.example.net")]);
     s.router.config.accept_unknown_peers = true;
     let conn = ConnId(100);
     s.router.handle_accepted(conn);
@@ -536,24 +481,13 @@ fn requests_for_another_realm_are_relayed_with_route_record() {
     s.run();
     let fwd = s.app_requests_received(0)[0].clone();
     assert_eq!(fwd.header.end_to_end.0, 31, "End-to-End id kept");
-    let rr: Vec<&str> = fwd
-        .find_all(code::ROUTE_RECORD, 0)
-        .filter_map(|a| a.as_utf8().ok())
-        .collect();
-    assert_eq!(
-        rr,
-        vec!["client.example.net"],
-        "Route-Record names the peer it came from (RFC 6733 §6.1.9)"
-    );
+    let rr: Vec<&str> = fwd.find_all(code::ROUTE_RECORD, 0).filter_map(|a| a.as_utf8().ok()).collect();
+    assert_eq!(rr, vec!["client.example.net"], "Route-Record names the peer it came from (RFC 6733 §6.1.9)");
     let back = s
         .other
         .iter()
         .find(|(c, m)| *c == conn && m.header.code == CommandCode::CREDIT_CONTROL)
         .expect("answer relayed back");
-    assert_eq!(
-        back.1.header.hop_by_hop,
-        HopByHopId(4242),
-        "the original Hop-by-Hop id restored"
-    );
+    assert_eq!(back.1.header.hop_by_hop, HopByHopId(4242), "the original Hop-by-Hop id restored");
     assert_eq!(back.1.result_code(), Some(ResultCode::SUCCESS));
 }

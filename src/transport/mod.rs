@@ -76,11 +76,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             buf.reserve(16 * 1024);
         }
         if r.read_buf(buf).await.map_err(FrameError::Io)? == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()))
-            };
+            return if buf.is_empty() { Ok(None) } else { Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())) };
         }
     }
 }
@@ -161,10 +157,7 @@ mod tests {
     #[tokio::test]
     async fn frames_are_cut_from_a_stream_in_any_chunking() {
         let dict = crate::dict::Dictionary::builtin();
-        let msgs: Vec<Bytes> = crate::samples::all(&dict)
-            .iter()
-            .map(|(_, m)| m.encode().unwrap())
-            .collect();
+        let msgs: Vec<Bytes> = crate::samples::all(&dict).iter().map(|(_, m)| m.encode().unwrap()).collect();
         let all: Vec<u8> = msgs.iter().flat_map(|b| b.to_vec()).collect();
         for chunk in [1, 3, 7, 64, 100_000] {
             let (mut a, mut b) = tokio::io::duplex(1 << 20);
@@ -176,43 +169,23 @@ mod tests {
             });
             let mut buf = BytesMut::new();
             for m in &msgs {
-                assert_eq!(
-                    read_frame(&mut b, &mut buf, &DecodeLimits::default())
-                        .await
-                        .unwrap()
-                        .as_ref(),
-                    Some(m)
-                );
+                assert_eq!(read_frame(&mut b, &mut buf, &DecodeLimits::default()).await.unwrap().as_ref(), Some(m));
             }
-            assert!(
-                read_frame(&mut b, &mut buf, &DecodeLimits::default())
-                    .await
-                    .unwrap()
-                    .is_none()
-            );
+            assert!(read_frame(&mut b, &mut buf, &DecodeLimits::default()).await.unwrap().is_none());
         }
     }
 
     #[tokio::test]
     async fn a_bad_header_stops_reading_before_allocating() {
-        let limits = DecodeLimits {
-            max_message_size: 1024,
-            ..Default::default()
-        };
+        let limits = DecodeLimits { max_message_size: 1024, ..Default::default() };
         let (mut a, mut b) = tokio::io::duplex(64);
         // Claims 16 MiB: refused from the first four octets.
         a.write_all(&[1, 0xff, 0xff, 0xfc]).await.unwrap();
         let mut buf = BytesMut::new();
-        assert!(matches!(
-            read_frame(&mut b, &mut buf, &limits).await,
-            Err(FrameError::Header(_))
-        ));
+        assert!(matches!(read_frame(&mut b, &mut buf, &limits).await, Err(FrameError::Header(_))));
         assert!(buf.capacity() < 64 * 1024);
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&[2, 0, 0, 20]).await.unwrap();
-        assert!(matches!(
-            read_frame(&mut b, &mut BytesMut::new(), &limits).await,
-            Err(FrameError::Header(_))
-        ));
+        assert!(matches!(read_frame(&mut b, &mut BytesMut::new(), &limits).await, Err(FrameError::Header(_))));
     }
 }

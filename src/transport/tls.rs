@@ -56,33 +56,21 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 fn certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError::File {
-            path: path.clone(),
-            why: e.to_string(),
-        })?;
+        .map_err(|e| TlsError::File { path: path.clone(), why: e.to_string() })?;
     if certs.is_empty() {
-        return Err(TlsError::File {
-            path: path.clone(),
-            why: "no certificate in the file".into(),
-        });
+        return Err(TlsError::File { path: path.clone(), why: "no certificate in the file".into() });
     }
     Ok(certs)
 }
 
 fn key(path: &PathBuf) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File {
-        path: path.clone(),
-        why: e.to_string(),
-    })
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File { path: path.clone(), why: e.to_string() })
 }
 
 fn roots(path: &PathBuf) -> Result<rustls::RootCertStore, TlsError> {
     let mut store = rustls::RootCertStore::empty();
     for c in certs(path)? {
-        store.add(c).map_err(|e| TlsError::File {
-            path: path.clone(),
-            why: e.to_string(),
-        })?;
+        store.add(c).map_err(|e| TlsError::File { path: path.clone(), why: e.to_string() })?;
     }
     Ok(store)
 }
@@ -109,8 +97,6 @@ impl TlsConfig {
         let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots(&self.ca)?);
-        Ok(Arc::new(
-            builder.with_client_auth_cert(certs(&self.cert)?, key(&self.key)?)?,
-        ))
+        Ok(Arc::new(builder.with_client_auth_cert(certs(&self.cert)?, key(&self.key)?)?))
     }
 }

@@ -100,10 +100,7 @@ fn avp_bytes(avps: &[Avp]) -> Vec<u8> {
 
 /// A valid DWR body to which each case adds or changes something.
 fn dwr_avps() -> Vec<Avp> {
-    vec![
-        Avp::utf8(code::ORIGIN_HOST, "as1.example.net"),
-        Avp::utf8(code::ORIGIN_REALM, "example.net"),
-    ]
+    vec![Avp::utf8(code::ORIGIN_HOST, "as1.example.net"), Avp::utf8(code::ORIGIN_REALM, "example.net")]
 }
 
 fn ccr_u(dict: &Dictionary) -> Message {
@@ -124,45 +121,20 @@ fn cases(dict: &Dictionary) -> Vec<Case> {
     let good = dwr(&dwr_avps());
     let mut b = good.to_vec();
     b[0] = 2;
-    v.push(Case {
-        name: "version 2",
-        bytes: b.into(),
-        rc: 5011,
-        failed: None,
-    });
+    v.push(Case { name: "version 2", bytes: b.into(), rc: 5011, failed: None });
     let mut b = good.to_vec();
     b.push(0);
     b[3] += 1;
-    v.push(Case {
-        name: "length not a multiple of 4",
-        bytes: b.into(),
-        rc: 5015,
-        failed: None,
-    });
+    v.push(Case { name: "length not a multiple of 4", bytes: b.into(), rc: 5015, failed: None });
     let mut b = good.to_vec();
     b[3] += 8;
-    v.push(Case {
-        name: "length beyond the frame",
-        bytes: b.into(),
-        rc: 5015,
-        failed: None,
-    });
+    v.push(Case { name: "length beyond the frame", bytes: b.into(), rc: 5015, failed: None });
     let mut b = good.to_vec();
     b[3] -= 4;
-    v.push(Case {
-        name: "length short of the frame",
-        bytes: b.into(),
-        rc: 5015,
-        failed: None,
-    });
+    v.push(Case { name: "length short of the frame", bytes: b.into(), rc: 5015, failed: None });
     let mut b = good.to_vec();
     b[4] |= 0x20;
-    v.push(Case {
-        name: "E bit on a request",
-        bytes: b.into(),
-        rc: 3008,
-        failed: None,
-    });
+    v.push(Case { name: "E bit on a request", bytes: b.into(), rc: 3008, failed: None });
     // AVP length 7: below the 8-octet header.
     let mut body = avp_bytes(&dwr_avps());
     body[7] = 7;
@@ -212,14 +184,8 @@ fn cases(dict: &Dictionary) -> Vec<Case> {
     });
     let mut m = ccr_u(dict);
     m.avps.retain(|a| !a.is(461, 0));
-    m.avps
-        .insert(4, Avp::octets(461, Bytes::from_static(b"32260@\xff\xfe")));
-    v.push(Case {
-        name: "invalid UTF-8 in UTF8String",
-        bytes: m.encode().unwrap(),
-        rc: 5004,
-        failed: Some(461),
-    });
+    m.avps.insert(4, Avp::octets(461, Bytes::from_static(b"32260@\xff\xfe")));
+    v.push(Case { name: "invalid UTF-8 in UTF8String", bytes: m.encode().unwrap(), rc: 5004, failed: Some(461) });
     let cer = |extra: Avp| {
         let mut m = samples::all(dict).remove(0).1;
         m.avps.retain(|a| !a.is(code::HOST_IP_ADDRESS, 0));
@@ -240,49 +206,25 @@ fn cases(dict: &Dictionary) -> Vec<Case> {
     });
     v.push(Case {
         name: "Unsigned32 of 3 octets",
-        bytes: dwr(&[
-            dwr_avps(),
-            vec![Avp::octets(code::ORIGIN_STATE_ID, Bytes::from_static(&[0, 0, 1]))],
-        ]
-        .concat()),
+        bytes: dwr(&[dwr_avps(), vec![Avp::octets(code::ORIGIN_STATE_ID, Bytes::from_static(&[0, 0, 1]))]].concat()),
         rc: 5014,
         failed: Some(278),
     });
     v.push(Case {
         name: "unknown AVP with the M bit",
-        bytes: dwr(&[
-            dwr_avps(),
-            vec![Avp::octets(99_999, Bytes::from_static(b"zz")).with_vendor(VendorId(4242))],
-        ]
-        .concat()),
+        bytes: dwr(
+            &[dwr_avps(), vec![Avp::octets(99_999, Bytes::from_static(b"zz")).with_vendor(VendorId(4242))]].concat()
+        ),
         rc: 5001,
         failed: Some(99_999),
     });
-    v.push(Case {
-        name: "missing Origin-Realm",
-        bytes: dwr(&dwr_avps()[..1]),
-        rc: 5005,
-        failed: Some(296),
-    });
+    v.push(Case { name: "missing Origin-Realm", bytes: dwr(&dwr_avps()[..1]), rc: 5005, failed: Some(296) });
     let mut m = ccr_u(dict);
     m.avps.retain(|a| !a.is(code::CC_REQUEST_NUMBER, 0));
-    v.push(Case {
-        name: "CCR without CC-Request-Number",
-        bytes: m.encode().unwrap(),
-        rc: 5005,
-        failed: Some(415),
-    });
+    v.push(Case { name: "CCR without CC-Request-Number", bytes: m.encode().unwrap(), rc: 5005, failed: Some(415) });
     let mut m = ccr_u(dict);
-    m.avps.push(Avp::grouped(
-        code::SUBSCRIPTION_ID,
-        &[Avp::i32(code::SUBSCRIPTION_ID_TYPE, 1)],
-    ));
-    v.push(Case {
-        name: "Subscription-Id without its Data",
-        bytes: m.encode().unwrap(),
-        rc: 5005,
-        failed: Some(443),
-    });
+    m.avps.push(Avp::grouped(code::SUBSCRIPTION_ID, &[Avp::i32(code::SUBSCRIPTION_ID_TYPE, 1)]));
+    v.push(Case { name: "Subscription-Id without its Data", bytes: m.encode().unwrap(), rc: 5005, failed: Some(443) });
     v.push(Case {
         name: "Origin-Host twice",
         bytes: dwr(&[dwr_avps(), vec![Avp::utf8(code::ORIGIN_HOST, "x.example.net")]].concat()),
@@ -317,18 +259,11 @@ fn malformed_vectors_get_the_right_result_code_and_failed_avp() {
     for case in cases(&dict) {
         let err = decode_and_validate(&dict, case.bytes.clone()).expect_err(case.name);
         assert_eq!(err.result_code(), ResultCode(case.rc), "{}: {err}", case.name);
-        assert_eq!(
-            err.failed_avp().map(Avp::code),
-            case.failed,
-            "{}: Failed-AVP",
-            case.name
-        );
+        assert_eq!(err.failed_avp().map(Avp::code), case.failed, "{}: Failed-AVP", case.name);
         // Every one of these is a request whose header could be read: it can be answered, and the answer is a
         // valid message of its own (E bit for 3xxx, Failed-AVP, Error-Message).
         let request = Message::decode(case.bytes.clone()).ok();
-        let answer = err
-            .to_answer(request.as_ref(), "ocs.example.net", "example.net")
-            .expect(case.name);
+        let answer = err.to_answer(request.as_ref(), "ocs.example.net", "example.net").expect(case.name);
         assert_eq!(answer.header.flags.is_error(), case.rc / 1000 == 3, "{}", case.name);
         assert_eq!(answer.result_code(), Some(ResultCode(case.rc)));
         let bytes = answer.encode().unwrap();
@@ -347,10 +282,7 @@ fn malformed_vectors_get_the_right_result_code_and_failed_avp() {
 fn nested_failure_is_reported_inside_its_parent() {
     let dict = Dictionary::builtin();
     let mut m = ccr_u(&dict);
-    m.avps.push(Avp::grouped(
-        code::SUBSCRIPTION_ID,
-        &[Avp::i32(code::SUBSCRIPTION_ID_TYPE, 1)],
-    ));
+    m.avps.push(Avp::grouped(code::SUBSCRIPTION_ID, &[Avp::i32(code::SUBSCRIPTION_ID_TYPE, 1)]));
     let err = decode_and_validate(&dict, m.encode().unwrap()).unwrap_err();
     let failed = err.failed_avp().unwrap();
     // RFC 6733 §7.5: the Grouped AVP containing an example of the missing member, zero-filled.
@@ -363,12 +295,7 @@ fn nested_failure_is_reported_inside_its_parent() {
 fn unknown_optional_avps_commands_and_applications_survive_byte_for_byte() {
     let dict = Dictionary::builtin();
     // An unknown non-M vendor AVP with odd length and reserved flag bits set: accepted, and re-encoded as is.
-    let odd = Avp::new(
-        77_777,
-        AvpFlags(0x1f),
-        Some(VendorId(4242)),
-        Bytes::from_static(b"abcde"),
-    );
+    let odd = Avp::new(77_777, AvpFlags(0x1f), Some(VendorId(4242)), Bytes::from_static(b"abcde"));
     let mut m = ccr_u(&dict);
     m.avps.push(odd.clone());
     let bytes = m.encode().unwrap();
@@ -399,18 +326,12 @@ fn grouped_payload_without_last_padding_is_accepted() {
 
 #[test]
 fn frame_length_is_checked_before_reading() {
-    let limits = DecodeLimits {
-        max_message_size: 4096,
-        ..Default::default()
-    };
+    let limits = DecodeLimits { max_message_size: 4096, ..Default::default() };
     assert_eq!(peek_frame_length(&[1, 0], &limits), Ok(None));
     assert_eq!(peek_frame_length(&[1, 0, 0, 20, 0x80], &limits), Ok(Some(20)));
     let too_big = peek_frame_length(&[1, 0xff, 0xff, 0xfc], &limits).unwrap_err();
     assert!(matches!(too_big.kind, DecodeErrorKind::TooLarge { .. }));
-    assert_eq!(
-        peek_frame_length(&[2, 0, 0, 20], &limits).unwrap_err().result_code(),
-        ResultCode::UNSUPPORTED_VERSION
-    );
+    assert_eq!(peek_frame_length(&[2, 0, 0, 20], &limits).unwrap_err().result_code(), ResultCode::UNSUPPORTED_VERSION);
     assert_eq!(
         peek_frame_length(&[1, 0, 0, 19], &limits).unwrap_err().result_code(),
         ResultCode::INVALID_MESSAGE_LENGTH
@@ -423,13 +344,7 @@ fn frame_length_is_checked_before_reading() {
     let big =
         Message::request(CommandCode::CREDIT_CONTROL, AppId::CREDIT_CONTROL).with(Avp::octets(1, vec![0u8; 8000]));
     let err = Message::decode_with(big.encode().unwrap(), &limits).unwrap_err();
-    assert_eq!(
-        err.kind,
-        DecodeErrorKind::TooLarge {
-            length: big.encoded_len(),
-            max: 4096
-        }
-    );
+    assert_eq!(err.kind, DecodeErrorKind::TooLarge { length: big.encoded_len(), max: 4096 });
     assert!(err.header.is_some());
 }
 
@@ -437,10 +352,7 @@ fn frame_length_is_checked_before_reading() {
 fn experimental_result_reads_like_result_code() {
     let exp = Avp::grouped(
         code::EXPERIMENTAL_RESULT,
-        &[
-            Avp::u32(code::VENDOR_ID, 10415),
-            Avp::u32(code::EXPERIMENTAL_RESULT_CODE, 5065),
-        ],
+        &[Avp::u32(code::VENDOR_ID, 10415), Avp::u32(code::EXPERIMENTAL_RESULT_CODE, 5065)],
     );
     let m = Message::request(CommandCode::CREDIT_CONTROL, AppId::GX).with(exp);
     assert_eq!(m.result_code(), Some(ResultCode(5065)));

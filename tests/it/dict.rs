@@ -10,11 +10,7 @@ use charging_ra::dict::{AvpDef, DataType, Dictionary};
 fn shipped_dictionaries_lint_clean() {
     let dict = Dictionary::builtin();
     let findings = dict.lint();
-    assert!(
-        findings.is_empty(),
-        "{}",
-        findings.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("\n")
-    );
+    assert!(findings.is_empty(), "{}", findings.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("\n"));
     // What the lint proves is only worth something if it can fail: a broken file is caught.
     let bad = r#"<diameter><application id="4" name="bad">
         <avp name="Broken-Group " code="4242" must="M"><data type="Grouped"><rule avp="No-Such-AVP" required="true"/></data></avp>
@@ -31,10 +27,7 @@ fn shipped_dictionaries_lint_clean() {
         "defined again",
         "vendor-id 0 but V is in must",
     ] {
-        assert!(
-            problems.iter().any(|p| p.contains(expected)),
-            "lint missed {expected:?}: {problems:?}"
-        );
+        assert!(problems.iter().any(|p| p.contains(expected)), "lint missed {expected:?}: {problems:?}");
     }
 }
 
@@ -42,10 +35,7 @@ fn shipped_dictionaries_lint_clean() {
 fn dictionary_files_report_where_they_are_wrong() {
     let err = Dictionary::with_files(&[("x.xml", "<diameter><application id=\"4\">\n<avp name=\"A\" code=\"1\"><data type=\"Text\"/></avp></application></diameter>")]).unwrap_err();
     let msg = err.to_string();
-    assert!(
-        msg.contains("x.xml") && msg.contains("line 2") && msg.contains("\"Text\""),
-        "{msg}"
-    );
+    assert!(msg.contains("x.xml") && msg.contains("line 2") && msg.contains("\"Text\""), "{msg}");
     assert!(Dictionary::with_files(&[("y.xml", "<diameter><application>")]).is_err());
 }
 
@@ -116,11 +106,7 @@ fn every_command_round_trips_with_its_required_avps() {
             let grammar = if request { &cmd.request } else { &cmd.answer };
             let mut m = Message::request(
                 CommandCode(cmd.code),
-                if app.0 == 0 && cmd.code == 272 {
-                    AppId::CREDIT_CONTROL
-                } else {
-                    app
-                },
+                if app.0 == 0 && cmd.code == 272 { AppId::CREDIT_CONTROL } else { app },
             );
             if !request {
                 m.header.flags = CommandFlags(CommandFlags::PROXIABLE);
@@ -152,8 +138,7 @@ fn every_avp_definition_builds_a_valid_value() {
             .with(Avp::utf8(296, "example.net"))
             .with(avp);
         let back = Message::decode(m.encode().unwrap()).unwrap();
-        dict.validate(&back, &DecodeLimits::default())
-            .unwrap_or_else(|e| panic!("{}: {e}", def.name));
+        dict.validate(&back, &DecodeLimits::default()).unwrap_or_else(|e| panic!("{}: {e}", def.name));
     }
     assert!(dict.avps().len() > 350, "{}", dict.avps().len());
 }

@@ -27,10 +27,8 @@ pub async fn sim(ocs: OcsConfig) -> OcsServer {
 
 pub fn engine_config(host: &str, peers: &[(&str, SocketAddr, u32)], tx: Duration, ccfh: Ccfh) -> EngineConfig {
     let mut node: NodeConfig = client_config(host, peers, Duration::from_secs(1));
-    node.router.local.applications = vec![
-        Application::Auth(AppId::CREDIT_CONTROL),
-        Application::VendorAuth(VendorId::TGPP, AppId::GX),
-    ];
+    node.router.local.applications =
+        vec![Application::Auth(AppId::CREDIT_CONTROL), Application::VendorAuth(VendorId::TGPP, AppId::GX)];
     let mut ro = AppSettings::new(OCS_REALM);
     ro.tx = tx;
     ro.ccfh = ccfh;
@@ -57,29 +55,15 @@ async fn engine_for(sim: &OcsServer, tx: Duration, ccfh: Ccfh) -> Engine {
 }
 
 fn msisdn(n: &str) -> Option<Subscriber> {
-    Some(Subscriber {
-        kind: "msisdn".into(),
-        data: n.into(),
-    })
+    Some(Subscriber { kind: "msisdn".into(), data: n.into() })
 }
 
 fn rg(n: u32) -> RatingGroupRequest {
-    RatingGroupRequest {
-        rating_group: n,
-        service_id: None,
-        requested: Units::default(),
-    }
+    RatingGroupRequest { rating_group: n, service_id: None, requested: Units::default() }
 }
 
 fn used(n: u32, secs: u64) -> UsedUnits {
-    UsedUnits {
-        rating_group: n,
-        used: Units {
-            time: Some(secs),
-            ..Units::default()
-        },
-        reporting_reason: Some(3),
-    }
+    UsedUnits { rating_group: n, used: Units { time: Some(secs), ..Units::default() }, reporting_reason: Some(3) }
 }
 
 async fn check(sim: &OcsServer) -> serde_json::Value {
@@ -91,52 +75,28 @@ async fn check(sim: &OcsServer) -> serde_json::Value {
 async fn engine_runs_ro_and_gx_sessions_against_the_simulator() {
     let sim = sim(OcsConfig::default()).await;
     let e = engine_for(&sim, Duration::from_secs(5), Ccfh::Terminate).await;
-    let o = e
-        .open_session(App::Ro, msisdn("46701"), None, vec![rg(10), rg(20)])
-        .await
-        .unwrap();
+    let o = e.open_session(App::Ro, msisdn("46701"), None, vec![rg(10), rg(20)]).await.unwrap();
     assert_eq!(o.result_code, Some(2001));
     assert_eq!(o.state, CcState::Open);
     assert_eq!(o.granted.len(), 2);
-    assert!(
-        o.session_id.starts_with("as1.test.localdomain;"),
-        "RFC 6733 §8.8 Session-Id: {}",
-        o.session_id
-    );
+    assert!(o.session_id.starts_with("as1.test.localdomain;"), "RFC 6733 §8.8 Session-Id: {}", o.session_id);
     let sid = o.session_id.clone();
     for _ in 0..3 {
-        let o = e
-            .update(&sid, vec![used(10, 100), used(20, 50)], vec![], None)
-            .await
-            .unwrap();
+        let o = e.update(&sid, vec![used(10, 100), used(20, 50)], vec![], None).await.unwrap();
         assert_eq!(o.result_code, Some(2001));
     }
     let view = e.session(&sid).await.unwrap();
-    assert_eq!(
-        (view.cc_request_number, view.owner.as_str()),
-        (4, "as1.test.localdomain")
-    );
+    assert_eq!((view.cc_request_number, view.owner.as_str()), (4, "as1.test.localdomain"));
     let o = e.terminate(&sid, vec![used(10, 20)]).await.unwrap();
     assert_eq!(o.state, CcState::Idle);
     assert!(e.session(&sid).await.is_none(), "ended sessions are forgotten");
     // Gx: the policy comes back with the answer.
     let g = e
-        .open_session(
-            App::Gx,
-            Some(Subscriber {
-                kind: "imsi".into(),
-                data: "240011".into(),
-            }),
-            None,
-            vec![],
-        )
+        .open_session(App::Gx, Some(Subscriber { kind: "imsi".into(), data: "240011".into() }), None, vec![])
         .await
         .unwrap();
     let policy = g.policy.clone().expect("Gx CCA-I carries policy");
-    assert!(
-        policy.rules_installed.contains(&"video-zero-rated".to_string()),
-        "{policy:?}"
-    );
+    assert!(policy.rules_installed.contains(&"video-zero-rated".to_string()), "{policy:?}");
     assert!(!policy.event_triggers.is_empty());
     e.terminate(&g.session_id, vec![]).await.unwrap();
     let c = check(&sim).await;
@@ -144,21 +104,9 @@ async fn engine_runs_ro_and_gx_sessions_against_the_simulator() {
     assert_eq!(c["sessions"]["terminated"], 2);
     assert_eq!(c["units"]["reported_used"]["time"], 470);
     // Bad input is refused clearly.
-    assert!(matches!(
-        e.update("nope", vec![], vec![], None).await,
-        Err(ChargingError::UnknownSession(_))
-    ));
-    let bad = e
-        .open_session(
-            App::Ro,
-            Some(Subscriber {
-                kind: "fax".into(),
-                data: "1".into(),
-            }),
-            None,
-            vec![rg(1)],
-        )
-        .await;
+    assert!(matches!(e.update("nope", vec![], vec![], None).await, Err(ChargingError::UnknownSession(_))));
+    let bad =
+        e.open_session(App::Ro, Some(Subscriber { kind: "fax".into(), data: "1".into() }), None, vec![rg(1)]).await;
     assert!(matches!(bad, Err(ChargingError::Invalid(_))), "{bad:?}");
     e.stop().await;
     sim.stop().await;
@@ -169,28 +117,13 @@ async fn engine_answers_rar_with_a_ccr_u_and_asr_with_a_ccr_t() {
     let sim = sim(OcsConfig::default()).await;
     let e = engine_for(&sim, Duration::from_secs(5), Ccfh::Terminate).await;
     let mut events = e.events().await.unwrap();
-    let sid = e
-        .open_session(App::Ro, msisdn("46702"), None, vec![rg(10)])
-        .await
-        .unwrap()
-        .session_id;
+    let sid = e.open_session(App::Ro, msisdn("46702"), None, vec![rg(10)]).await.unwrap().session_id;
     let ctl = sim.control_addr().unwrap();
-    let (_, body) = http(
-        ctl,
-        "POST",
-        "/v1/rar",
-        Some(&format!(r#"{{"session_id": "{sid}", "rating_groups": [10]}}"#)),
-    )
-    .await;
+    let (_, body) =
+        http(ctl, "POST", "/v1/rar", Some(&format!(r#"{{"session_id": "{sid}", "rating_groups": [10]}}"#))).await;
     assert_eq!(json(&body)["result_code"], 2001, "{body}");
-    let ev = tokio::time::timeout(Duration::from_secs(2), events.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        (ev.session_id.as_str(), ev.event),
-        (sid.as_str(), CcEvent::ReAuthRequested)
-    );
+    let ev = tokio::time::timeout(Duration::from_secs(2), events.recv()).await.unwrap().unwrap();
+    assert_eq!((ev.session_id.as_str(), ev.event), (sid.as_str(), CcEvent::ReAuthRequested));
     // The CCR-U the RAR asked for reaches the simulator.
     let end = tokio::time::Instant::now() + Duration::from_secs(3);
     loop {
@@ -223,32 +156,20 @@ async fn engine_applies_ccfh_when_the_ocs_does_not_answer() {
     let sim = sim(ocs).await;
     let ctl = sim.control_addr().unwrap();
     // Every CCR-U numbered 1 is lost.
-    let (st, _) = http(
-        ctl,
-        "POST",
-        "/v1/faults",
-        Some(r#"{"request_number": 1, "request_type": "update", "action": "drop"}"#),
-    )
-    .await;
+    let (st, _) =
+        http(ctl, "POST", "/v1/faults", Some(r#"{"request_number": 1, "request_type": "update", "action": "drop"}"#))
+            .await;
     assert_eq!(st, 201);
     let tx = Duration::from_millis(400);
     // CCFH CONTINUE: the call returns when Tx expires, the service goes on.
     let e = engine_for(&sim, tx, Ccfh::Continue).await;
-    let sid = e
-        .open_session(App::Ro, msisdn("46703"), None, vec![rg(10)])
-        .await
-        .unwrap()
-        .session_id;
+    let sid = e.open_session(App::Ro, msisdn("46703"), None, vec![rg(10)]).await.unwrap().session_id;
     let o = e.update(&sid, vec![used(10, 10)], vec![], None).await.unwrap();
     assert!(o.ccfh.is_some(), "{o:?}");
     e.stop().await;
     // CCFH TERMINATE: the call fails and the session ends.
     let e = engine_for(&sim, tx, Ccfh::Terminate).await;
-    let sid = e
-        .open_session(App::Ro, msisdn("46704"), None, vec![rg(10)])
-        .await
-        .unwrap()
-        .session_id;
+    let sid = e.open_session(App::Ro, msisdn("46704"), None, vec![rg(10)]).await.unwrap().session_id;
     let r = e.update(&sid, vec![used(10, 10)], vec![], None).await;
     assert!(matches!(r, Err(ChargingError::Refused { .. })), "{r:?}");
     assert!(e.session(&sid).await.is_none());
@@ -259,27 +180,16 @@ async fn engine_applies_ccfh_when_the_ocs_does_not_answer() {
 #[tokio::test]
 async fn engine_reports_final_units_and_credit_limit() {
     let mut ocs = OcsConfig::default();
-    ocs.subscribers.push(SubscriberConfig {
-        id: "46705".into(),
-        balance: Units {
-            time: Some(90),
-            ..Units::default()
-        },
-    });
+    ocs.subscribers
+        .push(SubscriberConfig { id: "46705".into(), balance: Units { time: Some(90), ..Units::default() } });
     ocs.ro.rating_groups.push(RatingGroupConfig {
         rating_group: 10,
-        grant: Units {
-            time: Some(60),
-            ..Units::default()
-        },
+        grant: Units { time: Some(60), ..Units::default() },
         ..RatingGroupConfig::default()
     });
     let sim = sim(ocs).await;
     let e = engine_for(&sim, Duration::from_secs(5), Ccfh::Terminate).await;
-    let o = e
-        .open_session(App::Ro, msisdn("46705"), None, vec![rg(10)])
-        .await
-        .unwrap();
+    let o = e.open_session(App::Ro, msisdn("46705"), None, vec![rg(10)]).await.unwrap();
     assert_eq!(o.granted[0].granted.time, Some(60));
     let o = e.update(&o.session_id, vec![used(10, 60)], vec![], None).await.unwrap();
     assert_eq!(o.granted[0].granted.time, Some(30));
@@ -301,10 +211,7 @@ async fn engine_event_charging_and_idempotent_updates() {
             msisdn("46706"),
             Some("32274@3gpp.org".into()),
             RequestedAction::DirectDebiting,
-            Units {
-                units: Some(1),
-                ..Units::default()
-            },
+            Units { units: Some(1), ..Units::default() },
             Some(2),
         )
         .await
@@ -312,46 +219,18 @@ async fn engine_event_charging_and_idempotent_updates() {
     assert_eq!(o.result_code, Some(2001));
     assert_eq!(o.event.as_ref().and_then(|v| v.granted).and_then(|g| g.units), Some(1));
     let o = e
-        .event(
-            msisdn("46706"),
-            None,
-            RequestedAction::CheckBalance,
-            Units {
-                units: Some(1),
-                ..Units::default()
-            },
-            None,
-        )
+        .event(msisdn("46706"), None, RequestedAction::CheckBalance, Units { units: Some(1), ..Units::default() }, None)
         .await
         .unwrap();
     assert_eq!(o.event.unwrap().check_balance_result, Some(0));
     // The same idempotency key twice: one CCR-U, the same outcome.
-    let sid = e
-        .open_session(App::Ro, msisdn("46707"), None, vec![rg(10)])
-        .await
-        .unwrap()
-        .session_id;
-    let a = e
-        .update(&sid, vec![used(10, 7)], vec![], Some("k-1".into()))
-        .await
-        .unwrap();
-    let b = e
-        .update(&sid, vec![used(10, 7)], vec![], Some("k-1".into()))
-        .await
-        .unwrap();
+    let sid = e.open_session(App::Ro, msisdn("46707"), None, vec![rg(10)]).await.unwrap().session_id;
+    let a = e.update(&sid, vec![used(10, 7)], vec![], Some("k-1".into())).await.unwrap();
+    let b = e.update(&sid, vec![used(10, 7)], vec![], Some("k-1".into())).await.unwrap();
     assert_eq!(a, b);
-    let (_, body) = http(
-        sim.control_addr().unwrap(),
-        "GET",
-        &format!("/v1/ledger/{}", sid.replace(';', "%3B")),
-        None,
-    )
-    .await;
-    assert_eq!(
-        json(&body)["requests"].as_array().unwrap().len(),
-        2,
-        "CCR-I and one CCR-U: {body}"
-    );
+    let (_, body) =
+        http(sim.control_addr().unwrap(), "GET", &format!("/v1/ledger/{}", sid.replace(';', "%3B")), None).await;
+    assert_eq!(json(&body)["requests"].as_array().unwrap().len(), 2, "CCR-I and one CCR-U: {body}");
     e.terminate(&sid, vec![]).await.unwrap();
     let c = check(&sim).await;
     assert_eq!(c["clean"], true, "{c}");

@@ -61,18 +61,10 @@ impl FreeDiameter {
             .replace("@PORT@", &port.to_string())
             .replace("@DIR@", dir.to_str().unwrap())
             .replace("@EXT@", EXT_DIR)
-            .replace(
-                "@EXTRA@",
-                &extra.replace("@DIR@", dir.to_str().unwrap()).replace("@EXT@", EXT_DIR),
-            );
+            .replace("@EXTRA@", &extra.replace("@DIR@", dir.to_str().unwrap()).replace("@EXT@", EXT_DIR));
         let path = dir.join(format!("{identity}.conf"));
         std::fs::write(&path, conf).unwrap();
-        let mut fd = FreeDiameter {
-            child: None,
-            conf: path,
-            port,
-            log: dir.join(format!("{identity}.log")),
-        };
+        let mut fd = FreeDiameter { child: None, conf: path, port, log: dir.join(format!("{identity}.log")) };
         fd.spawn();
         fd
     }
@@ -148,13 +140,9 @@ async fn freediameter_peer_cer_dwr_both_ways_dpr_and_restart() {
     let dir = crate::wire::tempdir("fd-peer");
     let mut fd = FreeDiameter::start(&dir, "fd.test.localdomain", "test.localdomain", "");
     // Node A is quiet (Tw 30 s): freeDiameter's own watchdog (TwTimer 6 s) fires and sends it DWRs.
-    let (a, _) = DiameterNode::start(client_to_fd("as1.test.localdomain", &fd, Duration::from_secs(30)))
-        .await
-        .unwrap();
+    let (a, _) = DiameterNode::start(client_to_fd("as1.test.localdomain", &fd, Duration::from_secs(30))).await.unwrap();
     // Node B is chatty (Tw 1 s): it sends DWRs, freeDiameter answers.
-    let (b, _) = DiameterNode::start(client_to_fd("as2.test.localdomain", &fd, Duration::from_secs(1)))
-        .await
-        .unwrap();
+    let (b, _) = DiameterNode::start(client_to_fd("as2.test.localdomain", &fd, Duration::from_secs(1))).await.unwrap();
     let st = wait_for(&a, Duration::from_secs(10), "CER/CEA with freeDiameter", |s| open(s, 0)).await;
     assert_eq!(st.peers[0].identity.as_deref(), Some("fd.test.localdomain"));
     wait_for(&b, Duration::from_secs(10), "B open", |s| open(s, 0)).await;
@@ -167,18 +155,11 @@ async fn freediameter_peer_cer_dwr_both_ways_dpr_and_restart() {
         s.peers[0].metrics.messages_in.contains_key("DWR")
     })
     .await;
-    assert!(
-        st.peers[0].metrics.messages_out.contains_key("DWA"),
-        "we answered freeDiameter's DWR: {st:#?}"
-    );
+    assert!(st.peers[0].metrics.messages_out.contains_key("DWA"), "we answered freeDiameter's DWR: {st:#?}");
     // DPR/DPA: B leaves gracefully.
     let fin = b.stop(DisconnectCause::Rebooting).await.unwrap();
     assert_eq!(fin.peers[0].metrics.messages_out.get("DPR"), Some(&1));
-    assert_eq!(
-        fin.peers[0].metrics.messages_in.get("DPA"),
-        Some(&1),
-        "freeDiameter answered our DPR: {fin:#?}"
-    );
+    assert_eq!(fin.peers[0].metrics.messages_in.get("DPA"), Some(&1), "freeDiameter answered our DPR: {fin:#?}");
     // freeDiameter restarts: A sees it go (DPR or connection loss), then reconnects to the new process.
     fd.terminate();
     wait_for(&a, Duration::from_secs(10), "A notices the restart", |s| {
@@ -187,11 +168,7 @@ async fn freediameter_peer_cer_dwr_both_ways_dpr_and_restart() {
     .await;
     fd.spawn();
     let st = wait_for(&a, Duration::from_secs(20), "A reconnected", |s| open(s, 0)).await;
-    assert!(
-        st.peers[0].metrics.messages_in.get("CEA").is_some_and(|&n| n >= 2),
-        "{st:#?}\n{}",
-        fd.log()
-    );
+    assert!(st.peers[0].metrics.messages_in.get("CEA").is_some_and(|&n| n >= 2), "{st:#?}\n{}", fd.log());
     a.stop(DisconnectCause::Rebooting).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -236,35 +213,22 @@ async fn freediameter_relays_between_our_client_and_our_server() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let (client, _) = DiameterNode::start(client_to_fd("as1.test.localdomain", &fd, Duration::from_secs(5)))
-        .await
-        .unwrap();
-    wait_for(&client, Duration::from_secs(10), "client open with the relay", |s| {
-        open(s, 0)
-    })
-    .await;
+    let (client, _) =
+        DiameterNode::start(client_to_fd("as1.test.localdomain", &fd, Duration::from_secs(5))).await.unwrap();
+    wait_for(&client, Duration::from_secs(10), "client open with the relay", |s| open(s, 0)).await;
     wait_for(&server, Duration::from_secs(10), "relay connected to the server", |s| {
         s.peers.iter().any(|p| p.available)
     })
     .await;
     for n in 0..5 {
-        let a = client
-            .request(ccr("as1.test.localdomain;relay", "as1.test.localdomain", n), None)
-            .await;
+        let a = client.request(ccr("as1.test.localdomain;relay", "as1.test.localdomain", n), None).await;
         let a = a.unwrap_or_else(|e| panic!("request {n} through freeDiameter failed: {e}\n{}", fd.log()));
         assert_eq!(a.result_code(), Some(ResultCode::SUCCESS));
         assert_eq!(a.find(code::CC_REQUEST_NUMBER, 0).unwrap().as_u32(), Ok(n));
     }
     let req = seen.lock().unwrap()[0].clone();
-    let rr: Vec<&str> = req
-        .find_all(code::ROUTE_RECORD, 0)
-        .filter_map(|a| a.as_utf8().ok())
-        .collect();
-    assert_eq!(
-        rr,
-        vec!["as1.test.localdomain"],
-        "the relay recorded the route (RFC 6733 §6.1.9)"
-    );
+    let rr: Vec<&str> = req.find_all(code::ROUTE_RECORD, 0).filter_map(|a| a.as_utf8().ok()).collect();
+    assert_eq!(rr, vec!["as1.test.localdomain"], "the relay recorded the route (RFC 6733 §6.1.9)");
     client.stop(DisconnectCause::Rebooting).await;
     server.stop(DisconnectCause::Rebooting).await;
     let fd_port = fd.port;
@@ -280,34 +244,17 @@ async fn freediameter_relays_between_our_client_and_our_server() {
             "-d".to_string(),
             format!("tcp.port=={server_port},diameter"),
         ];
-        let out = Command::new("tshark")
-            .arg("-r")
-            .arg(&pcap)
-            .args(&decode_as)
-            .args(["-q", "-z", "expert"])
-            .output()
-            .unwrap();
+        let out =
+            Command::new("tshark").arg("-r").arg(&pcap).args(&decode_as).args(["-q", "-z", "expert"]).output().unwrap();
         let expert = String::from_utf8_lossy(&out.stdout);
         let bad = crate::wire::unexpected_expert_lines(&expert);
-        assert!(
-            bad.is_empty(),
-            "tshark found problems in the capture:\n{}",
-            bad.join("\n")
-        );
-        let frames = Command::new("tshark")
-            .arg("-r")
-            .arg(&pcap)
-            .args(&decode_as)
-            .args(["-Y", "diameter"])
-            .output()
-            .unwrap();
+        assert!(bad.is_empty(), "tshark found problems in the capture:\n{}", bad.join("\n"));
+        let frames =
+            Command::new("tshark").arg("-r").arg(&pcap).args(&decode_as).args(["-Y", "diameter"]).output().unwrap();
         let count = String::from_utf8_lossy(&frames.stdout).lines().count();
         assert!(count >= 20, "the capture holds the Diameter exchange ({count} frames)");
     } else {
-        crate::skip(
-            "freediameter relay capture",
-            "tshark not installed; the capture check did not run",
-        );
+        crate::skip("freediameter relay capture", "tshark not installed; the capture check did not run");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -335,13 +282,9 @@ async fn freediameter_relays_ocs_sim_rar_back_to_the_client() {
          ConnectPeer = \"ocs1.ocs.localdomain\" {{ ConnectTo = \"127.0.0.1\"; Port = {ocs_port}; No_TLS; }};"
     );
     let fd = FreeDiameter::start(&dir, "fd.test.localdomain", "test.localdomain", &extra);
-    let (client, mut rx) = DiameterNode::start(client_to_fd("as1.test.localdomain", &fd, Duration::from_secs(5)))
-        .await
-        .unwrap();
-    wait_for(&client, Duration::from_secs(10), "client open with the relay", |s| {
-        open(s, 0)
-    })
-    .await;
+    let (client, mut rx) =
+        DiameterNode::start(client_to_fd("as1.test.localdomain", &fd, Duration::from_secs(5))).await.unwrap();
+    wait_for(&client, Duration::from_secs(10), "client open with the relay", |s| open(s, 0)).await;
     tokio::spawn(async move {
         while let Some(req) = rx.recv().await {
             let mut a = charging_ra::codec::Message::answer_to(&req.request);
@@ -354,10 +297,7 @@ async fn freediameter_relays_ocs_sim_rar_back_to_the_client() {
     let mut ccr = ccr("as1.test.localdomain;rar;1", "as1.test.localdomain", 0);
     ccr.push(Avp::grouped(
         code::MULTIPLE_SERVICES_CREDIT_CONTROL,
-        &[
-            Avp::grouped(code::REQUESTED_SERVICE_UNIT, &[]),
-            Avp::u32(code::RATING_GROUP, 10),
-        ],
+        &[Avp::grouped(code::REQUESTED_SERVICE_UNIT, &[]), Avp::u32(code::RATING_GROUP, 10)],
     ));
     let mut answer = None;
     for _ in 0..50 {
@@ -370,11 +310,7 @@ async fn freediameter_relays_ocs_sim_rar_back_to_the_client() {
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
-    assert!(
-        answer.is_some(),
-        "CCR-I through freeDiameter to the simulator\n{}",
-        fd.log()
-    );
+    assert!(answer.is_some(), "CCR-I through freeDiameter to the simulator\n{}", fd.log());
     let out = sim
         .rar(&RarRequest {
             session_id: "as1.test.localdomain;rar;1".into(),
@@ -386,11 +322,7 @@ async fn freediameter_relays_ocs_sim_rar_back_to_the_client() {
     assert_eq!(out.result_code, 2001, "{out:?}\n{}", fd.log());
     assert_eq!(out.answered_by.as_deref(), Some("as1.test.localdomain"));
     let st = client.status().await.unwrap();
-    assert_eq!(
-        st.peers[0].metrics.messages_in.get("RAR"),
-        Some(&1),
-        "the RAR came through the relay"
-    );
+    assert_eq!(st.peers[0].metrics.messages_in.get("RAR"), Some(&1), "the RAR came through the relay");
     client.stop(DisconnectCause::Rebooting).await;
     assert!(sim.stop().await.clean);
     let _ = std::fs::remove_dir_all(&dir);

@@ -29,10 +29,7 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>
     s.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
 }
 
@@ -52,38 +49,20 @@ pub const HOST: &str = "as1.test.localdomain";
 
 /// The simulator and one client node connected to it; the client answers RAR/ASR with `raa_code`.
 pub async fn rig(ocs: OcsConfig, raa_code: u32) -> Rig {
-    let mut cfg = OcsServerConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        "ocs1.ocs.localdomain",
-        "ocs.localdomain",
-    );
+    let mut cfg = OcsServerConfig::new("127.0.0.1:0".parse().unwrap(), "ocs1.ocs.localdomain", "ocs.localdomain");
     cfg.control = Some("127.0.0.1:0".parse().unwrap());
     cfg.ocs = ocs;
     let sim = OcsServer::start(cfg).await.unwrap();
     // Tw 1 s: after a connection loss REOPEN needs three DWAs, which should not take long in a test.
-    let mut ccfg = client_config(
-        HOST,
-        &[("ocs1.ocs.localdomain", sim.diameter_addr(), 1)],
-        Duration::from_secs(1),
-    );
-    ccfg.router.local.applications = vec![
-        Application::Auth(AppId::CREDIT_CONTROL),
-        Application::VendorAuth(VendorId::TGPP, AppId::GX),
-    ];
+    let mut ccfg = client_config(HOST, &[("ocs1.ocs.localdomain", sim.diameter_addr(), 1)], Duration::from_secs(1));
+    ccfg.router.local.applications =
+        vec![Application::Auth(AppId::CREDIT_CONTROL), Application::VendorAuth(VendorId::TGPP, AppId::GX)];
     let (client, rx) = DiameterNode::start(ccfg).await.unwrap();
-    wait_for(&client, Duration::from_secs(5), "client open with the simulator", |s| {
-        open(s, 0)
-    })
-    .await;
+    wait_for(&client, Duration::from_secs(5), "client open with the simulator", |s| open(s, 0)).await;
     let received = Arc::new(Mutex::new(Vec::new()));
     answer_server_requests(rx, raa_code, received.clone());
     let control = sim.control_addr().unwrap();
-    Rig {
-        sim,
-        client,
-        control,
-        received,
-    }
+    Rig { sim, client, control, received }
 }
 
 fn answer_server_requests(mut rx: mpsc::Receiver<IncomingRequest>, rc: u32, received: Arc<Mutex<Vec<Message>>>) {
@@ -102,16 +81,12 @@ fn answer_server_requests(mut rx: mpsc::Receiver<IncomingRequest>, rc: u32, rece
 pub fn ccr(sid: &str, rtype: i32, number: u32, app: AppId, mscc: Option<(u32, Option<u32>, bool)>) -> Message {
     let mut m = crate::stack::ccr(sid, HOST, number);
     m.header.application_id = app;
-    m.avps
-        .retain(|a| !a.is(code::CC_REQUEST_TYPE, 0) && !a.is(code::AUTH_APPLICATION_ID, 0));
+    m.avps.retain(|a| !a.is(code::CC_REQUEST_TYPE, 0) && !a.is(code::AUTH_APPLICATION_ID, 0));
     m.push(Avp::u32(code::AUTH_APPLICATION_ID, app.0));
     m.push(Avp::i32(code::CC_REQUEST_TYPE, rtype));
     m.push(Avp::grouped(
         code::SUBSCRIPTION_ID,
-        &[
-            Avp::i32(code::SUBSCRIPTION_ID_TYPE, 0),
-            Avp::utf8(code::SUBSCRIPTION_ID_DATA, "46701234567"),
-        ],
+        &[Avp::i32(code::SUBSCRIPTION_ID_TYPE, 0), Avp::utf8(code::SUBSCRIPTION_ID_DATA, "46701234567")],
     ));
     if let Some((rg, used, request)) = mscc {
         let mut v = Vec::new();
@@ -153,28 +128,14 @@ async fn ocs_sim_serves_full_ro_and_gx_sessions() {
     let r = rig(OcsConfig::default(), 2001).await;
     let (s, b) = http(r.control, "GET", "/healthz", None).await;
     assert_eq!((s, b.trim()), (200, "ok"));
-    let a = r
-        .send(ccr("as1;ro;1", 1, 0, AppId::CREDIT_CONTROL, Some((10, None, true))))
-        .await
-        .unwrap();
+    let a = r.send(ccr("as1;ro;1", 1, 0, AppId::CREDIT_CONTROL, Some((10, None, true)))).await.unwrap();
     assert_eq!(a.result_code(), Some(ResultCode::SUCCESS));
     assert!(a.find(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0).is_some());
     for n in 1..=3 {
-        let a = r
-            .send(ccr("as1;ro;1", 2, n, AppId::CREDIT_CONTROL, Some((10, Some(60), true))))
-            .await
-            .unwrap();
+        let a = r.send(ccr("as1;ro;1", 2, n, AppId::CREDIT_CONTROL, Some((10, Some(60), true)))).await.unwrap();
         assert_eq!(a.result_code(), Some(ResultCode::SUCCESS));
     }
-    r.send(ccr(
-        "as1;ro;1",
-        3,
-        4,
-        AppId::CREDIT_CONTROL,
-        Some((10, Some(30), false)),
-    ))
-    .await
-    .unwrap();
+    r.send(ccr("as1;ro;1", 3, 4, AppId::CREDIT_CONTROL, Some((10, Some(30), false)))).await.unwrap();
     let a = r.send(ccr("as1;gx;1", 1, 0, AppId::GX, None)).await.unwrap();
     assert!(a.find(1001, 10415).is_some(), "Gx CCA-I installs rules");
     r.send(ccr("as1;gx;1", 3, 1, AppId::GX, None)).await.unwrap();
@@ -209,38 +170,17 @@ async fn ocs_sim_serves_full_ro_and_gx_sessions() {
 #[tokio::test]
 async fn ocs_sim_rar_and_asr_round_trips() {
     let r = rig(OcsConfig::default(), 2001).await;
-    r.send(ccr("as1;rar;1", 1, 0, AppId::CREDIT_CONTROL, Some((10, None, true))))
-        .await
-        .unwrap();
-    let (st, body) = http(
-        r.control,
-        "POST",
-        "/v1/rar",
-        Some(r#"{"session_id": "as1;rar;1", "rating_groups": [10]}"#),
-    )
-    .await;
+    r.send(ccr("as1;rar;1", 1, 0, AppId::CREDIT_CONTROL, Some((10, None, true)))).await.unwrap();
+    let (st, body) =
+        http(r.control, "POST", "/v1/rar", Some(r#"{"session_id": "as1;rar;1", "rating_groups": [10]}"#)).await;
     assert_eq!(st, 200, "{body}");
     let o = json(&body);
-    assert_eq!(
-        (o["result_code"].as_u64(), o["answered_by"].as_str()),
-        (Some(2001), Some(HOST))
-    );
-    let rar = r
-        .received
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|m| m.header.code.0 == 258)
-        .cloned()
-        .expect("the client got the RAR");
+    assert_eq!((o["result_code"].as_u64(), o["answered_by"].as_str()), (Some(2001), Some(HOST)));
+    let rar =
+        r.received.lock().unwrap().iter().find(|m| m.header.code.0 == 258).cloned().expect("the client got the RAR");
     assert_eq!(rar.find(code::DESTINATION_HOST, 0).unwrap().as_utf8(), Ok(HOST));
-    let (st, body) = http(
-        r.control,
-        "POST",
-        "/v1/asr",
-        Some(r#"{"session_id": "as1;rar;1", "via": "as1.test.localdomain"}"#),
-    )
-    .await;
+    let (st, body) =
+        http(r.control, "POST", "/v1/asr", Some(r#"{"session_id": "as1;rar;1", "via": "as1.test.localdomain"}"#)).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(json(&body)["result_code"], 2001);
     let (_, body) = http(r.control, "GET", "/v1/ledger/as1%3Brar%3B1", None).await;
@@ -248,21 +188,9 @@ async fn ocs_sim_rar_and_asr_round_trips() {
     assert_eq!(s["server_requests"].as_array().unwrap().len(), 2);
     assert_eq!(r.check().await["clean"], true);
     // Errors say why: unknown session, unknown via host, malformed body.
+    assert_eq!(http(r.control, "POST", "/v1/rar", Some(r#"{"session_id": "nope"}"#)).await.0, 404);
     assert_eq!(
-        http(r.control, "POST", "/v1/rar", Some(r#"{"session_id": "nope"}"#))
-            .await
-            .0,
-        404
-    );
-    assert_eq!(
-        http(
-            r.control,
-            "POST",
-            "/v1/asr",
-            Some(r#"{"session_id": "as1;rar;1", "via": "nobody"}"#)
-        )
-        .await
-        .0,
+        http(r.control, "POST", "/v1/asr", Some(r#"{"session_id": "as1;rar;1", "via": "nobody"}"#)).await.0,
         404
     );
     assert!(http(r.control, "POST", "/v1/rar", Some("{not json")).await.0 >= 400);
@@ -272,9 +200,7 @@ async fn ocs_sim_rar_and_asr_round_trips() {
 #[tokio::test]
 async fn ocs_sim_rar_rejected_by_the_client_is_an_anomaly() {
     let r = rig(OcsConfig::default(), 5002).await;
-    r.send(ccr("as1;rej;1", 1, 0, AppId::CREDIT_CONTROL, Some((10, None, true))))
-        .await
-        .unwrap();
+    r.send(ccr("as1;rej;1", 1, 0, AppId::CREDIT_CONTROL, Some((10, None, true)))).await.unwrap();
     let (_, body) = http(r.control, "POST", "/v1/rar", Some(r#"{"session_id": "as1;rej;1"}"#)).await;
     assert_eq!(json(&body)["result_code"], 5002);
     let c = r.check().await;
@@ -291,36 +217,19 @@ async fn add_fault(r: &Rig, rule: &str) {
 async fn ocs_sim_fault_rules() {
     let r = rig(OcsConfig::default(), 2001).await;
     let sid = "as1;fault;1";
-    r.send(ccr(sid, 1, 0, AppId::CREDIT_CONTROL, Some((10, None, true))))
-        .await
-        .unwrap();
+    r.send(ccr(sid, 1, 0, AppId::CREDIT_CONTROL, Some((10, None, true)))).await.unwrap();
     // Result-Code.
-    add_fault(
-        &r,
-        r#"{"session_id": "as1;fault;1", "request_number": 1, "action": {"result_code": 5031}}"#,
-    )
-    .await;
-    let a = r
-        .send(ccr(sid, 2, 1, AppId::CREDIT_CONTROL, Some((10, Some(10), true))))
-        .await
-        .unwrap();
+    add_fault(&r, r#"{"session_id": "as1;fault;1", "request_number": 1, "action": {"result_code": 5031}}"#).await;
+    let a = r.send(ccr(sid, 2, 1, AppId::CREDIT_CONTROL, Some((10, Some(10), true)))).await.unwrap();
     assert_eq!(a.result_code(), Some(ResultCode::RATING_FAILED));
     // Delay.
     add_fault(&r, r#"{"request_number": 2, "action": {"delay": "400ms"}}"#).await;
     let t = Instant::now();
-    r.send(ccr(sid, 2, 2, AppId::CREDIT_CONTROL, Some((10, Some(10), true))))
-        .await
-        .unwrap();
+    r.send(ccr(sid, 2, 2, AppId::CREDIT_CONTROL, Some((10, Some(10), true)))).await.unwrap();
     assert!(t.elapsed() >= Duration::from_millis(400));
     // Drop: no answer within the client's timeout.
     add_fault(&r, r#"{"request_number": 3, "action": "drop", "times": 1}"#).await;
-    let lost = r
-        .client
-        .request(
-            ccr(sid, 2, 3, AppId::CREDIT_CONTROL, None),
-            Some(Duration::from_millis(500)),
-        )
-        .await;
+    let lost = r.client.request(ccr(sid, 2, 3, AppId::CREDIT_CONTROL, None), Some(Duration::from_millis(500))).await;
     assert!(matches!(lost, Err(RequestError::Failed { .. })), "{lost:?}");
     // DIAMETER_UNABLE_TO_DELIVER.
     add_fault(&r, r#"{"request_number": 4, "action": "unable_to_deliver"}"#).await;
@@ -328,27 +237,12 @@ async fn ocs_sim_fault_rules() {
     assert_eq!(a.result_code(), Some(ResultCode::UNABLE_TO_DELIVER));
     // Close the connection: the request fails, the client reconnects.
     add_fault(&r, r#"{"request_number": 5, "action": "close", "times": 1}"#).await;
-    let closed = r
-        .client
-        .request(
-            ccr(sid, 2, 5, AppId::CREDIT_CONTROL, None),
-            Some(Duration::from_secs(2)),
-        )
-        .await;
+    let closed = r.client.request(ccr(sid, 2, 5, AppId::CREDIT_CONTROL, None), Some(Duration::from_secs(2))).await;
     assert!(
-        matches!(
-            closed,
-            Err(RequestError::Failed {
-                result_code: ResultCode::UNABLE_TO_DELIVER,
-                ..
-            })
-        ),
+        matches!(closed, Err(RequestError::Failed { result_code: ResultCode::UNABLE_TO_DELIVER, .. })),
         "{closed:?}"
     );
-    wait_for(&r.client, Duration::from_secs(10), "reconnected after the close", |s| {
-        open(s, 0)
-    })
-    .await;
+    wait_for(&r.client, Duration::from_secs(10), "reconnected after the close", |s| open(s, 0)).await;
     // DPR after the answer.
     add_fault(&r, r#"{"request_number": 6, "action": "dpr", "times": 1}"#).await;
     let a = r.send(ccr(sid, 2, 6, AppId::CREDIT_CONTROL, None)).await.unwrap();
@@ -366,61 +260,34 @@ async fn ocs_sim_fault_rules() {
 async fn ocs_sim_ledger_catches_a_misbehaving_client() {
     let r = rig(OcsConfig::default(), 2001).await;
     let sid = "as1;bad;1";
-    r.send(ccr(sid, 1, 0, AppId::CREDIT_CONTROL, Some((10, None, true))))
-        .await
-        .unwrap();
-    r.send(ccr(sid, 2, 1, AppId::CREDIT_CONTROL, Some((10, Some(5), true))))
-        .await
-        .unwrap();
+    r.send(ccr(sid, 1, 0, AppId::CREDIT_CONTROL, Some((10, None, true)))).await.unwrap();
+    r.send(ccr(sid, 2, 1, AppId::CREDIT_CONTROL, Some((10, Some(5), true)))).await.unwrap();
     // Repeat number 1 without the T flag, reporting usage again.
-    r.send(ccr(sid, 2, 1, AppId::CREDIT_CONTROL, Some((10, Some(5), true))))
-        .await
-        .unwrap();
+    r.send(ccr(sid, 2, 1, AppId::CREDIT_CONTROL, Some((10, Some(5), true)))).await.unwrap();
     // Skip number 2.
-    r.send(ccr(sid, 2, 3, AppId::CREDIT_CONTROL, Some((10, Some(5), true))))
-        .await
-        .unwrap();
+    r.send(ccr(sid, 2, 3, AppId::CREDIT_CONTROL, Some((10, Some(5), true)))).await.unwrap();
     r.send(ccr(sid, 3, 4, AppId::CREDIT_CONTROL, None)).await.unwrap();
     // Report after terminate.
-    let a = r
-        .send(ccr(sid, 2, 5, AppId::CREDIT_CONTROL, Some((10, Some(5), false))))
-        .await
-        .unwrap();
+    let a = r.send(ccr(sid, 2, 5, AppId::CREDIT_CONTROL, Some((10, Some(5), false)))).await.unwrap();
     assert_eq!(a.result_code(), Some(ResultCode::UNKNOWN_SESSION_ID));
     let c = r.check().await;
     assert_eq!(c["clean"], false);
-    for kind in [
-        "repeated_number",
-        "usage_reported_twice",
-        "skipped_number",
-        "request_after_termination",
-    ] {
+    for kind in ["repeated_number", "usage_reported_twice", "skipped_number", "request_after_termination"] {
         assert_eq!(c["anomalies"][kind], 1, "{kind}: {c}");
     }
-    assert_eq!(
-        c["units"]["debited"]["time"], 10,
-        "usage reported twice is charged once: {c}"
-    );
+    assert_eq!(c["units"]["debited"]["time"], 10, "usage reported twice is charged once: {c}");
     r.stop().await;
 }
 
 #[tokio::test]
 async fn ocs_sim_closes_idle_sessions_after_tcc() {
-    let cfg = OcsConfig {
-        tcc: Duration::from_millis(300),
-        ..OcsConfig::default()
-    };
+    let cfg = OcsConfig { tcc: Duration::from_millis(300), ..OcsConfig::default() };
     let r = rig(cfg, 2001).await;
-    r.send(ccr("as1;tcc;1", 1, 0, AppId::CREDIT_CONTROL, Some((10, None, true))))
-        .await
-        .unwrap();
+    r.send(ccr("as1;tcc;1", 1, 0, AppId::CREDIT_CONTROL, Some((10, None, true)))).await.unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     let c = r.check().await;
     assert_eq!(c["sessions"]["closed_by_tcc"], 1, "{c}");
-    let a = r
-        .send(ccr("as1;tcc;1", 2, 1, AppId::CREDIT_CONTROL, None))
-        .await
-        .unwrap();
+    let a = r.send(ccr("as1;tcc;1", 2, 1, AppId::CREDIT_CONTROL, None)).await.unwrap();
     assert_eq!(a.result_code(), Some(ResultCode::UNKNOWN_SESSION_ID));
     r.stop().await;
 }

@@ -8,12 +8,7 @@ use charging_ra::codec::{
 };
 
 fn leaf() -> impl Strategy<Value = Avp> {
-    (
-        any::<u32>(),
-        any::<u8>(),
-        proptest::option::of(any::<u32>()),
-        proptest::collection::vec(any::<u8>(), 0..40),
-    )
+    (any::<u32>(), any::<u8>(), proptest::option::of(any::<u32>()), proptest::collection::vec(any::<u8>(), 0..40))
         .prop_map(|(code, flags, vendor, data)| {
             Avp::new(code, AvpFlags(flags), vendor.map(VendorId), Bytes::from(data))
         })
@@ -27,14 +22,7 @@ fn avp() -> impl Strategy<Value = Avp> {
 }
 
 fn message() -> impl Strategy<Value = Message> {
-    (
-        any::<u8>(),
-        0u32..1 << 24,
-        any::<u32>(),
-        any::<u32>(),
-        any::<u32>(),
-        proptest::collection::vec(avp(), 0..12),
-    )
+    (any::<u8>(), 0u32..1 << 24, any::<u32>(), any::<u32>(), any::<u32>(), proptest::collection::vec(avp(), 0..12))
         .prop_map(|(flags, code, app, hbh, e2e, avps)| {
             // The one header rule the decoder enforces: no E bit on a request.
             let flags = if flags & 0x80 != 0 { flags & !0x20 } else { flags };

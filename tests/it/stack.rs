@@ -21,10 +21,7 @@ pub fn identity(host: &str, realm: &str, apps: &[Application]) -> LocalIdentity 
 
 /// A server node listening on an ephemeral loopback port, accepting any peer.
 pub fn server_config(host: &str) -> NodeConfig {
-    let mut rc = RouterConfig::new(
-        identity(host, OCS_REALM, &[Application::Auth(AppId::CREDIT_CONTROL)]),
-        vec![],
-    );
+    let mut rc = RouterConfig::new(identity(host, OCS_REALM, &[Application::Auth(AppId::CREDIT_CONTROL)]), vec![]);
     rc.accept_unknown_peers = true;
     let mut tmpl = PeerConfig::new(rc.local.clone(), None, false);
     tmpl.watchdog_interval = Duration::from_secs(1);
@@ -55,12 +52,7 @@ pub fn client_config(host: &str, servers: &[(&str, SocketAddr, u32)], tw: Durati
             pc.watchdog_interval = tw;
             pc.reconnect_initial = Duration::from_millis(200);
             pc.reconnect_max = Duration::from_secs(1);
-            PeerEndpoint {
-                config: pc,
-                address: Some(*addr),
-                tls: false,
-                server_name: None,
-            }
+            PeerEndpoint { config: pc, address: Some(*addr), tls: false, server_name: None }
         })
         .collect();
     NodeConfig::new(RouterConfig::new(local, routes), peers)
@@ -130,10 +122,7 @@ pub async fn wait_for(
         if cond(&st) {
             return st;
         }
-        assert!(
-            tokio::time::Instant::now() < end,
-            "timed out waiting for {what}: {st:#?}"
-        );
+        assert!(tokio::time::Instant::now() < end, "timed out waiting for {what}: {st:#?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -144,9 +133,7 @@ pub fn open(st: &NodeStatus, peer: usize) -> bool {
 
 #[tokio::test]
 async fn two_nodes_exchange_requests_watchdogs_and_dpr() {
-    let (server, srx) = DiameterNode::start(server_config("ocs1.ocs.localdomain"))
-        .await
-        .unwrap();
+    let (server, srx) = DiameterNode::start(server_config("ocs1.ocs.localdomain")).await.unwrap();
     let seen = serve("ocs1.ocs.localdomain", srx, Behaviour::Answer);
     let addr = server.local_addrs()[0];
     let (client, _crx) = DiameterNode::start(client_config(
@@ -158,10 +145,7 @@ async fn two_nodes_exchange_requests_watchdogs_and_dpr() {
     .unwrap();
     wait_for(&client, Duration::from_secs(5), "CER/CEA", |s| open(s, 0)).await;
     for n in 0..20 {
-        let a = client
-            .request(ccr("as1;1", "as1.test.localdomain", n), None)
-            .await
-            .unwrap();
+        let a = client.request(ccr("as1;1", "as1.test.localdomain", n), None).await.unwrap();
         assert_eq!(a.result_code(), Some(ResultCode::SUCCESS));
         assert_eq!(a.find(code::CC_REQUEST_NUMBER, 0).unwrap().as_u32(), Ok(n));
     }
@@ -188,9 +172,7 @@ async fn two_nodes_exchange_requests_watchdogs_and_dpr() {
 
 #[tokio::test]
 async fn client_reconnects_after_the_server_restarts_and_reopens_after_three_dwa() {
-    let (server, srx) = DiameterNode::start(server_config("ocs1.ocs.localdomain"))
-        .await
-        .unwrap();
+    let (server, srx) = DiameterNode::start(server_config("ocs1.ocs.localdomain")).await.unwrap();
     serve("ocs1.ocs.localdomain", srx, Behaviour::Answer);
     let addr = server.local_addrs()[0];
     let (client, _crx) = DiameterNode::start(client_config(
@@ -204,20 +186,9 @@ async fn client_reconnects_after_the_server_restarts_and_reopens_after_three_dwa
     // A crash (no DPR): the client sees the connection drop.
     server.abort();
     wait_for(&client, Duration::from_secs(5), "closed", |s| !open(s, 0)).await;
-    let r = client
-        .request(
-            ccr("as1;2", "as1.test.localdomain", 0),
-            Some(Duration::from_millis(500)),
-        )
-        .await;
+    let r = client.request(ccr("as1;2", "as1.test.localdomain", 0), Some(Duration::from_millis(500))).await;
     assert!(
-        matches!(
-            r,
-            Err(charging_ra::node::RequestError::Failed {
-                result_code: ResultCode::UNABLE_TO_DELIVER,
-                ..
-            })
-        ),
+        matches!(r, Err(charging_ra::node::RequestError::Failed { result_code: ResultCode::UNABLE_TO_DELIVER, .. })),
         "{r:?}"
     );
     // A new server on the same port: reconnect (Tc backoff), CER/CEA, REOPEN, three DWAs, then traffic.
@@ -226,14 +197,8 @@ async fn client_reconnects_after_the_server_restarts_and_reopens_after_three_dwa
     let (server2, srx2) = DiameterNode::start(cfg).await.unwrap();
     serve("ocs1.ocs.localdomain", srx2, Behaviour::Answer);
     let st = wait_for(&client, Duration::from_secs(10), "reopened", |s| open(s, 0)).await;
-    assert!(
-        st.peers[0].metrics.messages_in.get("DWA").is_some_and(|&n| n >= 3),
-        "REOPEN needs 3 DWA: {st:#?}"
-    );
-    let a = client
-        .request(ccr("as1;3", "as1.test.localdomain", 0), None)
-        .await
-        .unwrap();
+    assert!(st.peers[0].metrics.messages_in.get("DWA").is_some_and(|&n| n >= 3), "REOPEN needs 3 DWA: {st:#?}");
+    let a = client.request(ccr("as1;3", "as1.test.localdomain", 0), None).await.unwrap();
     assert_eq!(a.result_code(), Some(ResultCode::SUCCESS));
     client.stop(DisconnectCause::Rebooting).await;
     server2.stop(DisconnectCause::Rebooting).await;
@@ -241,33 +206,23 @@ async fn client_reconnects_after_the_server_restarts_and_reopens_after_three_dwa
 
 #[tokio::test]
 async fn pending_requests_fail_over_to_the_alternate_server_with_the_t_flag() {
-    let (s1, rx1) = DiameterNode::start(server_config("ocs1.ocs.localdomain"))
-        .await
-        .unwrap();
+    let (s1, rx1) = DiameterNode::start(server_config("ocs1.ocs.localdomain")).await.unwrap();
     let held = serve("ocs1.ocs.localdomain", rx1, Behaviour::Hold);
-    let (s2, rx2) = DiameterNode::start(server_config("ocs2.ocs.localdomain"))
-        .await
-        .unwrap();
+    let (s2, rx2) = DiameterNode::start(server_config("ocs2.ocs.localdomain")).await.unwrap();
     let seen2 = serve("ocs2.ocs.localdomain", rx2, Behaviour::Answer);
     let cfg = client_config(
         "as1.test.localdomain",
-        &[
-            ("ocs1.ocs.localdomain", s1.local_addrs()[0], 1),
-            ("ocs2.ocs.localdomain", s2.local_addrs()[0], 2),
-        ],
+        &[("ocs1.ocs.localdomain", s1.local_addrs()[0], 1), ("ocs2.ocs.localdomain", s2.local_addrs()[0], 2)],
         Duration::from_secs(5),
     );
     let (client, _crx) = DiameterNode::start(cfg).await.unwrap();
-    wait_for(&client, Duration::from_secs(5), "both open", |s| {
-        open(s, 0) && open(s, 1)
-    })
-    .await;
+    wait_for(&client, Duration::from_secs(5), "both open", |s| open(s, 0) && open(s, 1)).await;
     let client = Arc::new(client);
     let c = client.clone();
-    let pending = tokio::spawn(async move {
-        c.request(ccr("as1;9", "as1.test.localdomain", 4), Some(Duration::from_secs(10)))
-            .await
-    });
+    let pending =
+        tokio::spawn(
+            async move { c.request(ccr("as1;9", "as1.test.localdomain", 4), Some(Duration::from_secs(10))).await },
+        );
     // The primary has the request and will never answer; then it crashes.
     while held.lock().unwrap().is_empty() {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -298,12 +253,8 @@ async fn a_peer_that_stops_reading_is_cut_off_not_buffered_without_bound() {
     serve("ocs1.ocs.localdomain", srx, Behaviour::Answer);
     let mut sock = tokio::net::TcpStream::connect(server.local_addrs()[0]).await.unwrap();
     let mut cer = Message::request(CommandCode::CAPABILITIES_EXCHANGE, AppId::COMMON);
-    cer.avps = identity(
-        "slow.test.localdomain",
-        CLIENT_REALM,
-        &[Application::Auth(AppId::CREDIT_CONTROL)],
-    )
-    .capability_avps();
+    cer.avps =
+        identity("slow.test.localdomain", CLIENT_REALM, &[Application::Auth(AppId::CREDIT_CONTROL)]).capability_avps();
     sock.write_all(&cer.encode().unwrap()).await.unwrap();
     // 50,000 CCRs (~10 MB of answers owed) and no reads: the server must drop us, not buffer it all.
     let mut batch = Vec::new();
@@ -330,17 +281,11 @@ async fn a_cer_written_at_once_after_connecting_is_always_answered() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     // Regression: a CER read before the accepted connection was registered used to be dropped, leaving the
     // peer waiting for a CEA forever.
-    let (server, srx) = DiameterNode::start(server_config("ocs1.ocs.localdomain"))
-        .await
-        .unwrap();
+    let (server, srx) = DiameterNode::start(server_config("ocs1.ocs.localdomain")).await.unwrap();
     serve("ocs1.ocs.localdomain", srx, Behaviour::Answer);
     let mut cer = Message::request(CommandCode::CAPABILITIES_EXCHANGE, AppId::COMMON);
-    cer.avps = identity(
-        "fast.test.localdomain",
-        CLIENT_REALM,
-        &[Application::Auth(AppId::CREDIT_CONTROL)],
-    )
-    .capability_avps();
+    cer.avps =
+        identity("fast.test.localdomain", CLIENT_REALM, &[Application::Auth(AppId::CREDIT_CONTROL)]).capability_avps();
     let cer = cer.encode().unwrap();
     for i in 0..300 {
         let mut sock = tokio::net::TcpStream::connect(server.local_addrs()[0]).await.unwrap();

@@ -23,17 +23,11 @@ impl Pki {
     fn new(dir: &Path, name: &str) -> Pki {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("{name} test CA"));
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} test CA"));
         let ca_key = KeyPair::generate().unwrap();
         let ca = ca_params.self_signed(&ca_key).unwrap();
         std::fs::write(dir.join(format!("{name}-ca.pem")), ca.pem()).unwrap();
-        Pki {
-            dir: dir.to_path_buf(),
-            ca_params,
-            ca_key,
-        }
+        Pki { dir: dir.to_path_buf(), ca_params, ca_key }
     }
 
     /// A certificate for `host`, signed by this CA, and the TlsConfig using it.
@@ -42,18 +36,10 @@ impl Pki {
         let params = CertificateParams::new(vec![host.to_string()]).unwrap();
         let issuer = Issuer::from_params(&self.ca_params, &self.ca_key);
         let cert = params.signed_by(&key, &issuer).unwrap();
-        let (c, k) = (
-            self.dir.join(format!("{host}.pem")),
-            self.dir.join(format!("{host}.key")),
-        );
+        let (c, k) = (self.dir.join(format!("{host}.pem")), self.dir.join(format!("{host}.key")));
         std::fs::write(&c, cert.pem()).unwrap();
         std::fs::write(&k, key.serialize_pem()).unwrap();
-        TlsConfig {
-            cert: c,
-            key: k,
-            ca: self.dir.join(format!("{ca_name}-ca.pem")),
-            verify_clients: true,
-        }
+        TlsConfig { cert: c, key: k, ca: self.dir.join(format!("{ca_name}-ca.pem")), verify_clients: true }
     }
 }
 
@@ -71,27 +57,16 @@ async fn tls_nodes_verify_each_other_and_refuse_strangers() {
     serve("ocs1.ocs.localdomain", srx, Behaviour::Answer);
     let addr = server.local_tls_addrs()[0];
 
-    let mut ccfg = client_config(
-        "as1.test.localdomain",
-        &[("ocs1.ocs.localdomain", addr, 1)],
-        Duration::from_secs(5),
-    );
+    let mut ccfg = client_config("as1.test.localdomain", &[("ocs1.ocs.localdomain", addr, 1)], Duration::from_secs(5));
     ccfg.peers[0].tls = true;
     ccfg.tls = Some(pki.node("good", "as1.test.localdomain"));
     let (client, _crx) = DiameterNode::start(ccfg).await.unwrap();
     wait_for(&client, Duration::from_secs(5), "TLS open", |s| open(s, 0)).await;
-    let a = client
-        .request(ccr("as1;tls", "as1.test.localdomain", 0), None)
-        .await
-        .unwrap();
+    let a = client.request(ccr("as1;tls", "as1.test.localdomain", 0), None).await.unwrap();
     assert_eq!(a.result_code(), Some(ResultCode::SUCCESS));
 
     // A client whose certificate another CA signed never gets past the handshake.
-    let mut bad = client_config(
-        "evil.test.localdomain",
-        &[("ocs1.ocs.localdomain", addr, 1)],
-        Duration::from_secs(5),
-    );
+    let mut bad = client_config("evil.test.localdomain", &[("ocs1.ocs.localdomain", addr, 1)], Duration::from_secs(5));
     bad.peers[0].tls = true;
     let mut t = rogue.node("rogue", "evil.test.localdomain");
     t.ca = dir.join("good-ca.pem"); // it trusts the server, the server does not trust it
@@ -102,11 +77,7 @@ async fn tls_nodes_verify_each_other_and_refuse_strangers() {
     assert!(!st.peers[0].available, "{st:#?}");
     assert!(!st.peers[0].metrics.messages_in.contains_key("CEA"));
     // And a client that does not trust the server's CA refuses the server.
-    let mut wary = client_config(
-        "wary.test.localdomain",
-        &[("ocs1.ocs.localdomain", addr, 1)],
-        Duration::from_secs(5),
-    );
+    let mut wary = client_config("wary.test.localdomain", &[("ocs1.ocs.localdomain", addr, 1)], Duration::from_secs(5));
     wary.peers[0].tls = true;
     let mut t = pki.node("good", "wary.test.localdomain");
     t.ca = dir.join("rogue-ca.pem");

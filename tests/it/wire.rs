@@ -10,10 +10,7 @@ use charging_ra::samples;
 /// Writes messages as a text2pcap hex dump, one packet each, and returns tshark's decode of the capture.
 pub fn tshark_check(label: &str, messages: &[bytes::Bytes]) -> Option<(String, String)> {
     if !(crate::have("tshark") && crate::have("text2pcap")) {
-        crate::skip(
-            label,
-            "tshark/text2pcap not installed (apt-get install tshark); CI installs them",
-        );
+        crate::skip(label, "tshark/text2pcap not installed (apt-get install tshark); CI installs them");
         return None;
     }
     let dir = tempdir(label);
@@ -30,20 +27,11 @@ pub fn tshark_check(label: &str, messages: &[bytes::Bytes]) -> Option<(String, S
     let hex = dir.join("msgs.hex");
     let pcap = dir.join("msgs.pcap");
     std::fs::write(&hex, dump).unwrap();
-    let st = Command::new("text2pcap")
-        .args(["-q", "-T", "3868,3868"])
-        .arg(&hex)
-        .arg(&pcap)
-        .status()
-        .unwrap();
+    let st = Command::new("text2pcap").args(["-q", "-T", "3868,3868"]).arg(&hex).arg(&pcap).status().unwrap();
     assert!(st.success(), "text2pcap failed");
     let run = |args: &[&str]| {
         let out = Command::new("tshark").arg("-r").arg(&pcap).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "tshark failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "tshark failed: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let expert = run(&["-q", "-z", "expert"]);
@@ -65,11 +53,7 @@ pub fn tshark_check(label: &str, messages: &[bytes::Bytes]) -> Option<(String, S
 
 /// A fresh directory under the target dir for one test's files.
 pub fn tempdir(label: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "charging-ra-{}-{}",
-        label.replace(' ', "_"),
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("charging-ra-{}-{}", label.replace(' ', "_"), std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -80,10 +64,7 @@ pub fn unexpected_expert_lines(expert: &str) -> Vec<String> {
     let mut out = Vec::new();
     for line in expert.lines() {
         let t = line.trim();
-        if let Some(name) = ["Errors", "Warns", "Notes", "Chats", "Comments"]
-            .iter()
-            .find(|n| t.starts_with(*n))
-        {
+        if let Some(name) = ["Errors", "Warns", "Notes", "Chats", "Comments"].iter().find(|n| t.starts_with(*n)) {
             section = name;
             continue;
         }
@@ -107,11 +88,7 @@ fn tshark_decodes_every_sample_clean() {
         return;
     };
     let bad = unexpected_expert_lines(&expert);
-    assert!(
-        bad.is_empty(),
-        "tshark expert findings:\n{}\n(full: {expert})",
-        bad.join("\n")
-    );
+    assert!(bad.is_empty(), "tshark expert findings:\n{}\n(full: {expert})", bad.join("\n"));
     // Every frame was dissected as Diameter with our header values, none malformed.
     let rows: Vec<&str> = fields.lines().collect();
     assert_eq!(rows.len(), all.len(), "{fields}");
