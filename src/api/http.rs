@@ -112,7 +112,9 @@ fn charging_error(e: ChargingError) -> Response {
 }
 
 fn bad_json(r: JsonRejection) -> Response {
-    error(StatusCode::BAD_REQUEST, format!("bad JSON body: {}", r.body_text()), None, None)
+    // Too large stays 413; everything else about the body is the caller's JSON: 400.
+    let status = if r.status() == StatusCode::PAYLOAD_TOO_LARGE { r.status() } else { StatusCode::BAD_REQUEST };
+    error(status, format!("bad JSON body: {}", r.body_text()), None, None)
 }
 
 fn outcome_json(o: &Outcome, node: &str, convergence: Option<&str>) -> Value {

@@ -5,6 +5,7 @@ mod crosscheck;
 mod dict;
 mod engine;
 mod freediameter;
+mod http_front;
 mod ocs;
 mod prop;
 mod stack;
