@@ -40,6 +40,34 @@ enum Command {
         #[arg(long)]
         config: Option<std::path::PathBuf>,
     },
+    /// Run credit-control sessions (CCR-I, K CCR-U, CCR-T) through the embedded engine against an OCS or PCRF;
+    /// the last line printed is `throughput: N tx/s`.
+    Load {
+        /// The OCS / PCRF address.
+        #[arg(long)]
+        ocs: std::net::SocketAddr,
+        /// Its realm (Destination-Realm).
+        #[arg(long, default_value = "localdomain")]
+        realm: String,
+        /// Sessions in all.
+        #[arg(long, default_value_t = 1000)]
+        sessions: u64,
+        /// Sessions at once.
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+        /// CCR-U per session.
+        #[arg(long, default_value_t = 1)]
+        updates: u32,
+        /// How long each session stays open before its CCR-T (e.g. 2s); RAR/ASR are answered meanwhile.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        hold: std::time::Duration,
+        /// Stop after this long, terminating open sessions.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<std::time::Duration>,
+        /// ro or gx.
+        #[arg(long, default_value = "ro")]
+        app: String,
+    },
     /// Run the OCS (Ro) and PCRF (Gx) simulator with its ledger and HTTP control API.
     OcsSim {
         /// Diameter listening address.
@@ -71,6 +99,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo => demo(),
         Command::Decode { hex, file, dictionaries, config } => decode(hex, file, &dictionaries, config.as_deref()),
+        Command::Load { ocs, realm, sessions, concurrency, updates, hold, duration, app } => {
+            load(ocs, realm, sessions, concurrency, updates, hold, duration, &app)
+        }
         Command::OcsSim { listen, origin_host, origin_realm, control, config, ledger_out, log_json } => {
             init_logging(log_json);
             ocs_sim(listen, origin_host, origin_realm, control, config, ledger_out)
@@ -130,6 +161,30 @@ fn ocs_sim(
         tracing::info!(clean = check.clean, opened = check.sessions.opened, "ocs-sim stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn load(
+    ocs: std::net::SocketAddr,
+    realm: String,
+    sessions: u64,
+    concurrency: usize,
+    updates: u32,
+    hold: std::time::Duration,
+    duration: Option<std::time::Duration>,
+    app: &str,
+) -> anyhow::Result<ExitCode> {
+    use charging_ra::api::App;
+    let app = match app {
+        "ro" => App::Ro,
+        "gx" => App::Gx,
+        other => bail!("--app {other:?}: use ro or gx"),
+    };
+    let cfg = charging_ra::load::LoadConfig { ocs, realm, sessions, concurrency, updates, hold, duration, app };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = rt.block_on(charging_ra::load::run(cfg))?;
+    print!("{}", report.summary());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// SIGINT or SIGTERM.

@@ -20,6 +20,7 @@ pub mod cc;
 pub mod codec;
 pub mod config;
 pub mod dict;
+pub mod load;
 pub mod node;
 pub mod ocs;
 pub mod peer;

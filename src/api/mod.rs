@@ -557,8 +557,11 @@ impl Driver {
                 };
                 let sid = self.session_id();
                 let mut cc = CcSession::new(cfg, sid.clone());
-                let rgs: Vec<Option<u32>> =
-                    if app == App::Gx { vec![] } else { rating_groups.iter().map(|r| Some(r.rating_group)).collect() };
+                let rgs: Vec<(Option<u32>, Units)> = if app == App::Gx {
+                    vec![]
+                } else {
+                    rating_groups.iter().map(|r| (Some(r.rating_group), r.requested)).collect()
+                };
                 cc.start(now, &rgs, Some(0));
                 self.sessions.insert(sid.clone(), Entry::new(cc, reply));
                 self.pump(now, &sid);

@@ -306,12 +306,14 @@ impl CcSession {
     // ---- the service's requests ------------------------------------------------------------------------
 
     /// Client requests access: CCR-I asking units for these rating groups (`None`: no MSCC, session level).
-    pub fn start(&mut self, now: Instant, rating_groups: &[Option<u32>], tag: Option<u64>) {
+    /// Each rating group comes with the units to ask for in its Requested-Service-Unit (empty: whatever the
+    /// server grants).
+    pub fn start(&mut self, now: Instant, rating_groups: &[(Option<u32>, Units)], tag: Option<u64>) {
         if self.state != CcState::Idle || self.next_number != 0 {
             self.out.push_back(CcOutput::Dropped(tag));
             return;
         }
-        let msccs = rating_groups.iter().map(|rg| mscc(*rg, None, true, None)).collect();
+        let msccs = rating_groups.iter().map(|(rg, want)| mscc_requesting(*rg, want)).collect();
         self.send(now, 1, msccs, CcState::PendingI, tag);
     }
 
@@ -895,6 +897,15 @@ const REPORTING_REASON_VALIDITY_TIME: i32 = 4;
 const REPORTING_REASON_FORCED_REAUTHORISATION: i32 = 7;
 
 /// An MSCC (or, with `rg` `None`, the parts a single-service request carries).
+/// An MSCC asking for these units.
+fn mscc_requesting(rg: Option<u32>, want: &Units) -> Avp {
+    let mut v = vec![Avp::grouped(code::REQUESTED_SERVICE_UNIT, &want.to_avps())];
+    if let Some(rg) = rg {
+        v.push(Avp::u32(code::RATING_GROUP, rg));
+    }
+    Avp::grouped(code::MULTIPLE_SERVICES_CREDIT_CONTROL, &v)
+}
+
 fn mscc(rg: Option<u32>, used: Option<Units>, request: bool, reason: Option<i32>) -> Avp {
     let mut v = Vec::new();
     if request {

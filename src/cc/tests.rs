@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::codec::{AppId, Avp, CommandCode, CommandFlags, Message, ResultCode, code};
+use crate::units::Units;
 
 const TX: Duration = Duration::from_secs(10);
 
@@ -56,7 +57,7 @@ impl H {
     }
 
     fn open(&mut self) {
-        self.s.start(self.now, &[Some(10)], None);
+        self.s.start(self.now, &[(Some(10), Units::default())], None);
         let req = self.one_request();
         self.s.handle_answer(self.now, &cca(&req, 2001, &[grant(10, 300, None, None)]));
         self.drain();
@@ -109,7 +110,7 @@ fn continued(events: &[CcEvent]) -> bool {
 #[test]
 fn full_session_numbers_requests_and_follows_the_server() {
     let mut h = H::new(Ccfh::Terminate);
-    h.s.start(h.now, &[Some(10)], None);
+    h.s.start(h.now, &[(Some(10), Units::default())], None);
     assert_eq!(h.s.state(), CcState::PendingI);
     let i = h.one_request();
     assert_eq!((rtype(&i), number(&i)), (1, 0));
@@ -160,7 +161,7 @@ fn full_session_numbers_requests_and_follows_the_server() {
 fn tx_expiry_in_pending_i_for_each_ccfh() {
     // TERMINATE: end the service.
     let mut h = H::new(Ccfh::Terminate);
-    h.s.start(h.now, &[Some(10)], None);
+    h.s.start(h.now, &[(Some(10), Units::default())], None);
     h.drain();
     h.advance(TX);
     let (_, ev) = h.drain();
@@ -169,7 +170,7 @@ fn tx_expiry_in_pending_i_for_each_ccfh() {
     // CONTINUE and RETRY_AND_TERMINATE: grant the service, stay in PendingI; a late answer opens the session.
     for ccfh in [Ccfh::Continue, Ccfh::RetryAndTerminate] {
         let mut h = H::new(ccfh);
-        h.s.start(h.now, &[Some(10)], None);
+        h.s.start(h.now, &[(Some(10), Units::default())], None);
         let i = h.one_request();
         h.advance(TX);
         let (_, ev) = h.drain();
@@ -211,7 +212,7 @@ fn failures_and_failure_codes_follow_the_client_table() {
     // Failure to send in PendingI: CCFH decides.
     for (ccfh, cont) in [(Ccfh::Terminate, false), (Ccfh::Continue, true), (Ccfh::RetryAndTerminate, false)] {
         let mut h = H::new(ccfh);
-        h.s.start(h.now, &[Some(10)], None);
+        h.s.start(h.now, &[(Some(10), Units::default())], None);
         h.drain();
         h.s.handle_send_failure(h.now, "3002 no route");
         let (_, ev) = h.drain();
@@ -229,7 +230,7 @@ fn failures_and_failure_codes_follow_the_client_table() {
         (4012, Ccfh::Continue, false),
     ] {
         let mut h = H::new(ccfh);
-        h.s.start(h.now, &[Some(10)], None);
+        h.s.start(h.now, &[(Some(10), Units::default())], None);
         let i = h.one_request();
         h.s.handle_answer(h.now, &cca(&i, rc, &[]));
         let (_, ev) = h.drain();
@@ -239,7 +240,7 @@ fn failures_and_failure_codes_follow_the_client_table() {
     }
     // A 3GPP server's Experimental-Result reads the same way.
     let mut h = H::new(Ccfh::Continue);
-    h.s.start(h.now, &[Some(10)], None);
+    h.s.start(h.now, &[(Some(10), Units::default())], None);
     let i = h.one_request();
     let mut a = cca(&i, 2001, &[]);
     a.avps.retain(|x| !x.is(code::RESULT_CODE, 0));
@@ -254,7 +255,7 @@ fn failures_and_failure_codes_follow_the_client_table() {
 #[test]
 fn requests_made_while_one_is_outstanding_are_queued_in_order() {
     let mut h = H::new(Ccfh::Terminate);
-    h.s.start(h.now, &[Some(10)], None);
+    h.s.start(h.now, &[(Some(10), Units::default())], None);
     let i = h.one_request();
     // While PendingI: an update and the termination queue up.
     h.s.update(
@@ -277,7 +278,7 @@ fn requests_made_while_one_is_outstanding_are_queued_in_order() {
 #[test]
 fn stale_or_mismatched_answers_are_dropped() {
     let mut h = H::new(Ccfh::Terminate);
-    h.s.start(h.now, &[Some(10)], None);
+    h.s.start(h.now, &[(Some(10), Units::default())], None);
     let i = h.one_request();
     let mut wrong_number = cca(&i, 2001, &[]);
     wrong_number.avps.retain(|a| !a.is(code::CC_REQUEST_NUMBER, 0));
@@ -338,7 +339,7 @@ fn asr_answers_and_terminates_with_the_usage() {
 #[test]
 fn validity_time_expiry_reauthorizes_the_rating_group() {
     let mut h = H::new(Ccfh::Terminate);
-    h.s.start(h.now, &[Some(10)], None);
+    h.s.start(h.now, &[(Some(10), Units::default())], None);
     let i = h.one_request();
     h.s.handle_answer(h.now, &cca(&i, 2001, &[grant(10, 300, Some(60), None)]));
     h.drain();
@@ -356,7 +357,7 @@ fn validity_time_expiry_reauthorizes_the_rating_group() {
 #[test]
 fn final_units_and_per_rating_group_denial() {
     let mut h = H::new(Ccfh::Terminate);
-    h.s.start(h.now, &[Some(10), Some(20)], None);
+    h.s.start(h.now, &[(Some(10), Units::default()), (Some(20), Units::default())], None);
     let i = h.one_request();
     let denied = Avp::grouped(
         code::MULTIPLE_SERVICES_CREDIT_CONTROL,

@@ -238,3 +238,28 @@ async fn engine_event_charging_and_idempotent_updates() {
     e.stop().await;
     sim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_driver_runs_sessions_and_prints_throughput_last() {
+    let sim = sim(OcsConfig::default()).await;
+    let cfg = charging_ra::load::LoadConfig {
+        ocs: sim.diameter_addr(),
+        realm: OCS_REALM.into(),
+        sessions: 300,
+        concurrency: 20,
+        updates: 2,
+        hold: Duration::ZERO,
+        duration: None,
+        app: App::Ro,
+    };
+    let report = charging_ra::load::run(cfg).await.unwrap();
+    assert_eq!(report.sessions, 300);
+    assert_eq!(report.transactions, 1200);
+    assert_eq!(report.results.get(&2001), Some(&1200));
+    let summary = report.summary();
+    assert!(summary.trim_end().lines().last().unwrap().starts_with("throughput: "), "{summary}");
+    let c = check(&sim).await;
+    assert_eq!(c["clean"], true, "{c}");
+    assert_eq!(c["sessions"]["terminated"], 300);
+    sim.stop().await;
+}
