@@ -327,3 +327,113 @@ async fn freediameter_relays_ocs_sim_rar_back_to_the_client() {
     assert!(sim.stop().await.clean);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A tshark capture on the loopback for some test ports, decoded as Diameter when finished.
+struct Capture {
+    child: Child,
+    pcap: PathBuf,
+    ports: Vec<u16>,
+}
+
+impl Capture {
+    async fn start(dir: &Path, ports: &[u16]) -> Option<Capture> {
+        if !crate::have("tshark") {
+            crate::skip("tshark capture", "tshark not installed; the capture check does not run");
+            return None;
+        }
+        let pcap = dir.join("capture.pcap");
+        let filter = ports.iter().map(|p| format!("tcp port {p}")).collect::<Vec<_>>().join(" or ");
+        let child = Command::new("tshark")
+            .args(["-i", "lo", "-q", "-w"])
+            .arg(&pcap)
+            .args(["-f", &filter])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tshark starts");
+        for _ in 0..200 {
+            if std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        Some(Capture { child, pcap, ports: ports.to_vec() })
+    }
+
+    /// Stops capturing; returns (unexpected expert lines, Diameter frame count).
+    async fn finish(mut self) -> (Vec<String>, usize) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = Command::new("kill").arg("-INT").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+        let decode_as: Vec<String> = self.ports.iter().flat_map(|p| ["-d".to_string(), format!("tcp.port=={p},diameter")]).collect();
+        let out = Command::new("tshark").arg("-r").arg(&self.pcap).args(&decode_as).args(["-q", "-z", "expert"]).output().unwrap();
+        let bad = crate::wire::unexpected_expert_lines(&String::from_utf8_lossy(&out.stdout));
+        let frames = Command::new("tshark").arg("-r").arg(&self.pcap).args(&decode_as).args(["-Y", "diameter"]).output().unwrap();
+        (bad, String::from_utf8_lossy(&frames.stdout).lines().count())
+    }
+}
+
+#[tokio::test]
+async fn freediameter_relays_the_engine_to_the_ocs_sim() {
+    use charging_ra::api::{App, Engine, RatingGroupRequest, Subscriber, UsedUnits};
+    use charging_ra::cc::Ccfh;
+    use charging_ra::ocs::server::{OcsServer, OcsServerConfig};
+    use charging_ra::units::Units;
+    if !available("freediameter_relays_the_engine_to_the_ocs_sim") {
+        return;
+    }
+    let dir = crate::wire::tempdir("fd-engine");
+    let ocs_port = free_port();
+    let sim = OcsServer::start(OcsServerConfig::new(SocketAddr::from(([127, 0, 0, 1], ocs_port)), "ocs1.ocs.localdomain", crate::stack::OCS_REALM)).await.unwrap();
+    let extra = format!(
+        "LoadExtension = \"@EXT@/rt_default.fdx\" : \"@DIR@/rt_default.conf\";\n\
+         ConnectPeer = \"ocs1.ocs.localdomain\" {{ ConnectTo = \"127.0.0.1\"; Port = {ocs_port}; No_TLS; }};"
+    );
+    let fd = FreeDiameter::start(&dir, "fd.test.localdomain", "test.localdomain", &extra);
+    let capture = Capture::start(&dir, &[fd.port, ocs_port]).await;
+    let cfg = crate::engine::engine_config("as1.test.localdomain", &[("fd.test.localdomain", fd.addr(), 1)], Duration::from_secs(5), Ccfh::Terminate);
+    let e = Engine::start(cfg).await.unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !e.node_status().await.is_some_and(|s| open(&s, 0)) {
+        assert!(tokio::time::Instant::now() < end, "engine never connected to freeDiameter");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let subscriber = Some(Subscriber { kind: "msisdn".into(), data: "46709".into() });
+    let rg = vec![RatingGroupRequest { rating_group: 10, service_id: None, requested: Units::default() }];
+    let mut opened = None;
+    for _ in 0..50 {
+        match e.open_session(App::Ro, subscriber.clone(), None, rg.clone()).await {
+            Ok(o) => {
+                opened = Some(o);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+    let o = opened.unwrap_or_else(|| panic!("CCR-I through freeDiameter failed\n{}", fd.log()));
+    let used = vec![UsedUnits { rating_group: 10, used: Units { time: Some(30), ..Units::default() }, reporting_reason: None }];
+    for _ in 0..3 {
+        e.update(&o.session_id, used.clone(), vec![], None).await.unwrap();
+    }
+    let rar = sim
+        .rar(&charging_ra::ocs::server::RarRequest { session_id: o.session_id.clone(), rating_groups: vec![10], ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(rar.result_code, 2001);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    e.terminate(&o.session_id, used).await.unwrap();
+    let g = e.open_session(App::Gx, Some(Subscriber { kind: "imsi".into(), data: "240019".into() }), None, vec![]).await.unwrap();
+    e.terminate(&g.session_id, vec![]).await.unwrap();
+    e.stop().await;
+    let check = sim.stop().await;
+    assert!(check.clean, "{check:?}");
+    assert_eq!(check.sessions.terminated, 2);
+    drop(fd);
+    if let Some(c) = capture {
+        let (bad, frames) = c.finish().await;
+        assert!(bad.is_empty(), "tshark found problems in what the engine and the simulator sent:\n{}", bad.join("\n"));
+        assert!(frames >= 20, "{frames} Diameter frames captured");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
