@@ -17,10 +17,53 @@ use super::{App, ChargingError, Engine, Outcome, RatingGroupRequest, Subscriber,
 use crate::cc::RequestedAction;
 use crate::units::Units;
 
+/// An AVP by dictionary name: `{"name": "Event-Trigger", "value": 2}`; a Grouped AVP's value is a list of such
+/// objects; strings fill UTF8String, OctetString, identities, URIs, filter rules and Enumerated names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AvpJson {
+    /// The dictionary name.
+    pub name: String,
+    /// The value.
+    pub value: Value,
+}
+
+/// Builds AVPs from their JSON form with the engine's dictionary.
+pub fn avps_from_json(dict: &crate::dict::Dictionary, list: &[AvpJson]) -> Result<Vec<crate::codec::Avp>, String> {
+    use crate::dict::AvpValue;
+    list.iter()
+        .map(|a| {
+            let v = match &a.value {
+                Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+                    (Some(i), _, _) => AvpValue::Int(i128::from(i)),
+                    (_, Some(u), _) => AvpValue::Int(i128::from(u)),
+                    (_, _, Some(f)) => AvpValue::F64(f),
+                    _ => return Err(format!("AVP {}: bad number", a.name)),
+                },
+                Value::String(s) => AvpValue::Str(s),
+                Value::Array(items) => {
+                    let members: Vec<AvpJson> = items
+                        .iter()
+                        .map(|i| serde_json::from_value(i.clone()).map_err(|e| format!("AVP {}: member {e}", a.name)))
+                        .collect::<Result<_, _>>()?;
+                    AvpValue::Grouped(avps_from_json(dict, &members)?)
+                }
+                other => {
+                    return Err(format!("AVP {}: a value must be a number, a string or a list, not {other}", a.name));
+                }
+            };
+            dict.avp(&a.name, v).map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
 /// `POST /v1/sessions`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OpenBody {
+    /// Extra AVPs for the request (Service-Information, Event-Trigger, QoS-Information…).
+    #[serde(default)]
+    pub avps: Vec<AvpJson>,
     /// `ro` or `gx`.
     pub app: App,
     /// The subscriber.
@@ -43,6 +86,9 @@ pub struct OpenBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateBody {
+    /// Extra AVPs for the request (Service-Information, Event-Trigger, QoS-Information…).
+    #[serde(default)]
+    pub avps: Vec<AvpJson>,
     /// Usage per rating group.
     #[serde(default)]
     pub used: Vec<UsedUnits>,
@@ -58,6 +104,9 @@ pub struct UpdateBody {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TerminateBody {
+    /// Extra AVPs for the request (Service-Information, Event-Trigger, QoS-Information…).
+    #[serde(default)]
+    pub avps: Vec<AvpJson>,
     /// Final usage.
     #[serde(default)]
     pub used: Vec<UsedUnits>,
@@ -158,7 +207,11 @@ pub fn router(engine: Engine) -> axum::Router {
                 }
                 let convergence = b.convergence.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
                 let _ = b.replicate;
-                match e.open_session(b.app, b.subscriber, b.service_context, b.rating_groups).await {
+                let extra = match avps_from_json(e.dictionary(), &b.avps) {
+                    Ok(a) => a,
+                    Err(why) => return error(StatusCode::BAD_REQUEST, why, None, None),
+                };
+                match e.open_session_with_avps(b.app, b.subscriber, b.service_context, b.rating_groups, extra).await {
                     Ok(o) => (StatusCode::CREATED, Json(outcome_json(&o, e.origin_host(), Some(&convergence)))).into_response(),
                     Err(err) => charging_error(err),
                 }
@@ -172,9 +225,21 @@ pub fn router(engine: Engine) -> axum::Router {
                     None => error(StatusCode::NOT_FOUND, format!("unknown session {id}"), None, None),
                 }
             })
-            .delete(|State(e): State<Engine>, Path(id): Path<String>, body: Option<Json<TerminateBody>>| async move {
-                let used = body.map(|Json(b)| b.used).unwrap_or_default();
-                match e.terminate(&id, used).await {
+            .delete(|State(e): State<Engine>, Path(id): Path<String>, body: axum::body::Bytes| async move {
+                // The body is optional: no final usage to report is a valid CCR-T.
+                let b: TerminateBody = if body.iter().all(u8::is_ascii_whitespace) {
+                    TerminateBody::default()
+                } else {
+                    match serde_json::from_slice(&body) {
+                        Ok(b) => b,
+                        Err(err) => return error(StatusCode::BAD_REQUEST, format!("bad JSON body: {err}"), None, None),
+                    }
+                };
+                let extra = match avps_from_json(e.dictionary(), &b.avps) {
+                    Ok(a) => a,
+                    Err(why) => return error(StatusCode::BAD_REQUEST, why, None, None),
+                };
+                match e.terminate_with_avps(&id, b.used, extra).await {
                     Ok(o) => Json(outcome_json(&o, e.origin_host(), None)).into_response(),
                     Err(err) => charging_error(err),
                 }
@@ -187,7 +252,11 @@ pub fn router(engine: Engine) -> axum::Router {
                     Ok(b) => b,
                     Err(r) => return bad_json(r),
                 };
-                match e.update(&id, b.used, b.requested, b.idempotency_key).await {
+                let extra = match avps_from_json(e.dictionary(), &b.avps) {
+                    Ok(a) => a,
+                    Err(why) => return error(StatusCode::BAD_REQUEST, why, None, None),
+                };
+                match e.update_with_avps(&id, b.used, b.requested, b.idempotency_key, extra).await {
                     Ok(o) => Json(outcome_json(&o, e.origin_host(), None)).into_response(),
                     Err(err) => charging_error(err),
                 }

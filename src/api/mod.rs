@@ -252,6 +252,7 @@ pub enum ChargingError {
 enum Cmd {
     Open {
         app: App,
+        extra: Vec<crate::codec::Avp>,
         subscriber: Option<Subscriber>,
         service_context: Option<String>,
         rating_groups: Vec<RatingGroupRequest>,
@@ -259,6 +260,7 @@ enum Cmd {
     },
     Update {
         session_id: String,
+        extra: Vec<crate::codec::Avp>,
         used: Vec<UsedUnits>,
         requested: Vec<RatingGroupRequest>,
         key: Option<String>,
@@ -266,6 +268,7 @@ enum Cmd {
     },
     Terminate {
         session_id: String,
+        extra: Vec<crate::codec::Avp>,
         used: Vec<UsedUnits>,
         reply: oneshot::Sender<Result<Outcome, ChargingError>>,
     },
@@ -295,6 +298,7 @@ enum Net {
 pub struct Engine {
     cmds: mpsc::UnboundedSender<Cmd>,
     origin_host: String,
+    dictionary: Arc<crate::dict::Dictionary>,
     node: NodeHandle,
     _node: Arc<tokio::sync::Mutex<Option<DiameterNode>>>,
 }
@@ -344,7 +348,13 @@ impl Engine {
             counter: Arc::new(AtomicU64::new(0)),
         };
         tokio::spawn(driver.run(cmd_rx, net_rx, incoming));
-        Ok(Engine { cmds, origin_host, node: handle, _node: Arc::new(tokio::sync::Mutex::new(Some(node))) })
+        Ok(Engine {
+            cmds,
+            origin_host,
+            dictionary: config.node.dictionary.clone(),
+            node: handle,
+            _node: Arc::new(tokio::sync::Mutex::new(Some(node))),
+        })
     }
 
     /// This node's Origin-Host.
@@ -371,7 +381,8 @@ impl Engine {
         service_context: Option<String>,
         rating_groups: Vec<RatingGroupRequest>,
     ) -> Result<Outcome, ChargingError> {
-        self.call(|reply| Cmd::Open { app, subscriber, service_context, rating_groups, reply }).await?
+        self.call(|reply| Cmd::Open { app, extra: Vec::new(), subscriber, service_context, rating_groups, reply })
+            .await?
     }
 
     /// Reports usage and asks for more (CCR-U). A repeated `idempotency_key` returns the first outcome without
@@ -383,13 +394,70 @@ impl Engine {
         requested: Vec<RatingGroupRequest>,
         idempotency_key: Option<String>,
     ) -> Result<Outcome, ChargingError> {
-        self.call(|reply| Cmd::Update { session_id: session_id.into(), used, requested, key: idempotency_key, reply })
-            .await?
+        self.call(|reply| Cmd::Update {
+            session_id: session_id.into(),
+            extra: Vec::new(),
+            used,
+            requested,
+            key: idempotency_key,
+            reply,
+        })
+        .await?
     }
 
     /// Ends a session (CCR-T) with its final usage.
     pub async fn terminate(&self, session_id: &str, used: Vec<UsedUnits>) -> Result<Outcome, ChargingError> {
-        self.call(|reply| Cmd::Terminate { session_id: session_id.into(), used, reply }).await?
+        self.call(|reply| Cmd::Terminate { session_id: session_id.into(), extra: Vec::new(), used, reply }).await?
+    }
+
+    /// Like [`Engine::open_session`], with AVPs added to the CCR-I: Service-Information with IMS- or
+    /// PS-Information (Ro, TS 32.299); QoS-Information, Supported-Features, Bearer-Identifier… (Gx, TS 29.212).
+    pub async fn open_session_with_avps(
+        &self,
+        app: App,
+        subscriber: Option<Subscriber>,
+        service_context: Option<String>,
+        rating_groups: Vec<RatingGroupRequest>,
+        extra: Vec<crate::codec::Avp>,
+    ) -> Result<Outcome, ChargingError> {
+        self.call(|reply| Cmd::Open { app, extra, subscriber, service_context, rating_groups, reply }).await?
+    }
+
+    /// Like [`Engine::update`], with AVPs added to the CCR-U: on Gx the Event-Trigger that fired,
+    /// Charging-Rule-Report with Rule-Failure-Code, Usage-Monitoring-Information with the usage; on Ro a changed
+    /// Service-Information.
+    pub async fn update_with_avps(
+        &self,
+        session_id: &str,
+        used: Vec<UsedUnits>,
+        requested: Vec<RatingGroupRequest>,
+        idempotency_key: Option<String>,
+        extra: Vec<crate::codec::Avp>,
+    ) -> Result<Outcome, ChargingError> {
+        self.call(|reply| Cmd::Update {
+            session_id: session_id.into(),
+            extra,
+            used,
+            requested,
+            key: idempotency_key,
+            reply,
+        })
+        .await?
+    }
+
+    /// Like [`Engine::terminate`], with AVPs added to the CCR-T.
+    pub async fn terminate_with_avps(
+        &self,
+        session_id: &str,
+        used: Vec<UsedUnits>,
+        extra: Vec<crate::codec::Avp>,
+    ) -> Result<Outcome, ChargingError> {
+        self.call(|reply| Cmd::Terminate { session_id: session_id.into(), extra, used, reply }).await?
+    }
+
+    /// The dictionary this engine's node validates with (to build AVPs by name).
+    pub fn dictionary(&self) -> &Arc<crate::dict::Dictionary> {
+        &self.dictionary
     }
 
     /// Event charging (CCR-E).
@@ -550,7 +618,7 @@ impl Driver {
     fn command(&mut self, c: Cmd) {
         let now = Instant::now();
         match c {
-            Cmd::Open { app, subscriber, service_context, rating_groups, reply } => {
+            Cmd::Open { app, extra, subscriber, service_context, rating_groups, reply } => {
                 let cfg = match self.cc_config(app, subscriber.as_ref(), service_context) {
                     Ok(c) => c,
                     Err(e) => return drop(reply.send(Err(e))),
@@ -562,11 +630,12 @@ impl Driver {
                 } else {
                     rating_groups.iter().map(|r| (Some(r.rating_group), r.requested)).collect()
                 };
+                cc.attach(extra);
                 cc.start(now, &rgs, Some(0));
                 self.sessions.insert(sid.clone(), Entry::new(cc, reply));
                 self.pump(now, &sid);
             }
-            Cmd::Update { session_id, used, requested, key, reply } => {
+            Cmd::Update { session_id, extra, used, requested, key, reply } => {
                 let Some(e) = self.sessions.get_mut(&session_id) else {
                     return drop(reply.send(Err(ChargingError::UnknownSession(session_id))));
                 };
@@ -590,10 +659,11 @@ impl Driver {
                     req = used.iter().map(|u| Some(u.rating_group)).collect();
                 }
                 let tag = e.waiter(Waiter { reply: Some(reply), key });
+                e.cc.attach(extra);
                 e.cc.update(now, used_v, req, reason, Some(tag));
                 self.pump(now, &session_id);
             }
-            Cmd::Terminate { session_id, used, reply } => {
+            Cmd::Terminate { session_id, extra, used, reply } => {
                 let Some(e) = self.sessions.get_mut(&session_id) else {
                     return drop(reply.send(Err(ChargingError::UnknownSession(session_id))));
                 };
@@ -606,6 +676,7 @@ impl Driver {
                     })));
                 }
                 let tag = e.waiter(Waiter { reply: Some(reply), key: None });
+                e.cc.attach(extra);
                 e.cc.terminate(now, used.iter().map(|u| (Some(u.rating_group), u.used)).collect(), Some(tag));
                 self.pump(now, &session_id);
             }

@@ -197,8 +197,18 @@ pub enum CcOutput {
 /// What the service asks while a request is outstanding.
 #[derive(Clone, Debug, PartialEq)]
 enum Queued {
-    Update { used: Vec<(Option<u32>, Units)>, requested: Vec<Option<u32>>, reason: Option<i32>, tag: Option<u64> },
-    Terminate { used: Vec<(Option<u32>, Units)>, tag: Option<u64> },
+    Update {
+        used: Vec<(Option<u32>, Units)>,
+        requested: Vec<Option<u32>>,
+        reason: Option<i32>,
+        tag: Option<u64>,
+        extra: Vec<Avp>,
+    },
+    Terminate {
+        used: Vec<(Option<u32>, Units)>,
+        tag: Option<u64>,
+        extra: Vec<Avp>,
+    },
 }
 
 impl Queued {
@@ -236,6 +246,8 @@ pub struct CcSession {
     event_action: Option<RequestedAction>,
     /// The last event request sent (what a failed event answer refers to).
     last_event: Option<Message>,
+    /// AVPs the service attached for its next request ([`CcSession::attach`]).
+    attached: Vec<Avp>,
     out: VecDeque<CcOutput>,
 }
 
@@ -259,6 +271,7 @@ impl CcSession {
             stored: None,
             event_action: None,
             last_event: None,
+            attached: Vec::new(),
             out: VecDeque::new(),
         }
     }
@@ -306,6 +319,13 @@ impl CcSession {
     // ---- the service's requests ------------------------------------------------------------------------
 
     /// Client requests access: CCR-I asking units for these rating groups (`None`: no MSCC, session level).
+    /// Adds AVPs to the next request the service makes (start, update, terminate or event): Service-Information
+    /// for Ro (TS 32.299), Event-Trigger, Charging-Rule-Report, QoS-Information, Usage-Monitoring-Information or
+    /// Supported-Features for Gx (TS 29.212)… They travel with the request even when it is queued.
+    pub fn attach(&mut self, avps: Vec<Avp>) {
+        self.attached.extend(avps);
+    }
+
     /// Each rating group comes with the units to ask for in its Requested-Service-Unit (empty: whatever the
     /// server grants).
     pub fn start(&mut self, now: Instant, rating_groups: &[(Option<u32>, Units)], tag: Option<u64>) {
@@ -313,8 +333,9 @@ impl CcSession {
             self.out.push_back(CcOutput::Dropped(tag));
             return;
         }
-        let msccs = rating_groups.iter().map(|(rg, want)| mscc_requesting(*rg, want)).collect();
-        self.send(now, 1, msccs, CcState::PendingI, tag);
+        let mut avps: Vec<Avp> = rating_groups.iter().map(|(rg, want)| mscc_requesting(*rg, want)).collect();
+        avps.append(&mut self.attached);
+        self.send(now, 1, avps, CcState::PendingI, tag);
     }
 
     /// Reports usage and asks for more (a quota used up, a threshold, a rating condition change). Queued while
@@ -327,7 +348,7 @@ impl CcSession {
         reason: Option<i32>,
         tag: Option<u64>,
     ) {
-        let q = Queued::Update { used, requested, reason, tag };
+        let q = Queued::Update { used, requested, reason, tag, extra: std::mem::take(&mut self.attached) };
         match self.state {
             CcState::Open => self.run(now, q),
             CcState::PendingI | CcState::PendingU => self.queue.push_back(q),
@@ -337,7 +358,7 @@ impl CcSession {
 
     /// The service ended: CCR-T with the final usage. Queued while a request is outstanding.
     pub fn terminate(&mut self, now: Instant, used: Vec<(Option<u32>, Units)>, tag: Option<u64>) {
-        let q = Queued::Terminate { used, tag };
+        let q = Queued::Terminate { used, tag, extra: std::mem::take(&mut self.attached) };
         match self.state {
             CcState::Open => self.run(now, q),
             CcState::PendingI | CcState::PendingU => self.queue.push_back(q),
@@ -365,6 +386,7 @@ impl CcSession {
             m.push(Avp::u32(code::SERVICE_IDENTIFIER, s));
         }
         m.push(Avp::grouped(code::REQUESTED_SERVICE_UNIT, &requested.to_avps()));
+        m.avps.append(&mut self.attached);
         self.last_event = Some(m.clone());
         self.transmit(now, m, CcState::PendingE, tag);
     }
@@ -586,7 +608,7 @@ impl CcSession {
     /// Carries out a queued (or immediate) service request from Open.
     fn run(&mut self, now: Instant, q: Queued) {
         match q {
-            Queued::Update { used, requested, reason, tag } => {
+            Queued::Update { used, requested, reason, tag, extra } => {
                 let mut msccs = Vec::new();
                 let mut rgs: Vec<Option<u32>> = used.iter().map(|(rg, _)| *rg).collect();
                 for rg in &requested {
@@ -601,15 +623,17 @@ impl CcSession {
                         q.reported(u.unwrap_or_default());
                     }
                 }
+                msccs.extend(extra);
                 self.send(now, 2, msccs, CcState::PendingU, tag);
             }
-            Queued::Terminate { used, tag } => {
-                let msccs =
+            Queued::Terminate { used, tag, extra } => {
+                let mut avps: Vec<Avp> =
                     used.iter().map(|(rg, u)| mscc(*rg, Some(*u), false, Some(REPORTING_REASON_FINAL))).collect();
+                avps.extend(extra);
                 for q in &mut self.quotas {
                     q.clear_timers();
                 }
-                self.send(now, 3, msccs, CcState::PendingT, tag);
+                self.send(now, 3, avps, CcState::PendingT, tag);
             }
         }
     }

@@ -366,10 +366,23 @@ impl Capture {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let _ = Command::new("kill").arg("-INT").arg(self.child.id().to_string()).status();
         let _ = self.child.wait();
-        let decode_as: Vec<String> = self.ports.iter().flat_map(|p| ["-d".to_string(), format!("tcp.port=={p},diameter")]).collect();
-        let out = Command::new("tshark").arg("-r").arg(&self.pcap).args(&decode_as).args(["-q", "-z", "expert"]).output().unwrap();
+        let decode_as: Vec<String> =
+            self.ports.iter().flat_map(|p| ["-d".to_string(), format!("tcp.port=={p},diameter")]).collect();
+        let out = Command::new("tshark")
+            .arg("-r")
+            .arg(&self.pcap)
+            .args(&decode_as)
+            .args(["-q", "-z", "expert"])
+            .output()
+            .unwrap();
         let bad = crate::wire::unexpected_expert_lines(&String::from_utf8_lossy(&out.stdout));
-        let frames = Command::new("tshark").arg("-r").arg(&self.pcap).args(&decode_as).args(["-Y", "diameter"]).output().unwrap();
+        let frames = Command::new("tshark")
+            .arg("-r")
+            .arg(&self.pcap)
+            .args(&decode_as)
+            .args(["-Y", "diameter"])
+            .output()
+            .unwrap();
         (bad, String::from_utf8_lossy(&frames.stdout).lines().count())
     }
 }
@@ -385,14 +398,25 @@ async fn freediameter_relays_the_engine_to_the_ocs_sim() {
     }
     let dir = crate::wire::tempdir("fd-engine");
     let ocs_port = free_port();
-    let sim = OcsServer::start(OcsServerConfig::new(SocketAddr::from(([127, 0, 0, 1], ocs_port)), "ocs1.ocs.localdomain", crate::stack::OCS_REALM)).await.unwrap();
+    let sim = OcsServer::start(OcsServerConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], ocs_port)),
+        "ocs1.ocs.localdomain",
+        crate::stack::OCS_REALM,
+    ))
+    .await
+    .unwrap();
     let extra = format!(
         "LoadExtension = \"@EXT@/rt_default.fdx\" : \"@DIR@/rt_default.conf\";\n\
          ConnectPeer = \"ocs1.ocs.localdomain\" {{ ConnectTo = \"127.0.0.1\"; Port = {ocs_port}; No_TLS; }};"
     );
     let fd = FreeDiameter::start(&dir, "fd.test.localdomain", "test.localdomain", &extra);
     let capture = Capture::start(&dir, &[fd.port, ocs_port]).await;
-    let cfg = crate::engine::engine_config("as1.test.localdomain", &[("fd.test.localdomain", fd.addr(), 1)], Duration::from_secs(5), Ccfh::Terminate);
+    let cfg = crate::engine::engine_config(
+        "as1.test.localdomain",
+        &[("fd.test.localdomain", fd.addr(), 1)],
+        Duration::from_secs(5),
+        Ccfh::Terminate,
+    );
     let e = Engine::start(cfg).await.unwrap();
     let end = tokio::time::Instant::now() + Duration::from_secs(10);
     while !e.node_status().await.is_some_and(|s| open(&s, 0)) {
@@ -412,18 +436,29 @@ async fn freediameter_relays_the_engine_to_the_ocs_sim() {
         }
     }
     let o = opened.unwrap_or_else(|| panic!("CCR-I through freeDiameter failed\n{}", fd.log()));
-    let used = vec![UsedUnits { rating_group: 10, used: Units { time: Some(30), ..Units::default() }, reporting_reason: None }];
+    let used = vec![UsedUnits {
+        rating_group: 10,
+        used: Units { time: Some(30), ..Units::default() },
+        reporting_reason: None,
+    }];
     for _ in 0..3 {
         e.update(&o.session_id, used.clone(), vec![], None).await.unwrap();
     }
     let rar = sim
-        .rar(&charging_ra::ocs::server::RarRequest { session_id: o.session_id.clone(), rating_groups: vec![10], ..Default::default() })
+        .rar(&charging_ra::ocs::server::RarRequest {
+            session_id: o.session_id.clone(),
+            rating_groups: vec![10],
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(rar.result_code, 2001);
     tokio::time::sleep(Duration::from_millis(300)).await;
     e.terminate(&o.session_id, used).await.unwrap();
-    let g = e.open_session(App::Gx, Some(Subscriber { kind: "imsi".into(), data: "240019".into() }), None, vec![]).await.unwrap();
+    let g = e
+        .open_session(App::Gx, Some(Subscriber { kind: "imsi".into(), data: "240019".into() }), None, vec![])
+        .await
+        .unwrap();
     e.terminate(&g.session_id, vec![]).await.unwrap();
     e.stop().await;
     let check = sim.stop().await;

@@ -90,3 +90,66 @@ async fn http_front_runs_a_session_and_explains_errors() {
     e.stop().await;
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn http_front_carries_gx_reports_and_ro_service_information_by_avp_name() {
+    let sim = sim(OcsConfig::default()).await;
+    let e = Engine::start(engine_config(
+        "as1.test.localdomain",
+        &[("ocs1.ocs.localdomain", sim.diameter_addr(), 1)],
+        Duration::from_secs(5),
+        Ccfh::Terminate,
+    ))
+    .await
+    .unwrap();
+    while !e.node_status().await.is_some_and(|s| open(&s, 0)) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (addr, _task) = serve(e.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    // Gx: Supported-Features and QoS at CCR-I; an Event-Trigger and a rule failure reported in CCR-U.
+    let (st, body) = http(addr, "POST", "/v1/sessions", Some(r#"{"app": "gx", "subscriber": {"type": "imsi", "data": "240011"},
+        "avps": [{"name": "Supported-Features", "value": [{"name": "Vendor-Id", "value": 10415}, {"name": "Feature-List-ID", "value": 1}, {"name": "Feature-List", "value": 3}]},
+                 {"name": "IP-CAN-Type", "value": "3GPP-EPS"}, {"name": "RAT-Type", "value": "EUTRAN"}]}"#)).await;
+    assert_eq!(st, 201, "{body}");
+    let o = json(&body);
+    assert!(o["rules"].as_array().unwrap().iter().any(|r| r == "video-zero-rated"), "{o}");
+    let sid = o["session_id"].as_str().unwrap().to_string();
+    let path = format!("/v1/sessions/{}", sid.replace(';', "%3B"));
+    let (st, body) = http(addr, "POST", &format!("{path}/updates"), Some(r#"{"avps": [{"name": "Event-Trigger", "value": "RAT_CHANGE"},
+        {"name": "Charging-Rule-Report", "value": [{"name": "Charging-Rule-Name", "value": "video-zero-rated"}, {"name": "PCC-Rule-Status", "value": "INACTIVE"}, {"name": "Rule-Failure-Code", "value": "RESOURCE_ALLOCATION_FAILURE"}]}]}"#)).await;
+    assert_eq!(st, 200, "{body}");
+    let (_, ledger) =
+        http(sim.control_addr().unwrap(), "GET", &format!("/v1/ledger/{}", sid.replace(';', "%3B")), None).await;
+    let l = json(&ledger);
+    assert_eq!(l["gx"]["event_triggers_reported"], serde_json::json!([2]), "{l}");
+    assert_eq!(l["gx"]["rule_failures"][0][0], "video-zero-rated");
+    assert_eq!(http(addr, "DELETE", &path, None).await.0, 200);
+    // Ro: IMS Service-Information in the CCR-I, validated by the simulator's dictionary.
+    let (st, body) = http(addr, "POST", "/v1/sessions", Some(r#"{"app": "ro", "subscriber": {"type": "sip_uri", "data": "sip:alice@ims.example.net"},
+        "rating_groups": [{"rating_group": 100}],
+        "avps": [{"name": "Service-Information", "value": [{"name": "IMS-Information", "value": [
+            {"name": "Event-Type", "value": [{"name": "SIP-Method", "value": "INVITE"}]},
+            {"name": "Role-Of-Node", "value": "ORIGINATING_ROLE"}, {"name": "Node-Functionality", "value": "AS"},
+            {"name": "Calling-Party-Address", "value": "sip:alice@ims.example.net"}, {"name": "Called-Party-Address", "value": "tel:+46700000000"}]}]}]}"#)).await;
+    assert_eq!(st, 201, "{body}");
+    let sid = json(&body)["session_id"].as_str().unwrap().replace(';', "%3B");
+    assert_eq!(http(addr, "DELETE", &format!("/v1/sessions/{sid}"), None).await.0, 200);
+    // An AVP the dictionary does not know, or a value of the wrong kind: 400 naming it.
+    let (st, body) =
+        http(addr, "POST", "/v1/sessions", Some(r#"{"app": "gx", "avps": [{"name": "Flux-Capacitor", "value": 1}]}"#))
+            .await;
+    assert_eq!(st, 400);
+    assert!(body.contains("Flux-Capacitor"), "{body}");
+    let (st, body) = http(
+        addr,
+        "POST",
+        "/v1/sessions",
+        Some(r#"{"app": "gx", "avps": [{"name": "Event-Trigger", "value": "NO_SUCH_TRIGGER"}]}"#),
+    )
+    .await;
+    assert_eq!(st, 400, "{body}");
+    let c = json(&http(sim.control_addr().unwrap(), "GET", "/v1/ledger/check", None).await.1);
+    assert_eq!(c["clean"], true, "{c}");
+    e.stop().await;
+    sim.stop().await;
+}
