@@ -795,6 +795,14 @@ impl Driver {
                     }
                     e.collected.push(ev);
                 }
+                CcOutput::Resend { request, avoid_host } => {
+                    let (node, tx, sid2) = (self.node.clone(), self.net_tx.clone(), sid.to_string());
+                    tracing::info!(session = %sid, avoid = ?avoid_host, "no answer within Tx: request sent to an alternate server with the T flag");
+                    tokio::spawn(async move {
+                        let r = node.request_avoiding(request, Some(Duration::from_secs(30)), avoid_host).await;
+                        let _ = tx.send(Net::Answer(sid2, r));
+                    });
+                }
                 CcOutput::Done(tag) => e.settle(sid, tag, false),
                 CcOutput::Dropped(tag) => e.settle(sid, tag, true),
             }

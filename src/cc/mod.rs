@@ -189,6 +189,15 @@ pub enum CcOutput {
     /// The request made with this tag is settled: answered, failed, given up on (Tx with CCFH CONTINUE), or
     /// dropped from the queue because the session ended. The events before it are its outcome.
     Done(Option<u64>),
+    /// Send this request again, with the T flag, to another server than `avoid_host` (RFC 4006 §5.7: CCFH
+    /// CONTINUE or RETRY_AND_TERMINATE with CC-Session-Failover FAILOVER_SUPPORTED). Its answer or failure is
+    /// reported like the original's.
+    Resend {
+        /// The outstanding request, T flag set, Destination-Host removed.
+        request: Message,
+        /// The server that did not answer.
+        avoid_host: Option<String>,
+    },
     /// The request made with this tag will never be sent: the session ended (or was not in a state to take
     /// it) before its turn.
     Dropped(Option<u64>),
@@ -239,6 +248,8 @@ pub struct CcSession {
     failover_supported: bool,
     /// Tx expired and CCFH let the service go on: an answer may still come.
     granted_without_answer: bool,
+    /// The outstanding request was already sent again to an alternate server.
+    retried_alternate: bool,
     quotas: Vec<Quota>,
     queue: VecDeque<Queued>,
     /// A CCR-E stored for later (DDFH TERMINATE_OR_BUFFER, REFUND_ACCOUNT), sent with the T flag.
@@ -266,6 +277,7 @@ impl CcSession {
             tx_deadline: None,
             failover_supported: false,
             granted_without_answer: false,
+            retried_alternate: false,
             quotas: Vec::new(),
             queue: VecDeque::new(),
             stored: None,
@@ -454,6 +466,12 @@ impl CcSession {
         }
         self.tx_deadline = None;
         let tag = self.outstanding_tag.take();
+        let session_request = matches!(self.state, CcState::PendingI | CcState::PendingU);
+        if session_request && self.ccfh != Ccfh::Terminate && self.resend_to_alternate(now) {
+            // The caller keeps waiting: the alternate server's answer is this request's outcome.
+            self.outstanding_tag = tag;
+            return;
+        }
         match self.state {
             CcState::PendingI | CcState::PendingU => {
                 self.outstanding = None;
@@ -598,6 +616,7 @@ impl CcSession {
 
     fn transmit(&mut self, now: Instant, m: Message, next: CcState, tag: Option<u64>) {
         self.outstanding_tag = tag;
+        self.retried_alternate = false;
         self.outstanding = Some(m.clone());
         self.tx_deadline = Some(now + self.config.tx);
         self.granted_without_answer = false;
@@ -781,7 +800,17 @@ impl CcSession {
                 }
                 // CONTINUE / RETRY_AND_TERMINATE: grant the service and keep waiting for the answer (the router
                 // fails the request over to an alternate server when the peer fails, with the T flag).
+                Ccfh::RetryAndTerminate if self.retried_alternate => {
+                    // The alternate server did not answer either: failover is not possible, end the service.
+                    self.outstanding = None;
+                    self.out.push_back(CcOutput::Event(CcEvent::Terminate {
+                        result_code: None,
+                        reason: "no answer within Tx from the alternate server (CCFH RETRY_AND_TERMINATE)".into(),
+                    }));
+                    self.end(now);
+                }
                 Ccfh::Continue | Ccfh::RetryAndTerminate => {
+                    self.resend_to_alternate(now);
                     if !self.granted_without_answer {
                         self.granted_without_answer = true;
                         self.out.push_back(CcOutput::Event(CcEvent::ContinueWithoutCreditControl {
@@ -832,6 +861,23 @@ impl CcSession {
             }
             _ => {}
         }
+    }
+
+    /// RFC 4006 §5.7: with CC-Session-Failover FAILOVER_SUPPORTED, the outstanding request goes once more, with
+    /// the T flag, to an alternate server. Returns whether it did.
+    fn resend_to_alternate(&mut self, now: Instant) -> bool {
+        if !self.failover_supported || self.retried_alternate {
+            return false;
+        }
+        let Some(mut m) = self.outstanding.clone() else { return false };
+        self.retried_alternate = true;
+        m.header.flags = CommandFlags(m.header.flags.0 | CommandFlags::RETRANSMIT);
+        let avoid_host = m.find(code::DESTINATION_HOST, 0).and_then(|a| a.as_utf8().ok()).map(str::to_string);
+        m.avps.retain(|a| !a.is(code::DESTINATION_HOST, 0));
+        self.outstanding = Some(m.clone());
+        self.tx_deadline = Some(now + self.config.tx);
+        self.out.push_back(CcOutput::Resend { request: m, avoid_host });
+        true
     }
 
     fn event_answer(&mut self, a: &Message, rc: ResultCode) {

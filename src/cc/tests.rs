@@ -39,6 +39,7 @@ impl H {
             match o {
                 CcOutput::Send(m) => sent.push(m),
                 CcOutput::Event(e) => events.push(e),
+                CcOutput::Resend { request, .. } => sent.push(request),
                 CcOutput::Done(_) | CcOutput::Dropped(_) => {}
             }
         }
@@ -432,4 +433,68 @@ fn event_charging_with_ddfh() {
     h.s.handle_send_failure(h.now, "no peer");
     assert!(terminated(&h.drain().1));
     assert!(!h.s.has_stored());
+}
+
+#[test]
+fn failover_supported_resends_to_an_alternate_server_with_the_t_flag() {
+    // The server allows failover and asks RETRY_AND_TERMINATE (RFC 4006 §5.7).
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.start(h.now, &[(Some(10), Units::default())], None);
+    let i = h.one_request();
+    h.s.handle_answer(
+        h.now,
+        &cca(
+            &i,
+            2001,
+            &[
+                grant(10, 60, None, None),
+                Avp::i32(code::CC_SESSION_FAILOVER, 1),
+                Avp::i32(code::CREDIT_CONTROL_FAILURE_HANDLING, 2),
+            ],
+        ),
+    );
+    h.drain();
+    h.s.update(h.now, vec![(Some(10), Units::default())], vec![Some(10)], None, None);
+    let u = h.one_request();
+    assert_eq!(u.find(code::DESTINATION_HOST, 0).unwrap().as_utf8(), Ok("ocs1.ocs.localdomain"));
+    h.advance(TX);
+    let mut resent = None;
+    while let Some(o) = h.s.poll_output() {
+        if let CcOutput::Resend { request, avoid_host } = o {
+            assert_eq!(avoid_host.as_deref(), Some("ocs1.ocs.localdomain"));
+            resent = Some(request);
+        }
+    }
+    let r = resent.expect("resent to an alternate server");
+    assert!(r.header.flags.is_retransmit());
+    assert_eq!(number(&r), number(&u), "the same request, the same number");
+    assert!(r.find(code::DESTINATION_HOST, 0).is_none());
+    assert_eq!(h.s.state(), CcState::PendingU);
+    // The alternate answers: back to Open.
+    assert!(h.s.handle_answer(h.now, &cca(&r, 2001, &[grant(10, 60, None, None)])));
+    assert_eq!(h.s.state(), CcState::Open);
+    // Next time neither answers: after the alternate's Tx, RETRY_AND_TERMINATE ends the service.
+    h.s.update(h.now, vec![(Some(10), Units::default())], vec![Some(10)], None, None);
+    h.drain();
+    h.advance(TX);
+    h.drain();
+    h.advance(TX);
+    let (_, ev) = h.drain();
+    assert!(terminated(&ev), "{ev:?}");
+    assert_eq!(h.s.state(), CcState::Idle);
+    // A send failure also goes to the alternate first.
+    let mut h = H::new(Ccfh::Continue);
+    h.s.start(h.now, &[(Some(10), Units::default())], None);
+    let i = h.one_request();
+    h.s.handle_answer(h.now, &cca(&i, 2001, &[grant(10, 60, None, None), Avp::i32(code::CC_SESSION_FAILOVER, 1)]));
+    h.drain();
+    h.s.update(h.now, vec![(Some(10), Units::default())], vec![Some(10)], None, Some(9));
+    h.drain();
+    h.s.handle_send_failure(h.now, "3002");
+    let mut saw_resend = false;
+    while let Some(o) = h.s.poll_output() {
+        saw_resend |= matches!(o, CcOutput::Resend { .. });
+        assert!(!matches!(o, CcOutput::Done(Some(9))), "the caller waits for the alternate's answer");
+    }
+    assert!(saw_resend);
 }

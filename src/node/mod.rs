@@ -149,8 +149,28 @@ impl NodeHandle {
         timeout: Option<Duration>,
         via: Option<PeerId>,
     ) -> Result<Message, RequestError> {
+        self.request_full(request, timeout, via, None).await
+    }
+
+    /// Sends a request that must not go to the peer named `avoid_host` (a server that did not answer).
+    pub async fn request_avoiding(
+        &self,
+        request: Message,
+        timeout: Option<Duration>,
+        avoid_host: Option<String>,
+    ) -> Result<Message, RequestError> {
+        self.request_full(request, timeout, None, avoid_host).await
+    }
+
+    async fn request_full(
+        &self,
+        request: Message,
+        timeout: Option<Duration>,
+        via: Option<PeerId>,
+        avoid: Option<String>,
+    ) -> Result<Message, RequestError> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Request(request, timeout, via, tx)).map_err(|_| RequestError::Stopped)?;
+        self.commands.send(Command::Request(request, timeout, via, avoid, tx)).map_err(|_| RequestError::Stopped)?;
         rx.await.map_err(|_| RequestError::Stopped)?
     }
 
@@ -208,7 +228,7 @@ pub struct NodeStatus {
 
 #[derive(Debug)]
 enum Command {
-    Request(Message, Option<Duration>, Option<PeerId>, oneshot::Sender<Result<Message, RequestError>>),
+    Request(Message, Option<Duration>, Option<PeerId>, Option<String>, oneshot::Sender<Result<Message, RequestError>>),
     DisconnectPeer(PeerId, DisconnectCause),
     ClosePeer(PeerId),
     Answer(PeerId, Message),
@@ -481,11 +501,11 @@ impl Driver {
     fn command(&mut self, c: Command) {
         let t = now();
         match c {
-            Command::Request(msg, timeout, via, reply) => {
+            Command::Request(msg, timeout, via, avoid, reply) => {
                 let token = self.next_token;
                 self.next_token += 1;
                 self.tokens.insert(token, reply);
-                self.router.send_request_via(t, msg, token, timeout, via);
+                self.router.send_request_full(t, msg, token, timeout, via, avoid.as_deref());
             }
             Command::DisconnectPeer(peer, cause) => self.router.disconnect_peer(t, peer, cause),
             Command::ClosePeer(peer) => self.router.close_peer(t, peer),

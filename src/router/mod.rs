@@ -338,10 +338,24 @@ impl Router {
     pub fn send_request_via(
         &mut self,
         now: Instant,
+        request: Message,
+        token: RequestToken,
+        timeout: Option<Duration>,
+        via: Option<PeerId>,
+    ) {
+        self.send_request_full(now, request, token, timeout, via, None);
+    }
+
+    /// The general form: `via` preferred, the peer named `avoid_host` never used (a server that did not answer,
+    /// RFC 4006 §5.7).
+    pub fn send_request_full(
+        &mut self,
+        now: Instant,
         mut request: Message,
         token: RequestToken,
         timeout: Option<Duration>,
         via: Option<PeerId>,
+        avoid_host: Option<&str>,
     ) {
         if request.header.end_to_end.0 == 0 {
             request.header.end_to_end = self.e2e.next();
@@ -356,10 +370,17 @@ impl Router {
             return;
         }
         let deadline = now + timeout.unwrap_or(self.config.answer_timeout);
+        let tried = match avoid_host {
+            Some(h) => (0..self.peers.len())
+                .map(PeerId)
+                .filter(|p| self.peers[p.0].identity().is_some_and(|id| id.eq_ignore_ascii_case(h)))
+                .collect(),
+            None => Vec::new(),
+        };
         let pending = Pending {
             origin: Origin::Local(token),
             request,
-            tried: Vec::new(),
+            tried,
             attempts: Vec::new(),
             deadline,
             redirect_to: Vec::new(),

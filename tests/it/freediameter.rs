@@ -472,3 +472,86 @@ async fn freediameter_relays_the_engine_to_the_ocs_sim() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn freediameter_carries_the_engines_retry_to_an_alternate_path_after_tx() {
+    use charging_ra::api::{App, Engine, RatingGroupRequest, Subscriber, UsedUnits};
+    use charging_ra::cc::{CcState, Ccfh};
+    use charging_ra::ocs::server::{OcsServer, OcsServerConfig};
+    use charging_ra::units::Units;
+    if !available("freediameter_carries_the_engines_retry_to_an_alternate_path_after_tx") {
+        return;
+    }
+    // The engine reaches the simulator directly (priority 1) and through freeDiameter (priority 2). The direct
+    // path loses the first CCR-U's answer; after Tx the engine resends it with the T flag the other way, and the
+    // simulator answers it again from its cache without charging twice (RFC 4006 §5.7, CC-Session-Failover).
+    let dir = crate::wire::tempdir("fd-retry");
+    let ocs_port = free_port();
+    let mut cfg = OcsServerConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], ocs_port)),
+        "ocs1.ocs.localdomain",
+        crate::stack::OCS_REALM,
+    );
+    cfg.control = Some("127.0.0.1:0".parse().unwrap());
+    let sim = OcsServer::start(cfg).await.unwrap();
+    let extra = format!(
+        "LoadExtension = \"@EXT@/rt_default.fdx\" : \"@DIR@/rt_default.conf\";\n\
+         ConnectPeer = \"ocs1.ocs.localdomain\" {{ ConnectTo = \"127.0.0.1\"; Port = {ocs_port}; No_TLS; }};"
+    );
+    let fd = FreeDiameter::start(&dir, "fd.test.localdomain", "test.localdomain", &extra);
+    let cfg = crate::engine::engine_config(
+        "as1.test.localdomain",
+        &[("ocs1.ocs.localdomain", sim.diameter_addr(), 1), ("fd.test.localdomain", fd.addr(), 2)],
+        Duration::from_millis(500),
+        Ccfh::Terminate,
+    );
+    let e = Engine::start(cfg).await.unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !e.node_status().await.is_some_and(|s| open(&s, 0) && open(&s, 1)) {
+        assert!(tokio::time::Instant::now() < end, "engine never connected to both paths");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let freeDiameter open its own connection to the simulator.
+    let ctl = sim.control_addr().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (st, _) = crate::ocs::http(
+        ctl,
+        "POST",
+        "/v1/faults",
+        Some(r#"{"request_type": "update", "retransmission": false, "times": 1, "action": "drop"}"#),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let sid = e
+        .open_session(
+            App::Ro,
+            Some(Subscriber { kind: "msisdn".into(), data: "46708".into() }),
+            None,
+            vec![RatingGroupRequest { rating_group: 10, service_id: None, requested: Units::default() }],
+        )
+        .await
+        .unwrap()
+        .session_id;
+    let used = vec![UsedUnits {
+        rating_group: 10,
+        used: Units { time: Some(40), ..Units::default() },
+        reporting_reason: None,
+    }];
+    let o = e.update(&sid, used, vec![], None).await.unwrap();
+    assert!(o.ccfh.is_some(), "Tx expired and CCFH let the service go on: {o:?}");
+    // The alternate path's answer brings the session back to Open.
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    while e.session(&sid).await.map(|v| v.state) != Some(CcState::Open) {
+        assert!(tokio::time::Instant::now() < end, "no answer by the alternate path\n{}", fd.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    e.terminate(&sid, vec![]).await.unwrap();
+    let (_, body) = crate::ocs::http(ctl, "GET", "/v1/ledger/check", None).await;
+    let c = crate::ocs::json(&body);
+    assert_eq!(c["clean"], true, "{c}");
+    assert_eq!(c["duplicates_answered"], 1, "the retransmission was recognized: {c}");
+    assert_eq!(c["units"]["debited"]["time"], 40, "charged once: {c}");
+    e.stop().await;
+    sim.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
