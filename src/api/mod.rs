@@ -135,6 +135,9 @@ pub struct Grant {
     /// Validity-Time in seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validity_time: Option<u64>,
+    /// Quota thresholds (TS 32.299 Time/Volume/Unit-Quota-Threshold): report when the units left fall to these.
+    #[serde(skip_serializing_if = "Units::is_empty")]
+    pub threshold: Units,
     /// Final-Unit-Indication.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub final_unit: Option<FinalUnit>,
@@ -833,10 +836,11 @@ fn outcome(sid: &str, cc: &CcSession, answer: Option<&Message>, events: &[CcEven
     let mut policy = None;
     for ev in events {
         match ev {
-            CcEvent::Granted { rating_group, units, validity_time, final_unit } => granted.push(Grant {
+            CcEvent::Granted { rating_group, units, validity_time, threshold, final_unit } => granted.push(Grant {
                 rating_group: *rating_group,
                 granted: *units,
                 validity_time: validity_time.map(|v| v.as_secs()),
+                threshold: *threshold,
                 final_unit: final_unit.clone(),
                 result_code: 2001,
             }),
@@ -844,6 +848,7 @@ fn outcome(sid: &str, cc: &CcSession, answer: Option<&Message>, events: &[CcEven
                 rating_group: *rating_group,
                 granted: Units::default(),
                 validity_time: None,
+                threshold: Units::default(),
                 final_unit: None,
                 result_code: result_code.0,
             }),

@@ -129,6 +129,9 @@ pub enum CcEvent {
         units: Units,
         /// Validity-Time: report and re-authorize within this long.
         validity_time: Option<Duration>,
+        /// Time/Volume/Unit-Quota-Threshold (TS 32.299): report (Reporting-Reason THRESHOLD) once the units left
+        /// fall to these.
+        threshold: Units,
         /// Final units: what to do once they are used.
         final_unit: Option<FinalUnit>,
     },
@@ -561,8 +564,13 @@ impl CcSession {
             return;
         }
         let mut rgs = Vec::new();
+        // TS 32.299 §7.2.175: QHT when the quota sat unused for Quota-Holding-Time, VALIDITY_TIME otherwise.
+        let mut reason = REPORTING_REASON_VALIDITY_TIME;
         for i in due {
             let q = &mut self.quotas[i];
+            if q.holding_expired(now) {
+                reason = REPORTING_REASON_QHT;
+            }
             q.clear_timers();
             rgs.push(q.rating_group);
             self.out.push_back(CcOutput::Event(CcEvent::ValidityExpired { rating_group: q.rating_group }));
@@ -570,7 +578,7 @@ impl CcSession {
         // RFC 4006 §5.1.2: an expired Validity-Time (or Quota-Holding-Time) re-authorizes the rating group with a
         // report of its usage.
         let used = rgs.iter().map(|rg| (*rg, self.quota(*rg).map(|q| q.used).unwrap_or_default())).collect();
-        self.update(now, used, rgs, Some(REPORTING_REASON_VALIDITY_TIME), None);
+        self.update(now, used, rgs, Some(reason), None);
     }
 
     // ---- internals ---------------------------------------------------------------------------------------
@@ -756,6 +764,8 @@ impl CcSession {
             get(code::VALIDITY_TIME, 0).and_then(|x| x.as_u32().ok()).map(|s| Duration::from_secs(u64::from(s)));
         let qht = get(871, 10415).and_then(|x| x.as_u32().ok()).map(|s| Duration::from_secs(u64::from(s)));
         let final_unit = get(code::FINAL_UNIT_INDICATION, 0).map(FinalUnit::from_avp);
+        let tgpp = |c| get(c, 10415).and_then(|x| x.as_u32().ok()).map(u64::from);
+        let threshold = Units { time: tgpp(868), total_octets: tgpp(869), units: tgpp(1226), ..Units::default() };
         let idx = match self.quotas.iter().position(|q| q.rating_group == rg) {
             Some(i) => i,
             None => {
@@ -768,6 +778,7 @@ impl CcSession {
             rating_group: rg,
             units,
             validity_time: validity,
+            threshold,
             final_unit,
         }));
     }
@@ -964,6 +975,7 @@ impl CcSession {
 /// Reporting-Reason values (TS 32.299 §7.2.175).
 const REPORTING_REASON_FINAL: i32 = 2;
 const REPORTING_REASON_VALIDITY_TIME: i32 = 4;
+const REPORTING_REASON_QHT: i32 = 1;
 const REPORTING_REASON_FORCED_REAUTHORISATION: i32 = 7;
 
 /// An MSCC (or, with `rg` `None`, the parts a single-service request carries).

@@ -118,6 +118,11 @@ impl Quota {
         }
     }
 
+    /// Whether Quota-Holding-Time has run out (rather than Validity-Time).
+    pub fn holding_expired(&self, now: Instant) -> bool {
+        self.holding_deadline.is_some_and(|t| t <= now)
+    }
+
     /// Stops both timers (a report is on its way, or the session ends).
     pub fn clear_timers(&mut self) {
         self.validity_deadline = None;

@@ -129,6 +129,7 @@ fn full_session_numbers_requests_and_follows_the_server() {
         rating_group: Some(10),
         units: crate::units::Units { time: Some(300), ..Default::default() },
         validity_time: Some(Duration::from_secs(60)),
+        threshold: Units::default(),
         final_unit: None
     }));
     assert_eq!(h.s.state(), CcState::Open);
@@ -335,6 +336,30 @@ fn asr_answers_and_terminates_with_the_usage() {
     assert!(ev.contains(&CcEvent::Aborted) && terminated(&ev));
     assert_eq!(rtype(&sent[0]), 3);
     assert_eq!(h.s.state(), CcState::PendingT);
+}
+
+#[test]
+fn quota_holding_time_expiry_reports_with_reason_qht_and_thresholds_reach_the_service() {
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.start(h.now, &[(Some(10), Units::default())], None);
+    let i = h.one_request();
+    let mscc = Avp::grouped(
+        code::MULTIPLE_SERVICES_CREDIT_CONTROL,
+        &[
+            Avp::grouped(code::GRANTED_SERVICE_UNIT, &[Avp::u32(code::CC_TIME, 300)]),
+            Avp::u32(code::RATING_GROUP, 10),
+            Avp::u32(871, 30).with_vendor(crate::codec::VendorId::TGPP),
+            Avp::u32(868, 20).with_vendor(crate::codec::VendorId::TGPP),
+        ],
+    );
+    h.s.handle_answer(h.now, &cca(&i, 2001, &[mscc]));
+    let (_, ev) = h.drain();
+    assert!(ev.iter().any(|e| matches!(e, CcEvent::Granted { threshold, .. } if threshold.time == Some(20))), "{ev:?}");
+    h.advance(Duration::from_secs(30));
+    let (sent, _) = h.drain();
+    let m = sent[0].find(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0).unwrap().grouped_avps().unwrap();
+    let usu = m.iter().find(|a| a.is(code::USED_SERVICE_UNIT, 0)).unwrap().grouped_avps().unwrap();
+    assert_eq!(usu.iter().find(|a| a.is(872, 10415)).unwrap().as_i32(), Ok(1), "Reporting-Reason QHT");
 }
 
 #[test]
