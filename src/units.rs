@@ -20,12 +20,20 @@ pub enum UnitKind {
     OutputOctets,
     /// CC-Service-Specific-Units.
     Units,
+    /// CC-Money, in hundredths of the currency unit (Unit-Value with Exponent -2).
+    Money,
 }
 
 impl UnitKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [UnitKind; 5] =
-        [UnitKind::Time, UnitKind::TotalOctets, UnitKind::InputOctets, UnitKind::OutputOctets, UnitKind::Units];
+    pub const ALL: [UnitKind; 6] = [
+        UnitKind::Time,
+        UnitKind::TotalOctets,
+        UnitKind::InputOctets,
+        UnitKind::OutputOctets,
+        UnitKind::Units,
+        UnitKind::Money,
+    ];
 
     /// The AVP carrying this kind inside Granted/Requested/Used-Service-Unit.
     pub fn avp_code(self) -> u32 {
@@ -35,9 +43,16 @@ impl UnitKind {
             UnitKind::InputOctets => code::CC_INPUT_OCTETS,
             UnitKind::OutputOctets => code::CC_OUTPUT_OCTETS,
             UnitKind::Units => code::CC_SERVICE_SPECIFIC_UNITS,
+            UnitKind::Money => CC_MONEY,
         }
     }
 }
+
+/// RFC 4006 §8.22 CC-Money and its members (§8.8 Unit-Value, §8.10 Value-Digits, §8.9 Exponent).
+const CC_MONEY: u32 = 413;
+const UNIT_VALUE: u32 = 445;
+const VALUE_DIGITS: u32 = 447;
+const EXPONENT: u32 = 429;
 
 /// An amount of each kind; absent kinds are "none given".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -58,6 +73,9 @@ pub struct Units {
     /// Service-specific units (events, messages…).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub units: Option<u64>,
+    /// Money, in hundredths of the currency unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub money: Option<u64>,
 }
 
 impl Units {
@@ -69,6 +87,7 @@ impl Units {
             UnitKind::InputOctets => self.input_octets,
             UnitKind::OutputOctets => self.output_octets,
             UnitKind::Units => self.units,
+            UnitKind::Money => self.money,
         }
     }
 
@@ -80,6 +99,7 @@ impl Units {
             UnitKind::InputOctets => &mut self.input_octets,
             UnitKind::OutputOctets => &mut self.output_octets,
             UnitKind::Units => &mut self.units,
+            UnitKind::Money => &mut self.money,
         };
         *slot = v;
     }
@@ -112,6 +132,7 @@ impl Units {
             }
             let v = match child.code() {
                 code::CC_TIME => child.as_u32().ok().map(u64::from),
+                CC_MONEY => money_hundredths(&child),
                 _ => child.as_u64().ok(),
             };
             if let Some(k) = UnitKind::ALL.into_iter().find(|k| k.avp_code() == child.code()) {
@@ -128,11 +149,32 @@ impl Units {
                 let v = self.get(k).unwrap_or(0);
                 match k {
                     UnitKind::Time => Avp::u32(k.avp_code(), v.min(u64::from(u32::MAX)) as u32),
+                    UnitKind::Money => Avp::grouped(
+                        CC_MONEY,
+                        &[Avp::grouped(
+                            UNIT_VALUE,
+                            &[Avp::i64(VALUE_DIGITS, v.min(i64::MAX as u64) as i64), Avp::i32(EXPONENT, -2)],
+                        )],
+                    ),
                     _ => Avp::u64(k.avp_code(), v),
                 }
             })
             .collect()
     }
+}
+
+/// Reads CC-Money as hundredths: Value-Digits × 10^(Exponent + 2), negative or unreadable amounts as none.
+fn money_hundredths(cc_money: &Avp) -> Option<u64> {
+    let uv = cc_money.grouped_iter().filter_map(Result::ok).find(|a| a.is(UNIT_VALUE, 0))?;
+    let members: Vec<Avp> = uv.grouped_iter().filter_map(Result::ok).collect();
+    let digits = members.iter().find(|a| a.is(VALUE_DIGITS, 0))?.as_i64().ok()?;
+    let exp = members.iter().find(|a| a.is(EXPONENT, 0)).and_then(|a| a.as_i32().ok()).unwrap_or(0) + 2;
+    let scaled = if exp >= 0 {
+        i128::from(digits).checked_mul(10i128.checked_pow(exp.unsigned_abs())?)?
+    } else {
+        i128::from(digits) / 10i128.checked_pow(exp.unsigned_abs())?
+    };
+    u64::try_from(scaled).ok()
 }
 
 #[cfg(test)]
@@ -147,6 +189,9 @@ mod tests {
         let json = serde_json::to_string(&u).unwrap();
         assert_eq!(json, r#"{"time":60,"total_octets":1099511627776}"#);
         assert_eq!(serde_json::from_str::<Units>(&json).unwrap(), u);
+        let money = Units { money: Some(1250), ..Default::default() };
+        let g = Avp::grouped(code::USED_SERVICE_UNIT, &money.to_avps());
+        assert_eq!(Units::from_grouped(&g), money, "CC-Money 12.50 round-trips as 1250 hundredths");
         let mut sum = u;
         sum.add(&Units { time: Some(1), units: Some(2), ..Default::default() });
         assert_eq!((sum.time, sum.units), (Some(61), Some(2)));

@@ -95,7 +95,7 @@ pub enum OcsError {
 struct Account {
     /// `None`: unlimited.
     balance: Units,
-    limited: [bool; 5],
+    limited: [bool; 6],
     reserved: Units,
 }
 
@@ -246,7 +246,7 @@ impl Ocs {
         let (default, listed) = (&self.config.ro.default_balance, &self.config.subscribers);
         self.accounts.entry(subscriber.to_string()).or_insert_with(|| {
             let balance = listed.iter().find(|s| s.id == subscriber).map_or(*default, |s| s.balance);
-            let mut limited = [false; 5];
+            let mut limited = [false; 6];
             for (i, k) in UnitKind::ALL.iter().enumerate() {
                 limited[i] = balance.get(*k).is_some();
             }

@@ -85,8 +85,12 @@ async fn engine_runs_ro_and_gx_sessions_against_the_simulator() {
         let o = e.update(&sid, vec![used(10, 100), used(20, 50)], vec![], None).await.unwrap();
         assert_eq!(o.result_code, Some(2001));
     }
+    // Money is reported as CC-Money (Unit-Value 1.50, Exponent -2).
+    let money =
+        UsedUnits { rating_group: 20, used: Units { money: Some(150), ..Units::default() }, reporting_reason: None };
+    e.update(&sid, vec![money], vec![], None).await.unwrap();
     let view = e.session(&sid).await.unwrap();
-    assert_eq!((view.cc_request_number, view.owner.as_str()), (4, "as1.test.localdomain"));
+    assert_eq!((view.cc_request_number, view.owner.as_str()), (5, "as1.test.localdomain"));
     let o = e.terminate(&sid, vec![used(10, 20)]).await.unwrap();
     assert_eq!(o.state, CcState::Idle);
     assert!(e.session(&sid).await.is_none(), "ended sessions are forgotten");
@@ -103,6 +107,7 @@ async fn engine_runs_ro_and_gx_sessions_against_the_simulator() {
     assert_eq!(c["clean"], true, "{c}");
     assert_eq!(c["sessions"]["terminated"], 2);
     assert_eq!(c["units"]["reported_used"]["time"], 470);
+    assert_eq!(c["units"]["reported_used"]["money"], 150);
     // Bad input is refused clearly.
     assert!(matches!(e.update("nope", vec![], vec![], None).await, Err(ChargingError::UnknownSession(_))));
     let bad =
