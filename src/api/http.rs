@@ -206,6 +206,7 @@ pub fn router(engine: Engine) -> axum::Router {
                     return error(StatusCode::BAD_REQUEST, "a Ro session needs at least one rating group".into(), None, None);
                 }
                 let convergence = b.convergence.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+                // `replicate` is accepted for the store's arrival (docs/embedding.md); nothing replicates yet.
                 let _ = b.replicate;
                 let extra = match avps_from_json(e.dictionary(), &b.avps) {
                     Ok(a) => a,

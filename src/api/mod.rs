@@ -303,7 +303,8 @@ pub struct Engine {
     origin_host: String,
     dictionary: Arc<crate::dict::Dictionary>,
     node: NodeHandle,
-    _node: Arc<tokio::sync::Mutex<Option<DiameterNode>>>,
+    /// The node, taken by [`Engine::stop`].
+    owned_node: Arc<tokio::sync::Mutex<Option<DiameterNode>>>,
 }
 
 /// A waiter for the outcome of the request a call caused.
@@ -356,7 +357,7 @@ impl Engine {
             origin_host,
             dictionary: config.node.dictionary.clone(),
             node: handle,
-            _node: Arc::new(tokio::sync::Mutex::new(Some(node))),
+            owned_node: Arc::new(tokio::sync::Mutex::new(Some(node))),
         })
     }
 
@@ -487,7 +488,7 @@ impl Engine {
 
     /// Stops the Diameter node (DPR to every peer).
     pub async fn stop(&self) {
-        if let Some(node) = self._node.lock().await.take() {
+        if let Some(node) = self.owned_node.lock().await.take() {
             node.stop(crate::peer::DisconnectCause::Rebooting).await;
         }
     }
@@ -636,7 +637,7 @@ impl Driver {
                 cc.attach(extra);
                 cc.start(now, &rgs, Some(0));
                 self.sessions.insert(sid.clone(), Entry::new(cc, reply));
-                self.pump(now, &sid);
+                self.pump(&sid);
             }
             Cmd::Update { session_id, extra, used, requested, key, reply } => {
                 let Some(e) = self.sessions.get_mut(&session_id) else {
@@ -664,7 +665,7 @@ impl Driver {
                 let tag = e.waiter(Waiter { reply: Some(reply), key });
                 e.cc.attach(extra);
                 e.cc.update(now, used_v, req, reason, Some(tag));
-                self.pump(now, &session_id);
+                self.pump(&session_id);
             }
             Cmd::Terminate { session_id, extra, used, reply } => {
                 let Some(e) = self.sessions.get_mut(&session_id) else {
@@ -681,7 +682,7 @@ impl Driver {
                 let tag = e.waiter(Waiter { reply: Some(reply), key: None });
                 e.cc.attach(extra);
                 e.cc.terminate(now, used.iter().map(|u| (Some(u.rating_group), u.used)).collect(), Some(tag));
-                self.pump(now, &session_id);
+                self.pump(&session_id);
             }
             Cmd::Event { subscriber, service_context, action, requested, service_id, reply } => {
                 let cfg = match self.cc_config(App::Ro, subscriber.as_ref(), service_context) {
@@ -692,7 +693,7 @@ impl Driver {
                 let mut cc = CcSession::new(cfg, sid.clone());
                 cc.event(now, action, requested, service_id, Some(0));
                 self.sessions.insert(sid.clone(), Entry::new(cc, reply));
-                self.pump(now, &sid);
+                self.pump(&sid);
             }
             Cmd::View { session_id, reply } => {
                 let v = self.sessions.get(&session_id).map(|e| SessionView {
@@ -728,7 +729,7 @@ impl Driver {
                 e.cc.handle_send_failure(now, &err.to_string());
             }
         }
-        self.pump(now, &sid);
+        self.pump(&sid);
     }
 
     /// A RAR or ASR from the server.
@@ -754,7 +755,7 @@ impl Driver {
             }
         };
         req.answer(answer);
-        self.pump(now, &sid);
+        self.pump(&sid);
     }
 
     fn timeouts(&mut self) {
@@ -763,13 +764,13 @@ impl Driver {
         for sid in due {
             if let Some(e) = self.sessions.get_mut(&sid) {
                 e.cc.handle_timeout(now);
-                self.pump(now, &sid);
+                self.pump(&sid);
             }
         }
     }
 
     /// Carries out a session's outputs: sends requests, forwards events, re-arms its timer.
-    fn pump(&mut self, now: Instant, sid: &str) {
+    fn pump(&mut self, sid: &str) {
         let Some(e) = self.sessions.get_mut(sid) else { return };
         while let Some(o) = e.cc.poll_output() {
             match o {
@@ -820,7 +821,6 @@ impl Driver {
             }
             e.deadline = deadline;
         }
-        let _ = now;
         if e.cc.state() == CcState::Idle && e.waiters.is_empty() && !e.cc.has_stored() {
             if let Some(d) = e.deadline.take() {
                 self.timers.remove(&(d, sid.to_string()));
