@@ -26,5 +26,6 @@ pub mod ocs;
 pub mod peer;
 pub mod router;
 pub mod samples;
+pub mod store;
 pub mod transport;
 pub mod units;

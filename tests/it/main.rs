@@ -9,6 +9,7 @@ mod http_front;
 mod ocs;
 mod prop;
 mod stack;
+mod store_contract;
 mod tls;
 mod wire;
 

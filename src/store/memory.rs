@@ -1,0 +1,83 @@
+//! The in-process store, for unit tests and the in-process simulator.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::{Expect, Store, StoreError, Versioned};
+
+#[derive(Debug)]
+struct Record {
+    value: Bytes,
+    version: u64,
+    expires: Option<Instant>,
+}
+
+/// Records in a mutex-protected ordered map. Time is the process's monotonic clock.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    records: Mutex<(BTreeMap<String, Record>, u64)>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+}
+
+fn live(r: &Record, now: Instant) -> bool {
+    r.expires.is_none_or(|e| e > now)
+}
+
+fn check(found: Option<&Record>, expect: Expect, now: Instant) -> Result<Option<u64>, StoreError> {
+    let current = found.filter(|r| live(r, now)).map(|r| r.version);
+    match (expect, current) {
+        (Expect::Any, c) => Ok(c),
+        (Expect::Absent, None) => Ok(None),
+        (Expect::Version(v), Some(c)) if v == c => Ok(Some(c)),
+        (_, c) => Err(StoreError::Conflict { current: c }),
+    }
+}
+
+impl Store for MemoryStore {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let now = Instant::now();
+        let guard = self.records.lock().expect("store lock");
+        let map = &guard.0;
+        Ok(map.get(key).filter(|r| live(r, now)).map(|r| Versioned { value: r.value.clone(), version: r.version }))
+    }
+
+    async fn put(&self, key: &str, value: Bytes, expect: Expect, ttl: Option<Duration>) -> Result<u64, StoreError> {
+        let now = Instant::now();
+        let mut guard = self.records.lock().expect("store lock");
+        check(guard.0.get(key), expect, now)?;
+        // Versions come from one store-wide sequence: a token is never reused, even after a deletion.
+        guard.1 += 1;
+        let version = guard.1;
+        guard.0.insert(key.to_string(), Record { value, version, expires: ttl.map(|t| now + t) });
+        Ok(version)
+    }
+
+    async fn delete(&self, key: &str, expect: Expect) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut guard = self.records.lock().expect("store lock");
+        check(guard.0.get(key), expect, now)?;
+        guard.0.remove(key);
+        Ok(())
+    }
+
+    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let now = Instant::now();
+        let guard = self.records.lock().expect("store lock");
+        Ok(guard
+            .0
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .filter(|(_, r)| live(r, now))
+            .map(|(k, r)| (k.clone(), Versioned { value: r.value.clone(), version: r.version }))
+            .collect())
+    }
+}

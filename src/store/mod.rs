@@ -1,0 +1,82 @@
+//! The replication store: versioned records with compare-and-set and TTL, behind one contract that every backend
+//! meets (`tests/it/store_contract.rs`): [`MemoryStore`] for tests, [`SqliteStore`] as the embedded default (one
+//! file shared by every node process on a host). A ScyllaDB backend comes next behind the same trait.
+//!
+//! A record is a key, an opaque value, a version (incremented by every write: the CAS token) and an optional
+//! expiry. Writes state what they expect to find ([`Expect`]): that is how ownership is taken by a race that exactly
+//! one node wins, and how a stale owner is fenced off.
+
+mod memory;
+mod sqlite;
+
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
+
+/// A record as read: its value and version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    /// The value.
+    pub value: Bytes,
+    /// The version: 1 for the first write, +1 per write.
+    pub version: u64,
+}
+
+/// What a write expects to find.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Anything (an unconditional write).
+    Any,
+    /// No record (creation; `IF NOT EXISTS`).
+    Absent,
+    /// The record at exactly this version (compare-and-set).
+    Version(u64),
+}
+
+/// Why a store operation failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The expectation did not hold; `current` is the version found (`None`: no record).
+    #[error("conflict: expected record not found (current version {current:?})")]
+    Conflict {
+        /// What is there now.
+        current: Option<u64>,
+    },
+    /// The store cannot be reached or written now; try again after `retry_after`.
+    #[error("store unavailable: {reason}; retry in {retry_after:?}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+        /// When to try again.
+        retry_after: Duration,
+    },
+    /// A record cannot be read back.
+    #[error("store corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The contract every backend meets.
+pub trait Store: Send + Sync + 'static {
+    /// Reads a record; expired records read as absent.
+    fn get(&self, key: &str) -> impl Future<Output = Result<Option<Versioned>, StoreError>> + Send;
+
+    /// Writes a record if `expect` holds; returns the new version. `ttl` sets (or clears) its expiry.
+    fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        expect: Expect,
+        ttl: Option<Duration>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Deletes a record if `expect` holds (deleting an absent record with `Expect::Any` succeeds).
+    fn delete(&self, key: &str, expect: Expect) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every live record whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &str) -> impl Future<Output = Result<Vec<(String, Versioned)>, StoreError>> + Send;
+}

@@ -1,0 +1,191 @@
+//! The embedded default: one SQLite file shared by every node process on the host. WAL mode so readers do not
+//! block the writer, a busy timeout so processes queue for the write lock, compare-and-set inside an IMMEDIATE
+//! transaction (the write lock is taken before the read, so the check and the write are one atomic step across
+//! processes), expiry in a column that reads filter and [`SqliteStore::sweep`] deletes.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{Expect, Store, StoreError, Versioned};
+
+/// A store in one SQLite file.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn unavailable(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable {
+        reason: format!("SQLite store {}: {e}; sessions continue locally, replication paused", path.display()),
+        retry_after: Duration::from_millis(200),
+    }
+}
+
+fn map_err(path: &Path, e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase => {
+                StoreError::Corrupt(format!("{}: {e}", path.display()))
+            }
+            _ => unavailable(path, e),
+        },
+        _ => unavailable(path, e),
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`. `busy_timeout` is how long a write waits for another
+    /// process's write lock before the operation reports the store unavailable.
+    pub fn open(path: &Path, busy_timeout: Duration) -> Result<SqliteStore, StoreError> {
+        let conn = Connection::open(path).map_err(|e| map_err(path, e))?;
+        conn.busy_timeout(busy_timeout).map_err(|e| map_err(path, e))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = NORMAL;
+             CREATE TABLE IF NOT EXISTS records (
+                 key TEXT PRIMARY KEY,
+                 value BLOB NOT NULL,
+                 version INTEGER NOT NULL,
+                 expires_at INTEGER
+             );
+             CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL);
+             INSERT OR IGNORE INTO meta (id, seq) VALUES (0, 0);",
+        )
+        .map_err(|e| map_err(path, e))?;
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() })
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Deletes expired records; returns how many.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        self.blocking(move |c, _| {
+            c.execute("DELETE FROM records WHERE expires_at IS NOT NULL AND expires_at <= ?1", params![now_ms()])
+        })
+        .await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection, &Path) -> Result<T, rusqlite::Error> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (conn, path) = (self.conn.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut c = conn.lock().expect("sqlite connection lock");
+            f(&mut c, &path).map_err(|e| map_err(&path, e))
+        })
+        .await
+        .map_err(|e| unavailable(&self.path, e))?
+    }
+
+    /// Runs a conditional write in an IMMEDIATE transaction.
+    async fn conditional(
+        &self,
+        key: &str,
+        expect: Expect,
+        write: impl FnOnce(&rusqlite::Transaction, i64) -> Result<(), rusqlite::Error> + Send + 'static,
+    ) -> Result<u64, StoreError> {
+        let key = key.to_string();
+        let (conn, path) = (self.conn.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
+            let mut c = conn.lock().expect("sqlite connection lock");
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| map_err(&path, e))?;
+            let current: Option<i64> = tx
+                .query_row(
+                    "SELECT version FROM records WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+                    params![key, now_ms()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| map_err(&path, e))?;
+            let current = current.map(|v| v as u64);
+            let ok = match expect {
+                Expect::Any => true,
+                Expect::Absent => current.is_none(),
+                Expect::Version(v) => current == Some(v),
+            };
+            if !ok {
+                return Err(StoreError::Conflict { current });
+            }
+            // Versions come from one store-wide sequence: a token is never reused, even after a deletion.
+            let seq: i64 = tx
+                .query_row("UPDATE meta SET seq = seq + 1 WHERE id = 0 RETURNING seq", [], |r| r.get(0))
+                .map_err(|e| map_err(&path, e))?;
+            write(&tx, seq).map_err(|e| map_err(&path, e))?;
+            tx.commit().map_err(|e| map_err(&path, e))?;
+            Ok(seq as u64)
+        })
+        .await
+        .map_err(|e| unavailable(&self.path, e))?
+    }
+}
+
+impl Store for SqliteStore {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        let key = key.to_string();
+        self.blocking(move |c, _| {
+            c.query_row(
+                "SELECT value, version FROM records WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+                params![key, now_ms()],
+                |r| Ok(Versioned { value: Bytes::from(r.get::<_, Vec<u8>>(0)?), version: r.get::<_, i64>(1)? as u64 }),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, value: Bytes, expect: Expect, ttl: Option<Duration>) -> Result<u64, StoreError> {
+        let k = key.to_string();
+        let expires = ttl.map(|t| now_ms() + t.as_millis() as i64);
+        self.conditional(key, expect, move |tx, seq| {
+            tx.execute(
+                "INSERT INTO records (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, expires_at = excluded.expires_at",
+                params![k, value.to_vec(), seq, expires],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, expect: Expect) -> Result<(), StoreError> {
+        let k = key.to_string();
+        self.conditional(key, expect, move |tx, _| {
+            tx.execute("DELETE FROM records WHERE key = ?1", params![k]).map(drop)
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        let prefix = prefix.to_string();
+        self.blocking(move |c, _| {
+            // Keys between the prefix and the prefix followed by the highest code point.
+            let mut st = c.prepare(
+                "SELECT key, value, version FROM records
+                 WHERE key >= ?1 AND key < ?2 AND (expires_at IS NULL OR expires_at > ?3) ORDER BY key",
+            )?;
+            let upper = format!("{prefix}\u{10ffff}");
+            let rows = st.query_map(params![prefix, upper, now_ms()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Versioned { value: Bytes::from(r.get::<_, Vec<u8>>(1)?), version: r.get::<_, i64>(2)? as u64 },
+                ))
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+}

@@ -1,0 +1,160 @@
+//! One contract for every store backend (`cargo test contract`): versioned reads, a CAS race that exactly one of
+//! 32 tasks wins, TTL expiry, conditional deletion, fencing with tokens that are never reused, prefix scans, and
+//! for SQLite the same race across separate OS processes. (The ScyllaDB backend joins when it exists.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use charging_ra::store::{Expect, MemoryStore, SqliteStore, Store, StoreError};
+
+async fn contract<S: Store>(store: Arc<S>) {
+    let b = |s: &'static str| Bytes::from_static(s.as_bytes());
+    // Versioned reads and writes.
+    assert_eq!(store.get("k").await.unwrap(), None);
+    let v1 = store.put("k", b("one"), Expect::Absent, None).await.unwrap();
+    let got = store.get("k").await.unwrap().unwrap();
+    assert_eq!((got.value, got.version), (b("one"), v1));
+    assert_eq!(store.put("k", b("again"), Expect::Absent, None).await, Err(StoreError::Conflict { current: Some(v1) }));
+    let v2 = store.put("k", b("two"), Expect::Version(v1), None).await.unwrap();
+    assert!(v2 > v1);
+    assert_eq!(
+        store.put("k", b("stale"), Expect::Version(v1), None).await,
+        Err(StoreError::Conflict { current: Some(v2) })
+    );
+    assert_eq!(store.get("k").await.unwrap().unwrap().value, b("two"));
+    // 32 tasks race to move the record from the same version: exactly one wins.
+    let base = store.put("race", b("0"), Expect::Any, None).await.unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let s = store.clone();
+            tokio::spawn(
+                async move { s.put("race", Bytes::from(format!("winner-{i}")), Expect::Version(base), None).await },
+            )
+        })
+        .collect();
+    let mut winners = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => winners += 1,
+            Err(StoreError::Conflict { current: Some(_) }) => {}
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(winners, 1, "exactly one compare-and-set wins");
+    // TTL: the record lives, then reads as absent, and can be created again.
+    store.put("ttl", b("short"), Expect::Absent, Some(Duration::from_millis(300))).await.unwrap();
+    assert!(store.get("ttl").await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(store.get("ttl").await.unwrap(), None);
+    store.put("ttl", b("again"), Expect::Absent, None).await.unwrap();
+    // Conditional delete.
+    let v = store.get("k").await.unwrap().unwrap().version;
+    assert_eq!(store.delete("k", Expect::Version(v + 1000)).await, Err(StoreError::Conflict { current: Some(v) }));
+    store.delete("k", Expect::Version(v)).await.unwrap();
+    assert_eq!(store.get("k").await.unwrap(), None);
+    store.delete("k", Expect::Any).await.unwrap();
+    assert_eq!(store.delete("k", Expect::Version(v)).await, Err(StoreError::Conflict { current: None }));
+    // Fencing: a writer holding an old token is refused, even after the key was deleted and created again
+    // (tokens are never reused).
+    let old = store.put("fence", b("epoch-1"), Expect::Absent, None).await.unwrap();
+    let new = store.put("fence", b("epoch-2 by the adopter"), Expect::Version(old), None).await.unwrap();
+    assert!(store.put("fence", b("epoch-1 wakes up"), Expect::Version(old), None).await.is_err());
+    store.delete("fence", Expect::Version(new)).await.unwrap();
+    let recreated = store.put("fence", b("epoch-3"), Expect::Absent, None).await.unwrap();
+    assert!(recreated != old && recreated != new);
+    assert!(store.put("fence", b("epoch-1 again"), Expect::Version(old), None).await.is_err());
+    // Prefix scans, in key order, without expired records.
+    for k in ["own/b", "own/a", "other/c"] {
+        store.put(k, b("x"), Expect::Any, None).await.unwrap();
+    }
+    store.put("own/c", b("gone soon"), Expect::Any, Some(Duration::from_millis(50))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let keys: Vec<String> = store.scan_prefix("own/").await.unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, vec!["own/a", "own/b"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_memory() {
+    contract(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_sqlite() {
+    let dir = crate::wire::tempdir("store-contract");
+    let store = SqliteStore::open(&dir.join("store.db"), Duration::from_secs(5)).unwrap();
+    contract(Arc::new(store.clone())).await;
+    // The sweeper removes what expired.
+    store.put("sweep-me", Bytes::from_static(b"x"), Expect::Any, Some(Duration::from_millis(10))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert!(store.sweep().await.unwrap() >= 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn contract_sqlite_unreachable_says_where_and_what_happens() {
+    let err = SqliteStore::open(std::path::Path::new("/nonexistent-dir/charging-ra/store.db"), Duration::from_secs(1))
+        .unwrap_err();
+    match err {
+        StoreError::Unavailable { reason, .. } => {
+            assert!(
+                reason.contains("/nonexistent-dir/charging-ra/store.db") && reason.contains("replication paused"),
+                "{reason}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The CAS race across separate OS processes sharing one SQLite file: this test binary re-runs itself as the
+/// contenders.
+#[test]
+fn contract_sqlite_cas_race_across_processes() {
+    const CHILD: &str = "CHARGING_RA_STORE_RACE";
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    if let Ok(spec) = std::env::var(CHILD) {
+        let (path, version, id) = {
+            let mut p = spec.split('|');
+            (p.next().unwrap().to_string(), p.next().unwrap().parse::<u64>().unwrap(), p.next().unwrap().to_string())
+        };
+        let store = SqliteStore::open(std::path::Path::new(&path), Duration::from_secs(10)).unwrap();
+        let r = rt.block_on(store.put("own/convergence-1", Bytes::from(id), Expect::Version(version), None));
+        println!("RESULT {}", if r.is_ok() { "WON" } else { "LOST" });
+        return;
+    }
+    let dir = crate::wire::tempdir("store-race");
+    let path = dir.join("store.db");
+    let store = SqliteStore::open(&path, Duration::from_secs(10)).unwrap();
+    let base =
+        rt.block_on(store.put("own/convergence-1", Bytes::from_static(b"dead-node"), Expect::Any, None)).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            std::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "store_contract::contract_sqlite_cas_race_across_processes",
+                    "--nocapture",
+                    "--test-threads",
+                    "1",
+                ])
+                .env(CHILD, format!("{}|{base}|node-{i}", path.display()))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut won = 0;
+    let mut lost = 0;
+    for c in children {
+        let out = String::from_utf8(c.wait_with_output().unwrap().stdout).unwrap();
+        won += out.matches("RESULT WON").count();
+        lost += out.matches("RESULT LOST").count();
+    }
+    assert_eq!((won, lost), (1, 7), "exactly one process wins the compare-and-set");
+    let owner = rt.block_on(store.get("own/convergence-1")).unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&owner.value).starts_with("node-"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
