@@ -24,6 +24,7 @@ pub mod load;
 pub mod node;
 pub mod ocs;
 pub mod peer;
+pub mod replication;
 pub mod router;
 pub mod samples;
 pub mod store;

@@ -1,0 +1,290 @@
+//! Ownership and adoption, as pure decisions (no store calls, no clock): the record formats, their keys, and the
+//! rule a node applies when an event arrives for a session it holds no state for.
+//!
+//! ```text
+//! conv/<convergence>              owner node, its incarnation, epoch      written at creation, CAS on adoption
+//! proto/diameter/<Session-Id>     associated = <convergence>              when replication starts
+//! proto/sip/<Call-ID>/<tag>/<tag> associated = <convergence>              when the dialog is confirmed
+//! state/<convergence>/<protocol>  snapshot, written_by_epoch              write-behind, conditional on the epoch
+//! node/<node>                     incarnation, URIs, lease expiry         heartbeat
+//! ```
+//!
+//! Every key is namespaced by the cluster id. Records carry a format version so that two releases can share a
+//! store during a rolling upgrade: a reader accepts formats up to its own and refuses newer ones clearly.
+
+use serde::{Deserialize, Serialize};
+
+/// The record format this release writes (and the newest it reads).
+pub const FORMAT: u32 = 1;
+
+/// A node as the cluster knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeIdentity {
+    /// Node id, unique in the cluster.
+    pub node: String,
+    /// Changes at every start: a restarted node is a new incarnation and does not own its old self's sessions.
+    pub incarnation: u64,
+    /// Internal Diameter URI for proxying (`aaa://node1.cluster.local:3869`).
+    pub diameter_uri: String,
+    /// HTTP front, if any.
+    pub http: Option<String>,
+}
+
+/// `conv/<convergence>`: who owns a call or session group, since which epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConvergenceRecord {
+    /// Record format.
+    pub format: u32,
+    /// The owner's node id.
+    pub owner: String,
+    /// The owner's incarnation when it took ownership.
+    pub incarnation: u64,
+    /// The owner's internal Diameter URI.
+    pub owner_uri: String,
+    /// +1 at every adoption; state writes are conditional on it (fencing).
+    pub epoch: u64,
+}
+
+/// `proto/diameter/<Session-Id>` or `proto/sip/…`: a protocol session linked to its convergence name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolRecord {
+    /// Record format.
+    pub format: u32,
+    /// The convergence name (the `associated` attribute).
+    pub associated: String,
+    /// The owner's internal URI when written (a hint; the convergence record decides).
+    pub owner_uri: String,
+}
+
+/// `node/<node>`: a node's lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLease {
+    /// Record format.
+    pub format: u32,
+    /// The node.
+    pub identity: NodeIdentity,
+    /// The lease runs until this wall-clock time (ms since the Unix epoch).
+    pub expires_at_ms: u64,
+}
+
+/// Record keys, namespaced by cluster.
+pub mod keys {
+    /// The convergence record.
+    pub fn convergence(cluster: &str, convergence: &str) -> String {
+        format!("{cluster}/conv/{convergence}")
+    }
+    /// A Diameter session's protocol record.
+    pub fn diameter(cluster: &str, session_id: &str) -> String {
+        format!("{cluster}/proto/diameter/{session_id}")
+    }
+    /// A SIP dialog leg's protocol record.
+    pub fn sip(cluster: &str, call_id: &str, local_tag: &str, remote_tag: &str) -> String {
+        format!("{cluster}/proto/sip/{call_id}/{local_tag}/{remote_tag}")
+    }
+    /// A protocol session's state snapshot.
+    pub fn state(cluster: &str, convergence: &str, protocol_key: &str) -> String {
+        format!("{cluster}/state/{convergence}/{protocol_key}")
+    }
+    /// A node's lease.
+    pub fn node(cluster: &str, node: &str) -> String {
+        format!("{cluster}/node/{node}")
+    }
+}
+
+/// Why a record cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// Not a record of ours.
+    #[error("record unreadable: {0}")]
+    Unreadable(String),
+    /// Written by a newer release.
+    #[error("record format {found} is newer than this release reads ({FORMAT}); upgrade this node")]
+    TooNew {
+        /// The format found.
+        found: u32,
+    },
+}
+
+/// Encodes a record (JSON: readable in the store, tolerant of added fields across releases).
+pub fn encode<T: Serialize>(record: &T) -> bytes::Bytes {
+    bytes::Bytes::from(serde_json::to_vec(record).expect("records serialize"))
+}
+
+/// Decodes a record and checks its format.
+pub fn decode<T: for<'de> Deserialize<'de> + Formatted>(bytes: &[u8]) -> Result<T, RecordError> {
+    let r: T = serde_json::from_slice(bytes).map_err(|e| RecordError::Unreadable(e.to_string()))?;
+    if r.format() > FORMAT {
+        return Err(RecordError::TooNew { found: r.format() });
+    }
+    Ok(r)
+}
+
+/// Records with a format field.
+pub trait Formatted {
+    /// The record's format.
+    fn format(&self) -> u32;
+}
+
+impl Formatted for ConvergenceRecord {
+    fn format(&self) -> u32 {
+        self.format
+    }
+}
+impl Formatted for ProtocolRecord {
+    fn format(&self) -> u32 {
+        self.format
+    }
+}
+impl Formatted for NodeLease {
+    fn format(&self) -> u32 {
+        self.format
+    }
+}
+
+/// What a node does with an event for a session it holds no state for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Adoption {
+    /// No such replicated session: answer as for an unknown session (5002 / 481).
+    Unknown,
+    /// This node (this incarnation) owns it: load the state and process.
+    Local {
+        /// The epoch to write state under.
+        epoch: u64,
+    },
+    /// A live node owns it: forward the event there.
+    Proxy {
+        /// The owner.
+        owner: String,
+        /// Its internal URI.
+        uri: String,
+    },
+    /// The owner is dead: try to take the session over with this compare-and-set.
+    TakeOver {
+        /// The convergence record's version to expect.
+        expect_version: u64,
+        /// The record to write.
+        record: ConvergenceRecord,
+    },
+}
+
+/// The adoption rule (ARCHITECTURE "Adoption"): protocol record → convergence record → owner alive, self or dead.
+/// `lease` is the owner's lease record, if any; `now_ms` the wall clock.
+pub fn decide(
+    me: &NodeIdentity,
+    protocol: Option<&ProtocolRecord>,
+    convergence: Option<(&ConvergenceRecord, u64)>,
+    lease: Option<&NodeLease>,
+    now_ms: u64,
+) -> Adoption {
+    let (Some(_), Some((conv, version))) = (protocol, convergence) else { return Adoption::Unknown };
+    if conv.owner == me.node && conv.incarnation == me.incarnation {
+        return Adoption::Local { epoch: conv.epoch };
+    }
+    // Alive: a lease of the same incarnation that has not run out. A restarted owner (new incarnation) does not
+    // get its old sessions back: they are adopted like a dead node's.
+    let alive = lease.is_some_and(|l| {
+        l.identity.node == conv.owner && l.identity.incarnation == conv.incarnation && l.expires_at_ms > now_ms
+    });
+    if alive {
+        return Adoption::Proxy { owner: conv.owner.clone(), uri: conv.owner_uri.clone() };
+    }
+    Adoption::TakeOver {
+        expect_version: version,
+        record: ConvergenceRecord {
+            format: FORMAT,
+            owner: me.node.clone(),
+            incarnation: me.incarnation,
+            owner_uri: me.diameter_uri.clone(),
+            epoch: conv.epoch + 1,
+        },
+    }
+}
+
+/// Fencing on load: state written under a newer epoch than ours means another node has adopted the session since
+/// (we are the stale owner): refuse it, drop our copy.
+pub fn accept_state(written_by_epoch: u64, my_epoch: u64) -> bool {
+    written_by_epoch <= my_epoch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(n: &str, inc: u64) -> NodeIdentity {
+        NodeIdentity { node: n.into(), incarnation: inc, diameter_uri: format!("aaa://{n}.cluster:3869"), http: None }
+    }
+
+    fn conv(owner: &str, inc: u64, epoch: u64) -> ConvergenceRecord {
+        ConvergenceRecord {
+            format: FORMAT,
+            owner: owner.into(),
+            incarnation: inc,
+            owner_uri: format!("aaa://{owner}.cluster:3869"),
+            epoch,
+        }
+    }
+
+    fn lease(n: &str, inc: u64, until: u64) -> NodeLease {
+        NodeLease { format: FORMAT, identity: node(n, inc), expires_at_ms: until }
+    }
+
+    const P: ProtocolRecord = ProtocolRecord { format: FORMAT, associated: String::new(), owner_uri: String::new() };
+
+    #[test]
+    fn every_branch_of_the_adoption_rule() {
+        let me = node("n2", 7);
+        // Record missing: unknown session.
+        assert_eq!(decide(&me, None, None, None, 1000), Adoption::Unknown);
+        assert_eq!(decide(&me, Some(&P), None, None, 1000), Adoption::Unknown);
+        // Owner is this incarnation: local.
+        assert_eq!(decide(&me, Some(&P), Some((&conv("n2", 7, 3), 40)), None, 1000), Adoption::Local { epoch: 3 });
+        // Owner alive: proxy.
+        let c = conv("n1", 5, 3);
+        assert_eq!(
+            decide(&me, Some(&P), Some((&c, 40)), Some(&lease("n1", 5, 2000)), 1000),
+            Adoption::Proxy { owner: "n1".into(), uri: "aaa://n1.cluster:3869".into() }
+        );
+        // Owner dead (lease expired, or no lease at all): take over with CAS on the version, epoch + 1.
+        for l in [Some(lease("n1", 5, 999)), None] {
+            match decide(&me, Some(&P), Some((&c, 40)), l.as_ref(), 1000) {
+                Adoption::TakeOver { expect_version, record } => {
+                    assert_eq!(expect_version, 40);
+                    assert_eq!((record.owner.as_str(), record.incarnation, record.epoch), ("n2", 7, 4));
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // The owner restarted (new incarnation): its old sessions are adopted, not handed back.
+        assert!(matches!(
+            decide(&me, Some(&P), Some((&c, 40)), Some(&lease("n1", 6, 2000)), 1000),
+            Adoption::TakeOver { .. }
+        ));
+        // This node restarted: its previous incarnation's sessions are taken over like any dead node's.
+        assert!(matches!(decide(&me, Some(&P), Some((&conv("n2", 6, 1), 9)), None, 1000), Adoption::TakeOver { .. }));
+    }
+
+    #[test]
+    fn a_lost_race_becomes_a_proxy_to_the_winner() {
+        // n2 and n3 both saw n1 dead; n3 won the CAS. n2 re-reads and finds n3 alive.
+        let me = node("n2", 7);
+        let won = conv("n3", 2, 4);
+        assert_eq!(
+            decide(&me, Some(&P), Some((&won, 41)), Some(&lease("n3", 2, 5000)), 1000),
+            Adoption::Proxy { owner: "n3".into(), uri: "aaa://n3.cluster:3869".into() }
+        );
+    }
+
+    #[test]
+    fn fencing_refuses_newer_state_and_records_check_their_format() {
+        assert!(accept_state(4, 4));
+        assert!(accept_state(3, 4));
+        assert!(!accept_state(5, 4), "state written by a later adopter: we are stale");
+        let c = conv("n1", 1, 1);
+        assert_eq!(decode::<ConvergenceRecord>(&encode(&c)).unwrap(), c);
+        let mut newer = c.clone();
+        newer.format = FORMAT + 1;
+        assert_eq!(decode::<ConvergenceRecord>(&encode(&newer)), Err(RecordError::TooNew { found: FORMAT + 1 }));
+        assert!(matches!(decode::<ConvergenceRecord>(b"not json"), Err(RecordError::Unreadable(_))));
+        assert_eq!(keys::diameter("c1", "as1;1;2"), "c1/proto/diameter/as1;1;2");
+    }
+}
