@@ -23,6 +23,7 @@ pub mod dict;
 pub mod load;
 pub mod node;
 pub mod ocs;
+pub mod ownership;
 pub mod peer;
 pub mod replication;
 pub mod router;

@@ -7,6 +7,7 @@ mod engine;
 mod freediameter;
 mod http_front;
 mod ocs;
+mod ownership;
 mod prop;
 mod stack;
 mod store_contract;

@@ -1,0 +1,179 @@
+//! The ownership API (in the spirit of Rhino's Session Ownership Facility), over a [`Store`]: node leases, the
+//! convergence and protocol records of a session, and adoption by compare-and-set. The decisions are the pure
+//! functions of [`crate::replication`]; this module only reads and writes records.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::replication::{
+    self, Adoption, ConvergenceRecord, FORMAT, NodeIdentity, NodeLease, ProtocolRecord, RecordError, keys,
+};
+use crate::store::{Expect, Store, StoreError};
+
+/// Why an ownership operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OwnershipError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A record could not be read.
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    /// The session already exists.
+    #[error("convergence {0} already exists")]
+    Exists(String),
+}
+
+/// Where a session stands after [`Ownership::resolve`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// No such replicated session.
+    Unknown,
+    /// Ours (already, or just adopted): process it under this epoch.
+    Owned {
+        /// The epoch.
+        epoch: u64,
+        /// Whether this call adopted it from a dead owner.
+        adopted: bool,
+    },
+    /// Another live node owns it: forward.
+    Proxy {
+        /// The owner.
+        owner: String,
+        /// Its internal URI.
+        uri: String,
+    },
+}
+
+/// One node's view of ownership.
+pub struct Ownership<S: Store> {
+    store: Arc<S>,
+    cluster: String,
+    me: NodeIdentity,
+    lease_ttl: Duration,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl<S: Store> Ownership<S> {
+    /// Ownership for node `me` in `cluster`; leases last `lease_ttl` (default 2 s, renewed every 500 ms).
+    pub fn new(store: Arc<S>, cluster: &str, me: NodeIdentity, lease_ttl: Duration) -> Ownership<S> {
+        Ownership { store, cluster: cluster.into(), me, lease_ttl }
+    }
+
+    /// This node.
+    pub fn me(&self) -> &NodeIdentity {
+        &self.me
+    }
+
+    /// Writes this node's lease (the heartbeat).
+    pub async fn renew_lease(&self) -> Result<(), OwnershipError> {
+        let lease = NodeLease {
+            format: FORMAT,
+            identity: self.me.clone(),
+            expires_at_ms: now_ms() + self.lease_ttl.as_millis() as u64,
+        };
+        // The store's TTL outlives the lease a little, so that an expired lease can still be read and told apart
+        // from a node that never existed.
+        let ttl = self.lease_ttl * 10;
+        self.store
+            .put(&keys::node(&self.cluster, &self.me.node), replication::encode(&lease), Expect::Any, Some(ttl))
+            .await?;
+        Ok(())
+    }
+
+    /// Renews the lease every `period` until the returned task is aborted.
+    pub fn spawn_heartbeat(self: &Arc<Self>, period: Duration) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(period);
+            loop {
+                t.tick().await;
+                if let Err(e) = me.renew_lease().await {
+                    tracing::warn!(error = %e, "lease renewal failed; survivors may adopt this node's sessions");
+                }
+            }
+        })
+    }
+
+    /// Gives the lease up (graceful shutdown): survivors adopt at once instead of waiting for it to run out.
+    pub async fn release_lease(&self) -> Result<(), OwnershipError> {
+        self.store.delete(&keys::node(&self.cluster, &self.me.node), Expect::Any).await?;
+        Ok(())
+    }
+
+    /// Creates the records of a new session owned by this node: the convergence record (epoch 1) and the
+    /// protocol record linked to it. `ttl` bounds what a crash can leave behind.
+    pub async fn create(
+        &self,
+        convergence: &str,
+        protocol_key: &str,
+        ttl: Option<Duration>,
+    ) -> Result<u64, OwnershipError> {
+        let conv = ConvergenceRecord {
+            format: FORMAT,
+            owner: self.me.node.clone(),
+            incarnation: self.me.incarnation,
+            owner_uri: self.me.diameter_uri.clone(),
+            epoch: 1,
+        };
+        let k = keys::convergence(&self.cluster, convergence);
+        match self.store.put(&k, replication::encode(&conv), Expect::Absent, ttl).await {
+            Ok(_) => {}
+            Err(StoreError::Conflict { .. }) => return Err(OwnershipError::Exists(convergence.into())),
+            Err(e) => return Err(e.into()),
+        }
+        let proto =
+            ProtocolRecord { format: FORMAT, associated: convergence.into(), owner_uri: self.me.diameter_uri.clone() };
+        self.store.put(protocol_key, replication::encode(&proto), Expect::Any, ttl).await?;
+        Ok(1)
+    }
+
+    /// Applies the adoption rule to an event for `protocol_key` (e.g. [`keys::diameter`]): owned here, proxy to
+    /// a live owner, or take over a dead owner's session by CAS (a lost race re-reads and proxies to the winner).
+    pub async fn resolve(&self, protocol_key: &str) -> Result<Resolution, OwnershipError> {
+        for _ in 0..4 {
+            let Some(p) = self.store.get(protocol_key).await? else { return Ok(Resolution::Unknown) };
+            let proto: ProtocolRecord = replication::decode(&p.value)?;
+            let ck = keys::convergence(&self.cluster, &proto.associated);
+            let Some(c) = self.store.get(&ck).await? else { return Ok(Resolution::Unknown) };
+            let conv: ConvergenceRecord = replication::decode(&c.value)?;
+            let lease = match self.store.get(&keys::node(&self.cluster, &conv.owner)).await? {
+                Some(l) => Some(replication::decode::<NodeLease>(&l.value)?),
+                None => None,
+            };
+            match replication::decide(&self.me, Some(&proto), Some((&conv, c.version)), lease.as_ref(), now_ms()) {
+                Adoption::Unknown => return Ok(Resolution::Unknown),
+                Adoption::Local { epoch } => return Ok(Resolution::Owned { epoch, adopted: false }),
+                Adoption::Proxy { owner, uri } => return Ok(Resolution::Proxy { owner, uri }),
+                Adoption::TakeOver { expect_version, record } => {
+                    match self.store.put(&ck, replication::encode(&record), Expect::Version(expect_version), None).await
+                    {
+                        Ok(_) => {
+                            tracing::info!(convergence = %proto.associated, from = %conv.owner, epoch = record.epoch, "session adopted");
+                            return Ok(Resolution::Owned { epoch: record.epoch, adopted: true });
+                        }
+                        // Another node won the race: read again, and proxy to it.
+                        Err(StoreError::Conflict { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+        }
+        Err(StoreError::Unavailable {
+            reason: "ownership kept changing during adoption".into(),
+            retry_after: Duration::from_millis(50),
+        }
+        .into())
+    }
+
+    /// Deletes a session's records (it ended).
+    pub async fn delete(&self, convergence: &str, protocol_key: &str) -> Result<(), OwnershipError> {
+        self.store.delete(protocol_key, Expect::Any).await?;
+        self.store.delete(&keys::convergence(&self.cluster, convergence), Expect::Any).await?;
+        Ok(())
+    }
+}
