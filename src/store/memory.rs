@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::{Expect, Store, StoreError, Versioned};
+use super::{Expect, Store, StoreError, Versioned, Write};
 
 #[derive(Debug)]
 struct Record {
@@ -51,22 +51,36 @@ impl Store for MemoryStore {
     }
 
     async fn put(&self, key: &str, value: Bytes, expect: Expect, ttl: Option<Duration>) -> Result<u64, StoreError> {
-        let now = Instant::now();
-        let mut guard = self.records.lock().expect("store lock");
-        check(guard.0.get(key), expect, now)?;
-        // Versions come from one store-wide sequence: a token is never reused, even after a deletion.
-        guard.1 += 1;
-        let version = guard.1;
-        guard.0.insert(key.to_string(), Record { value, version, expires: ttl.map(|t| now + t) });
-        Ok(version)
+        let w = Write { key: key.to_string(), value: Some(value), expect, ttl };
+        self.batch(vec![w]).await?.pop().expect("one result per write")
     }
 
     async fn delete(&self, key: &str, expect: Expect) -> Result<(), StoreError> {
+        let w = Write { key: key.to_string(), value: None, expect, ttl: None };
+        self.batch(vec![w]).await?.pop().expect("one result per write").map(drop)
+    }
+
+    async fn batch(&self, writes: Vec<Write>) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
         let now = Instant::now();
         let mut guard = self.records.lock().expect("store lock");
-        check(guard.0.get(key), expect, now)?;
-        guard.0.remove(key);
-        Ok(())
+        Ok(writes
+            .into_iter()
+            .map(|w| {
+                check(guard.0.get(&w.key), w.expect, now)?;
+                match w.value {
+                    Some(value) => {
+                        guard.1 += 1;
+                        let version = guard.1;
+                        guard.0.insert(w.key, Record { value, version, expires: w.ttl.map(|t| now + t) });
+                        Ok(version)
+                    }
+                    None => {
+                        guard.0.remove(&w.key);
+                        Ok(0)
+                    }
+                }
+            })
+            .collect())
     }
 
     async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {

@@ -60,6 +60,19 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// One write of a group commit ([`Store::batch`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Write {
+    /// The key.
+    pub key: String,
+    /// The new value; `None` deletes.
+    pub value: Option<Bytes>,
+    /// What this write expects (each write of a batch is conditional on its own).
+    pub expect: Expect,
+    /// Expiry of the new value.
+    pub ttl: Option<Duration>,
+}
+
 /// The contract every backend meets.
 pub trait Store: Send + Sync + 'static {
     /// Reads a record; expired records read as absent.
@@ -76,6 +89,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes a record if `expect` holds (deleting an absent record with `Expect::Any` succeeds).
     fn delete(&self, key: &str, expect: Expect) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Group commit: applies many writes in one atomic step of the backend (one SQLite transaction), each
+    /// conditional on its own expectation. Returns each write's outcome (the new version, or 0 for a deletion);
+    /// a write whose expectation fails fails alone. The whole call fails only when the store does.
+    fn batch(
+        &self,
+        writes: Vec<Write>,
+    ) -> impl Future<Output = Result<Vec<Result<u64, StoreError>>, StoreError>> + Send;
 
     /// Every live record whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &str) -> impl Future<Output = Result<Vec<(String, Versioned)>, StoreError>> + Send;

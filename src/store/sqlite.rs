@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
-use super::{Expect, Store, StoreError, Versioned};
+use super::{Expect, Store, StoreError, Versioned, Write};
 
 /// A store in one SQLite file.
 #[derive(Clone, Debug)]
@@ -89,47 +89,6 @@ impl SqliteStore {
         .await
         .map_err(|e| unavailable(&self.path, e))?
     }
-
-    /// Runs a conditional write in an IMMEDIATE transaction.
-    async fn conditional(
-        &self,
-        key: &str,
-        expect: Expect,
-        write: impl FnOnce(&rusqlite::Transaction, i64) -> Result<(), rusqlite::Error> + Send + 'static,
-    ) -> Result<u64, StoreError> {
-        let key = key.to_string();
-        let (conn, path) = (self.conn.clone(), self.path.clone());
-        tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
-            let mut c = conn.lock().expect("sqlite connection lock");
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| map_err(&path, e))?;
-            let current: Option<i64> = tx
-                .query_row(
-                    "SELECT version FROM records WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
-                    params![key, now_ms()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(|e| map_err(&path, e))?;
-            let current = current.map(|v| v as u64);
-            let ok = match expect {
-                Expect::Any => true,
-                Expect::Absent => current.is_none(),
-                Expect::Version(v) => current == Some(v),
-            };
-            if !ok {
-                return Err(StoreError::Conflict { current });
-            }
-            // Versions come from one store-wide sequence: a token is never reused, even after a deletion.
-            let seq: i64 = tx
-                .query_row("UPDATE meta SET seq = seq + 1 WHERE id = 0 RETURNING seq", [], |r| r.get(0))
-                .map_err(|e| map_err(&path, e))?;
-            write(&tx, seq).map_err(|e| map_err(&path, e))?;
-            tx.commit().map_err(|e| map_err(&path, e))?;
-            Ok(seq as u64)
-        })
-        .await
-        .map_err(|e| unavailable(&self.path, e))?
-    }
 }
 
 impl Store for SqliteStore {
@@ -147,26 +106,66 @@ impl Store for SqliteStore {
     }
 
     async fn put(&self, key: &str, value: Bytes, expect: Expect, ttl: Option<Duration>) -> Result<u64, StoreError> {
-        let k = key.to_string();
-        let expires = ttl.map(|t| now_ms() + t.as_millis() as i64);
-        self.conditional(key, expect, move |tx, seq| {
-            tx.execute(
-                "INSERT INTO records (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, expires_at = excluded.expires_at",
-                params![k, value.to_vec(), seq, expires],
-            )
-            .map(drop)
-        })
-        .await
+        let w = Write { key: key.to_string(), value: Some(value), expect, ttl };
+        self.batch(vec![w]).await?.pop().expect("one result per write")
     }
 
     async fn delete(&self, key: &str, expect: Expect) -> Result<(), StoreError> {
-        let k = key.to_string();
-        self.conditional(key, expect, move |tx, _| {
-            tx.execute("DELETE FROM records WHERE key = ?1", params![k]).map(drop)
+        let w = Write { key: key.to_string(), value: None, expect, ttl: None };
+        self.batch(vec![w]).await?.pop().expect("one result per write").map(drop)
+    }
+
+    async fn batch(&self, writes: Vec<Write>) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+        let (conn, path) = (self.conn.clone(), self.path.clone());
+        tokio::task::spawn_blocking(move || -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+            let mut c = conn.lock().expect("sqlite connection lock");
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| map_err(&path, e))?;
+            let now = now_ms();
+            let mut out = Vec::with_capacity(writes.len());
+            for w in writes {
+                let current: Option<i64> = tx
+                    .query_row(
+                        "SELECT version FROM records WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+                        params![w.key, now],
+                        |r| r.get(0),
+                    )
+                    .optional()
+                    .map_err(|e| map_err(&path, e))?;
+                let current = current.map(|v| v as u64);
+                let ok = match w.expect {
+                    Expect::Any => true,
+                    Expect::Absent => current.is_none(),
+                    Expect::Version(v) => current == Some(v),
+                };
+                if !ok {
+                    out.push(Err(StoreError::Conflict { current }));
+                    continue;
+                }
+                match w.value {
+                    Some(value) => {
+                        let seq: i64 = tx
+                            .query_row("UPDATE meta SET seq = seq + 1 WHERE id = 0 RETURNING seq", [], |r| r.get(0))
+                            .map_err(|e| map_err(&path, e))?;
+                        let expires = w.ttl.map(|t| now + t.as_millis() as i64);
+                        tx.execute(
+                            "INSERT INTO records (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
+                             ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, expires_at = excluded.expires_at",
+                            params![w.key, value.to_vec(), seq, expires],
+                        )
+                        .map_err(|e| map_err(&path, e))?;
+                        out.push(Ok(seq as u64));
+                    }
+                    None => {
+                        tx.execute("DELETE FROM records WHERE key = ?1", params![w.key]).map_err(|e| map_err(&path, e))?;
+                        out.push(Ok(0));
+                    }
+                }
+            }
+            tx.commit().map_err(|e| map_err(&path, e))?;
+            Ok(out)
         })
         .await
-        .map(drop)
+        .map_err(|e| unavailable(&self.path, e))?
     }
 
     async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {

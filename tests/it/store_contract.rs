@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use charging_ra::store::{Expect, MemoryStore, SqliteStore, Store, StoreError};
+use charging_ra::store::{Expect, MemoryStore, SqliteStore, Store, StoreError, Write};
 
 async fn contract<S: Store>(store: Arc<S>) {
     let b = |s: &'static str| Bytes::from_static(s.as_bytes());
@@ -73,6 +73,29 @@ async fn contract<S: Store>(store: Arc<S>) {
     tokio::time::sleep(Duration::from_millis(120)).await;
     let keys: Vec<String> = store.scan_prefix("own/").await.unwrap().into_iter().map(|(k, _)| k).collect();
     assert_eq!(keys, vec!["own/a", "own/b"]);
+    // Group commit: each write conditional on its own expectation; a stale one fails alone.
+    let a = store.get("own/a").await.unwrap().unwrap().version;
+    let w = |key: &str, value: Option<&'static str>, expect| Write {
+        key: key.into(),
+        value: value.map(b),
+        expect,
+        ttl: None,
+    };
+    let out = store
+        .batch(vec![
+            w("own/a", Some("a2"), Expect::Version(a)),
+            w("own/b", Some("stale writer"), Expect::Version(1)),
+            w("batch/new", Some("n"), Expect::Absent),
+            w("other/c", None, Expect::Any),
+        ])
+        .await
+        .unwrap();
+    assert!(out[0].is_ok() && out[2].is_ok() && out[3].is_ok(), "{out:?}");
+    assert!(matches!(out[1], Err(StoreError::Conflict { .. })), "{out:?}");
+    assert_eq!(store.get("own/a").await.unwrap().unwrap().value, b("a2"));
+    assert_eq!(store.get("own/b").await.unwrap().unwrap().value, b("x"));
+    assert!(store.get("batch/new").await.unwrap().is_some());
+    assert!(store.get("other/c").await.unwrap().is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
