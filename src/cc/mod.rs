@@ -18,11 +18,13 @@
 //! never two requests of one session in flight, so CC-Request-Numbers reach the server in order.
 
 mod quota;
+mod snapshot;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 pub use quota::{FinalUnit, Quota};
+pub use snapshot::{CcSnapshot, SNAPSHOT_FORMAT, SnapshotError};
 
 use crate::codec::{AppId, Avp, CommandCode, CommandFlags, Message, ResultCode, VendorId, code};
 use crate::units::Units;

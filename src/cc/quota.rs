@@ -58,11 +58,11 @@ pub struct Quota {
     /// Final units: the action once they are used.
     pub final_unit: Option<FinalUnit>,
     #[serde(skip)]
-    validity_deadline: Option<Instant>,
+    pub(super) validity_deadline: Option<Instant>,
     #[serde(skip)]
-    holding_time: Option<Duration>,
+    pub(super) holding_time: Option<Duration>,
     #[serde(skip)]
-    holding_deadline: Option<Instant>,
+    pub(super) holding_deadline: Option<Instant>,
 }
 
 impl Quota {

@@ -523,3 +523,54 @@ fn failover_supported_resends_to_an_alternate_server_with_the_t_flag() {
     }
     assert!(saw_resend);
 }
+
+#[test]
+fn a_snapshot_restores_on_another_node_with_timers_and_the_request_in_flight() {
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.start(h.now, &[(Some(10), Units::default())], None);
+    let i = h.one_request();
+    h.s.handle_answer(h.now, &cca(&i, 2001, &[grant(10, 300, Some(60), None), Avp::i32(code::CC_SESSION_FAILOVER, 1)]));
+    h.drain();
+    // A CCR-U is in flight, another service request queued behind it, when the node dies.
+    h.s.update(h.now, vec![(Some(10), Units { time: Some(42), ..Default::default() })], vec![Some(10)], None, Some(1));
+    let in_flight = h.one_request();
+    h.s.terminate(h.now, vec![(Some(10), Units { time: Some(3), ..Default::default() })], Some(2));
+    let wall = 1_795_770_000_000;
+    let snap = h.s.snapshot(h.now, wall);
+    // It travels as JSON through the store.
+    let json = serde_json::to_vec(&snap).unwrap();
+    let snap: CcSnapshot = serde_json::from_slice(&json).unwrap();
+    // 20 s later on another node (its own monotonic clock), with its own Origin-Host.
+    let later = Instant::now() + Duration::from_secs(1000);
+    let mut adopted = CcSession::restore(&snap, "as2.test.localdomain", later, wall + 20_000).unwrap();
+    assert_eq!(adopted.state(), CcState::PendingU);
+    assert_eq!(adopted.next_request_number(), 2);
+    // The Validity-Time deadline was 60 s after the grant: 40 s are left.
+    assert_eq!(adopted.quotas()[0].deadline(), Some(later + Duration::from_secs(40)));
+    // The request in flight goes again: same number, T flag, the adopter's Origin-Host.
+    adopted.resume(later);
+    let resent = match adopted.poll_output() {
+        Some(CcOutput::Send(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    assert!(resent.header.flags.is_retransmit());
+    assert_eq!(number(&resent), number(&in_flight));
+    assert_eq!(resent.find(code::ORIGIN_HOST, 0).unwrap().as_utf8(), Ok("as2.test.localdomain"));
+    // Its answer is matched; the queued termination follows with the next number.
+    assert!(adopted.handle_answer(later, &cca(&in_flight, 2001, &[grant(10, 300, None, None)])));
+    let mut next = None;
+    while let Some(o) = adopted.poll_output() {
+        if let CcOutput::Send(m) = o {
+            next = Some(m);
+        }
+    }
+    let t = next.expect("the queued CCR-T");
+    assert_eq!((rtype(&t), number(&t)), (3, 2));
+    // A snapshot from a newer release is refused clearly.
+    let mut newer = snap.clone();
+    let v = serde_json::to_value(&newer).unwrap();
+    let mut v = v;
+    v["format"] = serde_json::json!(SNAPSHOT_FORMAT + 1);
+    newer = serde_json::from_value(v).unwrap();
+    assert_eq!(CcSession::restore(&newer, "x", later, wall).err(), Some(SnapshotError::TooNew(SNAPSHOT_FORMAT + 1)));
+}

@@ -1,0 +1,268 @@
+//! What an adopter needs of a session (ARCHITECTURE "Ownership and replication"): the FSM state, the next
+//! CC-Request-Number, quotas and their timers as absolute wall-clock deadlines (so a survivor re-arms them), CCFH,
+//! DDFH and CC-Session-Failover as the server last set them, the destination, the request in flight, the queued
+//! service requests, the stored event request. Messages are kept as their encoded bytes.
+//!
+//! Monotonic instants do not travel between processes: a snapshot converts each deadline with the pair
+//! (`now`, `wall_ms`) the driver passes in, and a restore converts back with its own pair.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{CcConfig, CcSession, CcState, Ccfh, Ddfh, FinalUnit, Queued, Quota, RequestedAction};
+use crate::codec::{AppId, Avp, Message};
+use crate::units::Units;
+
+/// The snapshot format this release writes.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+/// A quota with absolute deadlines.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaSnapshot {
+    rating_group: Option<u32>,
+    granted: Units,
+    used: Units,
+    final_unit: Option<FinalUnit>,
+    validity_deadline_ms: Option<u64>,
+    holding_time_ms: Option<u64>,
+    holding_deadline_ms: Option<u64>,
+}
+
+/// A queued service request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum QueuedSnapshot {
+    Update { used: Vec<(Option<u32>, Units)>, requested: Vec<Option<u32>>, reason: Option<i32>, extra: Vec<Vec<u8>> },
+    Terminate { used: Vec<(Option<u32>, Units)>, extra: Vec<Vec<u8>> },
+}
+
+/// A session, ready to be stored and adopted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CcSnapshot {
+    format: u32,
+    session_id: String,
+    application: u32,
+    origin_host: String,
+    origin_realm: String,
+    destination_realm: String,
+    destination_host: Option<String>,
+    service_context_id: String,
+    tx_ms: u64,
+    configured_ccfh: Ccfh,
+    configured_ddfh: Ddfh,
+    subscription: Option<(i32, String)>,
+    state: CcState,
+    next_number: u32,
+    outstanding: Option<Vec<u8>>,
+    tx_deadline_ms: Option<u64>,
+    ccfh: Ccfh,
+    ddfh: Ddfh,
+    failover_supported: bool,
+    granted_without_answer: bool,
+    retried_alternate: bool,
+    quotas: Vec<QuotaSnapshot>,
+    queue: Vec<QueuedSnapshot>,
+    stored: Option<Vec<u8>>,
+    event_action: Option<RequestedAction>,
+    last_event: Option<Vec<u8>>,
+}
+
+/// Why a snapshot cannot be restored.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// Written by a newer release.
+    #[error("session snapshot format {0} is newer than this release reads ({SNAPSHOT_FORMAT})")]
+    TooNew(u32),
+    /// A message inside does not decode.
+    #[error("session snapshot holds an undecodable message: {0}")]
+    BadMessage(String),
+}
+
+fn to_ms(t: Option<Instant>, now: Instant, wall_ms: u64) -> Option<u64> {
+    t.map(|t| wall_ms + t.saturating_duration_since(now).as_millis() as u64)
+}
+
+fn from_ms(ms: Option<u64>, now: Instant, wall_ms: u64) -> Option<Instant> {
+    // A deadline already past on this node's clock fires at once.
+    ms.map(|ms| now + Duration::from_millis(ms.saturating_sub(wall_ms)))
+}
+
+fn enc(m: &Message) -> Vec<u8> {
+    m.encode().map(|b| b.to_vec()).unwrap_or_default()
+}
+
+fn dec(b: &[u8]) -> Result<Message, SnapshotError> {
+    Message::decode(Bytes::copy_from_slice(b)).map_err(|e| SnapshotError::BadMessage(e.to_string()))
+}
+
+fn enc_avps(avps: &[Avp]) -> Vec<Vec<u8>> {
+    avps.iter()
+        .map(|a| {
+            let mut b = bytes::BytesMut::new();
+            a.encode_into(&mut b);
+            b.to_vec()
+        })
+        .collect()
+}
+
+fn dec_avps(list: &[Vec<u8>]) -> Result<Vec<Avp>, SnapshotError> {
+    list.iter()
+        .map(|b| {
+            // A wrapper whose payload is the AVP's bytes lets the bounded Grouped parser read it back.
+            let wrapper = Avp::mandatory(0, Bytes::copy_from_slice(b));
+            wrapper
+                .grouped_avps()
+                .map_err(|e| SnapshotError::BadMessage(e.to_string()))?
+                .pop()
+                .ok_or_else(|| SnapshotError::BadMessage("empty AVP".into()))
+        })
+        .collect()
+}
+
+impl Quota {
+    fn snapshot(&self, now: Instant, wall_ms: u64) -> QuotaSnapshot {
+        QuotaSnapshot {
+            rating_group: self.rating_group,
+            granted: self.granted,
+            used: self.used,
+            final_unit: self.final_unit.clone(),
+            validity_deadline_ms: to_ms(self.validity_deadline, now, wall_ms),
+            holding_time_ms: self.holding_time.map(|d| d.as_millis() as u64),
+            holding_deadline_ms: to_ms(self.holding_deadline, now, wall_ms),
+        }
+    }
+
+    fn restore(s: &QuotaSnapshot, now: Instant, wall_ms: u64) -> Quota {
+        Quota {
+            rating_group: s.rating_group,
+            granted: s.granted,
+            used: s.used,
+            final_unit: s.final_unit.clone(),
+            validity_deadline: from_ms(s.validity_deadline_ms, now, wall_ms),
+            holding_time: s.holding_time_ms.map(Duration::from_millis),
+            holding_deadline: from_ms(s.holding_deadline_ms, now, wall_ms),
+        }
+    }
+}
+
+impl CcSession {
+    /// The session as an adopter needs it; deadlines become wall-clock times through (`now`, `wall_ms`).
+    pub fn snapshot(&self, now: Instant, wall_ms: u64) -> CcSnapshot {
+        let c = &self.config;
+        CcSnapshot {
+            format: SNAPSHOT_FORMAT,
+            session_id: self.session_id.clone(),
+            application: c.application.0,
+            origin_host: c.origin_host.clone(),
+            origin_realm: c.origin_realm.clone(),
+            destination_realm: c.destination_realm.clone(),
+            destination_host: c.destination_host.clone(),
+            service_context_id: c.service_context_id.clone(),
+            tx_ms: c.tx.as_millis() as u64,
+            configured_ccfh: c.ccfh,
+            configured_ddfh: c.ddfh,
+            subscription: c.subscription.clone(),
+            state: self.state,
+            next_number: self.next_number,
+            outstanding: self.outstanding.as_ref().map(enc),
+            tx_deadline_ms: to_ms(self.tx_deadline, now, wall_ms),
+            ccfh: self.ccfh,
+            ddfh: self.ddfh,
+            failover_supported: self.failover_supported,
+            granted_without_answer: self.granted_without_answer,
+            retried_alternate: self.retried_alternate,
+            quotas: self.quotas.iter().map(|q| q.snapshot(now, wall_ms)).collect(),
+            queue: self
+                .queue
+                .iter()
+                .map(|q| match q {
+                    Queued::Update { used, requested, reason, extra, .. } => QueuedSnapshot::Update {
+                        used: used.clone(),
+                        requested: requested.clone(),
+                        reason: *reason,
+                        extra: enc_avps(extra),
+                    },
+                    Queued::Terminate { used, extra, .. } => {
+                        QueuedSnapshot::Terminate { used: used.clone(), extra: enc_avps(extra) }
+                    }
+                })
+                .collect(),
+            stored: self.stored.as_ref().map(enc),
+            event_action: self.event_action,
+            last_event: self.last_event.as_ref().map(enc),
+        }
+    }
+
+    /// A session rebuilt from a snapshot on this node: timers re-armed from their absolute deadlines, with the
+    /// given Origin-Host (an adopter speaks with its own identity). Call [`CcSession::resume`] next.
+    pub fn restore(s: &CcSnapshot, origin_host: &str, now: Instant, wall_ms: u64) -> Result<CcSession, SnapshotError> {
+        if s.format > SNAPSHOT_FORMAT {
+            return Err(SnapshotError::TooNew(s.format));
+        }
+        let config = CcConfig {
+            application: AppId(s.application),
+            origin_host: origin_host.to_string(),
+            origin_realm: s.origin_realm.clone(),
+            destination_realm: s.destination_realm.clone(),
+            destination_host: s.destination_host.clone(),
+            service_context_id: s.service_context_id.clone(),
+            tx: Duration::from_millis(s.tx_ms),
+            ccfh: s.configured_ccfh,
+            ddfh: s.configured_ddfh,
+            subscription: s.subscription.clone(),
+        };
+        let mut cc = CcSession::new(config, s.session_id.clone());
+        cc.state = s.state;
+        cc.next_number = s.next_number;
+        cc.outstanding = s.outstanding.as_deref().map(dec).transpose()?;
+        cc.tx_deadline = from_ms(s.tx_deadline_ms, now, wall_ms);
+        cc.ccfh = s.ccfh;
+        cc.ddfh = s.ddfh;
+        cc.failover_supported = s.failover_supported;
+        cc.granted_without_answer = s.granted_without_answer;
+        cc.retried_alternate = s.retried_alternate;
+        cc.quotas = s.quotas.iter().map(|q| Quota::restore(q, now, wall_ms)).collect();
+        cc.queue = s
+            .queue
+            .iter()
+            .map(|q| {
+                Ok(match q {
+                    QueuedSnapshot::Update { used, requested, reason, extra } => Queued::Update {
+                        used: used.clone(),
+                        requested: requested.clone(),
+                        reason: *reason,
+                        tag: None,
+                        extra: dec_avps(extra)?,
+                    },
+                    QueuedSnapshot::Terminate { used, extra } => {
+                        Queued::Terminate { used: used.clone(), tag: None, extra: dec_avps(extra)? }
+                    }
+                })
+            })
+            .collect::<Result<VecDeque<_>, SnapshotError>>()?;
+        cc.stored = s.stored.as_deref().map(dec).transpose()?;
+        cc.event_action = s.event_action;
+        cc.last_event = s.last_event.as_deref().map(dec).transpose()?;
+        Ok(cc)
+    }
+
+    /// After adoption: a request that was sent and not answered goes again with the T flag and the same
+    /// CC-Request-Number, now from this node (its Origin-Host); Tx starts again. The OCS answers it once
+    /// (RFC 4006 §5.1: a retransmission). Does nothing when no request was in flight.
+    pub fn resume(&mut self, now: Instant) {
+        let Some(mut m) = self.outstanding.take() else { return };
+        m.header.flags = crate::codec::CommandFlags(m.header.flags.0 | crate::codec::CommandFlags::RETRANSMIT);
+        for a in &mut m.avps {
+            if a.is(crate::codec::code::ORIGIN_HOST, 0) {
+                *a = Avp::utf8(crate::codec::code::ORIGIN_HOST, &self.config.origin_host);
+            }
+        }
+        m.header.hop_by_hop = crate::codec::HopByHopId(0);
+        m.header.end_to_end = crate::codec::EndToEndId(0);
+        self.outstanding = Some(m.clone());
+        self.tx_deadline = Some(now + self.config.tx);
+        self.out.push_back(super::CcOutput::Send(m));
+    }
+}
