@@ -259,29 +259,37 @@ async fn freediameter_relays_between_our_client_and_our_server() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The OCS simulator (with its control API) on a fresh port, and freeDiameter relaying to it by realm
+/// (`rt_default`). Returns the simulator, its Diameter port and the relay.
+async fn sim_behind_fd(dir: &std::path::Path) -> (charging_ra::ocs::server::OcsServer, u16, FreeDiameter) {
+    use charging_ra::ocs::server::{OcsServer, OcsServerConfig};
+    let ocs_port = free_port();
+    let mut cfg = OcsServerConfig::new(
+        SocketAddr::from(([127, 0, 0, 1], ocs_port)),
+        "ocs1.ocs.localdomain",
+        crate::stack::OCS_REALM,
+    );
+    cfg.control = Some("127.0.0.1:0".parse().unwrap());
+    let sim = OcsServer::start(cfg).await.unwrap();
+    let extra = format!(
+        "LoadExtension = \"@EXT@/rt_default.fdx\" : \"@DIR@/rt_default.conf\";\n\
+         ConnectPeer = \"ocs1.ocs.localdomain\" {{ ConnectTo = \"127.0.0.1\"; Port = {ocs_port}; No_TLS; }};"
+    );
+    let fd = FreeDiameter::start(dir, "fd.test.localdomain", "test.localdomain", &extra);
+    (sim, ocs_port, fd)
+}
+
 #[tokio::test]
 async fn freediameter_relays_ocs_sim_rar_back_to_the_client() {
     use charging_ra::codec::Avp;
-    use charging_ra::ocs::server::{OcsServer, OcsServerConfig, RarRequest};
+    use charging_ra::ocs::server::RarRequest;
     if !available("freediameter_relays_ocs_sim_rar_back_to_the_client") {
         return;
     }
     let dir = crate::wire::tempdir("fd-rar");
     // The simulator behind freeDiameter: the client's CCR reaches it through the relay, and its RAR must go back
     // the same way (the client is not its peer).
-    let ocs_port = free_port();
-    let sim = OcsServer::start(OcsServerConfig::new(
-        SocketAddr::from(([127, 0, 0, 1], ocs_port)),
-        "ocs1.ocs.localdomain",
-        crate::stack::OCS_REALM,
-    ))
-    .await
-    .unwrap();
-    let extra = format!(
-        "LoadExtension = \"@EXT@/rt_default.fdx\" : \"@DIR@/rt_default.conf\";\n\
-         ConnectPeer = \"ocs1.ocs.localdomain\" {{ ConnectTo = \"127.0.0.1\"; Port = {ocs_port}; No_TLS; }};"
-    );
-    let fd = FreeDiameter::start(&dir, "fd.test.localdomain", "test.localdomain", &extra);
+    let (sim, _, fd) = sim_behind_fd(&dir).await;
     let (client, mut rx) =
         DiameterNode::start(client_to_fd("as1.test.localdomain", &fd, Duration::from_secs(5))).await.unwrap();
     wait_for(&client, Duration::from_secs(10), "client open with the relay", |s| open(s, 0)).await;
@@ -391,25 +399,12 @@ impl Capture {
 async fn freediameter_relays_the_engine_to_the_ocs_sim() {
     use charging_ra::api::{App, Engine, RatingGroupRequest, Subscriber, UsedUnits};
     use charging_ra::cc::Ccfh;
-    use charging_ra::ocs::server::{OcsServer, OcsServerConfig};
     use charging_ra::units::Units;
     if !available("freediameter_relays_the_engine_to_the_ocs_sim") {
         return;
     }
     let dir = crate::wire::tempdir("fd-engine");
-    let ocs_port = free_port();
-    let sim = OcsServer::start(OcsServerConfig::new(
-        SocketAddr::from(([127, 0, 0, 1], ocs_port)),
-        "ocs1.ocs.localdomain",
-        crate::stack::OCS_REALM,
-    ))
-    .await
-    .unwrap();
-    let extra = format!(
-        "LoadExtension = \"@EXT@/rt_default.fdx\" : \"@DIR@/rt_default.conf\";\n\
-         ConnectPeer = \"ocs1.ocs.localdomain\" {{ ConnectTo = \"127.0.0.1\"; Port = {ocs_port}; No_TLS; }};"
-    );
-    let fd = FreeDiameter::start(&dir, "fd.test.localdomain", "test.localdomain", &extra);
+    let (sim, ocs_port, fd) = sim_behind_fd(&dir).await;
     let capture = Capture::start(&dir, &[fd.port, ocs_port]).await;
     let cfg = crate::engine::engine_config(
         "as1.test.localdomain",
@@ -477,7 +472,6 @@ async fn freediameter_relays_the_engine_to_the_ocs_sim() {
 async fn freediameter_carries_the_engines_retry_to_an_alternate_path_after_tx() {
     use charging_ra::api::{App, Engine, RatingGroupRequest, Subscriber, UsedUnits};
     use charging_ra::cc::{CcState, Ccfh};
-    use charging_ra::ocs::server::{OcsServer, OcsServerConfig};
     use charging_ra::units::Units;
     if !available("freediameter_carries_the_engines_retry_to_an_alternate_path_after_tx") {
         return;
@@ -486,19 +480,7 @@ async fn freediameter_carries_the_engines_retry_to_an_alternate_path_after_tx() 
     // path loses the first CCR-U's answer; after Tx the engine resends it with the T flag the other way, and the
     // simulator answers it again from its cache without charging twice (RFC 4006 §5.7, CC-Session-Failover).
     let dir = crate::wire::tempdir("fd-retry");
-    let ocs_port = free_port();
-    let mut cfg = OcsServerConfig::new(
-        SocketAddr::from(([127, 0, 0, 1], ocs_port)),
-        "ocs1.ocs.localdomain",
-        crate::stack::OCS_REALM,
-    );
-    cfg.control = Some("127.0.0.1:0".parse().unwrap());
-    let sim = OcsServer::start(cfg).await.unwrap();
-    let extra = format!(
-        "LoadExtension = \"@EXT@/rt_default.fdx\" : \"@DIR@/rt_default.conf\";\n\
-         ConnectPeer = \"ocs1.ocs.localdomain\" {{ ConnectTo = \"127.0.0.1\"; Port = {ocs_port}; No_TLS; }};"
-    );
-    let fd = FreeDiameter::start(&dir, "fd.test.localdomain", "test.localdomain", &extra);
+    let (sim, _, fd) = sim_behind_fd(&dir).await;
     let cfg = crate::engine::engine_config(
         "as1.test.localdomain",
         &[("ocs1.ocs.localdomain", sim.diameter_addr(), 1), ("fd.test.localdomain", fd.addr(), 2)],

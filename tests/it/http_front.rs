@@ -1,18 +1,20 @@
 //! The HTTP JSON front of the engine, against the simulator.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use charging_ra::api::Engine;
 use charging_ra::api::http::serve;
 use charging_ra::cc::Ccfh;
 use charging_ra::ocs::OcsConfig;
+use charging_ra::ocs::server::OcsServer;
 
 use crate::engine::{engine_config, sim};
 use crate::ocs::{http, json};
 use crate::stack::open;
 
-#[tokio::test]
-async fn http_front_runs_a_session_and_explains_errors() {
+/// The simulator, an engine connected to it, and the HTTP front on that engine (its address).
+async fn front() -> (OcsServer, Engine, SocketAddr) {
     let sim = sim(OcsConfig::default()).await;
     let e = Engine::start(engine_config(
         "as1.test.localdomain",
@@ -25,7 +27,14 @@ async fn http_front_runs_a_session_and_explains_errors() {
     while !e.node_status().await.is_some_and(|s| open(&s, 0)) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The server task ends with the test's runtime.
     let (addr, _task) = serve(e.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    (sim, e, addr)
+}
+
+#[tokio::test]
+async fn http_front_runs_a_session_and_explains_errors() {
+    let (sim, e, addr) = front().await;
     assert_eq!(http(addr, "GET", "/healthz", None).await.0, 200);
     let (st, body) = http(
         addr,
@@ -93,19 +102,7 @@ async fn http_front_runs_a_session_and_explains_errors() {
 
 #[tokio::test]
 async fn http_front_carries_gx_reports_and_ro_service_information_by_avp_name() {
-    let sim = sim(OcsConfig::default()).await;
-    let e = Engine::start(engine_config(
-        "as1.test.localdomain",
-        &[("ocs1.ocs.localdomain", sim.diameter_addr(), 1)],
-        Duration::from_secs(5),
-        Ccfh::Terminate,
-    ))
-    .await
-    .unwrap();
-    while !e.node_status().await.is_some_and(|s| open(&s, 0)) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let (addr, _task) = serve(e.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (sim, e, addr) = front().await;
     // Gx: Supported-Features and QoS at CCR-I; an Event-Trigger and a rule failure reported in CCR-U.
     let (st, body) = http(addr, "POST", "/v1/sessions", Some(r#"{"app": "gx", "subscriber": {"type": "imsi", "data": "240011"},
         "avps": [{"name": "Supported-Features", "value": [{"name": "Vendor-Id", "value": 10415}, {"name": "Feature-List-ID", "value": 1}, {"name": "Feature-List", "value": 3}]},
