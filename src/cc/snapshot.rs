@@ -259,6 +259,10 @@ impl CcSession {
                 *a = Avp::utf8(crate::codec::code::ORIGIN_HOST, &self.config.origin_host);
             }
         }
+        // Fresh identifiers from this node's router. The End-to-End Identifier is unique per Origin-Host
+        // (RFC 6733 §3), and the Origin-Host has changed, so the old one could collide with this node's own
+        // sequence. The OCS recognises the retransmission by Session-Id and CC-Request-Number instead
+        // (RFC 4006 §5.1, the T flag).
         m.header.hop_by_hop = crate::codec::HopByHopId(0);
         m.header.end_to_end = crate::codec::EndToEndId(0);
         self.outstanding = Some(m.clone());
