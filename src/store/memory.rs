@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -48,16 +48,6 @@ impl Store for MemoryStore {
         let guard = self.records.lock().expect("store lock");
         let map = &guard.0;
         Ok(map.get(key).filter(|r| live(r, now)).map(|r| Versioned { value: r.value.clone(), version: r.version }))
-    }
-
-    async fn put(&self, key: &str, value: Bytes, expect: Expect, ttl: Option<Duration>) -> Result<u64, StoreError> {
-        let w = Write { key: key.to_string(), value: Some(value), expect, ttl };
-        self.batch(vec![w]).await?.pop().expect("one result per write")
-    }
-
-    async fn delete(&self, key: &str, expect: Expect) -> Result<(), StoreError> {
-        let w = Write { key: key.to_string(), value: None, expect, ttl: None };
-        self.batch(vec![w]).await?.pop().expect("one result per write").map(drop)
     }
 
     async fn batch(&self, writes: Vec<Write>) -> Result<Vec<Result<u64, StoreError>>, StoreError> {

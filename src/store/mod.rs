@@ -79,16 +79,24 @@ pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &str) -> impl Future<Output = Result<Option<Versioned>, StoreError>> + Send;
 
     /// Writes a record if `expect` holds; returns the new version. `ttl` sets (or clears) its expiry.
+    /// A one-write [`Store::batch`], so every backend has one write path; a backend may override it.
     fn put(
         &self,
         key: &str,
         value: Bytes,
         expect: Expect,
         ttl: Option<Duration>,
-    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let w = Write { key: key.to_string(), value: Some(value), expect, ttl };
+        async move { self.batch(vec![w]).await?.pop().expect("one result per write") }
+    }
 
     /// Deletes a record if `expect` holds (deleting an absent record with `Expect::Any` succeeds).
-    fn delete(&self, key: &str, expect: Expect) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// A one-write [`Store::batch`], like [`Store::put`].
+    fn delete(&self, key: &str, expect: Expect) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let w = Write { key: key.to_string(), value: None, expect, ttl: None };
+        async move { self.batch(vec![w]).await?.pop().expect("one result per write").map(drop) }
+    }
 
     /// Group commit: applies many writes in one atomic step of the backend (one SQLite transaction), each
     /// conditional on its own expectation. Returns each write's outcome (the new version, or 0 for a deletion);

@@ -105,16 +105,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn put(&self, key: &str, value: Bytes, expect: Expect, ttl: Option<Duration>) -> Result<u64, StoreError> {
-        let w = Write { key: key.to_string(), value: Some(value), expect, ttl };
-        self.batch(vec![w]).await?.pop().expect("one result per write")
-    }
-
-    async fn delete(&self, key: &str, expect: Expect) -> Result<(), StoreError> {
-        let w = Write { key: key.to_string(), value: None, expect, ttl: None };
-        self.batch(vec![w]).await?.pop().expect("one result per write").map(drop)
-    }
-
     async fn batch(&self, writes: Vec<Write>) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
         let (conn, path) = (self.conn.clone(), self.path.clone());
         tokio::task::spawn_blocking(move || -> Result<Vec<Result<u64, StoreError>>, StoreError> {
