@@ -86,7 +86,7 @@ pub fn engine_config(cfg: &LoadConfig) -> EngineConfig {
         router,
         vec![PeerEndpoint { config: peer, address: Some(cfg.ocs), tls: false, server_name: None }],
     );
-    EngineConfig { node, ro: AppSettings::new(&cfg.realm), gx: AppSettings::new(&cfg.realm) }
+    EngineConfig { node, ro: AppSettings::new(&cfg.realm), gx: AppSettings::new(&cfg.realm), replication: None }
 }
 
 fn result_of(r: &Result<crate::api::Outcome, ChargingError>) -> u32 {

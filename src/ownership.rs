@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::replication::{
     self, Adoption, ConvergenceRecord, FORMAT, NodeIdentity, NodeLease, ProtocolRecord, RecordError, keys,
 };
-use crate::store::{Expect, Store, StoreError};
+use crate::store::{Expect, Store, StoreError, Write};
 
 /// Why an ownership operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,10 +32,14 @@ pub enum Resolution {
     Unknown,
     /// Ours (already, or just adopted): process it under this epoch.
     Owned {
+        /// The convergence name (the protocol record's `associated` attribute).
+        convergence: String,
         /// The epoch.
         epoch: u64,
-        /// Whether this call adopted it from a dead owner.
-        adopted: bool,
+        /// The convergence record's version (the token for the next CAS on it).
+        version: u64,
+        /// The dead owner this call adopted it from, if it did.
+        adopted_from: Option<String>,
     },
     /// Another live node owns it: forward.
     Proxy {
@@ -105,14 +109,11 @@ impl<S: Store> Ownership<S> {
         Ok(())
     }
 
-    /// Creates the records of a new session owned by this node: the convergence record (epoch 1) and the
-    /// protocol record linked to it. `ttl` bounds what a crash can leave behind.
-    pub async fn create(
-        &self,
-        convergence: &str,
-        protocol_key: &str,
-        ttl: Option<Duration>,
-    ) -> Result<u64, OwnershipError> {
+    /// The writes that create a new session's records, owned by this node: the convergence record (epoch 1, only if
+    /// absent) and the protocol record linked to it. Returned rather than written so that a caller can
+    /// group-commit them with other writes (the engine adds the first state snapshot). `ttl` bounds what a crash
+    /// can leave behind.
+    pub fn creation_writes(&self, convergence: &str, protocol_key: &str, ttl: Option<Duration>) -> [Write; 2] {
         let conv = ConvergenceRecord {
             format: FORMAT,
             owner: self.me.node.clone(),
@@ -120,16 +121,46 @@ impl<S: Store> Ownership<S> {
             owner_uri: self.me.diameter_uri.clone(),
             epoch: 1,
         };
-        let k = keys::convergence(&self.cluster, convergence);
-        match self.store.put(&k, replication::encode(&conv), Expect::Absent, ttl).await {
-            Ok(_) => {}
-            Err(StoreError::Conflict { .. }) => return Err(OwnershipError::Exists(convergence.into())),
-            Err(e) => return Err(e.into()),
-        }
         let proto =
             ProtocolRecord { format: FORMAT, associated: convergence.into(), owner_uri: self.me.diameter_uri.clone() };
-        self.store.put(protocol_key, replication::encode(&proto), Expect::Any, ttl).await?;
-        Ok(1)
+        [
+            Write {
+                key: keys::convergence(&self.cluster, convergence),
+                value: Some(replication::encode(&conv)),
+                expect: Expect::Absent,
+                ttl,
+            },
+            Write { key: protocol_key.into(), value: Some(replication::encode(&proto)), expect: Expect::Absent, ttl },
+        ]
+    }
+
+    /// Creates the records of a new session owned by this node ([`Ownership::creation_writes`]); returns the
+    /// convergence record's version.
+    pub async fn create(
+        &self,
+        convergence: &str,
+        protocol_key: &str,
+        ttl: Option<Duration>,
+    ) -> Result<u64, OwnershipError> {
+        // In two steps: the protocol record must not be written when the convergence record already exists.
+        let [conv, proto] = self.creation_writes(convergence, protocol_key, ttl);
+        let version = match self.store.batch(vec![conv]).await?.pop().expect("one result") {
+            Ok(v) => v,
+            Err(StoreError::Conflict { .. }) => return Err(OwnershipError::Exists(convergence.into())),
+            Err(e) => return Err(e.into()),
+        };
+        self.store.batch(vec![proto]).await?.pop().expect("one result")?;
+        Ok(version)
+    }
+
+    /// The cluster id every key is namespaced by.
+    pub fn cluster(&self) -> &str {
+        &self.cluster
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<S> {
+        &self.store
     }
 
     /// Applies the adoption rule to an event for `protocol_key` (e.g. [`keys::diameter`]): owned here, proxy to
@@ -147,14 +178,22 @@ impl<S: Store> Ownership<S> {
             };
             match replication::decide(&self.me, Some(&proto), Some((&conv, c.version)), lease.as_ref(), now_ms()) {
                 Adoption::Unknown => return Ok(Resolution::Unknown),
-                Adoption::Local { epoch } => return Ok(Resolution::Owned { epoch, adopted: false }),
+                Adoption::Local { epoch } => {
+                    let (convergence, version) = (proto.associated, c.version);
+                    return Ok(Resolution::Owned { convergence, epoch, version, adopted_from: None });
+                }
                 Adoption::Proxy { owner, uri } => return Ok(Resolution::Proxy { owner, uri }),
                 Adoption::TakeOver { expect_version, record } => {
                     match self.store.put(&ck, replication::encode(&record), Expect::Version(expect_version), None).await
                     {
-                        Ok(_) => {
+                        Ok(version) => {
                             tracing::info!(convergence = %proto.associated, from = %conv.owner, epoch = record.epoch, "session adopted");
-                            return Ok(Resolution::Owned { epoch: record.epoch, adopted: true });
+                            return Ok(Resolution::Owned {
+                                convergence: proto.associated,
+                                epoch: record.epoch,
+                                version,
+                                adopted_from: Some(conv.owner),
+                            });
                         }
                         // Another node won the race: read again, and proxy to it.
                         Err(StoreError::Conflict { .. }) => continue,

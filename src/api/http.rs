@@ -13,7 +13,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{App, ChargingError, Engine, Outcome, RatingGroupRequest, Subscriber, UsedUnits};
+use super::{App, ChargingError, Engine, Outcome, RatingGroupRequest, SessionOptions, Subscriber, UsedUnits};
 use crate::cc::RequestedAction;
 use crate::units::Units;
 
@@ -156,7 +156,14 @@ fn charging_error(e: ChargingError) -> Response {
             let status = if result_code.is_some() { StatusCode::FORBIDDEN } else { StatusCode::SERVICE_UNAVAILABLE };
             error(status, reason, result_code, ccfh)
         }
-        ChargingError::Stopped => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None, None),
+        ChargingError::Stopped | ChargingError::StoreUnavailable(_) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None, None)
+        }
+        // 421: this node is not the one to ask; `owner` and `owner_uri` say which is, when known.
+        ChargingError::Moved { ref owner, ref uri, .. } => {
+            let body = json!({ "error": e.to_string(), "owner": owner, "owner_uri": uri });
+            (StatusCode::MISDIRECTED_REQUEST, Json(body)).into_response()
+        }
     }
 }
 
@@ -206,13 +213,12 @@ pub fn router(engine: Engine) -> axum::Router {
                     return error(StatusCode::BAD_REQUEST, "a Ro session needs at least one rating group".into(), None, None);
                 }
                 let convergence = b.convergence.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-                // `replicate` is accepted for the store's arrival (docs/embedding.md); nothing replicates yet.
-                let _ = b.replicate;
                 let extra = match avps_from_json(e.dictionary(), &b.avps) {
                     Ok(a) => a,
                     Err(why) => return error(StatusCode::BAD_REQUEST, why, None, None),
                 };
-                match e.open_session_with_avps(b.app, b.subscriber, b.service_context, b.rating_groups, extra).await {
+                let options = SessionOptions { convergence: Some(convergence.clone()), replicate: b.replicate };
+                match e.open_session_with(b.app, b.subscriber, b.service_context, b.rating_groups, extra, options).await {
                     Ok(o) => (StatusCode::CREATED, Json(outcome_json(&o, e.origin_host(), Some(&convergence)))).into_response(),
                     Err(err) => charging_error(err),
                 }
@@ -266,10 +272,9 @@ pub fn router(engine: Engine) -> axum::Router {
         .route(
             "/v1/sessions/{id}/replicate",
             post(|State(e): State<Engine>, Path(id): Path<String>| async move {
-                // Replication arrives with the store; the call is accepted for sessions that exist.
-                match e.session(&id).await {
-                    Some(_) => StatusCode::NO_CONTENT.into_response(),
-                    None => error(StatusCode::NOT_FOUND, format!("unknown session {id}"), None, None),
+                match e.start_replicating(&id).await {
+                    Ok(()) => StatusCode::NO_CONTENT.into_response(),
+                    Err(err) => charging_error(err),
                 }
             }),
         )

@@ -7,6 +7,9 @@
 //! answered (or has failed and CCFH/DDFH decided), with the grants and what the engine decided.
 
 pub mod http;
+mod replica;
+
+pub use replica::{ReplicationConfig, ReplicationStats};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -19,7 +22,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::cc::{CcConfig, CcEvent, CcOutput, CcSession, CcState, Ccfh, Ddfh, FinalUnit, RequestedAction};
 use crate::codec::{AppId, Message, ResultCode, code};
 use crate::node::{DiameterNode, IncomingRequest, NodeConfig, NodeError, NodeHandle, RequestError};
+use crate::ownership::Ownership;
+use crate::store::{AnyStore, Store, StoreError};
 use crate::units::Units;
+use replica::{Outgoing, PartKind, Repl, Replica};
 
 /// Defaults of one application (Ro or Gx).
 #[derive(Clone, Debug, PartialEq)]
@@ -36,6 +42,9 @@ pub struct AppSettings {
     pub ccfh: Ccfh,
     /// DDFH until the server says otherwise.
     pub ddfh: Ddfh,
+    /// Whether a session is replicated from its creation (when the engine replicates at all); `false` leaves it to
+    /// [`Engine::start_replicating`], typically once the call is answered.
+    pub replicate_by_default: bool,
 }
 
 impl AppSettings {
@@ -48,6 +57,7 @@ impl AppSettings {
             tx: Duration::from_secs(10),
             ccfh: Ccfh::Terminate,
             ddfh: Ddfh::TerminateOrBuffer,
+            replicate_by_default: true,
         }
     }
 }
@@ -61,6 +71,17 @@ pub struct EngineConfig {
     pub ro: AppSettings,
     /// Gx defaults.
     pub gx: AppSettings,
+    /// Session replication through a shared store; `None` keeps every session in this process only.
+    pub replication: Option<ReplicationConfig>,
+}
+
+/// Per-session choices at [`Engine::open_session_with`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// The convergence name the session's records hang from (a UUIDv7 is made when `None`).
+    pub convergence: Option<String>,
+    /// Replicate from creation; `None` follows the application's `replicate_by_default`.
+    pub replicate: Option<bool>,
 }
 
 /// Which application a session uses.
@@ -209,8 +230,11 @@ pub struct SessionView {
     pub session_id: String,
     /// RFC 4006 state.
     pub state: CcState,
-    /// This node's Origin-Host (the owner, until replication moves sessions).
+    /// This node's Origin-Host (the session is mastered here).
     pub owner: String,
+    /// The convergence name, when the session is replicated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub convergence: Option<String>,
     /// The next CC-Request-Number.
     pub cc_request_number: u32,
     /// Quotas per rating group.
@@ -247,6 +271,19 @@ pub enum ChargingError {
     /// Bad input from the caller.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// Another node owns the session now (it is alive, or it adopted the session from this node).
+    #[error("session {session_id} is owned by {}", owner.as_deref().unwrap_or("another node"))]
+    Moved {
+        /// The session.
+        session_id: String,
+        /// The owner's node id, when known.
+        owner: Option<String>,
+        /// Its internal URI, when known.
+        uri: Option<String>,
+    },
+    /// The store could not be read to find a session this node does not hold.
+    #[error("replication store unavailable: {0}")]
+    StoreUnavailable(String),
     /// The engine has stopped.
     #[error("the charging engine has stopped")]
     Stopped,
@@ -255,6 +292,7 @@ pub enum ChargingError {
 enum Cmd {
     Open {
         app: App,
+        options: SessionOptions,
         extra: Vec<crate::codec::Avp>,
         subscriber: Option<Subscriber>,
         service_context: Option<String>,
@@ -290,10 +328,50 @@ enum Cmd {
     Subscribe {
         reply: oneshot::Sender<mpsc::UnboundedReceiver<SessionEvent>>,
     },
+    Replicate {
+        session_id: String,
+        reply: oneshot::Sender<Result<(), ChargingError>>,
+    },
+    Stats {
+        reply: oneshot::Sender<Option<ReplicationStats>>,
+    },
+}
+
+impl Cmd {
+    /// The session a command is about, when it names one.
+    fn session_id(&self) -> Option<&str> {
+        match self {
+            Cmd::Update { session_id, .. }
+            | Cmd::Terminate { session_id, .. }
+            | Cmd::View { session_id, .. }
+            | Cmd::Replicate { session_id, .. } => Some(session_id),
+            _ => None,
+        }
+    }
+
+    /// Answers a command for a session this node cannot serve.
+    fn refuse(self, err: ChargingError) {
+        match self {
+            Cmd::Update { reply, .. } | Cmd::Terminate { reply, .. } => drop(reply.send(Err(err))),
+            Cmd::Replicate { reply, .. } => drop(reply.send(Err(err))),
+            Cmd::View { reply, .. } => drop(reply.send(None)),
+            _ => {}
+        }
+    }
 }
 
 enum Net {
     Answer(String, Result<Message, RequestError>),
+    /// A batch of replication writes finished.
+    Written(Vec<replica::Part>, Result<Vec<Result<u64, StoreError>>, StoreError>),
+    /// A session this node did not hold was looked up in the store.
+    Loaded(String, Box<Result<replica::Loaded, replica::LoadError>>),
+}
+
+/// Work for a session being loaded from the store, done once it is here.
+enum Deferred {
+    Cmd(Cmd),
+    Request(IncomingRequest),
 }
 
 /// A running charging engine.
@@ -305,7 +383,12 @@ pub struct Engine {
     node: NodeHandle,
     /// The node, taken by [`Engine::stop`].
     owned_node: Arc<tokio::sync::Mutex<Option<DiameterNode>>>,
+    /// The lease heartbeat and the ownership API, when replicating.
+    lease: Option<Lease>,
 }
+
+/// The ownership API and the heartbeat task renewing this node's lease.
+type Lease = (Arc<Ownership<AnyStore>>, Arc<tokio::task::JoinHandle<()>>);
 
 /// A waiter for the outcome of the request a call caused.
 struct Waiter {
@@ -324,6 +407,8 @@ struct Entry {
     /// Idempotency keys already answered, with their outcome (the last 16).
     done: VecDeque<(String, Outcome)>,
     deadline: Option<Instant>,
+    /// Its place in the store, when replicated.
+    replica: Option<replica::Replica>,
 }
 
 impl Engine {
@@ -335,8 +420,26 @@ impl Engine {
         let handle = node.handle();
         let (cmds, cmd_rx) = mpsc::unbounded_channel();
         let (net_tx, net_rx) = mpsc::unbounded_channel();
-        let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let boot = since_epoch.as_secs();
+        // The incarnation changes at every start (microseconds of the start time): a restarted node does not own
+        // its previous self's sessions.
+        let repl = config.replication.map(|r| Repl::new(r, since_epoch.as_micros() as u64));
+        let lease = match &repl {
+            Some(r) => {
+                let own = r.own.clone();
+                if let Err(e) = own.renew_lease().await {
+                    tracing::warn!(error = %e, store = %r.cfg.store.describe(), "first lease renewal failed; retrying every period");
+                }
+                let heartbeat = own.spawn_heartbeat(r.cfg.lease_period);
+                tracing::info!(node = %r.cfg.node_id, store = %r.cfg.store.describe(), cluster = %r.cfg.cluster, "replication on");
+                Some((own, Arc::new(heartbeat)))
+            }
+            None => None,
+        };
         let driver = Driver {
+            repl,
+            loading: HashMap::new(),
             ro: config.ro,
             gx: config.gx,
             origin_host: origin_host.clone(),
@@ -358,6 +461,7 @@ impl Engine {
             dictionary: config.node.dictionary.clone(),
             node: handle,
             owned_node: Arc::new(tokio::sync::Mutex::new(Some(node))),
+            lease,
         })
     }
 
@@ -385,8 +489,8 @@ impl Engine {
         service_context: Option<String>,
         rating_groups: Vec<RatingGroupRequest>,
     ) -> Result<Outcome, ChargingError> {
-        self.call(|reply| Cmd::Open { app, extra: Vec::new(), subscriber, service_context, rating_groups, reply })
-            .await?
+        self.open_session_with(app, subscriber, service_context, rating_groups, Vec::new(), SessionOptions::default())
+            .await
     }
 
     /// Reports usage and asks for more (CCR-U). A repeated `idempotency_key` returns the first outcome without
@@ -424,7 +528,38 @@ impl Engine {
         rating_groups: Vec<RatingGroupRequest>,
         extra: Vec<crate::codec::Avp>,
     ) -> Result<Outcome, ChargingError> {
-        self.call(|reply| Cmd::Open { app, extra, subscriber, service_context, rating_groups, reply }).await?
+        self.open_session_with(app, subscriber, service_context, rating_groups, extra, SessionOptions::default()).await
+    }
+
+    /// Like [`Engine::open_session_with_avps`], with the session's convergence name and whether it replicates
+    /// from creation.
+    pub async fn open_session_with(
+        &self,
+        app: App,
+        subscriber: Option<Subscriber>,
+        service_context: Option<String>,
+        rating_groups: Vec<RatingGroupRequest>,
+        extra: Vec<crate::codec::Avp>,
+        options: SessionOptions,
+    ) -> Result<Outcome, ChargingError> {
+        self.call(|reply| Cmd::Open { app, options, extra, subscriber, service_context, rating_groups, reply }).await?
+    }
+
+    /// Starts replicating a session (when its application does not replicate by default): returns once its
+    /// records are in the store. Does nothing for a session already replicated. Fails when the engine has no
+    /// store, or the store is unreachable (the session is then written when it returns).
+    pub async fn start_replicating(&self, session_id: &str) -> Result<(), ChargingError> {
+        self.call(|reply| Cmd::Replicate { session_id: session_id.into(), reply }).await?
+    }
+
+    /// What replication has done on this node; `None` when the engine does not replicate.
+    pub async fn replication_stats(&self) -> Option<ReplicationStats> {
+        self.call(|reply| Cmd::Stats { reply }).await.ok().flatten()
+    }
+
+    /// This node's ownership API (leases, records, adoption), when the engine replicates.
+    pub fn ownership(&self) -> Option<&Arc<Ownership<AnyStore>>> {
+        self.lease.as_ref().map(|(o, _)| o)
     }
 
     /// Like [`Engine::update`], with AVPs added to the CCR-U: on Gx the Event-Trigger that fired,
@@ -490,14 +625,24 @@ impl Engine {
     pub async fn stop(&self) {
         if let Some(node) = self.owned_node.lock().await.take() {
             node.stop(crate::peer::DisconnectCause::Rebooting).await;
+            // Give the lease up: survivors adopt this node's sessions on their next event instead of waiting
+            // for the lease to run out.
+            if let Some((own, heartbeat)) = &self.lease {
+                heartbeat.abort();
+                if let Err(e) = own.release_lease().await {
+                    tracing::warn!(error = %e, "could not release the lease; survivors wait for it to expire");
+                }
+            }
         }
     }
 }
 
 impl Entry {
-    fn new(cc: CcSession, reply: oneshot::Sender<Result<Outcome, ChargingError>>) -> Entry {
+    fn new(cc: CcSession, reply: Option<oneshot::Sender<Result<Outcome, ChargingError>>>) -> Entry {
         let mut waiters = HashMap::new();
-        waiters.insert(0, Waiter { reply: Some(reply), key: None });
+        if let Some(reply) = reply {
+            waiters.insert(0, Waiter { reply: Some(reply), key: None });
+        }
         Entry {
             cc,
             waiters,
@@ -506,6 +651,21 @@ impl Entry {
             last_answer: None,
             done: VecDeque::new(),
             deadline: None,
+            replica: None,
+        }
+    }
+
+    /// Fails every caller waiting on this session.
+    fn fail_all(&mut self, err: &ChargingError) {
+        for (_, w) in self.waiters.drain() {
+            if let Some(reply) = w.reply {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+        if let Some(r) = &mut self.replica {
+            for w in r.waiters.drain(..) {
+                let _ = w.send(Err(err.clone()));
+            }
         }
     }
 
@@ -558,6 +718,10 @@ impl Entry {
 }
 
 struct Driver {
+    /// Replication, when configured.
+    repl: Option<Repl>,
+    /// Sessions being looked up in the store, with the work waiting for them.
+    loading: HashMap<String, Vec<Deferred>>,
     ro: AppSettings,
     gx: AppSettings,
     origin_host: String,
@@ -580,6 +744,10 @@ impl Driver {
     ) {
         loop {
             let next = self.timers.iter().next().map(|(t, _)| *t);
+            let next = match self.repl.as_ref().and_then(Repl::next_wake) {
+                Some(r) => Some(next.map_or(r, |t| t.min(r))),
+                None => next,
+            };
             tokio::select! {
                 c = cmds.recv() => match c {
                     Some(c) => self.command(c),
@@ -589,6 +757,7 @@ impl Driver {
                 Some(req) = incoming.recv() => self.server_request(req),
                 _ = sleep_until(next) => self.timeouts(),
             }
+            self.write_batch();
         }
     }
 
@@ -621,8 +790,17 @@ impl Driver {
 
     fn command(&mut self, c: Cmd) {
         let now = Instant::now();
+        // Read-through: a command for a session this node does not hold loads it from the store (adopting it
+        // from a dead owner) and runs once it is here.
+        if let Some(sid) = c.session_id()
+            && !self.sessions.contains_key(sid)
+            && self.repl.is_some()
+        {
+            let sid = sid.to_string();
+            return self.load(sid, Deferred::Cmd(c));
+        }
         match c {
-            Cmd::Open { app, extra, subscriber, service_context, rating_groups, reply } => {
+            Cmd::Open { app, options, extra, subscriber, service_context, rating_groups, reply } => {
                 let cfg = match self.cc_config(app, subscriber.as_ref(), service_context) {
                     Ok(c) => c,
                     Err(e) => return drop(reply.send(Err(e))),
@@ -636,7 +814,20 @@ impl Driver {
                 };
                 cc.attach(extra);
                 cc.start(now, &rgs, Some(0));
-                self.sessions.insert(sid.clone(), Entry::new(cc, reply));
+                let mut entry = Entry::new(cc, Some(reply));
+                let settings = if app == App::Ro { &self.ro } else { &self.gx };
+                if let Some(repl) = &mut self.repl
+                    && options.replicate.unwrap_or(settings.replicate_by_default)
+                {
+                    if repl.down(now) && repl.backlog() >= repl.cfg.backlog_limit {
+                        repl.stats.refused += 1;
+                        tracing::warn!(session = %sid, backlog = repl.backlog(), "store unreachable and replication backlog full: session not replicated");
+                    } else {
+                        let convergence = options.convergence.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+                        entry.replica = Some(Replica::new(convergence));
+                    }
+                }
+                self.sessions.insert(sid.clone(), entry);
                 self.pump(&sid);
             }
             Cmd::Update { session_id, extra, used, requested, key, reply } => {
@@ -692,7 +883,7 @@ impl Driver {
                 let sid = self.session_id();
                 let mut cc = CcSession::new(cfg, sid.clone());
                 cc.event(now, action, requested, service_id, Some(0));
-                self.sessions.insert(sid.clone(), Entry::new(cc, reply));
+                self.sessions.insert(sid.clone(), Entry::new(cc, Some(reply)));
                 self.pump(&sid);
             }
             Cmd::View { session_id, reply } => {
@@ -700,6 +891,7 @@ impl Driver {
                     session_id: session_id.clone(),
                     state: e.cc.state(),
                     owner: self.origin_host.clone(),
+                    convergence: e.replica.as_ref().map(|r| r.convergence.clone()),
                     cc_request_number: e.cc.next_request_number(),
                     quotas: e.cc.quotas().to_vec(),
                 });
@@ -710,12 +902,50 @@ impl Driver {
                 self.subscribers.push(tx);
                 let _ = reply.send(rx);
             }
+            Cmd::Replicate { session_id, reply } => {
+                let Some(repl) = &mut self.repl else {
+                    return drop(
+                        reply.send(Err(ChargingError::Invalid(
+                            "this engine has no replication store configured".into(),
+                        ))),
+                    );
+                };
+                let Some(e) = self.sessions.get_mut(&session_id) else {
+                    return drop(reply.send(Err(ChargingError::UnknownSession(session_id))));
+                };
+                if e.replica.as_ref().is_some_and(|r| r.created) {
+                    return drop(reply.send(Ok(())));
+                }
+                if e.replica.is_none() && repl.down(now) && repl.backlog() >= repl.cfg.backlog_limit {
+                    repl.stats.refused += 1;
+                    return drop(reply.send(Err(ChargingError::StoreUnavailable(
+                        "store unreachable and replication backlog full".into(),
+                    ))));
+                }
+                let r = e.replica.get_or_insert_with(|| Replica::new(uuid::Uuid::now_v7().to_string()));
+                r.waiters.push(reply);
+                repl.write_now(&session_id, r);
+            }
+            Cmd::Stats { reply } => {
+                let stats = self.repl.as_ref().map(|r| {
+                    let mut s = r.stats.clone();
+                    s.replicated = self.sessions.values().filter(|e| e.replica.is_some()).count() as u64;
+                    s.backlog = r.backlog() as u64;
+                    s.store_down = r.down(now);
+                    s
+                });
+                let _ = reply.send(stats);
+            }
         }
     }
 
     fn network(&mut self, n: Net) {
         let now = Instant::now();
-        let Net::Answer(sid, result) = n;
+        let (sid, result) = match n {
+            Net::Answer(sid, result) => (sid, result),
+            Net::Written(parts, result) => return self.written(parts, result),
+            Net::Loaded(sid, result) => return self.loaded(sid, *result),
+        };
         let Some(e) = self.sessions.get_mut(&sid) else { return };
         match result {
             Ok(answer) => {
@@ -736,6 +966,9 @@ impl Driver {
     fn server_request(&mut self, req: IncomingRequest) {
         let now = Instant::now();
         let sid = req.request.session_id().unwrap_or_default().to_string();
+        if !self.sessions.contains_key(&sid) && self.repl.is_some() && !sid.is_empty() {
+            return self.load(sid, Deferred::Request(req));
+        }
         let Some(e) = self.sessions.get_mut(&sid) else {
             // RFC 6733 §8.3 / §8.5: 5002 for a session we do not know.
             let mut a = Message::answer_to(&req.request);
@@ -769,19 +1002,32 @@ impl Driver {
         }
     }
 
-    /// Carries out a session's outputs: sends requests, forwards events, re-arms its timer.
+    /// Hands a request to the router; its answer comes back as [`Net::Answer`].
+    fn transmit(&self, sid: &str, o: Outgoing) {
+        let (node, tx, sid) = (self.node.clone(), self.net_tx.clone(), sid.to_string());
+        // The router waits longer than Tx: a late answer still counts (CCFH CONTINUE waits for it).
+        let timeout = Some(Duration::from_secs(30));
+        tokio::spawn(async move {
+            let r = match o {
+                Outgoing::Send(msg) => node.request_via(msg, timeout, None).await,
+                Outgoing::Resend { request, avoid_host } => node.request_avoiding(request, timeout, avoid_host).await,
+            };
+            let _ = tx.send(Net::Answer(sid, r));
+        });
+    }
+
+    /// Carries out a session's outputs: sends requests (a replicated session's after their write-ahead), forwards
+    /// events, re-arms its timer, schedules its write-behind, and forgets it once it has ended.
     fn pump(&mut self, sid: &str) {
+        let now = Instant::now();
         let Some(e) = self.sessions.get_mut(sid) else { return };
+        let mut send_now = Vec::new();
         while let Some(o) = e.cc.poll_output() {
-            match o {
-                CcOutput::Send(msg) => {
-                    let (node, tx, sid2) = (self.node.clone(), self.net_tx.clone(), sid.to_string());
-                    // The router waits longer than Tx: a late answer still counts (CCFH CONTINUE waits for it).
-                    let timeout = Some(Duration::from_secs(30));
-                    tokio::spawn(async move {
-                        let r = node.request_via(msg, timeout, None).await;
-                        let _ = tx.send(Net::Answer(sid2, r));
-                    });
+            let out = match o {
+                CcOutput::Send(msg) => Outgoing::Send(msg),
+                CcOutput::Resend { request, avoid_host } => {
+                    tracing::info!(session = %sid, avoid = ?avoid_host, "no answer within Tx: request sent to an alternate server with the T flag");
+                    Outgoing::Resend { request, avoid_host }
                 }
                 CcOutput::Event(ev) => {
                     let notify = matches!(
@@ -798,17 +1044,25 @@ impl Driver {
                         self.subscribers.retain(|s| s.send(se.clone()).is_ok());
                     }
                     e.collected.push(ev);
+                    continue;
                 }
-                CcOutput::Resend { request, avoid_host } => {
-                    let (node, tx, sid2) = (self.node.clone(), self.net_tx.clone(), sid.to_string());
-                    tracing::info!(session = %sid, avoid = ?avoid_host, "no answer within Tx: request sent to an alternate server with the T flag");
-                    tokio::spawn(async move {
-                        let r = node.request_avoiding(request, Some(Duration::from_secs(30)), avoid_host).await;
-                        let _ = tx.send(Net::Answer(sid2, r));
-                    });
+                CcOutput::Done(tag) => {
+                    e.settle(sid, tag, false);
+                    continue;
                 }
-                CcOutput::Done(tag) => e.settle(sid, tag, false),
-                CcOutput::Dropped(tag) => e.settle(sid, tag, true),
+                CcOutput::Dropped(tag) => {
+                    e.settle(sid, tag, true);
+                    continue;
+                }
+            };
+            // Write-ahead: what the OCS is about to see is in the store before it is sent. While the store is
+            // unreachable the request goes at once and the session stays dirty (module replica).
+            match (&mut e.replica, &mut self.repl) {
+                (Some(r), Some(repl)) if !repl.down(now) => {
+                    r.held.push(out);
+                    repl.write_now(sid, r);
+                }
+                _ => send_now.push(out),
             }
         }
         let deadline = e.cc.poll_timeout();
@@ -821,12 +1075,321 @@ impl Driver {
             }
             e.deadline = deadline;
         }
-        if e.cc.state() == CcState::Idle && e.waiters.is_empty() && !e.cc.has_stored() {
+        let ended = e.cc.state() == CcState::Idle && e.waiters.is_empty() && !e.cc.has_stored();
+        if let (Some(r), Some(repl)) = (&mut e.replica, &mut self.repl) {
+            if ended && r.held.is_empty() {
+                repl.forget(sid, r);
+            } else {
+                repl.write_later(sid, r, now);
+            }
+        }
+        for o in send_now {
+            self.transmit(sid, o);
+        }
+        let Some(e) = self.sessions.get_mut(sid) else { return };
+        if ended && e.replica.as_ref().is_none_or(|r| r.held.is_empty()) {
             if let Some(d) = e.deadline.take() {
                 self.timers.remove(&(d, sid.to_string()));
             }
-            self.sessions.remove(sid);
+            let e = self.sessions.remove(sid).expect("present");
+            // On session end its records go (RFC 4006 §8: the session is over); TTLs bound what a crash leaves.
+            if let (Some(r), Some(repl)) = (e.replica, &mut self.repl)
+                && (r.created || repl.writing)
+            {
+                repl.ending.insert(sid.to_string(), r);
+            }
         }
+    }
+
+    /// Starts loading a session this node does not hold (or queues the work behind a load already running).
+    fn load(&mut self, sid: String, work: Deferred) {
+        let Some(repl) = &self.repl else { return };
+        if let Some(waiting) = self.loading.get_mut(&sid) {
+            return waiting.push(work);
+        }
+        self.loading.insert(sid.clone(), vec![work]);
+        let (own, ttl, tx) = (repl.own.clone(), repl.cfg.record_ttl, self.net_tx.clone());
+        tokio::spawn(async move {
+            let r = replica::load(own, sid.clone(), ttl).await;
+            let _ = tx.send(Net::Loaded(sid, Box::new(r)));
+        });
+    }
+
+    /// A session came back from the store (or did not): master it here and run the work that waited for it.
+    fn loaded(&mut self, sid: String, result: Result<replica::Loaded, replica::LoadError>) {
+        let now = Instant::now();
+        let work = self.loading.remove(&sid).unwrap_or_default();
+        let Some(repl) = &mut self.repl else { return };
+        let refusal = match result {
+            Ok(l) => match CcSession::restore(&l.snapshot, &self.origin_host, now, replica::wall_ms()) {
+                Ok(mut cc) => {
+                    repl.stats.loaded += 1;
+                    if let Some(from) = &l.adopted_from {
+                        repl.stats.adopted += 1;
+                        tracing::info!(session = %sid, convergence = %l.convergence, from = %from, epoch = l.epoch,
+                            state = ?cc.state(), in_flight = cc.outstanding().is_some(), "adopted session");
+                    } else {
+                        tracing::debug!(session = %sid, written_by = %l.written_by, "session loaded from the store");
+                    }
+                    // A request in flight when the owner died goes again, with the T flag and the same number.
+                    cc.resume(now);
+                    let mut entry = Entry::new(cc, None);
+                    let mut r = Replica::new(l.convergence);
+                    r.created = true;
+                    r.epoch = l.epoch;
+                    r.state_version = Some(l.state_version);
+                    r.conv_version = Some(l.conv_version);
+                    entry.replica = Some(r);
+                    self.sessions.insert(sid.clone(), entry);
+                    self.pump(&sid);
+                    for w in work {
+                        match w {
+                            Deferred::Cmd(c) => self.command(c),
+                            Deferred::Request(req) => self.server_request(req),
+                        }
+                    }
+                    return;
+                }
+                Err(e) => Err(format!("session {sid} cannot be restored: {e}")),
+            },
+            Err(replica::LoadError::Unknown) => Ok(None),
+            Err(replica::LoadError::Elsewhere { owner, uri }) => Ok(Some((Some(owner), Some(uri)))),
+            Err(replica::LoadError::Fenced) => Ok(Some((None, None))),
+            Err(replica::LoadError::Store(why)) => Err(why),
+        };
+        for w in work {
+            match (w, &refusal) {
+                (Deferred::Cmd(c), Ok(None)) => {
+                    let sid = c.session_id().unwrap_or_default().to_string();
+                    c.refuse(ChargingError::UnknownSession(sid));
+                }
+                (Deferred::Cmd(c), Ok(Some((owner, uri)))) => {
+                    c.refuse(ChargingError::Moved { session_id: sid.clone(), owner: owner.clone(), uri: uri.clone() })
+                }
+                (Deferred::Cmd(c), Err(why)) => c.refuse(ChargingError::StoreUnavailable(why.clone())),
+                (Deferred::Request(req), r) => {
+                    // RFC 6733 §7.1: 5002 for a session nobody has; 3002 while relaying to a live owner is not
+                    // done here; 3004 when the store cannot tell.
+                    let (rc, why) = match r {
+                        Ok(None) => (ResultCode::UNKNOWN_SESSION_ID, None),
+                        Ok(Some((owner, _))) => (
+                            ResultCode::UNABLE_TO_DELIVER,
+                            Some(format!("session owned by {}", owner.as_deref().unwrap_or("another node"))),
+                        ),
+                        Err(why) => (ResultCode::TOO_BUSY, Some(why.clone())),
+                    };
+                    let answer = self.error_answer(&req.request, rc, why.as_deref());
+                    req.answer(answer);
+                }
+            }
+        }
+    }
+
+    /// An answer to a server's request that this node cannot serve.
+    fn error_answer(&self, request: &Message, rc: ResultCode, why: Option<&str>) -> Message {
+        let mut a = Message::answer_to(request);
+        a.header.flags = a.header.flags.with(crate::codec::CommandFlags::ERROR, rc.is_protocol_error());
+        a.push(crate::codec::Avp::utf8(code::ORIGIN_HOST, &self.origin_host))
+            .push(crate::codec::Avp::utf8(code::ORIGIN_REALM, &self.origin_realm))
+            .push(crate::codec::Avp::u32(code::RESULT_CODE, rc.0));
+        if let Some(why) = why {
+            a.push(crate::codec::Avp::utf8(code::ERROR_MESSAGE, why).with_mandatory(false));
+        }
+        a.echo_proxy_info(request);
+        a
+    }
+
+    /// Builds and starts the next group commit, unless one is being written or the store is failing.
+    fn write_batch(&mut self) {
+        let now = Instant::now();
+        let Some(repl) = &mut self.repl else { return };
+        if repl.writing || repl.down(now) {
+            return;
+        }
+        let due = repl.take_due(now);
+        if due.is_empty() && repl.ending.is_empty() {
+            return;
+        }
+        let mut writes = Vec::new();
+        let mut parts = Vec::new();
+        for sid in due {
+            let Some(e) = self.sessions.get_mut(&sid) else { continue };
+            let Some(r) = &mut e.replica else { continue };
+            r.flush_at = None;
+            let (kind, w) = repl.writes(&sid, r, Some(&e.cc), now);
+            let part = replica::Part {
+                sid,
+                kind,
+                first: writes.len(),
+                count: w.len(),
+                sends: std::mem::take(&mut r.held),
+                waiters: std::mem::take(&mut r.waiters),
+                ended: None,
+            };
+            writes.extend(w);
+            parts.push(part);
+        }
+        for (sid, r) in std::mem::take(&mut repl.ending) {
+            let (kind, w) = repl.writes(&sid, &r, None, now);
+            let (first, count) = (writes.len(), w.len());
+            parts.push(replica::Part { sid, kind, first, count, sends: vec![], waiters: vec![], ended: Some(r) });
+            writes.extend(w);
+        }
+        repl.writing = true;
+        repl.stats.batches += 1;
+        repl.stats.writes += writes.len() as u64;
+        let (store, tx) = (repl.cfg.store.clone(), self.net_tx.clone());
+        tokio::spawn(async move {
+            let r = store.batch(writes).await;
+            let _ = tx.send(Net::Written(parts, r));
+        });
+    }
+
+    /// A group commit finished: release the requests it carried, learn the new versions, drop fenced sessions.
+    fn written(&mut self, parts: Vec<replica::Part>, result: Result<Vec<Result<u64, StoreError>>, StoreError>) {
+        let now = Instant::now();
+        let Some(repl) = &mut self.repl else { return };
+        repl.writing = false;
+        let mut release = Vec::new();
+        let results = match result {
+            Ok(r) => {
+                if repl.down_until.take().is_some() {
+                    tracing::info!(backlog = repl.backlog(), "replication store reachable again; backlog draining");
+                }
+                r
+            }
+            Err(err) => {
+                repl.stats.store_errors += 1;
+                for p in parts {
+                    self.retry_later(p, &err, &mut release);
+                }
+                return self.release(release);
+            }
+        };
+        for p in parts {
+            let res = &results[p.first..p.first + p.count];
+            let Some(repl) = &mut self.repl else { return };
+            if let Some(err) = res.iter().find_map(|r| r.as_ref().err().filter(|e| !is_conflict(e))) {
+                let err = err.clone();
+                self.retry_later(p, &err, &mut release);
+                continue;
+            }
+            let conflict = res.iter().any(|r| r.as_ref().is_err_and(is_conflict));
+            let version = |i: usize| res.get(i).and_then(|r| r.as_ref().ok().copied());
+            if let PartKind::Delete = p.kind {
+                // An ended session's records are gone (a conflict: another node had moved on with them).
+                continue;
+            }
+            let Some(e) = self.sessions.get_mut(&p.sid) else {
+                // The session ended while it was being written: its deletion uses the versions just written.
+                if let Some(r) = repl.ending.get_mut(&p.sid) {
+                    learn(r, &p.kind, &version, now);
+                }
+                continue;
+            };
+            let Some(r) = &mut e.replica else { continue };
+            match (&p.kind, conflict) {
+                (_, false) => {
+                    learn(r, &p.kind, &version, now);
+                    for w in p.waiters {
+                        let _ = w.send(Ok(()));
+                    }
+                    release.extend(p.sends.into_iter().map(|o| (p.sid.clone(), o)));
+                }
+                (PartKind::Create, true) => {
+                    // Its convergence name (or Session-Id) is in the store already: the session goes on without
+                    // replication, and what this write did create is removed (version 0 never matches, so the
+                    // other session's convergence record is left alone).
+                    repl.stats.refused += 1;
+                    tracing::warn!(session = %p.sid, convergence = %r.convergence, "convergence name or session already in the store: session not replicated");
+                    let mut gone = e.replica.take().expect("replica present");
+                    gone.state_version = version(2);
+                    gone.conv_version = Some(0);
+                    repl.forget(&p.sid, &mut gone);
+                    repl.ending.insert(p.sid.clone(), gone);
+                    let why = ChargingError::Invalid("the session's convergence name is already in use".into());
+                    for w in p.waiters {
+                        let _ = w.send(Err(why.clone()));
+                    }
+                    release.extend(p.sends.into_iter().map(|o| (p.sid.clone(), o)));
+                }
+                (_, true) => {
+                    // Fencing: the state moved on without us (another node adopted the session). Drop it and send
+                    // nothing: the adopter answers for it now.
+                    repl.stats.fenced += 1;
+                    tracing::warn!(session = %p.sid, convergence = %r.convergence, epoch = r.epoch, "state write refused: another node has adopted this session; local copy dropped");
+                    let mut e = self.sessions.remove(&p.sid).expect("present");
+                    if let Some(d) = e.deadline.take() {
+                        self.timers.remove(&(d, p.sid.clone()));
+                    }
+                    let moved = ChargingError::Moved { session_id: p.sid.clone(), owner: None, uri: None };
+                    if let Some(r) = &mut e.replica {
+                        repl.forget(&p.sid, r);
+                    }
+                    e.fail_all(&moved);
+                    for w in p.waiters {
+                        let _ = w.send(Err(moved.clone()));
+                    }
+                }
+            }
+        }
+        self.release(release);
+    }
+
+    /// A part of a batch the store could not write: the session keeps working locally (its requests go now),
+    /// and is written again once the store answers.
+    fn retry_later(&mut self, p: replica::Part, err: &StoreError, release: &mut Vec<(String, Outgoing)>) {
+        let now = Instant::now();
+        let Some(repl) = &mut self.repl else { return };
+        let retry = match err {
+            StoreError::Unavailable { retry_after, .. } => *retry_after,
+            _ => Duration::from_millis(500),
+        };
+        if repl.down_until.replace(now + retry).is_none_or(|t| t <= now) {
+            tracing::warn!(error = %err, backlog = repl.backlog() + 1, "replication store failing: sessions continue locally, writes queue until it returns");
+        }
+        if let Some(r) = p.ended {
+            repl.ending.insert(p.sid, r);
+            return;
+        }
+        let why = ChargingError::StoreUnavailable(format!("{err}; the session is written when the store returns"));
+        for w in p.waiters {
+            let _ = w.send(Err(why.clone()));
+        }
+        release.extend(p.sends.into_iter().map(|o| (p.sid.clone(), o)));
+        if let Some(r) = self.sessions.get_mut(&p.sid).and_then(|e| e.replica.as_mut()) {
+            repl.write_now(&p.sid, r);
+        }
+    }
+
+    fn release(&self, sends: Vec<(String, Outgoing)>) {
+        for (sid, o) in sends {
+            self.transmit(&sid, o);
+        }
+    }
+}
+
+fn is_conflict(e: &StoreError) -> bool {
+    matches!(e, StoreError::Conflict { .. })
+}
+
+/// Records what a successful write of `kind` tells about the session's records.
+fn learn(r: &mut Replica, kind: &PartKind, version: &dyn Fn(usize) -> Option<u64>, now: Instant) {
+    match kind {
+        PartKind::Create => {
+            r.created = true;
+            r.conv_version = version(0);
+            r.state_version = version(2);
+            r.refreshed = now;
+        }
+        PartKind::State { refresh } => {
+            r.state_version = version(0);
+            if *refresh {
+                r.conv_version = version(1);
+                r.refreshed = now;
+            }
+        }
+        PartKind::Delete => {}
     }
 }
 

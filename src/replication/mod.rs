@@ -67,6 +67,20 @@ pub struct NodeLease {
     pub expires_at_ms: u64,
 }
 
+/// `state/<convergence>/<protocol key>`: a protocol session's snapshot, stamped with the epoch of the node that
+/// wrote it (fencing: [`accept_state`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateRecord<T> {
+    /// Record format.
+    pub format: u32,
+    /// The writer's epoch of the convergence record.
+    pub written_by_epoch: u64,
+    /// The writer's node id (for logs: who wrote what an adopter loads).
+    pub written_by: String,
+    /// The snapshot.
+    pub state: T,
+}
+
 /// Record keys, namespaced by cluster.
 pub mod keys {
     /// The convergence record.
@@ -131,6 +145,11 @@ impl Formatted for ConvergenceRecord {
     }
 }
 impl Formatted for ProtocolRecord {
+    fn format(&self) -> u32 {
+        self.format
+    }
+}
+impl<T> Formatted for StateRecord<T> {
     fn format(&self) -> u32 {
         self.format
     }

@@ -109,3 +109,52 @@ pub trait Store: Send + Sync + 'static {
     /// Every live record whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &str) -> impl Future<Output = Result<Vec<(String, Versioned)>, StoreError>> + Send;
 }
+
+/// A store chosen at run time (`[store] type` in the config): the engine and the ownership layer hold one of these,
+/// so a node's code is the same whatever the backend.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum AnyStore {
+    /// In-process.
+    Memory(std::sync::Arc<MemoryStore>),
+    /// One SQLite file.
+    Sqlite(SqliteStore),
+}
+
+impl AnyStore {
+    /// A fresh in-process store.
+    pub fn memory() -> AnyStore {
+        AnyStore::Memory(std::sync::Arc::new(MemoryStore::new()))
+    }
+
+    /// What backs it, for logs and metrics.
+    pub fn describe(&self) -> String {
+        match self {
+            AnyStore::Memory(_) => "memory".into(),
+            AnyStore::Sqlite(s) => format!("sqlite {}", s.path().display()),
+        }
+    }
+}
+
+impl Store for AnyStore {
+    async fn get(&self, key: &str) -> Result<Option<Versioned>, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.get(key).await,
+            AnyStore::Sqlite(s) => s.get(key).await,
+        }
+    }
+
+    async fn batch(&self, writes: Vec<Write>) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.batch(writes).await,
+            AnyStore::Sqlite(s) => s.batch(writes).await,
+        }
+    }
+
+    async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        match self {
+            AnyStore::Memory(s) => s.scan_prefix(prefix).await,
+            AnyStore::Sqlite(s) => s.scan_prefix(prefix).await,
+        }
+    }
+}

@@ -34,7 +34,7 @@ pub fn engine_config(host: &str, peers: &[(&str, SocketAddr, u32)], tx: Duration
     ro.ccfh = ccfh;
     let mut gx = AppSettings::new(OCS_REALM);
     gx.tx = tx;
-    EngineConfig { node, ro, gx }
+    EngineConfig { node, ro, gx, replication: None }
 }
 
 async fn engine_for(sim: &OcsServer, tx: Duration, ccfh: Ccfh) -> Engine {
@@ -54,19 +54,19 @@ async fn engine_for(sim: &OcsServer, tx: Duration, ccfh: Ccfh) -> Engine {
     e
 }
 
-fn msisdn(n: &str) -> Option<Subscriber> {
+pub fn msisdn(n: &str) -> Option<Subscriber> {
     Some(Subscriber { kind: "msisdn".into(), data: n.into() })
 }
 
-fn rg(n: u32) -> RatingGroupRequest {
+pub fn rg(n: u32) -> RatingGroupRequest {
     RatingGroupRequest { rating_group: n, service_id: None, requested: Units::default() }
 }
 
-fn used(n: u32, secs: u64) -> UsedUnits {
+pub fn used(n: u32, secs: u64) -> UsedUnits {
     UsedUnits { rating_group: n, used: Units { time: Some(secs), ..Units::default() }, reporting_reason: Some(3) }
 }
 
-async fn check(sim: &OcsServer) -> serde_json::Value {
+pub async fn check(sim: &OcsServer) -> serde_json::Value {
     let (_, body) = http(sim.control_addr().unwrap(), "GET", "/v1/ledger/check", None).await;
     json(&body)
 }

@@ -9,6 +9,7 @@ mod http_front;
 mod ocs;
 mod ownership;
 mod prop;
+mod replication;
 mod stack;
 mod store_contract;
 mod tls;

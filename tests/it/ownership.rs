@@ -45,7 +45,9 @@ fn child(role: &str, db: &str) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         match r {
-            Resolution::Owned { epoch, adopted } => println!("RESULT owned epoch={epoch} adopted={adopted}"),
+            Resolution::Owned { epoch, adopted_from, .. } => {
+                println!("RESULT owned epoch={epoch} adopted={}", adopted_from.is_some())
+            }
             Resolution::Proxy { owner, .. } => println!("RESULT proxy {owner}"),
             Resolution::Unknown => println!("RESULT unknown"),
         }

@@ -1,0 +1,446 @@
+//! Session replication inside the engine (ARCHITECTURE "Ownership and replication"): which sessions are written to
+//! the store, when, and what a node does with a session it holds no state for.
+//!
+//! Local memory is the master. A replicated session is written
+//!
+//! - **ahead** of every CCR it sends (write-ahead): the snapshot holding the request, its CC-Request-Number and the
+//!   usage it reports is committed before the request is handed to the router. Many sessions' snapshots go in one
+//!   [`Store::batch`] (group commit): while one batch is being written, the next one fills.
+//! - **behind** every other change (write-behind): an answer, a RAR, a queued service request mark the session
+//!   dirty, and it is written `write_delay` later unless a write-ahead has carried the change first. What an
+//!   adopter can miss is therefore only what happened in the last `write_delay` without a CCR leaving: see
+//!   docs/replication.md for the list.
+//!
+//! Every state write is conditional on the version this node last wrote. An adopter stamps the state with its new
+//! epoch as the first thing it does, so a stale owner's next write fails: it drops its copy and sends nothing
+//! (fencing).
+//!
+//! While the store is unreachable, sessions keep working locally: requests leave without their write-ahead, the
+//! sessions stay dirty (a bounded backlog: beyond `backlog_limit` no new session starts replicating), and
+//! everything dirty is written when the store answers again.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use super::ChargingError;
+use crate::cc::{CcSession, CcSnapshot};
+use crate::codec::Message;
+use crate::ownership::{Ownership, OwnershipError, Resolution};
+use crate::replication::{self, ConvergenceRecord, FORMAT, NodeIdentity, ProtocolRecord, StateRecord, keys};
+use crate::store::{AnyStore, Expect, Store, StoreError, Write};
+
+/// How an engine replicates (`[replication]` and `[store]` in the config).
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    /// The store, shared by every node of the cluster.
+    pub store: AnyStore,
+    /// The cluster id: every key is namespaced by it.
+    pub cluster: String,
+    /// This node's id, unique in the cluster.
+    pub node_id: String,
+    /// This node's internal Diameter URI, where other nodes proxy to it.
+    pub diameter_uri: String,
+    /// This node's HTTP front, if any.
+    pub http: Option<String>,
+    /// How long a write-behind change may wait to be coalesced with later ones.
+    pub write_delay: Duration,
+    /// How often the node renews its lease.
+    pub lease_period: Duration,
+    /// How long a lease lasts: a node is dead this long after its last renewal.
+    pub lease_ttl: Duration,
+    /// Expiry of a session's records, refreshed while it lives: bounds what a crash can leave behind.
+    pub record_ttl: Duration,
+    /// Most sessions waiting to be written while the store is unreachable.
+    pub backlog_limit: usize,
+}
+
+impl ReplicationConfig {
+    /// The defaults for node `node_id` on `store`: write_delay 100 ms, lease 500 ms / 2 s, records 7 days,
+    /// backlog 100,000 sessions.
+    pub fn new(store: AnyStore, cluster: &str, node_id: &str, diameter_uri: &str) -> ReplicationConfig {
+        ReplicationConfig {
+            store,
+            cluster: cluster.into(),
+            node_id: node_id.into(),
+            diameter_uri: diameter_uri.into(),
+            http: None,
+            write_delay: Duration::from_millis(100),
+            lease_period: Duration::from_millis(500),
+            lease_ttl: Duration::from_secs(2),
+            record_ttl: Duration::from_secs(7 * 24 * 3600),
+            backlog_limit: 100_000,
+        }
+    }
+}
+
+/// What replication has done on this node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReplicationStats {
+    /// Sessions held here that are replicated.
+    pub replicated: u64,
+    /// Sessions waiting to be written.
+    pub backlog: u64,
+    /// Whether the store is unreachable now.
+    pub store_down: bool,
+    /// Group commits made.
+    pub batches: u64,
+    /// Records written (and deleted) in them.
+    pub writes: u64,
+    /// Batches the store failed.
+    pub store_errors: u64,
+    /// Sessions dropped because another node had adopted them (a refused conditional write).
+    pub fenced: u64,
+    /// Sessions adopted from a dead node.
+    pub adopted: u64,
+    /// Sessions loaded from the store (adoptions included).
+    pub loaded: u64,
+    /// Sessions that could not start replicating (backlog full, or their convergence name taken).
+    pub refused: u64,
+}
+
+/// A request that waits for its write-ahead.
+#[derive(Debug)]
+pub(super) enum Outgoing {
+    /// A first transmission.
+    Send(Message),
+    /// A retransmission to an alternate server (RFC 4006 §5.7).
+    Resend { request: Message, avoid_host: Option<String> },
+}
+
+/// A replicated session's place in the store.
+#[derive(Debug)]
+pub(super) struct Replica {
+    pub convergence: String,
+    pub epoch: u64,
+    /// Whether its records exist in the store.
+    pub created: bool,
+    /// The state record's version as this node last wrote it (the token for the next write).
+    pub state_version: Option<u64>,
+    /// The convergence record's version.
+    pub conv_version: Option<u64>,
+    /// When the records' TTLs were last refreshed.
+    pub refreshed: Instant,
+    /// When a write-behind is due, if one is scheduled.
+    pub flush_at: Option<Instant>,
+    /// Requests waiting for their write-ahead (not yet in a batch).
+    pub held: Vec<Outgoing>,
+    /// Callers of `start_replicating` waiting for the first write.
+    pub waiters: Vec<oneshot::Sender<Result<(), ChargingError>>>,
+}
+
+impl Replica {
+    pub fn new(convergence: String) -> Replica {
+        Replica {
+            convergence,
+            epoch: 1,
+            created: false,
+            state_version: None,
+            conv_version: None,
+            refreshed: Instant::now(),
+            flush_at: None,
+            held: Vec::new(),
+            waiters: Vec::new(),
+        }
+    }
+}
+
+/// What a part of a batch does for one session.
+#[derive(Debug)]
+pub(super) enum PartKind {
+    /// Convergence, protocol and state records, each only if absent.
+    Create,
+    /// The state (conditional on its version), and with `refresh` the other two records' TTLs.
+    State { refresh: bool },
+    /// Every record of an ended session.
+    Delete,
+}
+
+/// One session's writes in a batch, and what waits for them.
+#[derive(Debug)]
+pub(super) struct Part {
+    pub sid: String,
+    pub kind: PartKind,
+    /// Index of its first write in the batch.
+    pub first: usize,
+    pub count: usize,
+    pub sends: Vec<Outgoing>,
+    pub waiters: Vec<oneshot::Sender<Result<(), ChargingError>>>,
+    /// A deletion's session (it has ended: nothing else holds its place in the store).
+    pub ended: Option<Replica>,
+}
+
+/// A session as loaded from the store by [`load`].
+#[derive(Debug)]
+pub(super) struct Loaded {
+    pub snapshot: CcSnapshot,
+    pub convergence: String,
+    pub epoch: u64,
+    pub state_version: u64,
+    pub conv_version: u64,
+    pub adopted_from: Option<String>,
+    /// The node that wrote the state last.
+    pub written_by: String,
+}
+
+/// Why a session could not be loaded.
+#[derive(Debug)]
+pub(super) enum LoadError {
+    /// No such replicated session.
+    Unknown,
+    /// A live node owns it.
+    Elsewhere { owner: String, uri: String },
+    /// A newer epoch wrote its state: another node adopted it meanwhile.
+    Fenced,
+    /// The store failed, or a record is unreadable.
+    Store(String),
+}
+
+impl From<OwnershipError> for LoadError {
+    fn from(e: OwnershipError) -> Self {
+        LoadError::Store(e.to_string())
+    }
+}
+
+impl From<StoreError> for LoadError {
+    fn from(e: StoreError) -> Self {
+        LoadError::Store(e.to_string())
+    }
+}
+
+/// The replication side of the engine's driver.
+pub(super) struct Repl {
+    pub cfg: ReplicationConfig,
+    pub own: Arc<Ownership<AnyStore>>,
+    /// Sessions whose write-ahead is waiting for the next batch.
+    pub urgent: HashSet<String>,
+    /// Write-behind schedule.
+    pub flushes: BTreeSet<(Instant, String)>,
+    /// Ended sessions whose records are to be deleted.
+    pub ending: HashMap<String, Replica>,
+    /// A batch is being written.
+    pub writing: bool,
+    /// The store failed; no batch before this.
+    pub down_until: Option<Instant>,
+    pub stats: ReplicationStats,
+}
+
+/// The wall clock in milliseconds since the Unix epoch.
+pub(super) fn wall_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The protocol key of a Diameter session's state under its convergence name.
+fn state_key(cluster: &str, convergence: &str, sid: &str) -> String {
+    keys::state(cluster, convergence, &format!("diameter/{sid}"))
+}
+
+impl Repl {
+    pub fn new(cfg: ReplicationConfig, incarnation: u64) -> Repl {
+        let me = NodeIdentity {
+            node: cfg.node_id.clone(),
+            incarnation,
+            diameter_uri: cfg.diameter_uri.clone(),
+            http: cfg.http.clone(),
+        };
+        let own = Arc::new(Ownership::new(Arc::new(cfg.store.clone()), &cfg.cluster, me, cfg.lease_ttl));
+        Repl {
+            cfg,
+            own,
+            urgent: HashSet::new(),
+            flushes: BTreeSet::new(),
+            ending: HashMap::new(),
+            writing: false,
+            down_until: None,
+            stats: ReplicationStats::default(),
+        }
+    }
+
+    /// Whether the store is known to be failing now.
+    pub fn down(&self, now: Instant) -> bool {
+        self.down_until.is_some_and(|t| t > now)
+    }
+
+    /// Sessions waiting to be written.
+    pub fn backlog(&self) -> usize {
+        self.urgent.len() + self.flushes.len() + self.ending.len()
+    }
+
+    /// The earliest moment the driver must wake for replication.
+    pub fn next_wake(&self) -> Option<Instant> {
+        if self.writing {
+            return None;
+        }
+        let flush = self.flushes.iter().next().map(|(t, _)| *t);
+        match self.down_until {
+            Some(d) if !self.urgent.is_empty() || !self.ending.is_empty() || flush.is_some() => {
+                Some(flush.map_or(d, |f| f.max(d)))
+            }
+            _ => flush,
+        }
+    }
+
+    /// Marks a session for a write-ahead in the next batch.
+    pub fn write_now(&mut self, sid: &str, r: &mut Replica) {
+        if let Some(t) = r.flush_at.take() {
+            self.flushes.remove(&(t, sid.to_string()));
+        }
+        self.urgent.insert(sid.to_string());
+    }
+
+    /// Marks a session for a write-behind `write_delay` from now (unless one is already due).
+    pub fn write_later(&mut self, sid: &str, r: &mut Replica, now: Instant) {
+        if r.flush_at.is_some() || self.urgent.contains(sid) {
+            return;
+        }
+        let t = now + self.cfg.write_delay;
+        r.flush_at = Some(t);
+        self.flushes.insert((t, sid.to_string()));
+    }
+
+    /// Forgets a session's pending writes (it ended or was fenced).
+    pub fn forget(&mut self, sid: &str, r: &mut Replica) {
+        if let Some(t) = r.flush_at.take() {
+            self.flushes.remove(&(t, sid.to_string()));
+        }
+        self.urgent.remove(sid);
+    }
+
+    /// The sessions due now: every urgent one and the write-behinds whose time has come.
+    pub fn take_due(&mut self, now: Instant) -> Vec<String> {
+        let mut due: Vec<String> = self.urgent.drain().collect();
+        while let Some((t, _)) = self.flushes.first() {
+            if *t > now {
+                break;
+            }
+            let (_, sid) = self.flushes.pop_first().expect("first exists");
+            due.push(sid);
+        }
+        due
+    }
+
+    fn convergence_record(&self, epoch: u64) -> ConvergenceRecord {
+        let me = self.own.me();
+        ConvergenceRecord {
+            format: FORMAT,
+            owner: me.node.clone(),
+            incarnation: me.incarnation,
+            owner_uri: me.diameter_uri.clone(),
+            epoch,
+        }
+    }
+
+    /// The writes of one session's part of a batch; `cc` is `None` for a deletion.
+    pub fn writes(&self, sid: &str, r: &Replica, cc: Option<&CcSession>, now: Instant) -> (PartKind, Vec<Write>) {
+        let cluster = &self.cfg.cluster;
+        let ttl = Some(self.cfg.record_ttl);
+        let skey = state_key(cluster, &r.convergence, sid);
+        let Some(cc) = cc else {
+            let w = |key: String, expect| Write { key, value: None, expect, ttl: None };
+            let writes = vec![
+                w(skey, r.state_version.map_or(Expect::Any, Expect::Version)),
+                w(keys::diameter(cluster, sid), Expect::Any),
+                w(keys::convergence(cluster, &r.convergence), r.conv_version.map_or(Expect::Any, Expect::Version)),
+            ];
+            return (PartKind::Delete, writes);
+        };
+        let state = StateRecord {
+            format: FORMAT,
+            written_by_epoch: r.epoch,
+            written_by: self.cfg.node_id.clone(),
+            state: cc.snapshot(now, wall_ms()),
+        };
+        let state = Write { key: skey, value: Some(replication::encode(&state)), expect: Expect::Absent, ttl };
+        if !r.created {
+            let [conv, proto] = self.own.creation_writes(&r.convergence, &keys::diameter(cluster, sid), ttl);
+            return (PartKind::Create, vec![conv, proto, state]);
+        }
+        let state = Write { expect: r.state_version.map_or(Expect::Absent, Expect::Version), ..state };
+        // The convergence and protocol records live as long as the session: refresh their expiry at a quarter of
+        // it, conditional on the convergence record's version (a stale owner must not renew an adopter's record).
+        if now.duration_since(r.refreshed) < self.cfg.record_ttl / 4 {
+            return (PartKind::State { refresh: false }, vec![state]);
+        }
+        let proto = ProtocolRecord {
+            format: FORMAT,
+            associated: r.convergence.clone(),
+            owner_uri: self.cfg.diameter_uri.clone(),
+        };
+        let writes = vec![
+            state,
+            Write {
+                key: keys::convergence(cluster, &r.convergence),
+                value: Some(replication::encode(&self.convergence_record(r.epoch))),
+                expect: r.conv_version.map_or(Expect::Any, Expect::Version),
+                ttl,
+            },
+            Write {
+                key: keys::diameter(cluster, sid),
+                value: Some(replication::encode(&proto)),
+                expect: Expect::Any,
+                ttl,
+            },
+        ];
+        (PartKind::State { refresh: true }, writes)
+    }
+}
+
+/// Read-through and adoption: the adoption rule for `sid` (via [`Ownership::resolve`]), then the state. An adopter
+/// stamps the state with its epoch before using it, so that the previous owner's next write is refused.
+pub(super) async fn load(
+    own: Arc<Ownership<AnyStore>>,
+    sid: String,
+    record_ttl: Duration,
+) -> Result<Loaded, LoadError> {
+    let cluster = own.cluster().to_string();
+    let (convergence, epoch, conv_version, adopted_from) = match own.resolve(&keys::diameter(&cluster, &sid)).await? {
+        Resolution::Unknown => return Err(LoadError::Unknown),
+        Resolution::Proxy { owner, uri } => return Err(LoadError::Elsewhere { owner, uri }),
+        Resolution::Owned { convergence, epoch, version, adopted_from } => (convergence, epoch, version, adopted_from),
+    };
+    let skey = state_key(&cluster, &convergence, &sid);
+    for _ in 0..4 {
+        let Some(v) = own.store().get(&skey).await? else { return Err(LoadError::Unknown) };
+        let mut rec: StateRecord<CcSnapshot> =
+            replication::decode(&v.value).map_err(|e| LoadError::Store(format!("{skey}: {e}")))?;
+        if !replication::accept_state(rec.written_by_epoch, epoch) {
+            return Err(LoadError::Fenced);
+        }
+        let written_by = rec.written_by.clone();
+        if rec.written_by_epoch == epoch && rec.written_by == own.me().node {
+            let snapshot = rec.state;
+            return Ok(Loaded {
+                snapshot,
+                convergence,
+                epoch,
+                state_version: v.version,
+                conv_version,
+                adopted_from,
+                written_by,
+            });
+        }
+        rec.written_by_epoch = epoch;
+        rec.written_by = own.me().node.clone();
+        match own.store().put(&skey, replication::encode(&rec), Expect::Version(v.version), Some(record_ttl)).await {
+            Ok(state_version) => {
+                let snapshot = rec.state;
+                return Ok(Loaded {
+                    snapshot,
+                    convergence,
+                    epoch,
+                    state_version,
+                    conv_version,
+                    adopted_from,
+                    written_by,
+                });
+            }
+            // The previous owner wrote in between (its write-ahead landed first): read again.
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(LoadError::Store("the session's state kept changing during adoption".into()))
+}

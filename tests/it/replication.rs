@@ -1,0 +1,299 @@
+//! Session replication in the engine: two engines share a store; one crashes (its runtime is torn down, as a
+//! SIGKILL would: no DPR, no lease release) or stalls, and the other carries the session on. The judge is the OCS
+//! simulator's ledger: no CC-Request-Number repeated without the T flag, none skipped, no usage lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use charging_ra::api::{App, ChargingError, Engine, EngineConfig, ReplicationConfig, SessionOptions};
+use charging_ra::cc::{CcState, Ccfh};
+use charging_ra::ocs::OcsConfig;
+use charging_ra::ocs::config::{FaultAction, FaultRule};
+use charging_ra::ocs::server::OcsServer;
+use charging_ra::store::{AnyStore, MemoryStore, SqliteStore, Store};
+
+use crate::engine::{check, engine_config, msisdn, rg, sim, used};
+use crate::ocs::{http, json};
+use crate::stack::open;
+
+const CLUSTER: &str = "c1";
+
+fn replicated(sim: &OcsServer, node: &str, store: &AnyStore, lease: (Duration, Duration)) -> EngineConfig {
+    let host = format!("{node}.test.localdomain");
+    let mut cfg = engine_config(
+        &host,
+        &[("ocs1.ocs.localdomain", sim.diameter_addr(), 1)],
+        Duration::from_secs(2),
+        Ccfh::Terminate,
+    );
+    let mut r = ReplicationConfig::new(store.clone(), CLUSTER, node, &format!("aaa://{host}:3868"));
+    (r.lease_period, r.lease_ttl) = lease;
+    r.write_delay = Duration::from_millis(20);
+    cfg.replication = Some(r);
+    cfg
+}
+
+async fn connected(e: &Engine) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !e.node_status().await.is_some_and(|s| open(&s, 0)) {
+        assert!(tokio::time::Instant::now() < end, "engine never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An engine on its own runtime, so that the test can make it vanish the way a killed process does: every task
+/// stops at once, its connections close, nothing is flushed and its lease is not given up.
+struct Crashable {
+    rt: Option<tokio::runtime::Runtime>,
+    engine: Engine,
+}
+
+impl Crashable {
+    fn start(cfg: EngineConfig) -> Crashable {
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+            let engine = rt.block_on(Engine::start(cfg)).unwrap();
+            Crashable { rt: Some(rt), engine }
+        })
+        .join()
+        .unwrap()
+    }
+
+    fn crash(&mut self) {
+        self.rt.take().unwrap().shutdown_background();
+    }
+}
+
+const QUICK_LEASE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_millis(400));
+
+async fn records(store: &AnyStore, kind: &str) -> usize {
+    store.scan_prefix(&format!("{CLUSTER}/{kind}/")).await.unwrap().len()
+}
+
+async fn ledger_numbers(sim: &OcsServer, sid: &str) -> serde_json::Value {
+    let (_, body) = http(sim.control_addr().unwrap(), "GET", &format!("/v1/ledger/{}", urlencode(sid)), None).await;
+    json(&body)
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_session_survives_its_node_crash_on_the_survivor() {
+    let sim = sim(OcsConfig::default()).await;
+    let store = AnyStore::memory();
+    let mut a = Crashable::start(replicated(&sim, "n1", &store, QUICK_LEASE));
+    let b = Engine::start(replicated(&sim, "n2", &store, QUICK_LEASE)).await.unwrap();
+    connected(&a.engine).await;
+    connected(&b).await;
+
+    let o = a.engine.open_session(App::Ro, msisdn("46701"), None, vec![rg(10)]).await.unwrap();
+    let sid = o.session_id.clone();
+    a.engine.update(&sid, vec![used(10, 30)], vec![rg(10)], None).await.unwrap();
+    // Written ahead of each CCR: the records are there before the answers came back.
+    assert_eq!((records(&store, "conv").await, records(&store, "proto/diameter").await), (1, 1));
+    assert_eq!(records(&store, "state").await, 1);
+
+    // While n1 lives, n2 is told who owns the session.
+    match b.update(&sid, vec![used(10, 5)], vec![rg(10)], None).await {
+        Err(ChargingError::Moved { owner, .. }) => assert_eq!(owner.as_deref(), Some("n1")),
+        other => panic!("{other:?}"),
+    }
+
+    a.crash();
+    tokio::time::sleep(QUICK_LEASE.1 + Duration::from_millis(100)).await;
+    // The next event adopts: n2 takes over with the next CC-Request-Number and its own Origin-Host.
+    let o = b.update(&sid, vec![used(10, 20)], vec![rg(10)], None).await.unwrap();
+    assert_eq!((o.result_code, o.state), (Some(2001), CcState::Open));
+    let view = b.session(&sid).await.unwrap();
+    assert_eq!((view.owner.as_str(), view.cc_request_number), ("n2.test.localdomain", 3));
+    let stats = b.replication_stats().await.unwrap();
+    assert_eq!((stats.adopted, stats.loaded), (1, 1), "{stats:?}");
+    b.terminate(&sid, vec![used(10, 7)]).await.unwrap();
+
+    let c = check(&sim).await;
+    assert_eq!(c["clean"], true, "{c}");
+    let l = ledger_numbers(&sim, &sid).await;
+    assert!(l.to_string().contains("n2.test.localdomain"), "the OCS learned the adopter's Origin-Host: {l}");
+    // Session end deletes its records.
+    let end = tokio::time::Instant::now() + Duration::from_secs(3);
+    while records(&store, "state").await + records(&store, "conv").await + records(&store, "proto").await > 0 {
+        assert!(tokio::time::Instant::now() < end, "records left behind");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_at_the_crash_is_resent_by_the_adopter_with_the_t_flag() {
+    let sim = sim(OcsConfig::default()).await;
+    let store = AnyStore::memory();
+    let mut a = Crashable::start(replicated(&sim, "n1", &store, QUICK_LEASE));
+    let b = Engine::start(replicated(&sim, "n2", &store, QUICK_LEASE)).await.unwrap();
+    connected(&a.engine).await;
+    connected(&b).await;
+    let o = a.engine.open_session(App::Ro, msisdn("46702"), None, vec![rg(10)]).await.unwrap();
+    let sid = o.session_id.clone();
+    // The OCS processes CCR-U 1 (it debits the 30 s) but its answer is lost; then n1 dies.
+    let fault = FaultRule {
+        subscriber: None,
+        session_id: Some(sid.clone()),
+        command: Some("CCR".into()),
+        request_type: Some("update".into()),
+        request_number: Some(1),
+        retransmission: Some(false),
+        times: Some(1),
+        action: FaultAction::Drop,
+    };
+    let body = serde_json::to_string(&fault).unwrap();
+    let (status, _) = http(sim.control_addr().unwrap(), "POST", "/v1/faults", Some(&body)).await;
+    assert!(status < 300, "fault rejected: {status}");
+    let stuck = a.engine.clone();
+    let sid2 = sid.clone();
+    tokio::spawn(async move { stuck.update(&sid2, vec![used(10, 30)], vec![rg(10)], None).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    a.crash();
+    tokio::time::sleep(QUICK_LEASE.1 + Duration::from_millis(100)).await;
+
+    // n2 adopts on the next service request: CCR-U 1 goes again with the T flag (the OCS answers it from its
+    // duplicate cache, debiting nothing twice), then this update is CCR-U 2.
+    b.update(&sid, vec![used(10, 12)], vec![rg(10)], None).await.unwrap();
+    assert_eq!(b.session(&sid).await.unwrap().cc_request_number, 3);
+    b.terminate(&sid, vec![]).await.unwrap();
+    let c = check(&sim).await;
+    assert_eq!(c["clean"], true, "{c}");
+    assert!(c["duplicates_answered"].as_u64().unwrap() >= 1, "the resend carried the T flag: {c}");
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_owner_is_fenced_and_sends_nothing() {
+    let sim = sim(OcsConfig::default()).await;
+    let store = AnyStore::memory();
+    // n1 renews its lease once an hour but it lasts 300 ms: n1 looks dead while it runs (a long GC pause, a
+    // partition from the store).
+    let a = Engine::start(replicated(&sim, "n1", &store, (Duration::from_secs(3600), Duration::from_millis(300))))
+        .await
+        .unwrap();
+    let b = Engine::start(replicated(&sim, "n2", &store, QUICK_LEASE)).await.unwrap();
+    connected(&a).await;
+    connected(&b).await;
+    let sid = a.open_session(App::Ro, msisdn("46703"), None, vec![rg(10)]).await.unwrap().session_id;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // n2 adopts on a mere look at the session: it sends nothing, but stamps the state with its epoch at once.
+    assert_eq!(b.session(&sid).await.unwrap().owner, "n2.test.localdomain");
+    // n1 still holds its copy; its write-ahead is refused, so it never sends a CCR-U 1 of its own.
+    match a.update(&sid, vec![used(10, 10)], vec![rg(10)], None).await {
+        Err(ChargingError::Moved { .. }) => {}
+        other => panic!("the stale owner must not charge: {other:?}"),
+    }
+    b.update(&sid, vec![used(10, 10)], vec![rg(10)], None).await.unwrap();
+    assert_eq!(b.session(&sid).await.unwrap().cc_request_number, 2);
+    assert_eq!(a.replication_stats().await.unwrap().fenced, 1);
+    assert!(a.session(&sid).await.is_none() || a.session(&sid).await.unwrap().owner != "n1.test.localdomain");
+    b.terminate(&sid, vec![]).await.unwrap();
+    let c = check(&sim).await;
+    assert_eq!(c["clean"], true, "{c}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_replicating_on_request_and_sessions_continue_through_a_store_outage() {
+    let sim = sim(OcsConfig::default()).await;
+    let dir = crate::wire::tempdir("replication-outage");
+    let path = dir.join("store.db");
+    let _ = std::fs::remove_file(&path);
+    let store = AnyStore::Sqlite(SqliteStore::open(&path, Duration::from_millis(50)).unwrap());
+    let mut cfg = replicated(&sim, "n1", &store, QUICK_LEASE);
+    cfg.ro.replicate_by_default = false;
+    let e = Engine::start(cfg).await.unwrap();
+    connected(&e).await;
+
+    let sid = e.open_session(App::Ro, msisdn("46704"), None, vec![rg(10)]).await.unwrap().session_id;
+    assert_eq!(records(&store, "conv").await, 0, "not replicated until asked");
+    e.start_replicating(&sid).await.unwrap();
+    assert_eq!((records(&store, "conv").await, records(&store, "state").await), (1, 1));
+    // Asking twice is harmless; a session opened with `replicate` is written from its creation.
+    e.start_replicating(&sid).await.unwrap();
+    let other = e
+        .open_session_with(
+            App::Ro,
+            msisdn("46705"),
+            None,
+            vec![rg(10)],
+            vec![],
+            SessionOptions { convergence: Some("call-42".into()), replicate: Some(true) },
+        )
+        .await
+        .unwrap();
+    assert_eq!(e.session(&other.session_id).await.unwrap().convergence.as_deref(), Some("call-42"));
+
+    // Another process holds the database's write lock far longer than the busy timeout.
+    let lock = rusqlite::Connection::open(&path).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    for _ in 0..3 {
+        let o = e.update(&sid, vec![used(10, 10)], vec![rg(10)], None).await.unwrap();
+        assert_eq!(o.result_code, Some(2001), "charging goes on while the store is down");
+    }
+    let s = e.replication_stats().await.unwrap();
+    assert!(s.store_down && s.backlog >= 1 && s.store_errors >= 1, "{s:?}");
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+
+    // The backlog drains, and the store has the session as it is now (CC-Request-Number 4 is next).
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = e.replication_stats().await.unwrap();
+        if !s.store_down && s.backlog == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < end, "backlog never drained: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let states = store.scan_prefix(&format!("{CLUSTER}/state/")).await.unwrap();
+    let mine = states.iter().find(|(k, _)| k.ends_with(&sid)).expect("state record");
+    let rec: serde_json::Value = serde_json::from_slice(&mine.1.value).unwrap();
+    assert_eq!(rec["state"]["next_number"], 4, "{rec}");
+    e.terminate(&sid, vec![]).await.unwrap();
+    e.terminate(&other.session_id, vec![]).await.unwrap();
+    assert_eq!(check(&sim).await["clean"], true);
+    e.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_sessions_and_engines_without_a_store() {
+    let sim = sim(OcsConfig::default()).await;
+    let store = AnyStore::Memory(Arc::new(MemoryStore::new()));
+    let e = Engine::start(replicated(&sim, "n1", &store, QUICK_LEASE)).await.unwrap();
+    connected(&e).await;
+    assert_eq!(
+        e.update("nobody;1;2", vec![], vec![rg(10)], None).await,
+        Err(ChargingError::UnknownSession("nobody;1;2".into()))
+    );
+    assert!(e.session("nobody;1;2").await.is_none());
+    e.stop().await;
+    let plain = Engine::start(engine_config(
+        "n9.test.localdomain",
+        &[("ocs1.ocs.localdomain", sim.diameter_addr(), 1)],
+        Duration::from_secs(2),
+        Ccfh::Terminate,
+    ))
+    .await
+    .unwrap();
+    connected(&plain).await;
+    let sid = plain.open_session(App::Ro, msisdn("46706"), None, vec![rg(10)]).await.unwrap().session_id;
+    assert!(matches!(plain.start_replicating(&sid).await, Err(ChargingError::Invalid(_))));
+    assert!(plain.replication_stats().await.is_none());
+    plain.stop().await;
+}
