@@ -20,6 +20,132 @@ pub struct Config {
     /// Dictionary files beyond the shipped ones.
     #[serde(default)]
     pub dictionaries: DictionariesConfig,
+    /// Session replication.
+    #[serde(default)]
+    pub replication: ReplicationSection,
+    /// The replication store.
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+/// `[replication]`: how sessions are written to the shared store (docs/replication.md).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicationSection {
+    /// Replicate at all; off keeps every session in its node only.
+    pub enabled: bool,
+    /// Cluster id: every key in the store is namespaced by it.
+    pub cluster: String,
+    /// How long a change that sends nothing may wait to be written with later ones.
+    #[serde(with = "humantime_serde")]
+    pub write_delay: std::time::Duration,
+    /// Lease renewal period.
+    #[serde(with = "humantime_serde")]
+    pub lease_period: std::time::Duration,
+    /// Lease lifetime: a node is dead this long after its last renewal.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: std::time::Duration,
+    /// Expiry of a session's records, refreshed while it lives.
+    #[serde(with = "humantime_serde")]
+    pub record_ttl: std::time::Duration,
+    /// Most sessions waiting to be written while the store is unreachable.
+    pub backlog_limit: usize,
+    /// Per application: replicate sessions from creation (else only after `start_replicating`).
+    pub replicate_by_default: ReplicateByDefault,
+}
+
+/// `[replication.replicate_by_default]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicateByDefault {
+    /// Ro sessions.
+    pub ro: bool,
+    /// Gx sessions.
+    pub gx: bool,
+    /// SIP dialogs (confirmed ones; see the SIP module).
+    pub sip: bool,
+}
+
+impl Default for ReplicateByDefault {
+    fn default() -> Self {
+        ReplicateByDefault { ro: true, gx: true, sip: true }
+    }
+}
+
+impl ReplicationSection {
+    /// The engine's replication settings for node `node_id` (reached by other nodes at `diameter_uri`) on `store`.
+    pub fn engine_config(
+        &self,
+        store: crate::store::AnyStore,
+        node_id: &str,
+        diameter_uri: &str,
+    ) -> crate::api::ReplicationConfig {
+        let mut r = crate::api::ReplicationConfig::new(store, &self.cluster, node_id, diameter_uri);
+        r.write_delay = self.write_delay;
+        r.lease_period = self.lease_period;
+        r.lease_ttl = self.lease_ttl;
+        r.record_ttl = self.record_ttl;
+        r.backlog_limit = self.backlog_limit;
+        r
+    }
+}
+
+impl Default for ReplicationSection {
+    fn default() -> Self {
+        ReplicationSection {
+            enabled: false,
+            cluster: "default".into(),
+            write_delay: std::time::Duration::from_millis(100),
+            lease_period: std::time::Duration::from_millis(500),
+            lease_ttl: std::time::Duration::from_secs(2),
+            record_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
+            backlog_limit: 100_000,
+            replicate_by_default: ReplicateByDefault::default(),
+        }
+    }
+}
+
+/// Which store backend.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreType {
+    /// One SQLite file shared by the node processes of a host (the default).
+    Sqlite,
+    /// In-process only (tests; nothing survives the process).
+    Memory,
+    /// ScyllaDB (build with the `scylla` feature).
+    Scylla,
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// `sqlite`, `memory` or `scylla`.
+    #[serde(rename = "type")]
+    pub kind: StoreType,
+    /// SQLite: the database file (relative to the config file), shared by every node process of the host.
+    pub path: PathBuf,
+    /// SQLite: how long a write waits for another process's lock before the store counts as unavailable.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: std::time::Duration,
+    /// SQLite: how often expired records are deleted.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: std::time::Duration,
+    /// ScyllaDB settings.
+    pub scylla: crate::store::ScyllaConfig,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            kind: StoreType::Sqlite,
+            path: PathBuf::from("charging-ra.db"),
+            busy_timeout: std::time::Duration::from_secs(2),
+            sweep_interval: std::time::Duration::from_secs(60),
+            scylla: crate::store::ScyllaConfig::default(),
+        }
+    }
 }
 
 /// `[codec]`: what the decoder accepts.
@@ -102,6 +228,22 @@ impl Config {
         if !(1..=64).contains(&config.codec.max_depth) {
             return Err(invalid("codec.max_depth", "must be 1 to 64"));
         }
+        let r = &config.replication;
+        if r.lease_period.is_zero() || r.lease_ttl < r.lease_period * 2 {
+            return Err(invalid(
+                "replication.lease_ttl",
+                "must be at least twice replication.lease_period (which must not be zero), so one lost renewal does not kill a node",
+            ));
+        }
+        if r.write_delay > std::time::Duration::from_secs(10) {
+            return Err(invalid("replication.write_delay", "must be at most 10s"));
+        }
+        if r.record_ttl < std::time::Duration::from_secs(60) {
+            return Err(invalid("replication.record_ttl", "must be at least 60s (it bounds records a crash leaves)"));
+        }
+        if r.cluster.is_empty() || r.cluster.contains('/') {
+            return Err(invalid("replication.cluster", "must be a non-empty name without '/'"));
+        }
         Ok(config)
     }
 
@@ -144,6 +286,25 @@ mod tests {
         assert!(err.contains("max_mesage_size") && err.contains("node.toml"), "{err}");
         let err = Config::parse("[codecs]\n", Path::new("n.toml")).unwrap_err().to_string();
         assert!(err.contains("codecs"), "{err}");
+    }
+
+    #[test]
+    fn store_and_replication_sections_parse_and_check_their_values() {
+        let c = Config::parse(
+            "[replication]\nenabled = true\nwrite_delay = \"250ms\"\n[replication.replicate_by_default]\ngx = false\n\
+             [store]\ntype = \"memory\"\n",
+            Path::new("n.toml"),
+        )
+        .unwrap();
+        assert!(
+            c.replication.enabled && !c.replication.replicate_by_default.gx && c.replication.replicate_by_default.ro
+        );
+        assert_eq!(c.replication.write_delay, std::time::Duration::from_millis(250));
+        assert_eq!(c.store.kind, StoreType::Memory);
+        let err = Config::parse("[store]\ntype = \"postgres\"\n", Path::new("n.toml")).unwrap_err().to_string();
+        assert!(err.contains("postgres") && err.contains("sqlite"), "{err}");
+        let err = Config::parse("[replication]\nlease_ttl = \"600ms\"\n", Path::new("n.toml")).unwrap_err().to_string();
+        assert!(err.contains("replication.lease_ttl") && err.contains("twice"), "{err}");
     }
 
     #[test]

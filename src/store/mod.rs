@@ -1,12 +1,16 @@
 //! The replication store: versioned records with compare-and-set and TTL, behind one contract that every backend
 //! meets (`tests/it/store_contract.rs`): [`MemoryStore`] for tests, [`SqliteStore`] as the embedded default (one
-//! file shared by every node process on a host). A ScyllaDB backend comes next behind the same trait.
+//! file shared by every node process on a host), and `ScyllaStore` (cargo feature `scylla`) for a cluster of hosts:
+//! lightweight transactions in ScyllaDB, schema in `schema/scylla.cql`, design in `docs/stores.md`.
 //!
 //! A record is a key, an opaque value, a version (incremented by every write: the CAS token) and an optional
 //! expiry. Writes state what they expect to find ([`Expect`]): that is how ownership is taken by a race that exactly
 //! one node wins, and how a stale owner is fenced off.
 
 mod memory;
+#[cfg(feature = "scylla")]
+mod scylla;
+mod scylla_config;
 mod sqlite;
 
 use std::future::Future;
@@ -14,7 +18,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+#[cfg(feature = "scylla")]
+pub use self::scylla::ScyllaStore;
 pub use memory::MemoryStore;
+pub use scylla_config::{ScyllaConfig, ScyllaConsistency, ScyllaSerialConsistency};
 pub use sqlite::SqliteStore;
 
 /// A record as read: its value and version.
@@ -22,7 +29,8 @@ pub use sqlite::SqliteStore;
 pub struct Versioned {
     /// The value.
     pub value: Bytes,
-    /// The version: 1 for the first write, +1 per write.
+    /// The version: higher after every write of the key, never reused (the compare-and-set and fencing token).
+    /// How it grows is the backend's: a counter (SQLite, memory), the writer's clock in µs (ScyllaDB).
     pub version: u64,
 }
 
@@ -58,6 +66,9 @@ pub enum StoreError {
     /// A record cannot be read back.
     #[error("store corrupt: {0}")]
     Corrupt(String),
+    /// The backend cannot do what was asked (e.g. a ScyllaDB prefix scan that does not name its scope).
+    #[error("not supported by this store: {0}")]
+    Unsupported(String),
 }
 
 /// One write of a group commit ([`Store::batch`]).
@@ -98,9 +109,10 @@ pub trait Store: Send + Sync + 'static {
         async move { self.batch(vec![w]).await?.pop().expect("one result per write").map(drop) }
     }
 
-    /// Group commit: applies many writes in one atomic step of the backend (one SQLite transaction), each
-    /// conditional on its own expectation. Returns each write's outcome (the new version, or 0 for a deletion);
-    /// a write whose expectation fails fails alone. The whole call fails only when the store does.
+    /// Group commit: applies many writes in one atomic step of the backend (one SQLite transaction; on ScyllaDB
+    /// concurrent conditional writes, not one step), each conditional on its own expectation. Returns each write's
+    /// outcome (the new version, or 0 for a deletion); a write whose expectation fails fails alone. The whole call
+    /// fails only when the store does.
     fn batch(
         &self,
         writes: Vec<Write>,
@@ -119,6 +131,9 @@ pub enum AnyStore {
     Memory(std::sync::Arc<MemoryStore>),
     /// One SQLite file.
     Sqlite(SqliteStore),
+    /// A ScyllaDB cluster.
+    #[cfg(feature = "scylla")]
+    Scylla(ScyllaStore),
 }
 
 impl AnyStore {
@@ -132,6 +147,28 @@ impl AnyStore {
         match self {
             AnyStore::Memory(_) => "memory".into(),
             AnyStore::Sqlite(s) => format!("sqlite {}", s.path().display()),
+            #[cfg(feature = "scylla")]
+            AnyStore::Scylla(_) => "scylla".into(),
+        }
+    }
+
+    /// Opens the store a configuration names (`[store]`); a relative SQLite path is relative to `base`. A SQLite
+    /// store gets a task that deletes expired records every `sweep_interval`.
+    pub async fn open(config: &crate::config::StoreSection, base: &std::path::Path) -> Result<AnyStore, StoreError> {
+        use crate::config::StoreType;
+        match config.kind {
+            StoreType::Memory => Ok(AnyStore::memory()),
+            StoreType::Sqlite => {
+                let store = SqliteStore::open(&base.join(&config.path), config.busy_timeout)?;
+                store.spawn_sweeper(config.sweep_interval);
+                Ok(AnyStore::Sqlite(store))
+            }
+            #[cfg(feature = "scylla")]
+            StoreType::Scylla => Ok(AnyStore::Scylla(ScyllaStore::connect(&config.scylla).await?)),
+            #[cfg(not(feature = "scylla"))]
+            StoreType::Scylla => Err(StoreError::Unsupported(
+                "[store] type = \"scylla\" needs a build with the cargo feature `scylla` (on by default)".into(),
+            )),
         }
     }
 }
@@ -141,6 +178,8 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.get(key).await,
             AnyStore::Sqlite(s) => s.get(key).await,
+            #[cfg(feature = "scylla")]
+            AnyStore::Scylla(s) => s.get(key).await,
         }
     }
 
@@ -148,6 +187,8 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.batch(writes).await,
             AnyStore::Sqlite(s) => s.batch(writes).await,
+            #[cfg(feature = "scylla")]
+            AnyStore::Scylla(s) => s.batch(writes).await,
         }
     }
 
@@ -155,6 +196,8 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.scan_prefix(prefix).await,
             AnyStore::Sqlite(s) => s.scan_prefix(prefix).await,
+            #[cfg(feature = "scylla")]
+            AnyStore::Scylla(s) => s.scan_prefix(prefix).await,
         }
     }
 }

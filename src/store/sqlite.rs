@@ -69,6 +69,24 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Deletes expired records every `interval`, for as long as the runtime runs (reads already ignore them; this
+    /// keeps the file from growing with what crashed nodes left).
+    pub fn spawn_sweeper(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(interval);
+            t.tick().await;
+            loop {
+                t.tick().await;
+                match store.sweep().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(records = n, "expired records swept"),
+                    Err(e) => tracing::warn!(error = %e, "sweeping expired records failed"),
+                }
+            }
+        })
+    }
+
     /// Deletes expired records; returns how many.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
         self.blocking(move |c, _| {
@@ -112,43 +130,52 @@ impl Store for SqliteStore {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| map_err(&path, e))?;
             let now = now_ms();
             let mut out = Vec::with_capacity(writes.len());
-            for w in writes {
-                let current: Option<i64> = tx
-                    .query_row(
+            {
+                let err = |e| map_err(&path, e);
+                let mut read = tx
+                    .prepare_cached(
                         "SELECT version FROM records WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
-                        params![w.key, now],
-                        |r| r.get(0),
                     )
-                    .optional()
-                    .map_err(|e| map_err(&path, e))?;
-                let current = current.map(|v| v as u64);
-                let ok = match w.expect {
-                    Expect::Any => true,
-                    Expect::Absent => current.is_none(),
-                    Expect::Version(v) => current == Some(v),
-                };
-                if !ok {
-                    out.push(Err(StoreError::Conflict { current }));
-                    continue;
+                    .map_err(err)?;
+                let mut upsert = tx
+                    .prepare_cached(
+                        "INSERT INTO records (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, expires_at = excluded.expires_at",
+                    )
+                    .map_err(err)?;
+                let mut delete = tx.prepare_cached("DELETE FROM records WHERE key = ?1").map_err(err)?;
+                // The store-wide version sequence is read once and written once per transaction: versions are
+                // never reused, across keys and across deletions (fencing tokens).
+                let mut seq: i64 = tx.query_row("SELECT seq FROM meta WHERE id = 0", [], |r| r.get(0)).map_err(err)?;
+                let first = seq;
+                for w in writes {
+                    let current: Option<i64> =
+                        read.query_row(params![w.key, now], |r| r.get(0)).optional().map_err(err)?;
+                    let current = current.map(|v| v as u64);
+                    let ok = match w.expect {
+                        Expect::Any => true,
+                        Expect::Absent => current.is_none(),
+                        Expect::Version(v) => current == Some(v),
+                    };
+                    if !ok {
+                        out.push(Err(StoreError::Conflict { current }));
+                        continue;
+                    }
+                    match w.value {
+                        Some(value) => {
+                            seq += 1;
+                            let expires = w.ttl.map(|t| now + t.as_millis() as i64);
+                            upsert.execute(params![w.key, &value[..], seq, expires]).map_err(err)?;
+                            out.push(Ok(seq as u64));
+                        }
+                        None => {
+                            delete.execute(params![w.key]).map_err(err)?;
+                            out.push(Ok(0));
+                        }
+                    }
                 }
-                match w.value {
-                    Some(value) => {
-                        let seq: i64 = tx
-                            .query_row("UPDATE meta SET seq = seq + 1 WHERE id = 0 RETURNING seq", [], |r| r.get(0))
-                            .map_err(|e| map_err(&path, e))?;
-                        let expires = w.ttl.map(|t| now + t.as_millis() as i64);
-                        tx.execute(
-                            "INSERT INTO records (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
-                             ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, expires_at = excluded.expires_at",
-                            params![w.key, value.to_vec(), seq, expires],
-                        )
-                        .map_err(|e| map_err(&path, e))?;
-                        out.push(Ok(seq as u64));
-                    }
-                    None => {
-                        tx.execute("DELETE FROM records WHERE key = ?1", params![w.key]).map_err(|e| map_err(&path, e))?;
-                        out.push(Ok(0));
-                    }
+                if seq != first {
+                    tx.execute("UPDATE meta SET seq = ?1 WHERE id = 0", params![seq]).map_err(err)?;
                 }
             }
             tx.commit().map_err(|e| map_err(&path, e))?;

@@ -1,6 +1,8 @@
 //! One contract for every store backend (`cargo test contract`): versioned reads, a CAS race that exactly one of
 //! 32 tasks wins, TTL expiry, conditional deletion, fencing with tokens that are never reused, prefix scans, and
-//! for SQLite the same race across separate OS processes. (The ScyllaDB backend joins when it exists.)
+//! for SQLite the same race across separate OS processes. ScyllaDB runs the same contract when the crate is built with
+//! the `scylla` feature and `SCYLLA_URI` names a server (`SCYLLA_URI=127.0.0.1:9042 cargo test --features scylla
+//! contract`); without a server only its unreachable case runs.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -128,6 +130,77 @@ fn contract_sqlite_unreachable_says_where_and_what_happens() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The contract against a real ScyllaDB at `SCYLLA_URI` (`host:port`, comma-separated for several), in a fresh
+/// keyspace that is dropped afterwards.
+#[cfg(feature = "scylla")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_scylla() {
+    use charging_ra::store::{ScyllaConfig, ScyllaStore};
+
+    let Some(uri) = std::env::var("SCYLLA_URI").ok().filter(|u| !u.trim().is_empty()) else {
+        crate::skip("contract_scylla", "SCYLLA_URI is not set (e.g. SCYLLA_URI=127.0.0.1:9042)");
+        return;
+    };
+    let nodes: Vec<String> = uri.split(',').map(|n| n.trim().to_string()).collect();
+    let keyspace = format!("cra_contract_{}", uuid::Uuid::now_v7().simple());
+    let config = ScyllaConfig {
+        nodes: nodes.clone(),
+        keyspace: keyspace.clone(),
+        create_schema: true,
+        replication_factor: 1,
+        request_timeout: Duration::from_secs(10),
+        ..ScyllaConfig::default()
+    };
+    let store = ScyllaStore::connect(&config).await.unwrap_or_else(|e| panic!("SCYLLA_URI={uri}: {e}"));
+    contract(Arc::new(store.clone())).await;
+    // Records of one cluster spread over partitions, and a scan of the cluster's kind finds them all in key order.
+    let keys: Vec<String> = (0..40).map(|i| format!("c1/conv/{i:02}")).collect();
+    let writes = keys
+        .iter()
+        .map(|k| Write { key: k.clone(), value: Some(Bytes::from_static(b"x")), expect: Expect::Absent, ttl: None })
+        .collect();
+    assert!(store.batch(writes).await.unwrap().iter().all(Result::is_ok));
+    store.put("c1/node/n1", Bytes::from_static(b"lease"), Expect::Any, None).await.unwrap();
+    store.put("c2/conv/00", Bytes::from_static(b"other cluster"), Expect::Any, None).await.unwrap();
+    let found: Vec<String> = store.scan_prefix("c1/conv/").await.unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(found, keys);
+    drop(store);
+    let session = scylla::client::session_builder::SessionBuilder::new().known_nodes(&nodes).build().await.unwrap();
+    session.query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ()).await.unwrap();
+}
+
+#[cfg(not(feature = "scylla"))]
+#[test]
+fn contract_scylla() {
+    crate::skip(
+        "contract_scylla",
+        "the crate was built without the `scylla` feature \
+         (SCYLLA_URI=127.0.0.1:9042 cargo test --features scylla contract)",
+    );
+}
+
+/// Needs no server: nothing listens on port 1.
+#[cfg(feature = "scylla")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn contract_scylla_unreachable_says_where_and_what_happens() {
+    use charging_ra::store::{ScyllaConfig, ScyllaStore};
+
+    let config = ScyllaConfig {
+        nodes: vec!["127.0.0.1:1".into()],
+        connect_timeout: Duration::from_secs(2),
+        ..ScyllaConfig::default()
+    };
+    let started = std::time::Instant::now();
+    match ScyllaStore::connect(&config).await.unwrap_err() {
+        StoreError::Unavailable { reason, retry_after } => {
+            assert!(reason.contains("127.0.0.1:1") && reason.contains("replication paused"), "{reason}");
+            assert!(retry_after > Duration::ZERO);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "gave up after {:?}", started.elapsed());
 }
 
 /// The CAS race across separate OS processes sharing one SQLite file: this test binary re-runs itself as the
