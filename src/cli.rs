@@ -67,6 +67,9 @@ enum Command {
         /// ro or gx.
         #[arg(long, default_value = "ro")]
         app: String,
+        /// Replicate every session: off, memory, or sqlite (a fresh database file in the temporary directory).
+        #[arg(long, default_value = "off")]
+        replication: String,
     },
     /// Run the OCS (Ro) and PCRF (Gx) simulator with its ledger and HTTP control API.
     OcsSim {
@@ -99,8 +102,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo => demo(),
         Command::Decode { hex, file, dictionaries, config } => decode(hex, file, &dictionaries, config.as_deref()),
-        Command::Load { ocs, realm, sessions, concurrency, updates, hold, duration, app } => {
-            load(ocs, realm, sessions, concurrency, updates, hold, duration, &app)
+        Command::Load { ocs, realm, sessions, concurrency, updates, hold, duration, app, replication } => {
+            load(ocs, realm, sessions, concurrency, updates, hold, duration, &app, &replication)
         }
         Command::OcsSim { listen, origin_host, origin_realm, control, config, ledger_out, log_json } => {
             init_logging(log_json);
@@ -173,17 +176,37 @@ fn load(
     hold: std::time::Duration,
     duration: Option<std::time::Duration>,
     app: &str,
+    replication: &str,
 ) -> anyhow::Result<ExitCode> {
     use charging_ra::api::App;
+    use charging_ra::store::{AnyStore, SqliteStore};
     let app = match app {
         "ro" => App::Ro,
         "gx" => App::Gx,
         other => bail!("--app {other:?}: use ro or gx"),
     };
-    let cfg = charging_ra::load::LoadConfig { ocs, realm, sessions, concurrency, updates, hold, duration, app };
+    let mut db = None;
+    let replication = match replication {
+        "off" => None,
+        "memory" => Some(AnyStore::memory()),
+        "sqlite" => {
+            let path = std::env::temp_dir().join(format!("charging-ra-load-{}.db", std::process::id()));
+            let store = SqliteStore::open(&path, std::time::Duration::from_secs(5))?;
+            db = Some(path);
+            Some(AnyStore::Sqlite(store))
+        }
+        other => bail!("--replication {other:?}: use off, memory or sqlite"),
+    };
+    let cfg =
+        charging_ra::load::LoadConfig { ocs, realm, sessions, concurrency, updates, hold, duration, app, replication };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let report = rt.block_on(charging_ra::load::run(cfg))?;
-    print!("{}", report.summary());
+    let report = rt.block_on(charging_ra::load::run(cfg));
+    if let Some(path) = db {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+    print!("{}", report?.summary());
     Ok(ExitCode::SUCCESS)
 }
 

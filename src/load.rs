@@ -34,6 +34,8 @@ pub struct LoadConfig {
     pub duration: Option<Duration>,
     /// Ro or Gx.
     pub app: App,
+    /// Replicate every session to this store (write-ahead of each CCR, write-behind of the rest).
+    pub replication: Option<crate::store::AnyStore>,
 }
 
 /// What a run measured.
@@ -49,6 +51,8 @@ pub struct LoadReport {
     pub latency_us: [u64; 4],
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// Replication: records written and group commits made, when on.
+    pub store: Option<(u64, u64)>,
 }
 
 impl LoadReport {
@@ -61,8 +65,16 @@ impl LoadReport {
     pub fn summary(&self) -> String {
         let results: Vec<String> = self.results.iter().map(|(rc, n)| format!("{rc}: {n}")).collect();
         let [p50, p90, p99, max] = self.latency_us;
+        let store = match self.store {
+            Some((writes, batches)) => format!(
+                "store: {writes} records written in {batches} group commits, {:.2} per session, {:.2} per transaction\n",
+                writes as f64 / self.sessions.max(1) as f64,
+                writes as f64 / self.transactions.max(1) as f64
+            ),
+            None => String::new(),
+        };
         format!(
-            "sessions: {}\ntransactions: {} in {:.2} s\nresults: {}\nlatency: p50 {p50} us, p90 {p90} us, p99 {p99} us, max {max} us\nthroughput: {:.0} tx/s\n",
+            "sessions: {}\ntransactions: {} in {:.2} s\nresults: {}\nlatency: p50 {p50} us, p90 {p90} us, p99 {p99} us, max {max} us\n{store}throughput: {:.0} tx/s\n",
             self.sessions,
             self.transactions,
             self.elapsed.as_secs_f64(),
@@ -86,7 +98,11 @@ pub fn engine_config(cfg: &LoadConfig) -> EngineConfig {
         router,
         vec![PeerEndpoint { config: peer, address: Some(cfg.ocs), tls: false, server_name: None }],
     );
-    EngineConfig { node, ro: AppSettings::new(&cfg.realm), gx: AppSettings::new(&cfg.realm), replication: None }
+    let replication = cfg
+        .replication
+        .clone()
+        .map(|store| crate::api::ReplicationConfig::new(store, "load", "load", "aaa://load.localdomain:3868"));
+    EngineConfig { node, ro: AppSettings::new(&cfg.realm), gx: AppSettings::new(&cfg.realm), replication }
 }
 
 fn result_of(r: &Result<crate::api::Outcome, ChargingError>) -> u32 {
@@ -192,6 +208,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
     if progress {
         let _ = writeln!(std::io::stderr());
     }
+    let store = engine.replication_stats().await.map(|s| (s.writes, s.batches));
     engine.stop().await;
     let (mut lat, results) = std::mem::take(&mut *shared.lock().expect("load stats"));
     lat.sort_unstable();
@@ -204,5 +221,6 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
         results,
         latency_us: [pct(0.5), pct(0.9), pct(0.99), lat.last().copied().unwrap_or(0) as u64],
         elapsed,
+        store,
     })
 }

@@ -147,7 +147,7 @@ pub struct UsedUnits {
 }
 
 /// A grant for one rating group.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
     /// The rating group (`None`: session level).
     pub rating_group: Option<u32>,
@@ -157,7 +157,7 @@ pub struct Grant {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub validity_time: Option<u64>,
     /// Quota thresholds (TS 32.299 Time/Volume/Unit-Quota-Threshold): report when the units left fall to these.
-    #[serde(skip_serializing_if = "Units::is_empty")]
+    #[serde(default, skip_serializing_if = "Units::is_empty")]
     pub threshold: Units,
     /// Final-Unit-Indication.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -167,7 +167,7 @@ pub struct Grant {
 }
 
 /// What one operation came to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
     /// The Session-Id.
     pub session_id: String,
@@ -190,7 +190,7 @@ pub struct Outcome {
 }
 
 /// Gx policy carried by an answer or RAR.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Policy {
     /// Rules (and rule bases) installed.
     pub rules_installed: Vec<String>,
@@ -201,7 +201,7 @@ pub struct Policy {
 }
 
 /// The result of an event request.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventResult {
     /// Check-Balance-Result.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -409,6 +409,8 @@ struct Entry {
     deadline: Option<Instant>,
     /// Its place in the store, when replicated.
     replica: Option<replica::Replica>,
+    /// The convergence name the service chose at creation, for when replication starts.
+    convergence: Option<String>,
 }
 
 impl Engine {
@@ -449,9 +451,10 @@ impl Engine {
             timers: BTreeSet::new(),
             net_tx,
             subscribers: Vec::new(),
-            // RFC 6733 §8.8: <DiameterIdentity>;<high 32 bits>;<low 32 bits>: boot time and a counter, unique
-            // across restarts.
-            boot,
+            // RFC 6733 §8.8: <DiameterIdentity>;<high 32 bits>;<low 32 bits>[;<optional value>]: boot time, a
+            // counter, and the start's sub-second microseconds, so that two starts within one second (a crash
+            // and a quick restart, two engines of one process) do not repeat each other's Session-Ids.
+            boot: (boot, since_epoch.subsec_micros()),
             counter: Arc::new(AtomicU64::new(0)),
         };
         tokio::spawn(driver.run(cmd_rx, net_rx, incoming));
@@ -652,6 +655,7 @@ impl Entry {
             done: VecDeque::new(),
             deadline: None,
             replica: None,
+            convergence: None,
         }
     }
 
@@ -731,7 +735,8 @@ struct Driver {
     timers: BTreeSet<(Instant, String)>,
     net_tx: mpsc::UnboundedSender<Net>,
     subscribers: Vec<mpsc::UnboundedSender<SessionEvent>>,
-    boot: u64,
+    /// Start time: seconds (the Session-Id's high part) and sub-second microseconds (its optional part).
+    boot: (u64, u32),
     counter: Arc<AtomicU64>,
 }
 
@@ -763,7 +768,7 @@ impl Driver {
 
     fn session_id(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        format!("{};{};{}", self.origin_host, self.boot, n)
+        format!("{};{};{};{:x}", self.origin_host, self.boot.0, n, self.boot.1)
     }
 
     fn cc_config(
@@ -815,6 +820,7 @@ impl Driver {
                 cc.attach(extra);
                 cc.start(now, &rgs, Some(0));
                 let mut entry = Entry::new(cc, Some(reply));
+                entry.convergence = options.convergence;
                 let settings = if app == App::Ro { &self.ro } else { &self.gx };
                 if let Some(repl) = &mut self.repl
                     && options.replicate.unwrap_or(settings.replicate_by_default)
@@ -823,7 +829,8 @@ impl Driver {
                         repl.stats.refused += 1;
                         tracing::warn!(session = %sid, backlog = repl.backlog(), "store unreachable and replication backlog full: session not replicated");
                     } else {
-                        let convergence = options.convergence.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+                        let convergence =
+                            entry.convergence.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
                         entry.replica = Some(Replica::new(convergence));
                     }
                 }
@@ -922,7 +929,10 @@ impl Driver {
                         "store unreachable and replication backlog full".into(),
                     ))));
                 }
-                let r = e.replica.get_or_insert_with(|| Replica::new(uuid::Uuid::now_v7().to_string()));
+                let convergence = &e.convergence;
+                let r = e.replica.get_or_insert_with(|| {
+                    Replica::new(convergence.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string()))
+                });
                 r.waiters.push(reply);
                 repl.write_now(&session_id, r);
             }
@@ -1121,7 +1131,7 @@ impl Driver {
         let work = self.loading.remove(&sid).unwrap_or_default();
         let Some(repl) = &mut self.repl else { return };
         let refusal = match result {
-            Ok(l) => match CcSession::restore(&l.snapshot, &self.origin_host, now, replica::wall_ms()) {
+            Ok(l) => match CcSession::restore(&l.state.cc, &self.origin_host, now, replica::wall_ms()) {
                 Ok(mut cc) => {
                     repl.stats.loaded += 1;
                     if let Some(from) = &l.adopted_from {
@@ -1134,6 +1144,7 @@ impl Driver {
                     // A request in flight when the owner died goes again, with the T flag and the same number.
                     cc.resume(now);
                     let mut entry = Entry::new(cc, None);
+                    entry.done = l.state.done.into();
                     let mut r = Replica::new(l.convergence);
                     r.created = true;
                     r.epoch = l.epoch;
@@ -1216,7 +1227,7 @@ impl Driver {
             let Some(e) = self.sessions.get_mut(&sid) else { continue };
             let Some(r) = &mut e.replica else { continue };
             r.flush_at = None;
-            let (kind, w) = repl.writes(&sid, r, Some(&e.cc), now);
+            let (kind, w) = repl.writes(&sid, r, Some((&e.cc, &e.done)), now);
             let part = replica::Part {
                 sid,
                 kind,

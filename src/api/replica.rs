@@ -23,10 +23,10 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::ChargingError;
+use super::{ChargingError, Outcome};
 use crate::cc::{CcSession, CcSnapshot};
 use crate::codec::Message;
 use crate::ownership::{Ownership, OwnershipError, Resolution};
@@ -173,10 +173,20 @@ pub(super) struct Part {
     pub ended: Option<Replica>,
 }
 
+/// What the state record of a credit-control session holds: the session machine's snapshot and the idempotency
+/// keys the service used recently, with their outcomes (a retried call reaching the adopter gets the first
+/// answer instead of a second CCR).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(super) struct SessionState {
+    pub cc: CcSnapshot,
+    #[serde(default)]
+    pub done: Vec<(String, Outcome)>,
+}
+
 /// A session as loaded from the store by [`load`].
 #[derive(Debug)]
 pub(super) struct Loaded {
-    pub snapshot: CcSnapshot,
+    pub state: SessionState,
     pub convergence: String,
     pub epoch: u64,
     pub state_version: u64,
@@ -333,12 +343,19 @@ impl Repl {
         }
     }
 
-    /// The writes of one session's part of a batch; `cc` is `None` for a deletion.
-    pub fn writes(&self, sid: &str, r: &Replica, cc: Option<&CcSession>, now: Instant) -> (PartKind, Vec<Write>) {
+    /// The writes of one session's part of a batch; `session` (its machine and idempotency keys) is `None` for a
+    /// deletion.
+    pub fn writes(
+        &self,
+        sid: &str,
+        r: &Replica,
+        session: Option<(&CcSession, &std::collections::VecDeque<(String, Outcome)>)>,
+        now: Instant,
+    ) -> (PartKind, Vec<Write>) {
         let cluster = &self.cfg.cluster;
         let ttl = Some(self.cfg.record_ttl);
         let skey = state_key(cluster, &r.convergence, sid);
-        let Some(cc) = cc else {
+        let Some((cc, done)) = session else {
             let w = |key: String, expect| Write { key, value: None, expect, ttl: None };
             let writes = vec![
                 w(skey, r.state_version.map_or(Expect::Any, Expect::Version)),
@@ -351,7 +368,7 @@ impl Repl {
             format: FORMAT,
             written_by_epoch: r.epoch,
             written_by: self.cfg.node_id.clone(),
-            state: cc.snapshot(now, wall_ms()),
+            state: SessionState { cc: cc.snapshot(now, wall_ms()), done: done.iter().cloned().collect() },
         };
         let state = Write { key: skey, value: Some(replication::encode(&state)), expect: Expect::Absent, ttl };
         if !r.created {
@@ -404,16 +421,16 @@ pub(super) async fn load(
     let skey = state_key(&cluster, &convergence, &sid);
     for _ in 0..4 {
         let Some(v) = own.store().get(&skey).await? else { return Err(LoadError::Unknown) };
-        let mut rec: StateRecord<CcSnapshot> =
+        let mut rec: StateRecord<SessionState> =
             replication::decode(&v.value).map_err(|e| LoadError::Store(format!("{skey}: {e}")))?;
         if !replication::accept_state(rec.written_by_epoch, epoch) {
             return Err(LoadError::Fenced);
         }
         let written_by = rec.written_by.clone();
         if rec.written_by_epoch == epoch && rec.written_by == own.me().node {
-            let snapshot = rec.state;
+            let state = rec.state;
             return Ok(Loaded {
-                snapshot,
+                state,
                 convergence,
                 epoch,
                 state_version: v.version,
@@ -426,16 +443,8 @@ pub(super) async fn load(
         rec.written_by = own.me().node.clone();
         match own.store().put(&skey, replication::encode(&rec), Expect::Version(v.version), Some(record_ttl)).await {
             Ok(state_version) => {
-                let snapshot = rec.state;
-                return Ok(Loaded {
-                    snapshot,
-                    convergence,
-                    epoch,
-                    state_version,
-                    conv_version,
-                    adopted_from,
-                    written_by,
-                });
+                let state = rec.state;
+                return Ok(Loaded { state, convergence, epoch, state_version, conv_version, adopted_from, written_by });
             }
             // The previous owner wrote in between (its write-ahead landed first): read again.
             Err(StoreError::Conflict { .. }) => continue,

@@ -34,8 +34,28 @@ pub struct QuotaSnapshot {
 /// A queued service request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 enum QueuedSnapshot {
-    Update { used: Vec<(Option<u32>, Units)>, requested: Vec<Option<u32>>, reason: Option<i32>, extra: Vec<Vec<u8>> },
-    Terminate { used: Vec<(Option<u32>, Units)>, extra: Vec<Vec<u8>> },
+    Update { used: Vec<(Option<u32>, Units)>, requested: Vec<Option<u32>>, reason: Option<i32>, extra: Vec<Encoded> },
+    Terminate { used: Vec<(Option<u32>, Units)>, extra: Vec<Encoded> },
+}
+
+/// Encoded Diameter bytes, as base64 text in the record (a JSON array of numbers would triple a snapshot's size and
+/// its encoding time).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Encoded(Vec<u8>);
+
+impl Serialize for Encoded {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Encoded {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map(Encoded).map_err(serde::de::Error::custom)
+    }
 }
 
 /// A session, ready to be stored and adopted.
@@ -55,7 +75,7 @@ pub struct CcSnapshot {
     subscription: Option<(i32, String)>,
     state: CcState,
     next_number: u32,
-    outstanding: Option<Vec<u8>>,
+    outstanding: Option<Encoded>,
     tx_deadline_ms: Option<u64>,
     ccfh: Ccfh,
     ddfh: Ddfh,
@@ -64,9 +84,9 @@ pub struct CcSnapshot {
     retried_alternate: bool,
     quotas: Vec<QuotaSnapshot>,
     queue: Vec<QueuedSnapshot>,
-    stored: Option<Vec<u8>>,
+    stored: Option<Encoded>,
     event_action: Option<RequestedAction>,
-    last_event: Option<Vec<u8>>,
+    last_event: Option<Encoded>,
 }
 
 /// Why a snapshot cannot be restored.
@@ -89,29 +109,29 @@ fn from_ms(ms: Option<u64>, now: Instant, wall_ms: u64) -> Option<Instant> {
     ms.map(|ms| now + Duration::from_millis(ms.saturating_sub(wall_ms)))
 }
 
-fn enc(m: &Message) -> Vec<u8> {
-    m.encode().map(|b| b.to_vec()).unwrap_or_default()
+fn enc(m: &Message) -> Encoded {
+    Encoded(m.encode().map(|b| b.to_vec()).unwrap_or_default())
 }
 
-fn dec(b: &[u8]) -> Result<Message, SnapshotError> {
-    Message::decode(Bytes::copy_from_slice(b)).map_err(|e| SnapshotError::BadMessage(e.to_string()))
+fn dec(b: &Encoded) -> Result<Message, SnapshotError> {
+    Message::decode(Bytes::copy_from_slice(&b.0)).map_err(|e| SnapshotError::BadMessage(e.to_string()))
 }
 
-fn enc_avps(avps: &[Avp]) -> Vec<Vec<u8>> {
+fn enc_avps(avps: &[Avp]) -> Vec<Encoded> {
     avps.iter()
         .map(|a| {
             let mut b = bytes::BytesMut::new();
             a.encode_into(&mut b);
-            b.to_vec()
+            Encoded(b.to_vec())
         })
         .collect()
 }
 
-fn dec_avps(list: &[Vec<u8>]) -> Result<Vec<Avp>, SnapshotError> {
+fn dec_avps(list: &[Encoded]) -> Result<Vec<Avp>, SnapshotError> {
     list.iter()
         .map(|b| {
             // A wrapper whose payload is the AVP's bytes lets the bounded Grouped parser read it back.
-            let wrapper = Avp::mandatory(0, Bytes::copy_from_slice(b));
+            let wrapper = Avp::mandatory(0, Bytes::copy_from_slice(&b.0));
             wrapper
                 .grouped_avps()
                 .map_err(|e| SnapshotError::BadMessage(e.to_string()))?
@@ -216,7 +236,7 @@ impl CcSession {
         let mut cc = CcSession::new(config, s.session_id.clone());
         cc.state = s.state;
         cc.next_number = s.next_number;
-        cc.outstanding = s.outstanding.as_deref().map(dec).transpose()?;
+        cc.outstanding = s.outstanding.as_ref().map(dec).transpose()?;
         cc.tx_deadline = from_ms(s.tx_deadline_ms, now, wall_ms);
         cc.ccfh = s.ccfh;
         cc.ddfh = s.ddfh;
@@ -242,9 +262,9 @@ impl CcSession {
                 })
             })
             .collect::<Result<VecDeque<_>, SnapshotError>>()?;
-        cc.stored = s.stored.as_deref().map(dec).transpose()?;
+        cc.stored = s.stored.as_ref().map(dec).transpose()?;
         cc.event_action = s.event_action;
-        cc.last_event = s.last_event.as_deref().map(dec).transpose()?;
+        cc.last_event = s.last_event.as_ref().map(dec).transpose()?;
         Ok(cc)
     }
 

@@ -247,24 +247,41 @@ async fn engine_event_charging_and_idempotent_updates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_driver_runs_sessions_and_prints_throughput_last() {
     let sim = sim(OcsConfig::default()).await;
-    let cfg = charging_ra::load::LoadConfig {
-        ocs: sim.diameter_addr(),
-        realm: OCS_REALM.into(),
-        sessions: 300,
-        concurrency: 20,
-        updates: 2,
-        hold: Duration::ZERO,
-        duration: None,
-        app: App::Ro,
-    };
-    let report = charging_ra::load::run(cfg).await.unwrap();
-    assert_eq!(report.sessions, 300);
-    assert_eq!(report.transactions, 1200);
-    assert_eq!(report.results.get(&2001), Some(&1200));
-    let summary = report.summary();
-    assert!(summary.trim_end().lines().last().unwrap().starts_with("throughput: "), "{summary}");
-    let c = check(&sim).await;
-    assert_eq!(c["clean"], true, "{c}");
-    assert_eq!(c["sessions"]["terminated"], 300);
+    // Without replication, then with every session replicated to a memory store: the same sessions, the same
+    // clean ledger, and the store writes counted.
+    for (round, replication) in [None, Some(charging_ra::store::AnyStore::memory())].into_iter().enumerate() {
+        let replicated = replication.is_some();
+        let cfg = charging_ra::load::LoadConfig {
+            ocs: sim.diameter_addr(),
+            realm: OCS_REALM.into(),
+            sessions: 300,
+            concurrency: 20,
+            updates: 2,
+            hold: Duration::ZERO,
+            duration: None,
+            app: App::Ro,
+            replication: replication.clone(),
+        };
+        let report = charging_ra::load::run(cfg).await.unwrap();
+        assert_eq!(report.sessions, 300);
+        assert_eq!(report.transactions, 1200);
+        assert_eq!(report.results.get(&2001), Some(&1200));
+        let summary = report.summary();
+        assert!(summary.trim_end().lines().last().unwrap().starts_with("throughput: "), "{summary}");
+        let c = check(&sim).await;
+        assert_eq!(c["clean"], true, "{c}");
+        assert_eq!(c["sessions"]["terminated"], 300 * (round as u64 + 1));
+        if let Some(store) = replication {
+            // One write ahead of each of the 4 CCRs, 3 records at creation, 3 deletions at the end; the
+            // write-behind of the answers is coalesced into the next write-ahead.
+            let (writes, batches) = report.store.unwrap();
+            assert!((300 * 9..=300 * 12).contains(&writes), "{summary}");
+            assert!(batches < writes, "group commit: {summary}");
+            assert!(summary.contains("per session"), "{summary}");
+            use charging_ra::store::Store;
+            assert!(store.scan_prefix("load/").await.unwrap().iter().all(|(k, _)| k.starts_with("load/node/")));
+        }
+        assert_eq!(report.store.is_some(), replicated);
+    }
     sim.stop().await;
 }

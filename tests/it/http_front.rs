@@ -16,14 +16,18 @@ use crate::stack::open;
 /// The simulator, an engine connected to it, and the HTTP front on that engine (its address).
 async fn front() -> (OcsServer, Engine, SocketAddr) {
     let sim = sim(OcsConfig::default()).await;
-    let e = Engine::start(engine_config(
+    let mut cfg = engine_config(
         "as1.test.localdomain",
         &[("ocs1.ocs.localdomain", sim.diameter_addr(), 1)],
         Duration::from_secs(5),
         Ccfh::Terminate,
-    ))
-    .await
-    .unwrap();
+    );
+    // Ro replicates only when asked (`replicate` in the body, or POST …/replicate).
+    let store = charging_ra::store::AnyStore::memory();
+    cfg.replication =
+        Some(charging_ra::api::ReplicationConfig::new(store, "c1", "n1", "aaa://as1.test.localdomain:3868"));
+    cfg.ro.replicate_by_default = false;
+    let e = Engine::start(cfg).await.unwrap();
     while !e.node_status().await.is_some_and(|s| open(&s, 0)) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -68,6 +72,10 @@ async fn http_front_runs_a_session_and_explains_errors() {
     let v = json(&body);
     assert_eq!((v["state"].as_str(), v["cc_request_number"].as_u64()), (Some("Open"), Some(2)));
     assert_eq!(http(addr, "POST", &format!("{path}/replicate"), None).await.0, 204);
+    // Under the convergence name the session was given when it was opened.
+    assert_eq!(e.session(&sid).await.unwrap().convergence.as_deref(), o["convergence"].as_str());
+    let (st, body) = http(addr, "POST", "/v1/sessions/nope/replicate", None).await;
+    assert_eq!(st, 404, "{body}");
     let (st, body) =
         http(addr, "DELETE", &path, Some(r#"{"used": [{"rating_group": 10, "used": {"total_octets": 100}}]}"#)).await;
     assert_eq!(st, 200, "{body}");

@@ -98,7 +98,7 @@ async fn a_replicated_session_survives_its_node_crash_on_the_survivor() {
 
     let o = a.engine.open_session(App::Ro, msisdn("46701"), None, vec![rg(10)]).await.unwrap();
     let sid = o.session_id.clone();
-    a.engine.update(&sid, vec![used(10, 30)], vec![rg(10)], None).await.unwrap();
+    let first = a.engine.update(&sid, vec![used(10, 30)], vec![rg(10)], Some("upd-1".into())).await.unwrap();
     // Written ahead of each CCR: the records are there before the answers came back.
     assert_eq!((records(&store, "conv").await, records(&store, "proto/diameter").await), (1, 1));
     assert_eq!(records(&store, "state").await, 1);
@@ -109,15 +109,21 @@ async fn a_replicated_session_survives_its_node_crash_on_the_survivor() {
         other => panic!("{other:?}"),
     }
 
+    tokio::time::sleep(Duration::from_millis(60)).await;
     a.crash();
     tokio::time::sleep(QUICK_LEASE.1 + Duration::from_millis(100)).await;
-    // The next event adopts: n2 takes over with the next CC-Request-Number and its own Origin-Host.
+    // The service retries its last call on the survivor, which adopts the session: the idempotency key travelled
+    // with the state, so the call gets the first outcome and nothing is sent.
+    let again = b.update(&sid, vec![used(10, 30)], vec![rg(10)], Some("upd-1".into())).await.unwrap();
+    assert_eq!(again, first);
+    assert_eq!(b.session(&sid).await.unwrap().cc_request_number, 2);
+    // n2 carries on with the next CC-Request-Number and its own Origin-Host.
     let o = b.update(&sid, vec![used(10, 20)], vec![rg(10)], None).await.unwrap();
     assert_eq!((o.result_code, o.state), (Some(2001), CcState::Open));
     let view = b.session(&sid).await.unwrap();
     assert_eq!((view.owner.as_str(), view.cc_request_number), ("n2.test.localdomain", 3));
     let stats = b.replication_stats().await.unwrap();
-    assert_eq!((stats.adopted, stats.loaded), (1, 1), "{stats:?}");
+    assert_eq!((stats.adopted, stats.loaded, stats.fenced), (1, 1, 0), "{stats:?}");
     b.terminate(&sid, vec![used(10, 7)]).await.unwrap();
 
     let c = check(&sim).await;
@@ -263,7 +269,7 @@ async fn start_replicating_on_request_and_sessions_continue_through_a_store_outa
     let states = store.scan_prefix(&format!("{CLUSTER}/state/")).await.unwrap();
     let mine = states.iter().find(|(k, _)| k.ends_with(&sid)).expect("state record");
     let rec: serde_json::Value = serde_json::from_slice(&mine.1.value).unwrap();
-    assert_eq!(rec["state"]["next_number"], 4, "{rec}");
+    assert_eq!(rec["state"]["cc"]["next_number"], 4, "{rec}");
     e.terminate(&sid, vec![]).await.unwrap();
     e.terminate(&other.session_id, vec![]).await.unwrap();
     assert_eq!(check(&sim).await["clean"], true);
