@@ -73,6 +73,23 @@ impl Default for ReplicateByDefault {
 }
 
 impl ReplicationSection {
+    /// Sets an engine up to replicate as this section says: its replication settings and each application's
+    /// `replicate_by_default`. Nothing changes when `enabled` is false.
+    pub fn apply(
+        &self,
+        engine: &mut crate::api::EngineConfig,
+        store: crate::store::AnyStore,
+        node_id: &str,
+        diameter_uri: &str,
+    ) {
+        if !self.enabled {
+            return;
+        }
+        engine.replication = Some(self.engine_config(store, node_id, diameter_uri));
+        engine.ro.replicate_by_default = self.replicate_by_default.ro;
+        engine.gx.replicate_by_default = self.replicate_by_default.gx;
+    }
+
     /// The engine's replication settings for node `node_id` (reached by other nodes at `diameter_uri`) on `store`.
     pub fn engine_config(
         &self,

@@ -335,6 +335,10 @@ enum Cmd {
     Stats {
         reply: oneshot::Sender<Option<ReplicationStats>>,
     },
+    /// Write every dirty session now; answer when the store has them (or cannot take them).
+    Flush {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 impl Cmd {
@@ -442,6 +446,7 @@ impl Engine {
         let driver = Driver {
             repl,
             loading: HashMap::new(),
+            flushing: Vec::new(),
             ro: config.ro,
             gx: config.gx,
             origin_host: origin_host.clone(),
@@ -627,6 +632,9 @@ impl Engine {
     /// Stops the Diameter node (DPR to every peer).
     pub async fn stop(&self) {
         if let Some(node) = self.owned_node.lock().await.take() {
+            // What write-behind still holds goes to the store first, so that whoever adopts these sessions sees
+            // them as they are now (a graceful stop loses nothing; a crash loses at most `write_delay`).
+            let _ = self.call(|reply| Cmd::Flush { reply }).await;
             node.stop(crate::peer::DisconnectCause::Rebooting).await;
             // Give the lease up: survivors adopt this node's sessions on their next event instead of waiting
             // for the lease to run out.
@@ -726,6 +734,8 @@ struct Driver {
     repl: Option<Repl>,
     /// Sessions being looked up in the store, with the work waiting for them.
     loading: HashMap<String, Vec<Deferred>>,
+    /// Callers of a flush, answered when nothing is left to write.
+    flushing: Vec<oneshot::Sender<()>>,
     ro: AppSettings,
     gx: AppSettings,
     origin_host: String,
@@ -763,6 +773,15 @@ impl Driver {
                 _ = sleep_until(next) => self.timeouts(),
             }
             self.write_batch();
+            if !self.flushing.is_empty()
+                && self.repl.as_ref().is_none_or(|r| {
+                    (!r.writing && r.urgent.is_empty() && r.ending.is_empty()) || r.down(Instant::now())
+                })
+            {
+                for f in self.flushing.drain(..) {
+                    let _ = f.send(());
+                }
+            }
         }
     }
 
@@ -829,8 +848,7 @@ impl Driver {
                         repl.stats.refused += 1;
                         tracing::warn!(session = %sid, backlog = repl.backlog(), "store unreachable and replication backlog full: session not replicated");
                     } else {
-                        let convergence =
-                            entry.convergence.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+                        let convergence = entry.convergence.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
                         entry.replica = Some(Replica::new(convergence));
                     }
                 }
@@ -936,6 +954,18 @@ impl Driver {
                 r.waiters.push(reply);
                 repl.write_now(&session_id, r);
             }
+            Cmd::Flush { reply } => match &mut self.repl {
+                Some(repl) if !repl.down(now) => {
+                    for (_, sid) in std::mem::take(&mut repl.flushes) {
+                        if let Some(r) = self.sessions.get_mut(&sid).and_then(|e| e.replica.as_mut()) {
+                            r.flush_at = None;
+                        }
+                        repl.urgent.insert(sid);
+                    }
+                    self.flushing.push(reply);
+                }
+                _ => drop(reply.send(())),
+            },
             Cmd::Stats { reply } => {
                 let stats = self.repl.as_ref().map(|r| {
                     let mut s = r.stats.clone();

@@ -303,3 +303,26 @@ async fn unknown_sessions_and_engines_without_a_store() {
     assert!(plain.replication_stats().await.is_none());
     plain.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_writes_what_write_behind_held_and_gives_the_lease_up() {
+    let sim = sim(OcsConfig::default()).await;
+    let store = AnyStore::memory();
+    let mut cfg = replicated(&sim, "n1", &store, QUICK_LEASE);
+    // Long enough that nothing would be written behind during the test on its own.
+    cfg.replication.as_mut().unwrap().write_delay = Duration::from_secs(30);
+    let a = Engine::start(cfg).await.unwrap();
+    let b = Engine::start(replicated(&sim, "n2", &store, QUICK_LEASE)).await.unwrap();
+    connected(&a).await;
+    connected(&b).await;
+    let sid = a.open_session(App::Ro, msisdn("46707"), None, vec![rg(10)]).await.unwrap().session_id;
+    a.update(&sid, vec![used(10, 10)], vec![rg(10)], None).await.unwrap();
+    // The store still has CCR-U 1 in flight (written ahead); its answer is only in n1's memory until the stop.
+    a.stop().await;
+    // No waiting for the lease: it was given up. n2 finds the answered state, so it resends nothing.
+    assert_eq!(b.session(&sid).await.unwrap().cc_request_number, 2);
+    b.terminate(&sid, vec![]).await.unwrap();
+    let c = check(&sim).await;
+    assert_eq!((c["clean"].as_bool(), c["duplicates_answered"].as_u64()), (Some(true), Some(0)), "{c}");
+    b.stop().await;
+}
