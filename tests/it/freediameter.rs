@@ -192,27 +192,7 @@ async fn freediameter_relays_between_our_client_and_our_server() {
     );
     let fd = FreeDiameter::start(&dir, "fd.test.localdomain", "test.localdomain", &extra);
     // Capture the run on both test ports: every frame must decode clean in tshark.
-    let pcap = dir.join("relay.pcap");
-    let mut capture = capture_needed.then(|| {
-        Command::new("tshark")
-            .args(["-i", "lo", "-q", "-w"])
-            .arg(&pcap)
-            .args(["-f", &format!("tcp port {} or tcp port {}", fd.port, server_port)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tshark capture starts")
-    });
-    if capture.is_some() {
-        // tshark writes the capture file's header once it captures; wait for it (it takes seconds under load).
-        for _ in 0..200 {
-            if std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let capture = if capture_needed { Capture::start(&dir, &[fd.port, server_port]).await } else { None };
     let (client, _) =
         DiameterNode::start(client_to_fd("as1.test.localdomain", &fd, Duration::from_secs(5))).await.unwrap();
     wait_for(&client, Duration::from_secs(10), "client open with the relay", |s| open(s, 0)).await;
@@ -231,27 +211,10 @@ async fn freediameter_relays_between_our_client_and_our_server() {
     assert_eq!(rr, vec!["as1.test.localdomain"], "the relay recorded the route (RFC 6733 §6.1.9)");
     client.stop(DisconnectCause::Rebooting).await;
     server.stop(DisconnectCause::Rebooting).await;
-    let fd_port = fd.port;
     drop(fd);
-    if let Some(mut c) = capture.take() {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let _ = Command::new("kill").arg("-INT").arg(c.id().to_string()).status();
-        let _ = c.wait();
-        // Wireshark dissects Diameter on 3868 only: decode our test ports as Diameter too.
-        let decode_as = [
-            "-d".to_string(),
-            format!("tcp.port=={},diameter", fd_port),
-            "-d".to_string(),
-            format!("tcp.port=={server_port},diameter"),
-        ];
-        let out =
-            Command::new("tshark").arg("-r").arg(&pcap).args(&decode_as).args(["-q", "-z", "expert"]).output().unwrap();
-        let expert = String::from_utf8_lossy(&out.stdout);
-        let bad = crate::wire::unexpected_expert_lines(&expert);
+    if let Some(c) = capture {
+        let (bad, count) = c.finish().await;
         assert!(bad.is_empty(), "tshark found problems in the capture:\n{}", bad.join("\n"));
-        let frames =
-            Command::new("tshark").arg("-r").arg(&pcap).args(&decode_as).args(["-Y", "diameter"]).output().unwrap();
-        let count = String::from_utf8_lossy(&frames.stdout).lines().count();
         assert!(count >= 20, "the capture holds the Diameter exchange ({count} frames)");
     } else {
         crate::skip("freediameter relay capture", "tshark not installed; the capture check did not run");
@@ -350,7 +313,13 @@ impl Capture {
             return None;
         }
         let pcap = dir.join("capture.pcap");
-        let filter = ports.iter().map(|p| format!("tcp port {p}")).collect::<Vec<_>>().join(" or ");
+        // A listener of our own whose connections prove the capture is live: tshark writes the file's header when
+        // it starts, but under load it may capture nothing for seconds after that. Its port is captured too, but
+        // it carries no payload and no reset, so it adds nothing to tshark's expert findings.
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let probe_port = probe.local_addr().unwrap().port();
+        let filter =
+            ports.iter().chain([&probe_port]).map(|p| format!("tcp port {p}")).collect::<Vec<_>>().join(" or ");
         let child = Command::new("tshark")
             .args(["-i", "lo", "-q", "-w"])
             .arg(&pcap)
@@ -359,13 +328,23 @@ impl Capture {
             .stderr(Stdio::null())
             .spawn()
             .expect("tshark starts");
-        for _ in 0..200 {
-            if std::fs::metadata(&pcap).is_ok_and(|m| m.len() > 0) {
-                break;
-            }
+        let size = || std::fs::metadata(&pcap).map_or(0, |m| m.len());
+        let end = tokio::time::Instant::now() + Duration::from_secs(60);
+        while size() == 0 {
+            assert!(tokio::time::Instant::now() < end, "tshark never wrote its capture file");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let header = size();
+        // dumpcap flushes the file on its own timer: probe until a probe's frames show up in it.
+        while size() == header {
+            assert!(tokio::time::Instant::now() < end, "tshark never captured on lo");
+            if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", probe_port)) {
+                let accepted = probe.accept();
+                drop(c);
+                drop(accepted);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         Some(Capture { child, pcap, ports: ports.to_vec() })
     }
 
