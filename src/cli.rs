@@ -1,4 +1,4 @@
-//! Command line: `charging-ra demo | decode`. Errors are reported here, at the binary's edge, with anyhow.
+//! Command line: `charging-ra demo | decode | node | ocs-sim | load`. Errors are reported here, at the binary's edge, with anyhow.
 
 use std::io::Read;
 use std::path::Path;
@@ -72,6 +72,17 @@ enum Command {
         replication: String,
     },
     /// Run the OCS (Ro) and PCRF (Gx) simulator with its ledger and HTTP control API.
+    /// Run a charging node: the credit-control engine with its HTTP front, connected to the configured OCS/PCRF
+    /// peers, replicating sessions to the configured store. Prints `ready node=… diameter=… http=…` on standard
+    /// output once serving; SIGTERM or Ctrl-C stops it gracefully (pending writes flushed, lease given up).
+    Node {
+        /// The configuration file (config.example.toml documents every key).
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
     OcsSim {
         /// Diameter listening address.
         #[arg(long, default_value = "127.0.0.1:3868")]
@@ -104,6 +115,10 @@ pub fn main() -> ExitCode {
         Command::Decode { hex, file, dictionaries, config } => decode(hex, file, &dictionaries, config.as_deref()),
         Command::Load { ocs, realm, sessions, concurrency, updates, hold, duration, app, replication } => {
             load(ocs, realm, sessions, concurrency, updates, hold, duration, &app, &replication)
+        }
+        Command::Node { config, log_json } => {
+            init_logging(log_json);
+            node(&config)
         }
         Command::OcsSim { listen, origin_host, origin_realm, control, config, ledger_out, log_json } => {
             init_logging(log_json);
@@ -155,6 +170,9 @@ fn ocs_sim(
         cfg.ocs = ocs;
         let server = OcsServer::start(cfg).await?;
         tracing::info!(diameter = %server.diameter_addr(), control = ?server.control_addr(), "ocs-sim running as {origin_host}");
+        // For whoever started this process (scripts, the conformance runner): where it listens, once it does.
+        let control = server.control_addr().map_or("none".to_string(), |a| a.to_string());
+        println!("ready diameter={} control={control}", server.diameter_addr());
         shutdown_signal().await;
         let ledger = server.ledger_json();
         let check = server.stop().await;
@@ -162,6 +180,48 @@ fn ocs_sim(
             std::fs::write(&path, serde_json::to_string_pretty(&ledger)?).with_context(|| format!("writing {}", path.display()))?;
         }
         tracing::info!(clean = check.clean, opened = check.sessions.opened, "ocs-sim stopped");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn node(path: &Path) -> anyhow::Result<ExitCode> {
+    use charging_ra::store::AnyStore;
+    let mut config = Config::load(path)?;
+    config.apply_env(path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let dictionary = std::sync::Arc::new(config.dictionary(dir)?);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let mut engine_config = config.engine_config(dictionary);
+        if config.replication.enabled {
+            let store = AnyStore::open(&config.store, dir)
+                .await
+                .with_context(|| format!("opening the [store] of {}", path.display()))?;
+            let uri = match config.node.diameter_listen {
+                Some(a) => format!("aaa://{}:{}", config.node.origin_host, a.port()),
+                None => format!("aaa://{}", config.node.origin_host),
+            };
+            config.replication.apply(&mut engine_config, store, &config.node.id, &uri);
+            if let Some(r) = engine_config.replication.as_mut() {
+                r.http = config.node.http_listen.map(|a| format!("http://{a}"));
+            }
+        }
+        let engine = charging_ra::api::Engine::start(engine_config).await?;
+        let http = match config.node.http_listen {
+            Some(addr) => Some(
+                charging_ra::api::http::serve(engine.clone(), addr)
+                    .await
+                    .with_context(|| format!("HTTP front on {addr}"))?,
+            ),
+            None => None,
+        };
+        let diameter: Vec<String> = engine.diameter_addrs().await.iter().map(|a| a.to_string()).collect();
+        let http_addr = http.as_ref().map_or("none".to_string(), |(a, _)| a.to_string());
+        tracing::info!(node = %config.node.id, origin_host = %config.node.origin_host, http = %http_addr, diameter = ?diameter, "node running");
+        println!("ready node={} diameter={} http={http_addr}", config.node.id, diameter.join(","));
+        shutdown_signal().await;
+        tracing::info!("stopping: writing what replication holds, giving the lease up, DPR to peers");
+        engine.stop().await;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -14,6 +14,15 @@ use crate::dict::{DictError, Dictionary};
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// This node: identity and listening addresses (for `charging-ra node`).
+    #[serde(default)]
+    pub node: NodeSection,
+    /// The OCS / PCRF peers, in priority order.
+    #[serde(default)]
+    pub peers: Vec<PeerSection>,
+    /// Ro and Gx defaults.
+    #[serde(default)]
+    pub applications: ApplicationsSection,
     /// Codec limits.
     #[serde(default)]
     pub codec: CodecConfig,
@@ -26,6 +35,113 @@ pub struct Config {
     /// The replication store.
     #[serde(default)]
     pub store: StoreSection,
+}
+
+/// `[node]`: who this node is and where it listens. `CHARGING_RA_NODE_ID`, `CHARGING_RA_ORIGIN_HOST`,
+/// `CHARGING_RA_DIAMETER_LISTEN` and `CHARGING_RA_HTTP_LISTEN` override the values of the same name, so that the
+/// nodes of a cluster can share one file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeSection {
+    /// Node id, unique in the cluster.
+    pub id: String,
+    /// Origin-Host (each node has its own, RFC 6733 §6.3).
+    pub origin_host: String,
+    /// Origin-Realm.
+    pub origin_realm: String,
+    /// Diameter listening address: RAR/ASR from the OCS and requests proxied by other nodes arrive here.
+    pub diameter_listen: Option<std::net::SocketAddr>,
+    /// The HTTP JSON front.
+    pub http_listen: Option<std::net::SocketAddr>,
+    /// Device-Watchdog interval Tw (RFC 3539; at least 6 s in production).
+    #[serde(with = "humantime_serde")]
+    pub watchdog: std::time::Duration,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        NodeSection {
+            id: "node1".into(),
+            origin_host: "node1.charging.localdomain".into(),
+            origin_realm: "charging.localdomain".into(),
+            diameter_listen: None,
+            http_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))),
+            watchdog: std::time::Duration::from_secs(30),
+        }
+    }
+}
+
+/// `[[peers]]`: a server this node connects to.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// Its Diameter identity (checked against its CEA's Origin-Host).
+    pub host: String,
+    /// Its realm: requests for this realm are routed to it.
+    pub realm: String,
+    /// Where to connect.
+    pub address: std::net::SocketAddr,
+    /// Lower is preferred; peers of equal priority share the load.
+    #[serde(default = "one")]
+    pub priority: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `[applications]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApplicationsSection {
+    /// Ro (online charging, application 4).
+    pub ro: ApplicationSection,
+    /// Gx (policy, application 16777238).
+    pub gx: ApplicationSection,
+}
+
+/// `[applications.ro]`, `[applications.gx]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApplicationSection {
+    /// Destination-Realm of its requests.
+    pub destination_realm: String,
+    /// Destination-Host, when requests must go to one server.
+    pub destination_host: Option<String>,
+    /// Service-Context-Id (Ro: 32260@3gpp.org IMS, 32251@3gpp.org PS, 32274@3gpp.org SMS).
+    pub service_context_id: String,
+    /// Tx (RFC 4006 §13).
+    #[serde(with = "humantime_serde")]
+    pub tx: std::time::Duration,
+    /// CCFH until the server says otherwise: TERMINATE, CONTINUE, RETRY_AND_TERMINATE.
+    pub ccfh: crate::cc::Ccfh,
+    /// DDFH until the server says otherwise: TERMINATE_OR_BUFFER, CONTINUE.
+    pub ddfh: crate::cc::Ddfh,
+}
+
+impl Default for ApplicationSection {
+    fn default() -> Self {
+        ApplicationSection {
+            destination_realm: "ocs.localdomain".into(),
+            destination_host: None,
+            service_context_id: "32260@3gpp.org".into(),
+            tx: std::time::Duration::from_secs(10),
+            ccfh: crate::cc::Ccfh::Terminate,
+            ddfh: crate::cc::Ddfh::TerminateOrBuffer,
+        }
+    }
+}
+
+impl ApplicationSection {
+    fn settings(&self) -> crate::api::AppSettings {
+        let mut a = crate::api::AppSettings::new(&self.destination_realm);
+        a.destination_host = self.destination_host.clone();
+        a.service_context_id = self.service_context_id.clone();
+        a.tx = self.tx;
+        a.ccfh = self.ccfh;
+        a.ddfh = self.ddfh;
+        a
+    }
 }
 
 /// `[replication]`: how sessions are written to the shared store (docs/replication.md).
@@ -245,6 +361,12 @@ impl Config {
         if !(1..=64).contains(&config.codec.max_depth) {
             return Err(invalid("codec.max_depth", "must be 1 to 64"));
         }
+        if config.node.id.is_empty() || config.node.id.contains('/') {
+            return Err(invalid("node.id", "must be a non-empty name without '/'"));
+        }
+        if config.node.watchdog < std::time::Duration::from_secs(1) {
+            return Err(invalid("node.watchdog", "must be at least 1s (RFC 3539 recommends 30s, at least 6s)"));
+        }
         let r = &config.replication;
         if r.lease_period.is_zero() || r.lease_ttl < r.lease_period * 2 {
             return Err(invalid(
@@ -262,6 +384,74 @@ impl Config {
             return Err(invalid("replication.cluster", "must be a non-empty name without '/'"));
         }
         Ok(config)
+    }
+
+    /// Applies the `CHARGING_RA_*` environment overrides of `[node]` (the values an operator changes per node).
+    pub fn apply_env(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let addr = |name: &'static str, v: String| {
+            v.parse().map_err(|_| ConfigError::Invalid {
+                path: path.into(),
+                key: name,
+                why: format!("{v:?} is not an address (e.g. 127.0.0.1:3868)"),
+            })
+        };
+        if let Some(v) = var("CHARGING_RA_NODE_ID") {
+            self.node.id = v;
+        }
+        if let Some(v) = var("CHARGING_RA_ORIGIN_HOST") {
+            self.node.origin_host = v;
+        }
+        if let Some(v) = var("CHARGING_RA_DIAMETER_LISTEN") {
+            self.node.diameter_listen = Some(addr("CHARGING_RA_DIAMETER_LISTEN", v)?);
+        }
+        if let Some(v) = var("CHARGING_RA_HTTP_LISTEN") {
+            self.node.http_listen = Some(addr("CHARGING_RA_HTTP_LISTEN", v)?);
+        }
+        Ok(())
+    }
+
+    /// The engine a `charging-ra node` runs: identity, one peer per `[[peers]]` routed by its realm, the
+    /// applications' defaults; replication is added by [`ReplicationSection::apply`] once the store is open.
+    pub fn engine_config(&self, dictionary: std::sync::Arc<Dictionary>) -> crate::api::EngineConfig {
+        use crate::peer::{LocalIdentity, PeerConfig};
+        use crate::router::{PeerId, Route, RouterConfig};
+        let boot = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        // Origin-State-Id (RFC 6733 §8.16): changes at every start.
+        let local = LocalIdentity::charging_client(&self.node.origin_host, &self.node.origin_realm, boot as u32);
+        let routes = self
+            .peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Route {
+                realm: p.realm.clone(),
+                application: None,
+                peer: PeerId(i),
+                priority: p.priority,
+                weight: 1,
+            })
+            .collect();
+        let mut router = RouterConfig::new(local.clone(), routes);
+        router.accept_unknown_peers = false;
+        router.limits = self.codec.limits();
+        let peers = self
+            .peers
+            .iter()
+            .map(|p| {
+                let mut pc = PeerConfig::new(local.clone(), Some(p.host.clone()), true);
+                pc.watchdog_interval = self.node.watchdog;
+                crate::node::PeerEndpoint { config: pc, address: Some(p.address), tls: false, server_name: None }
+            })
+            .collect();
+        let mut node = crate::node::NodeConfig::new(router, peers);
+        node.listen = self.node.diameter_listen.into_iter().collect();
+        node.dictionary = dictionary;
+        crate::api::EngineConfig {
+            node,
+            ro: self.applications.ro.settings(),
+            gx: self.applications.gx.settings(),
+            replication: None,
+        }
     }
 
     /// Reads and parses a file.

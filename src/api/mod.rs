@@ -478,6 +478,11 @@ impl Engine {
         &self.origin_host
     }
 
+    /// The Diameter node's listening addresses (empty once stopped).
+    pub async fn diameter_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.owned_node.lock().await.as_ref().map(|n| n.local_addrs().to_vec()).unwrap_or_default()
+    }
+
     /// The Diameter node's status (peers, counters).
     pub async fn node_status(&self) -> Option<crate::node::NodeStatus> {
         self.node.status().await
