@@ -38,6 +38,8 @@ pub enum Resolution {
         epoch: u64,
         /// The convergence record's version (the token for the next CAS on it).
         version: u64,
+        /// The protocol record's version.
+        protocol_version: u64,
         /// The dead owner this call adopted it from, if it did.
         adopted_from: Option<String>,
     },
@@ -56,6 +58,7 @@ pub struct Ownership<S: Store> {
     cluster: String,
     me: NodeIdentity,
     lease_ttl: Duration,
+    record_ttl: Option<Duration>,
 }
 
 fn now_ms() -> u64 {
@@ -65,7 +68,14 @@ fn now_ms() -> u64 {
 impl<S: Store> Ownership<S> {
     /// Ownership for node `me` in `cluster`; leases last `lease_ttl` (default 2 s, renewed every 500 ms).
     pub fn new(store: Arc<S>, cluster: &str, me: NodeIdentity, lease_ttl: Duration) -> Ownership<S> {
-        Ownership { store, cluster: cluster.into(), me, lease_ttl }
+        Ownership { store, cluster: cluster.into(), me, lease_ttl, record_ttl: None }
+    }
+
+    /// Expiry of a convergence record this node writes when it adopts a session (none by default); the engine sets
+    /// its `record_ttl`, so an adopter that dies before its next write leaves nothing forever.
+    pub fn with_record_ttl(mut self, ttl: Duration) -> Ownership<S> {
+        self.record_ttl = Some(ttl);
+        self
     }
 
     /// This node.
@@ -179,12 +189,13 @@ impl<S: Store> Ownership<S> {
             match replication::decide(&self.me, Some(&proto), Some((&conv, c.version)), lease.as_ref(), now_ms()) {
                 Adoption::Unknown => return Ok(Resolution::Unknown),
                 Adoption::Local { epoch } => {
-                    let (convergence, version) = (proto.associated, c.version);
-                    return Ok(Resolution::Owned { convergence, epoch, version, adopted_from: None });
+                    let (convergence, version, protocol_version) = (proto.associated, c.version, p.version);
+                    return Ok(Resolution::Owned { convergence, epoch, version, protocol_version, adopted_from: None });
                 }
                 Adoption::Proxy { owner, uri } => return Ok(Resolution::Proxy { owner, uri }),
                 Adoption::TakeOver { expect_version, record } => {
-                    match self.store.put(&ck, replication::encode(&record), Expect::Version(expect_version), None).await
+                    let ttl = self.record_ttl;
+                    match self.store.put(&ck, replication::encode(&record), Expect::Version(expect_version), ttl).await
                     {
                         Ok(version) => {
                             tracing::info!(convergence = %proto.associated, from = %conv.owner, epoch = record.epoch, "session adopted");
@@ -192,6 +203,7 @@ impl<S: Store> Ownership<S> {
                                 convergence: proto.associated,
                                 epoch: record.epoch,
                                 version,
+                                protocol_version: p.version,
                                 adopted_from: Some(conv.owner),
                             });
                         }

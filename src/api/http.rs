@@ -173,7 +173,7 @@ fn bad_json(r: JsonRejection) -> Response {
     error(status, format!("bad JSON body: {}", r.body_text()), None, None)
 }
 
-fn outcome_json(o: &Outcome, node: &str, convergence: Option<&str>) -> Value {
+fn outcome_json(o: &Outcome, node: &str) -> Value {
     let mut v = json!({
         "session_id": o.session_id,
         "node": node,
@@ -181,7 +181,7 @@ fn outcome_json(o: &Outcome, node: &str, convergence: Option<&str>) -> Value {
         "state": o.state,
         "granted": o.granted,
     });
-    if let Some(c) = convergence {
+    if let Some(c) = &o.convergence {
         v["convergence"] = json!(c);
     }
     if let Some(c) = &o.ccfh {
@@ -198,10 +198,50 @@ fn outcome_json(o: &Outcome, node: &str, convergence: Option<&str>) -> Value {
     v
 }
 
+/// A Session-Id as a path segment (`{id}` in the routes): RFC 3986 unreserved characters stay, every other octet is
+/// percent-encoded (Session-Ids carry `;`, and may carry `/`).
+pub fn path_segment(id: &str) -> String {
+    id.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// The routes, for embedding in a larger axum application.
 pub fn router(engine: Engine) -> axum::Router {
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/v1/status",
+            get(|State(e): State<Engine>| async move {
+                let status = e.node_status().await;
+                let peers: Vec<Value> = status
+                    .iter()
+                    .flat_map(|s| &s.peers)
+                    .map(|p| {
+                        json!({
+                            "identity": p.identity,
+                            "state": format!("{:?}", p.state),
+                            "watchdog": format!("{:?}", p.watchdog),
+                            "available": p.available,
+                        })
+                    })
+                    .collect();
+                let open = status.iter().flat_map(|s| &s.peers).filter(|p| p.available).count();
+                Json(json!({
+                    "origin_host": e.origin_host(),
+                    "peers_open": open,
+                    "peers": peers,
+                    "pending": status.map(|s| s.pending),
+                    "replication": e.replication_stats().await,
+                }))
+            }),
+        )
         .route(
             "/v1/sessions",
             post(|State(e): State<Engine>, body: Result<Json<OpenBody>, JsonRejection>| async move {
@@ -212,14 +252,13 @@ pub fn router(engine: Engine) -> axum::Router {
                 if b.app == App::Ro && b.rating_groups.is_empty() {
                     return error(StatusCode::BAD_REQUEST, "a Ro session needs at least one rating group".into(), None, None);
                 }
-                let convergence = b.convergence.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
                 let extra = match avps_from_json(e.dictionary(), &b.avps) {
                     Ok(a) => a,
                     Err(why) => return error(StatusCode::BAD_REQUEST, why, None, None),
                 };
-                let options = SessionOptions { convergence: Some(convergence.clone()), replicate: b.replicate };
+                let options = SessionOptions { convergence: b.convergence, replicate: b.replicate };
                 match e.open_session_with(b.app, b.subscriber, b.service_context, b.rating_groups, extra, options).await {
-                    Ok(o) => (StatusCode::CREATED, Json(outcome_json(&o, e.origin_host(), Some(&convergence)))).into_response(),
+                    Ok(o) => (StatusCode::CREATED, Json(outcome_json(&o, e.origin_host()))).into_response(),
                     Err(err) => charging_error(err),
                 }
             }),
@@ -247,7 +286,7 @@ pub fn router(engine: Engine) -> axum::Router {
                     Err(why) => return error(StatusCode::BAD_REQUEST, why, None, None),
                 };
                 match e.terminate_with_avps(&id, b.used, extra).await {
-                    Ok(o) => Json(outcome_json(&o, e.origin_host(), None)).into_response(),
+                    Ok(o) => Json(outcome_json(&o, e.origin_host())).into_response(),
                     Err(err) => charging_error(err),
                 }
             }),
@@ -264,7 +303,7 @@ pub fn router(engine: Engine) -> axum::Router {
                     Err(why) => return error(StatusCode::BAD_REQUEST, why, None, None),
                 };
                 match e.update_with_avps(&id, b.used, b.requested, b.idempotency_key, extra).await {
-                    Ok(o) => Json(outcome_json(&o, e.origin_host(), None)).into_response(),
+                    Ok(o) => Json(outcome_json(&o, e.origin_host())).into_response(),
                     Err(err) => charging_error(err),
                 }
             }),
@@ -286,7 +325,7 @@ pub fn router(engine: Engine) -> axum::Router {
                     Err(r) => return bad_json(r),
                 };
                 match e.event(b.subscriber, b.service_context, b.requested_action, b.requested, b.service_id).await {
-                    Ok(o) => Json(outcome_json(&o, e.origin_host(), None)).into_response(),
+                    Ok(o) => Json(outcome_json(&o, e.origin_host())).into_response(),
                     Err(err) => charging_error(err),
                 }
             }),

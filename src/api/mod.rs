@@ -25,7 +25,7 @@ use crate::node::{DiameterNode, IncomingRequest, NodeConfig, NodeError, NodeHand
 use crate::ownership::Ownership;
 use crate::store::{AnyStore, Store, StoreError};
 use crate::units::Units;
-use replica::{Outgoing, PartKind, Repl, Replica};
+use replica::{Outgoing, Repl, Replica};
 
 /// Defaults of one application (Ro or Gx).
 #[derive(Clone, Debug, PartialEq)]
@@ -181,6 +181,9 @@ pub struct Outcome {
     pub ccfh: Option<String>,
     /// The session's state after the operation.
     pub state: CcState,
+    /// The session's convergence name (the one given at creation, or the one the engine made).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub convergence: Option<String>,
     /// Gx: the Charging-Rule-Names installed or removed, and Event-Triggers armed, by this answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<Policy>,
@@ -370,6 +373,8 @@ enum Net {
     Written(Vec<replica::Part>, Result<Vec<Result<u64, StoreError>>, StoreError>),
     /// A session this node did not hold was looked up in the store.
     Loaded(String, Box<Result<replica::Loaded, replica::LoadError>>),
+    /// A session's records were read back after an uncertain write.
+    Resynced(String, Result<replica::Resync, StoreError>),
 }
 
 /// Work for a session being loaded from the store, done once it is here.
@@ -413,8 +418,11 @@ struct Entry {
     deadline: Option<Instant>,
     /// Its place in the store, when replicated.
     replica: Option<replica::Replica>,
-    /// The convergence name the service chose at creation, for when replication starts.
+    /// The convergence name (chosen by the service at creation, or made by the engine), for when replication
+    /// starts.
     convergence: Option<String>,
+    /// Whether the service chose it (it may exist already).
+    chosen: bool,
 }
 
 impl Engine {
@@ -669,6 +677,7 @@ impl Entry {
             deadline: None,
             replica: None,
             convergence: None,
+            chosen: false,
         }
     }
 
@@ -711,7 +720,8 @@ impl Entry {
         let Some(w) = tag.and_then(|t| self.waiters.remove(&t)) else {
             return;
         };
-        let outcome = outcome(sid, &self.cc, answer.as_ref(), &events);
+        let mut outcome = outcome(sid, &self.cc, answer.as_ref(), &events);
+        outcome.convergence = self.convergence.clone();
         let refused = events.iter().find_map(|ev| match ev {
             CcEvent::Terminate { result_code, reason } => Some((result_code.map(|r| r.0), reason.clone())),
             _ => None,
@@ -739,8 +749,8 @@ struct Driver {
     repl: Option<Repl>,
     /// Sessions being looked up in the store, with the work waiting for them.
     loading: HashMap<String, Vec<Deferred>>,
-    /// Callers of a flush, answered when nothing is left to write.
-    flushing: Vec<oneshot::Sender<()>>,
+    /// Callers of a flush, with the number of completed batches that answers them.
+    flushing: Vec<(u64, oneshot::Sender<()>)>,
     ro: AppSettings,
     gx: AppSettings,
     origin_host: String,
@@ -778,13 +788,17 @@ impl Driver {
                 _ = sleep_until(next) => self.timeouts(),
             }
             self.write_batch();
-            if !self.flushing.is_empty()
-                && self.repl.as_ref().is_none_or(|r| {
-                    (!r.writing && r.urgent.is_empty() && r.ending.is_empty()) || r.down(Instant::now())
-                })
-            {
-                for f in self.flushing.drain(..) {
-                    let _ = f.send(());
+            if !self.flushing.is_empty() {
+                let (done, down, quiet) = match &self.repl {
+                    Some(r) => (r.completed, r.down(Instant::now()), !r.writing && r.urgent.is_empty()),
+                    None => (u64::MAX, true, true),
+                };
+                for (target, f) in std::mem::take(&mut self.flushing) {
+                    if done >= target || down || quiet {
+                        let _ = f.send(());
+                    } else {
+                        self.flushing.push((target, f));
+                    }
                 }
             }
         }
@@ -823,9 +837,13 @@ impl Driver {
         // from a dead owner) and runs once it is here.
         if let Some(sid) = c.session_id()
             && !self.sessions.contains_key(sid)
-            && self.repl.is_some()
+            && let Some(repl) = &self.repl
         {
             let sid = sid.to_string();
+            if repl.ended(&sid) {
+                // It ended here; what the store still has of it is being deleted.
+                return c.refuse(ChargingError::UnknownSession(sid));
+            }
             return self.load(sid, Deferred::Cmd(c));
         }
         match c {
@@ -844,7 +862,8 @@ impl Driver {
                 cc.attach(extra);
                 cc.start(now, &rgs, Some(0));
                 let mut entry = Entry::new(cc, Some(reply));
-                entry.convergence = options.convergence;
+                entry.chosen = options.convergence.is_some();
+                entry.convergence = Some(options.convergence.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()));
                 let settings = if app == App::Ro { &self.ro } else { &self.gx };
                 if let Some(repl) = &mut self.repl
                     && options.replicate.unwrap_or(settings.replicate_by_default)
@@ -853,8 +872,8 @@ impl Driver {
                         repl.stats.refused += 1;
                         tracing::warn!(session = %sid, backlog = repl.backlog(), "store unreachable and replication backlog full: session not replicated");
                     } else {
-                        let convergence = entry.convergence.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-                        entry.replica = Some(Replica::new(convergence));
+                        let convergence = entry.convergence.clone().unwrap_or_default();
+                        entry.replica = Some(Replica::new(convergence, entry.chosen));
                     }
                 }
                 self.sessions.insert(sid.clone(), entry);
@@ -943,7 +962,7 @@ impl Driver {
                 let Some(e) = self.sessions.get_mut(&session_id) else {
                     return drop(reply.send(Err(ChargingError::UnknownSession(session_id))));
                 };
-                if e.replica.as_ref().is_some_and(|r| r.created) {
+                if e.replica.as_ref().is_some_and(Replica::created) {
                     return drop(reply.send(Ok(())));
                 }
                 if e.replica.is_none() && repl.down(now) && repl.backlog() >= repl.cfg.backlog_limit {
@@ -952,9 +971,9 @@ impl Driver {
                         "store unreachable and replication backlog full".into(),
                     ))));
                 }
-                let convergence = &e.convergence;
+                let (convergence, chosen) = (&e.convergence, e.chosen);
                 let r = e.replica.get_or_insert_with(|| {
-                    Replica::new(convergence.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string()))
+                    Replica::new(convergence.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string()), chosen)
                 });
                 r.waiters.push(reply);
                 repl.write_now(&session_id, r);
@@ -967,7 +986,10 @@ impl Driver {
                         }
                         repl.urgent.insert(sid);
                     }
-                    self.flushing.push(reply);
+                    // Answered once the batch that takes them has completed (the one being written, if any, holds
+                    // older state): not when the node is idle, which under load it never is.
+                    let target = repl.completed + if repl.writing { 2 } else { 1 };
+                    self.flushing.push((target, reply));
                 }
                 _ => drop(reply.send(())),
             },
@@ -990,6 +1012,7 @@ impl Driver {
             Net::Answer(sid, result) => (sid, result),
             Net::Written(parts, result) => return self.written(parts, result),
             Net::Loaded(sid, result) => return self.loaded(sid, *result),
+            Net::Resynced(sid, result) => return self.resynced(sid, result),
         };
         let Some(e) = self.sessions.get_mut(&sid) else { return };
         match result {
@@ -1011,7 +1034,11 @@ impl Driver {
     fn server_request(&mut self, req: IncomingRequest) {
         let now = Instant::now();
         let sid = req.request.session_id().unwrap_or_default().to_string();
-        if !self.sessions.contains_key(&sid) && self.repl.is_some() && !sid.is_empty() {
+        if !self.sessions.contains_key(&sid)
+            && !sid.is_empty()
+            && let Some(repl) = &self.repl
+            && !repl.ended(&sid)
+        {
             return self.load(sid, Deferred::Request(req));
         }
         let Some(e) = self.sessions.get_mut(&sid) else {
@@ -1136,10 +1163,12 @@ impl Driver {
             if let Some(d) = e.deadline.take() {
                 self.timers.remove(&(d, sid.to_string()));
             }
-            let e = self.sessions.remove(sid).expect("present");
+            let mut e = self.sessions.remove(sid).expect("present");
             // On session end its records go (RFC 4006 §8: the session is over); TTLs bound what a crash leaves.
+            // Callers of start_replicating still waiting learn that the session is gone.
+            e.fail_all(&ChargingError::UnknownSession(sid.to_string()));
             if let (Some(r), Some(repl)) = (e.replica, &mut self.repl)
-                && (r.created || repl.writing)
+                && (r.in_flight || r.conv_version.is_some() || r.proto_version.is_some() || r.state_version.is_some())
             {
                 repl.ending.insert(sid.to_string(), r);
             }
@@ -1180,11 +1209,12 @@ impl Driver {
                     cc.resume(now);
                     let mut entry = Entry::new(cc, None);
                     entry.done = l.state.done.into();
-                    let mut r = Replica::new(l.convergence);
-                    r.created = true;
+                    let mut r = Replica::new(l.convergence, false);
                     r.epoch = l.epoch;
                     r.state_version = Some(l.state_version);
                     r.conv_version = Some(l.conv_version);
+                    r.proto_version = Some(l.proto_version);
+                    entry.convergence = Some(r.convergence.clone());
                     entry.replica = Some(r);
                     self.sessions.insert(sid.clone(), entry);
                     self.pump(&sid);
@@ -1262,40 +1292,67 @@ impl Driver {
             let Some(e) = self.sessions.get_mut(&sid) else { continue };
             let Some(r) = &mut e.replica else { continue };
             r.flush_at = None;
-            let (kind, w) = repl.writes(&sid, r, Some((&e.cc, &e.done)), now);
+            let (kind, records, w) = repl.writes(&sid, r, Some((&e.cc, &e.done)), now);
+            r.in_flight = true;
+            let carries_state = records.contains(&replica::Rec::State);
             let part = replica::Part {
                 sid,
                 kind,
                 first: writes.len(),
-                count: w.len(),
-                sends: std::mem::take(&mut r.held),
-                waiters: std::mem::take(&mut r.waiters),
+                records,
+                // Requests wait for the write that holds them: not for a claim of the convergence name alone.
+                sends: if carries_state { std::mem::take(&mut r.held) } else { Vec::new() },
+                waiters: if carries_state { std::mem::take(&mut r.waiters) } else { Vec::new() },
                 ended: None,
             };
             writes.extend(w);
             parts.push(part);
         }
         for (sid, r) in std::mem::take(&mut repl.ending) {
-            let (kind, w) = repl.writes(&sid, &r, None, now);
-            let (first, count) = (writes.len(), w.len());
-            parts.push(replica::Part { sid, kind, first, count, sends: vec![], waiters: vec![], ended: Some(r) });
+            let (kind, records, w) = repl.writes(&sid, &r, None, now);
+            if w.is_empty() {
+                continue;
+            }
+            repl.deleting.insert(sid.clone());
+            let first = writes.len();
+            parts.push(replica::Part { sid, kind, first, records, sends: vec![], waiters: vec![], ended: Some(r) });
             writes.extend(w);
+        }
+        if writes.is_empty() {
+            return;
         }
         repl.writing = true;
         repl.stats.batches += 1;
         repl.stats.writes += writes.len() as u64;
         let (store, tx) = (repl.cfg.store.clone(), self.net_tx.clone());
         tokio::spawn(async move {
-            let r = store.batch(writes).await;
+            // A store that hangs or a backend that panics must not hold every replicated session's requests
+            // for good: both count as the store failing.
+            let r = match tokio::time::timeout(
+                Duration::from_secs(30),
+                tokio::spawn(async move { store.batch(writes).await }),
+            )
+            .await
+            {
+                Ok(Ok(r)) => r,
+                Ok(Err(panic)) => Err(StoreError::Unavailable {
+                    reason: format!("the store failed: {panic}"),
+                    retry_after: Duration::from_secs(1),
+                }),
+                Err(_) => Err(StoreError::Unavailable {
+                    reason: "the store did not answer within 30 s".into(),
+                    retry_after: Duration::from_secs(1),
+                }),
+            };
             let _ = tx.send(Net::Written(parts, r));
         });
     }
 
     /// A group commit finished: release the requests it carried, learn the new versions, drop fenced sessions.
     fn written(&mut self, parts: Vec<replica::Part>, result: Result<Vec<Result<u64, StoreError>>, StoreError>) {
-        let now = Instant::now();
         let Some(repl) = &mut self.repl else { return };
         repl.writing = false;
+        repl.completed += 1;
         let mut release = Vec::new();
         let results = match result {
             Ok(r) => {
@@ -1307,84 +1364,186 @@ impl Driver {
             Err(err) => {
                 repl.stats.store_errors += 1;
                 for p in parts {
-                    self.retry_later(p, &err, &mut release);
+                    let n = p.records.len();
+                    self.part_written(p, vec![Err(err.clone()); n], &mut release);
                 }
                 return self.release(release);
             }
         };
         for p in parts {
-            let res = &results[p.first..p.first + p.count];
-            let Some(repl) = &mut self.repl else { return };
-            if let Some(err) = res.iter().find_map(|r| r.as_ref().err().filter(|e| !is_conflict(e))) {
-                let err = err.clone();
-                self.retry_later(p, &err, &mut release);
-                continue;
-            }
-            let conflict = res.iter().any(|r| r.as_ref().is_err_and(is_conflict));
-            let version = |i: usize| res.get(i).and_then(|r| r.as_ref().ok().copied());
-            if let PartKind::Delete = p.kind {
-                // An ended session's records are gone (a conflict: another node had moved on with them).
-                continue;
-            }
-            let Some(e) = self.sessions.get_mut(&p.sid) else {
-                // The session ended while it was being written: its deletion uses the versions just written.
-                if let Some(r) = repl.ending.get_mut(&p.sid) {
-                    learn(r, &p.kind, &version, now);
-                }
-                continue;
-            };
-            let Some(r) = &mut e.replica else { continue };
-            match (&p.kind, conflict) {
-                (_, false) => {
-                    learn(r, &p.kind, &version, now);
-                    for w in p.waiters {
-                        let _ = w.send(Ok(()));
-                    }
-                    release.extend(p.sends.into_iter().map(|o| (p.sid.clone(), o)));
-                }
-                (PartKind::Create, true) => {
-                    // Its convergence name (or Session-Id) is in the store already: the session goes on without
-                    // replication, and what this write did create is removed (version 0 never matches, so the
-                    // other session's convergence record is left alone).
-                    repl.stats.refused += 1;
-                    tracing::warn!(session = %p.sid, convergence = %r.convergence, "convergence name or session already in the store: session not replicated");
-                    let mut gone = e.replica.take().expect("replica present");
-                    gone.state_version = version(2);
-                    gone.conv_version = Some(0);
-                    repl.forget(&p.sid, &mut gone);
-                    repl.ending.insert(p.sid.clone(), gone);
-                    let why = ChargingError::Invalid("the session's convergence name is already in use".into());
-                    for w in p.waiters {
-                        let _ = w.send(Err(why.clone()));
-                    }
-                    release.extend(p.sends.into_iter().map(|o| (p.sid.clone(), o)));
-                }
-                (_, true) => {
-                    // Fencing: the state moved on without us (another node adopted the session). Drop it and send
-                    // nothing: the adopter answers for it now.
-                    repl.stats.fenced += 1;
-                    tracing::warn!(session = %p.sid, convergence = %r.convergence, epoch = r.epoch, "state write refused: another node has adopted this session; local copy dropped");
-                    let mut e = self.sessions.remove(&p.sid).expect("present");
-                    if let Some(d) = e.deadline.take() {
-                        self.timers.remove(&(d, p.sid.clone()));
-                    }
-                    let moved = ChargingError::Moved { session_id: p.sid.clone(), owner: None, uri: None };
-                    if let Some(r) = &mut e.replica {
-                        repl.forget(&p.sid, r);
-                    }
-                    e.fail_all(&moved);
-                    for w in p.waiters {
-                        let _ = w.send(Err(moved.clone()));
-                    }
-                }
-            }
+            let res = results.get(p.first..p.first + p.records.len()).map(<[_]>::to_vec).unwrap_or_else(|| {
+                let lost = StoreError::Unavailable {
+                    reason: "the store returned fewer results than writes".into(),
+                    retry_after: Duration::from_secs(1),
+                };
+                vec![Err(lost); p.records.len()]
+            });
+            self.part_written(p, res, &mut release);
         }
         self.release(release);
     }
 
-    /// A part of a batch the store could not write: the session keeps working locally (its requests go now),
-    /// and is written again once the store answers.
-    fn retry_later(&mut self, p: replica::Part, err: &StoreError, release: &mut Vec<(String, Outgoing)>) {
+    /// One session's part of a batch came back.
+    fn part_written(
+        &mut self,
+        mut p: replica::Part,
+        res: Vec<Result<u64, StoreError>>,
+        release: &mut Vec<(String, Outgoing)>,
+    ) {
+        let Some(repl) = &mut self.repl else { return };
+        let failed = res.iter().find_map(|r| r.as_ref().err().filter(|e| !is_conflict(e)).cloned());
+        let conflict = res.iter().any(|r| r.as_ref().is_err_and(is_conflict));
+        if p.kind == replica::PartKind::Delete {
+            repl.deleting.remove(&p.sid);
+            if let (Some(err), Some(mut r)) = (failed, p.ended.take()) {
+                // Write again what failed; what succeeded is gone.
+                for (rec, out) in p.records.iter().zip(&res) {
+                    if out.is_ok() {
+                        match rec {
+                            replica::Rec::Conv => r.conv_version = None,
+                            replica::Rec::Proto => r.proto_version = None,
+                            replica::Rec::State => r.state_version = None,
+                        }
+                    }
+                }
+                self.store_failed(&err);
+                if let Some(repl) = &mut self.repl {
+                    repl.ending.insert(p.sid, r);
+                }
+            }
+            return;
+        }
+        // Whatever happened to the others, the versions of the writes that succeeded are known now.
+        let known = |r: &mut Replica| {
+            r.in_flight = false;
+            for (rec, out) in p.records.iter().zip(&res) {
+                if let Ok(v) = out {
+                    r.learn(*rec, *v);
+                }
+            }
+            if p.records.contains(&replica::Rec::Conv) && res.iter().all(Result::is_ok) {
+                r.refreshed = Instant::now();
+            }
+        };
+        let Some(e) = self.sessions.get_mut(&p.sid) else {
+            // The session ended while it was being written: its deletion uses the versions just learnt.
+            if let Some(r) = repl.ending.get_mut(&p.sid) {
+                known(r);
+            }
+            return;
+        };
+        let Some(r) = &mut e.replica else { return };
+        known(r);
+        if let Some(err) = failed {
+            // The store failed some of it, perhaps after applying it: sessions go on locally, the session is
+            // written again later, and a conflict then is checked before it is taken for fencing.
+            r.uncertain = true;
+            let why = ChargingError::StoreUnavailable(format!("{err}; the session is written when the store returns"));
+            for w in p.waiters.drain(..) {
+                let _ = w.send(Err(why.clone()));
+            }
+            release.extend(p.sends.drain(..).map(|o| (p.sid.clone(), o)));
+            repl.write_now(&p.sid, r);
+            self.store_failed(&err);
+            return;
+        }
+        if !conflict {
+            r.uncertain = false;
+            if r.created() {
+                for w in p.waiters.drain(..) {
+                    let _ = w.send(Ok(()));
+                }
+            } else {
+                // Only the convergence name was claimed: the rest goes in the next batch.
+                repl.write_now(&p.sid, r);
+            }
+            release.extend(p.sends.drain(..).map(|o| (p.sid.clone(), o)));
+            return;
+        }
+        // A conflict. Requests wait until it is understood.
+        r.held.splice(0..0, p.sends.drain(..));
+        r.waiters.append(&mut p.waiters);
+        if r.uncertain {
+            // Perhaps our own earlier write, applied although the store reported a failure: read back.
+            let (tx, sid) = (self.net_tx.clone(), p.sid.clone());
+            let check = repl.resync(&sid, r);
+            r.in_flight = true;
+            tokio::spawn(async move {
+                let out = check.await;
+                let _ = tx.send(Net::Resynced(sid, out));
+            });
+            return;
+        }
+        let creating = !r.created() && r.state_version.is_none();
+        self.conflicted(&p.sid, creating);
+    }
+
+    /// A conflict that is not ours: a session being created gives its replication up (its convergence name or
+    /// Session-Id is taken); a replicated one has been adopted elsewhere and is dropped (fencing).
+    fn conflicted(&mut self, sid: &str, creating: bool) {
+        let Some(repl) = &mut self.repl else { return };
+        let Some(e) = self.sessions.get_mut(sid) else { return };
+        let Some(r) = &mut e.replica else { return };
+        if creating {
+            repl.stats.refused += 1;
+            tracing::warn!(session = %sid, convergence = %r.convergence, "convergence name or session already in the store: session not replicated");
+            let mut gone = e.replica.take().expect("replica present");
+            repl.forget(sid, &mut gone);
+            let why = ChargingError::Invalid("the session's convergence name is already in use".into());
+            for w in gone.waiters.drain(..) {
+                let _ = w.send(Err(why.clone()));
+            }
+            // Its requests go: the session carries on, unreplicated. What it did write is removed (only records
+            // whose version it knows: never the other session's).
+            let sends: Vec<(String, Outgoing)> = gone.held.drain(..).map(|o| (sid.to_string(), o)).collect();
+            if gone.conv_version.is_some() || gone.proto_version.is_some() || gone.state_version.is_some() {
+                repl.ending.insert(sid.to_string(), gone);
+            }
+            return self.release(sends);
+        }
+        repl.stats.fenced += 1;
+        tracing::warn!(session = %sid, convergence = %r.convergence, epoch = r.epoch, "state write refused: another node has adopted this session; local copy dropped");
+        let mut e = self.sessions.remove(sid).expect("present");
+        if let Some(d) = e.deadline.take() {
+            self.timers.remove(&(d, sid.to_string()));
+        }
+        if let Some(r) = &mut e.replica {
+            repl.forget(sid, r);
+        }
+        // Its held requests are dropped with it: the adopter answers for the session now.
+        e.fail_all(&ChargingError::Moved { session_id: sid.to_string(), owner: None, uri: None });
+    }
+
+    /// The records read back after an uncertain write met a conflict.
+    fn resynced(&mut self, sid: String, out: Result<replica::Resync, StoreError>) {
+        let Some(repl) = &mut self.repl else { return };
+        let Some(r) = self.sessions.get_mut(&sid).and_then(|e| e.replica.as_mut()) else { return };
+        r.in_flight = false;
+        match out {
+            Err(err) => {
+                repl.write_now(&sid, r);
+                self.store_failed(&err);
+            }
+            Ok(found) if !found.foreign => {
+                // Every record there is ours: take their versions and write again.
+                for (rec, v) in found.ours {
+                    if let Some(v) = v {
+                        r.learn(rec, v);
+                    }
+                }
+                r.uncertain = false;
+                repl.write_now(&sid, r);
+            }
+            Ok(_) => {
+                let creating = !r.created() && r.state_version.is_none();
+                r.uncertain = false;
+                self.conflicted(&sid, creating);
+            }
+        }
+    }
+
+    /// The store failed: no batch until its retry hint has passed.
+    fn store_failed(&mut self, err: &StoreError) {
         let now = Instant::now();
         let Some(repl) = &mut self.repl else { return };
         let retry = match err {
@@ -1392,19 +1551,7 @@ impl Driver {
             _ => Duration::from_millis(500),
         };
         if repl.down_until.replace(now + retry).is_none_or(|t| t <= now) {
-            tracing::warn!(error = %err, backlog = repl.backlog() + 1, "replication store failing: sessions continue locally, writes queue until it returns");
-        }
-        if let Some(r) = p.ended {
-            repl.ending.insert(p.sid, r);
-            return;
-        }
-        let why = ChargingError::StoreUnavailable(format!("{err}; the session is written when the store returns"));
-        for w in p.waiters {
-            let _ = w.send(Err(why.clone()));
-        }
-        release.extend(p.sends.into_iter().map(|o| (p.sid.clone(), o)));
-        if let Some(r) = self.sessions.get_mut(&p.sid).and_then(|e| e.replica.as_mut()) {
-            repl.write_now(&p.sid, r);
+            tracing::warn!(error = %err, backlog = repl.backlog(), "replication store failing: sessions continue locally, writes queue until it returns");
         }
     }
 
@@ -1417,26 +1564,6 @@ impl Driver {
 
 fn is_conflict(e: &StoreError) -> bool {
     matches!(e, StoreError::Conflict { .. })
-}
-
-/// Records what a successful write of `kind` tells about the session's records.
-fn learn(r: &mut Replica, kind: &PartKind, version: &dyn Fn(usize) -> Option<u64>, now: Instant) {
-    match kind {
-        PartKind::Create => {
-            r.created = true;
-            r.conv_version = version(0);
-            r.state_version = version(2);
-            r.refreshed = now;
-        }
-        PartKind::State { refresh } => {
-            r.state_version = version(0);
-            if *refresh {
-                r.conv_version = version(1);
-                r.refreshed = now;
-            }
-        }
-        PartKind::Delete => {}
-    }
 }
 
 fn outcome(sid: &str, cc: &CcSession, answer: Option<&Message>, events: &[CcEvent]) -> Outcome {
@@ -1485,6 +1612,7 @@ fn outcome(sid: &str, cc: &CcSession, answer: Option<&Message>, events: &[CcEven
         granted,
         ccfh,
         state: cc.state(),
+        convergence: None,
         policy,
         event,
     }

@@ -115,13 +115,19 @@ pub(super) enum Outgoing {
 #[derive(Debug)]
 pub(super) struct Replica {
     pub convergence: String,
+    /// The service chose the convergence name (it may exist already): its record is created before the others.
+    pub chosen: bool,
     pub epoch: u64,
-    /// Whether its records exist in the store.
-    pub created: bool,
-    /// The state record's version as this node last wrote it (the token for the next write).
-    pub state_version: Option<u64>,
-    /// The convergence record's version.
+    /// The versions of its three records as this node last wrote (or read) them; `None`: not written yet, or not
+    /// known. Every write and deletion is conditional on them; a record of unknown version is never deleted.
     pub conv_version: Option<u64>,
+    pub proto_version: Option<u64>,
+    pub state_version: Option<u64>,
+    /// A write of it is in the batch being written.
+    pub in_flight: bool,
+    /// A write of it failed without telling whether it was applied: the next conflict is checked by reading the
+    /// records back before the session is thought adopted elsewhere.
+    pub uncertain: bool,
     /// When the records' TTLs were last refreshed.
     pub refreshed: Instant,
     /// When a write-behind is due, if one is scheduled.
@@ -133,29 +139,53 @@ pub(super) struct Replica {
 }
 
 impl Replica {
-    pub fn new(convergence: String) -> Replica {
+    pub fn new(convergence: String, chosen: bool) -> Replica {
         Replica {
             convergence,
+            chosen,
             epoch: 1,
-            created: false,
-            state_version: None,
             conv_version: None,
+            proto_version: None,
+            state_version: None,
+            in_flight: false,
+            uncertain: false,
             refreshed: Instant::now(),
             flush_at: None,
             held: Vec::new(),
             waiters: Vec::new(),
         }
     }
+
+    /// All three records are in the store.
+    pub fn created(&self) -> bool {
+        self.conv_version.is_some() && self.proto_version.is_some() && self.state_version.is_some()
+    }
+
+    /// Takes what a write of `rec` returned.
+    pub fn learn(&mut self, rec: Rec, version: u64) {
+        match rec {
+            Rec::Conv => self.conv_version = Some(version),
+            Rec::Proto => self.proto_version = Some(version),
+            Rec::State => self.state_version = Some(version),
+        }
+    }
+}
+
+/// Which of a session's records a write is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Rec {
+    Conv,
+    Proto,
+    State,
 }
 
 /// What a part of a batch does for one session.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(super) enum PartKind {
-    /// Convergence, protocol and state records, each only if absent.
-    Create,
-    /// The state (conditional on its version), and with `refresh` the other two records' TTLs.
-    State { refresh: bool },
-    /// Every record of an ended session.
+    /// Creation and updates: the records not yet written (each only if absent), the state (conditional on its
+    /// version), and the TTL refresh of the others when due.
+    Write,
+    /// Every record of an ended session whose version is known.
     Delete,
 }
 
@@ -166,11 +196,21 @@ pub(super) struct Part {
     pub kind: PartKind,
     /// Index of its first write in the batch.
     pub first: usize,
-    pub count: usize,
+    /// Which record each of its writes is for.
+    pub records: Vec<Rec>,
     pub sends: Vec<Outgoing>,
     pub waiters: Vec<oneshot::Sender<Result<(), ChargingError>>>,
     /// A deletion's session (it has ended: nothing else holds its place in the store).
     pub ended: Option<Replica>,
+}
+
+/// What the records of a session hold now, read back after an uncertain write ran into a conflict.
+#[derive(Debug)]
+pub(super) struct Resync {
+    /// Each record's version, when it exists and was written by this node at the session's epoch.
+    pub ours: Vec<(Rec, Option<u64>)>,
+    /// A record is held by someone else (another owner, another session's convergence name).
+    pub foreign: bool,
 }
 
 /// What the state record of a credit-control session holds: the session machine's snapshot and the idempotency
@@ -191,6 +231,7 @@ pub(super) struct Loaded {
     pub epoch: u64,
     pub state_version: u64,
     pub conv_version: u64,
+    pub proto_version: u64,
     pub adopted_from: Option<String>,
     /// The node that wrote the state last.
     pub written_by: String,
@@ -231,6 +272,11 @@ pub(super) struct Repl {
     pub flushes: BTreeSet<(Instant, String)>,
     /// Ended sessions whose records are to be deleted.
     pub ending: HashMap<String, Replica>,
+    /// Ended sessions whose deletion is being written: a late command for them is answered as unknown, not
+    /// loaded back from what is still there.
+    pub deleting: HashSet<String>,
+    /// Batches completed (a flush waits for the ones due when it was asked).
+    pub completed: u64,
     /// A batch is being written.
     pub writing: bool,
     /// The store failed; no batch before this.
@@ -256,17 +302,27 @@ impl Repl {
             diameter_uri: cfg.diameter_uri.clone(),
             http: cfg.http.clone(),
         };
-        let own = Arc::new(Ownership::new(Arc::new(cfg.store.clone()), &cfg.cluster, me, cfg.lease_ttl));
+        let own = Arc::new(
+            Ownership::new(Arc::new(cfg.store.clone()), &cfg.cluster, me, cfg.lease_ttl)
+                .with_record_ttl(cfg.record_ttl),
+        );
         Repl {
             cfg,
             own,
             urgent: HashSet::new(),
             flushes: BTreeSet::new(),
             ending: HashMap::new(),
+            deleting: HashSet::new(),
+            completed: 0,
             writing: false,
             down_until: None,
             stats: ReplicationStats::default(),
         }
+    }
+
+    /// Whether a session has ended and its records are being deleted.
+    pub fn ended(&self, sid: &str) -> bool {
+        self.ending.contains_key(sid) || self.deleting.contains(sid)
     }
 
     /// Whether the store is known to be failing now.
@@ -286,10 +342,9 @@ impl Repl {
         }
         let flush = self.flushes.iter().next().map(|(t, _)| *t);
         match self.down_until {
-            Some(d) if !self.urgent.is_empty() || !self.ending.is_empty() || flush.is_some() => {
-                Some(flush.map_or(d, |f| f.max(d)))
-            }
-            _ => flush,
+            Some(d) if !self.urgent.is_empty() || !self.ending.is_empty() => Some(d),
+            Some(d) => flush.map(|f| f.max(d)),
+            None => flush,
         }
     }
 
@@ -343,65 +398,121 @@ impl Repl {
         }
     }
 
-    /// The writes of one session's part of a batch; `session` (its machine and idempotency keys) is `None` for a
-    /// deletion.
+    /// The writes of one session's part of a batch, with the record each is for; `session` (its machine and
+    /// idempotency keys) is `None` for a deletion. Returns no write of the state when the service-chosen
+    /// convergence name must be claimed first.
     pub fn writes(
         &self,
         sid: &str,
         r: &Replica,
         session: Option<(&CcSession, &std::collections::VecDeque<(String, Outcome)>)>,
         now: Instant,
-    ) -> (PartKind, Vec<Write>) {
+    ) -> (PartKind, Vec<Rec>, Vec<Write>) {
         let cluster = &self.cfg.cluster;
         let ttl = Some(self.cfg.record_ttl);
-        let skey = state_key(cluster, &r.convergence, sid);
-        let Some((cc, done)) = session else {
-            let w = |key: String, expect| Write { key, value: None, expect, ttl: None };
-            let writes = vec![
-                w(skey, r.state_version.map_or(Expect::Any, Expect::Version)),
-                w(keys::diameter(cluster, sid), Expect::Any),
-                w(keys::convergence(cluster, &r.convergence), r.conv_version.map_or(Expect::Any, Expect::Version)),
-            ];
-            return (PartKind::Delete, writes);
+        let key = |rec| match rec {
+            Rec::Conv => keys::convergence(cluster, &r.convergence),
+            Rec::Proto => keys::diameter(cluster, sid),
+            Rec::State => state_key(cluster, &r.convergence, sid),
         };
+        let version = |rec| match rec {
+            Rec::Conv => r.conv_version,
+            Rec::Proto => r.proto_version,
+            Rec::State => r.state_version,
+        };
+        let Some((cc, done)) = session else {
+            // Only records whose version is known, each conditional on it: never another session's or another
+            // owner's.
+            let recs: Vec<Rec> =
+                [Rec::State, Rec::Proto, Rec::Conv].into_iter().filter(|&x| version(x).is_some()).collect();
+            let writes = recs
+                .iter()
+                .map(|&x| Write {
+                    key: key(x),
+                    value: None,
+                    expect: Expect::Version(version(x).expect("known")),
+                    ttl: None,
+                })
+                .collect();
+            return (PartKind::Delete, recs, writes);
+        };
+        let expect = |rec| version(rec).map_or(Expect::Absent, Expect::Version);
+        let refresh = r.created() && now.duration_since(r.refreshed) >= self.cfg.record_ttl / 4;
+        let mut recs = Vec::new();
+        let mut writes = Vec::new();
+        // The convergence and protocol records: created once; their expiry refreshed at a quarter of it,
+        // conditional on the versions this node wrote (a stale owner must not renew an adopter's records).
+        if r.conv_version.is_none() || refresh {
+            recs.push(Rec::Conv);
+            let conv = replication::encode(&self.convergence_record(r.epoch));
+            writes.push(Write { key: key(Rec::Conv), value: Some(conv), expect: expect(Rec::Conv), ttl });
+            if r.chosen && r.conv_version.is_none() {
+                // A name the service chose may be taken: claim it alone first, so that nothing of this session
+                // points at somebody else's convergence record.
+                return (PartKind::Write, recs, writes);
+            }
+        }
+        if r.proto_version.is_none() || refresh {
+            recs.push(Rec::Proto);
+            let proto = ProtocolRecord {
+                format: FORMAT,
+                associated: r.convergence.clone(),
+                owner_uri: self.cfg.diameter_uri.clone(),
+            };
+            let proto = replication::encode(&proto);
+            writes.push(Write { key: key(Rec::Proto), value: Some(proto), expect: expect(Rec::Proto), ttl });
+        }
         let state = StateRecord {
             format: FORMAT,
             written_by_epoch: r.epoch,
             written_by: self.cfg.node_id.clone(),
             state: SessionState { cc: cc.snapshot(now, wall_ms()), done: done.iter().cloned().collect() },
         };
-        let state = Write { key: skey, value: Some(replication::encode(&state)), expect: Expect::Absent, ttl };
-        if !r.created {
-            let [conv, proto] = self.own.creation_writes(&r.convergence, &keys::diameter(cluster, sid), ttl);
-            return (PartKind::Create, vec![conv, proto, state]);
+        recs.push(Rec::State);
+        writes.push(Write {
+            key: key(Rec::State),
+            value: Some(replication::encode(&state)),
+            expect: expect(Rec::State),
+            ttl,
+        });
+        (PartKind::Write, recs, writes)
+    }
+
+    /// Reads a session's records back after an uncertain write met a conflict: which are this node's own (written
+    /// at the session's epoch) and at what version.
+    pub fn resync(
+        &self,
+        sid: &str,
+        r: &Replica,
+    ) -> impl std::future::Future<Output = Result<Resync, StoreError>> + use<> {
+        let (store, cluster, me) = (self.cfg.store.clone(), self.cfg.cluster.clone(), self.own.me().clone());
+        let (convergence, epoch, sid) = (r.convergence.clone(), r.epoch, sid.to_string());
+        async move {
+            let mut ours = Vec::new();
+            let mut foreign = false;
+            if let Some(v) = store.get(&keys::convergence(&cluster, &convergence)).await? {
+                let c: ConvergenceRecord =
+                    replication::decode(&v.value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let mine = c.owner == me.node && c.incarnation == me.incarnation && c.epoch == epoch;
+                foreign |= !mine;
+                ours.push((Rec::Conv, mine.then_some(v.version)));
+            }
+            if let Some(v) = store.get(&keys::diameter(&cluster, &sid)).await? {
+                let p: ProtocolRecord =
+                    replication::decode(&v.value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let mine = p.associated == convergence;
+                foreign |= !mine;
+                ours.push((Rec::Proto, mine.then_some(v.version)));
+            }
+            if let Some(v) = store.get(&state_key(&cluster, &convergence, &sid)).await? {
+                let s: StateRecord<serde_json::Value> =
+                    replication::decode(&v.value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let mine = s.written_by == me.node && s.written_by_epoch == epoch;
+                foreign |= !mine;
+                ours.push((Rec::State, mine.then_some(v.version)));
+            }
+            Ok(Resync { ours, foreign })
         }
-        let state = Write { expect: r.state_version.map_or(Expect::Absent, Expect::Version), ..state };
-        // The convergence and protocol records live as long as the session: refresh their expiry at a quarter of
-        // it, conditional on the convergence record's version (a stale owner must not renew an adopter's record).
-        if now.duration_since(r.refreshed) < self.cfg.record_ttl / 4 {
-            return (PartKind::State { refresh: false }, vec![state]);
-        }
-        let proto = ProtocolRecord {
-            format: FORMAT,
-            associated: r.convergence.clone(),
-            owner_uri: self.cfg.diameter_uri.clone(),
-        };
-        let writes = vec![
-            state,
-            Write {
-                key: keys::convergence(cluster, &r.convergence),
-                value: Some(replication::encode(&self.convergence_record(r.epoch))),
-                expect: r.conv_version.map_or(Expect::Any, Expect::Version),
-                ttl,
-            },
-            Write {
-                key: keys::diameter(cluster, sid),
-                value: Some(replication::encode(&proto)),
-                expect: Expect::Any,
-                ttl,
-            },
-        ];
-        (PartKind::State { refresh: true }, writes)
     }
 }
 
@@ -413,11 +524,14 @@ pub(super) async fn load(
     record_ttl: Duration,
 ) -> Result<Loaded, LoadError> {
     let cluster = own.cluster().to_string();
-    let (convergence, epoch, conv_version, adopted_from) = match own.resolve(&keys::diameter(&cluster, &sid)).await? {
-        Resolution::Unknown => return Err(LoadError::Unknown),
-        Resolution::Proxy { owner, uri } => return Err(LoadError::Elsewhere { owner, uri }),
-        Resolution::Owned { convergence, epoch, version, adopted_from } => (convergence, epoch, version, adopted_from),
-    };
+    let (convergence, epoch, conv_version, proto_version, adopted_from) =
+        match own.resolve(&keys::diameter(&cluster, &sid)).await? {
+            Resolution::Unknown => return Err(LoadError::Unknown),
+            Resolution::Proxy { owner, uri } => return Err(LoadError::Elsewhere { owner, uri }),
+            Resolution::Owned { convergence, epoch, version, protocol_version, adopted_from } => {
+                (convergence, epoch, version, protocol_version, adopted_from)
+            }
+        };
     let skey = state_key(&cluster, &convergence, &sid);
     for _ in 0..4 {
         let Some(v) = own.store().get(&skey).await? else { return Err(LoadError::Unknown) };
@@ -435,6 +549,7 @@ pub(super) async fn load(
                 epoch,
                 state_version: v.version,
                 conv_version,
+                proto_version,
                 adopted_from,
                 written_by,
             });
@@ -444,7 +559,16 @@ pub(super) async fn load(
         match own.store().put(&skey, replication::encode(&rec), Expect::Version(v.version), Some(record_ttl)).await {
             Ok(state_version) => {
                 let state = rec.state;
-                return Ok(Loaded { state, convergence, epoch, state_version, conv_version, adopted_from, written_by });
+                return Ok(Loaded {
+                    state,
+                    convergence,
+                    epoch,
+                    state_version,
+                    conv_version,
+                    proto_version,
+                    adopted_from,
+                    written_by,
+                });
             }
             // The previous owner wrote in between (its write-ahead landed first): read again.
             Err(StoreError::Conflict { .. }) => continue,

@@ -71,20 +71,14 @@ async fn records(store: &AnyStore, kind: &str) -> usize {
 }
 
 async fn ledger_numbers(sim: &OcsServer, sid: &str) -> serde_json::Value {
-    let (_, body) = http(sim.control_addr().unwrap(), "GET", &format!("/v1/ledger/{}", urlencode(sid)), None).await;
+    let (_, body) = http(
+        sim.control_addr().unwrap(),
+        "GET",
+        &format!("/v1/ledger/{}", charging_ra::api::http::path_segment(sid)),
+        None,
+    )
+    .await;
     json(&body)
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,4 +319,38 @@ async fn a_graceful_stop_writes_what_write_behind_held_and_gives_the_lease_up() 
     let c = check(&sim).await;
     assert_eq!((c["clean"].as_bool(), c["duplicates_answered"].as_u64()), (Some(true), Some(0)), "{c}");
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_convergence_name_is_not_hijacked_and_an_ended_session_stays_ended() {
+    let sim = sim(OcsConfig::default()).await;
+    let store = AnyStore::memory();
+    let e = Engine::start(replicated(&sim, "n1", &store, QUICK_LEASE)).await.unwrap();
+    connected(&e).await;
+    let named = |n: &str| SessionOptions { convergence: Some(n.into()), replicate: Some(true) };
+    let a = e.open_session_with(App::Ro, msisdn("46708"), None, vec![rg(10)], vec![], named("call-1")).await.unwrap();
+    assert_eq!(a.convergence.as_deref(), Some("call-1"));
+    // A second session asking for the same name goes on, unreplicated; nothing of it points at call-1.
+    let b = e.open_session_with(App::Ro, msisdn("46709"), None, vec![rg(10)], vec![], named("call-1")).await.unwrap();
+    assert_eq!(b.result_code, Some(2001));
+    assert_eq!(e.session(&b.session_id).await.unwrap().convergence, None);
+    assert_eq!(e.replication_stats().await.unwrap().refused, 1);
+    e.terminate(&b.session_id, vec![]).await.unwrap();
+    let (conv, proto) = (records(&store, "conv").await, records(&store, "proto/diameter").await);
+    assert_eq!((conv, proto), (1, 1), "call-1 and its one session are intact");
+    e.update(&a.session_id, vec![used(10, 5)], vec![rg(10)], None).await.unwrap();
+
+    // Once ended, a session is unknown at once: not loaded back from what the store holds until its deletion
+    // commits (which would resend its CCR-T).
+    e.terminate(&a.session_id, vec![]).await.unwrap();
+    assert!(e.session(&a.session_id).await.is_none());
+    assert_eq!(
+        e.update(&a.session_id, vec![], vec![rg(10)], None).await,
+        Err(ChargingError::UnknownSession(a.session_id.clone()))
+    );
+    let s = e.replication_stats().await.unwrap();
+    assert_eq!((s.fenced, s.loaded), (0, 0), "{s:?}");
+    let c = check(&sim).await;
+    assert_eq!((c["clean"].as_bool(), c["sessions"]["terminated"].as_u64()), (Some(true), Some(2)), "{c}");
+    e.stop().await;
 }
