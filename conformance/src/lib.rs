@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod harness;
+pub mod proxy;
 mod scenarios;
 
 use std::path::{Path, PathBuf};
@@ -47,11 +49,27 @@ pub struct Config {
     pub binary: PathBuf,
 }
 
-/// What a scenario can use.
+/// What a scenario can use: the run's configuration, a fresh directory (configs, logs, the SQLite store the
+/// nodes share), and a runtime for in-process pieces (the fault proxy, inproc subjects).
 pub struct Ctx<'a> {
     /// The run's configuration.
     pub config: &'a Config,
+    /// This scenario's directory; kept when the scenario fails, for its logs.
+    pub dir: PathBuf,
+    /// The runtime the proxies run on.
+    pub rt: tokio::runtime::Runtime,
+    store: harness::StoreSlot,
 }
+
+impl Ctx<'_> {
+    /// A fault proxy in front of `upstream`.
+    pub fn proxy(&self, upstream: std::net::SocketAddr) -> Result<proxy::Proxy, String> {
+        proxy::Proxy::start(&self.rt, upstream)
+    }
+}
+
+/// A scenario that cannot run in this setting returns `Err` starting with this: it counts as skipped.
+pub const SKIPPED: &str = "skipped: ";
 
 /// One scenario.
 pub struct Scenario {
@@ -138,10 +156,27 @@ pub fn run(config: &Config, filter: Option<&str>, out: &mut dyn std::io::Write) 
     let mut totals = Totals::default();
     for s in scenarios {
         let started = Instant::now();
-        let mut ctx = Ctx { config };
-        let result = (s.run)(&mut ctx);
+        let dir = std::env::temp_dir().join(format!("charging-ra-conformance-{}-{}", std::process::id(), s.name));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ctx = std::fs::create_dir_all(&dir).map_err(|e| e.to_string()).and_then(|()| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            Ok(Ctx { config, dir: dir.clone(), rt, store: Default::default() })
+        });
+        let result = ctx.and_then(|mut ctx| {
+            let r = (s.run)(&mut ctx);
+            ctx.rt.shutdown_background();
+            r
+        });
         let elapsed = started.elapsed();
+        if result.is_ok() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         let outcome = match (result, s.known_failing) {
+            (Err(e), _) if e.starts_with(SKIPPED) => Outcome::Skipped(e[SKIPPED.len()..].to_string()),
             (Ok(()), None) => Outcome::Passed,
             (Err(e), None) => Outcome::Failed(e),
             (Err(e), Some(gap)) => Outcome::Skipped(format!("known gap: {gap} ({e})")),
@@ -154,7 +189,7 @@ pub fn run(config: &Config, filter: Option<&str>, out: &mut dyn std::io::Write) 
         }
         let (word, detail) = match &outcome {
             Outcome::Passed => ("passed", String::new()),
-            Outcome::Failed(e) => ("FAILED", format!("\n{:width$}  -> {e}", "")),
+            Outcome::Failed(e) => ("FAILED", format!("\n{:width$}  -> {e} (logs in {})", "", dir.display())),
             Outcome::Skipped(e) => ("skipped", format!("\n{:width$}  -> {e}", "")),
         };
         let _ = writeln!(out, "{:<width$}  {word:<7}  {:>8}  {}{detail}", s.name, fmt_duration(elapsed), s.spec);

@@ -1,0 +1,454 @@
+//! What scenarios run against: the OCS simulator (the judge, through its ledger), charging nodes driven through
+//! their HTTP fronts, and a Diameter-aware fault proxy between them. Each exists in two forms behind one handle:
+//! real processes (`exec`, what counts) and the library on a runtime of this process (`inproc`, for debugging).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use charging_ra::store::AnyStore;
+
+use super::{StoreKind, Subject};
+
+/// A blocking HTTP/1.1 exchange (the fronts and the simulator's control API speak JSON; one request per
+/// connection). Returns the status and the body parsed as JSON (`Value::Null` when empty or not JSON).
+pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("{method} {path}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).map_err(|e| format!("{method} {path}: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| format!("{method} {path}: {e}"))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(|| format!("{method} {path}: no HTTP answer"))?;
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("bad status line")?;
+    // The fronts answer with Content-Length; a chunked body (none expected) would not parse and read as Null.
+    Ok((status, serde_json::from_str(rest.trim()).unwrap_or(Value::Null)))
+}
+
+/// Percent-encodes a Session-Id for a path.
+pub use charging_ra::api::http::path_segment as enc;
+
+/// Polls `f` every 50 ms until it returns `Some`, or fails after `within`.
+pub fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T, String> {
+    let end = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            return Err(format!("timed out after {within:?} waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Reads the `ready k=v …` line a `charging-ra` process prints once it serves.
+fn ready_line(child: &mut Child, what: &str) -> Result<Vec<(String, String)>, String> {
+    let out = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut r = BufReader::new(out);
+        let mut line = String::new();
+        let _ = r.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep draining, so the process never blocks on a full pipe.
+        let _ = std::io::copy(&mut r, &mut std::io::sink());
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| format!("{what} printed no ready line"))?;
+    if !line.starts_with("ready ") {
+        return Err(format!("{what} did not start: {line:?}"));
+    }
+    Ok(line.split_whitespace().skip(1).filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect())
+}
+
+fn field(fields: &[(String, String)], key: &str) -> Result<SocketAddr, String> {
+    let v = fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.split(',').next().unwrap_or_default());
+    v.and_then(|v| v.parse().ok()).ok_or_else(|| format!("no {key} address in the ready line"))
+}
+
+enum Running {
+    Process(Child),
+    InProc(Option<tokio::runtime::Runtime>),
+}
+
+impl Running {
+    fn kill(&mut self) {
+        match self {
+            Running::Process(c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            Running::InProc(rt) => {
+                if let Some(rt) = rt.take() {
+                    rt.shutdown_background();
+                }
+            }
+        }
+    }
+}
+
+/// The OCS/PCRF simulator.
+pub struct Ocs {
+    /// Its Diameter address.
+    pub diameter: SocketAddr,
+    /// Its control API.
+    pub control: SocketAddr,
+    run: Running,
+}
+
+/// The simulator's Origin-Host and realm in every scenario.
+pub const OCS_HOST: &str = "ocs1.ocs.localdomain";
+/// The realm requests are routed by.
+pub const OCS_REALM: &str = "ocs.localdomain";
+
+impl Ocs {
+    /// Starts a simulator with this configuration (TOML, docs/ocs-sim.md).
+    pub fn start(subject: Subject, binary: &std::path::Path, dir: &std::path::Path, toml: &str) -> Result<Ocs, String> {
+        match subject {
+            Subject::Exec => {
+                let cfg = dir.join("ocs.toml");
+                std::fs::write(&cfg, toml).map_err(|e| e.to_string())?;
+                let mut child = Command::new(binary)
+                    .args(["ocs-sim", "--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"])
+                    .args(["--origin-host", OCS_HOST, "--origin-realm", OCS_REALM, "--config"])
+                    .arg(&cfg)
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::from(std::fs::File::create(dir.join("ocs.log")).map_err(|e| e.to_string())?))
+                    .spawn()
+                    .map_err(|e| format!("starting {}: {e}", binary.display()))?;
+                let f = ready_line(&mut child, "ocs-sim")?;
+                Ok(Ocs {
+                    diameter: field(&f, "diameter")?,
+                    control: field(&f, "control")?,
+                    run: Running::Process(child),
+                })
+            }
+            Subject::Inproc => {
+                use charging_ra::ocs::server::{OcsServer, OcsServerConfig};
+                let ocs = toml::from_str(toml).map_err(|e| e.to_string())?;
+                let rt = runtime()?;
+                let server = rt.block_on(async {
+                    let mut cfg = OcsServerConfig::new("127.0.0.1:0".parse().unwrap(), OCS_HOST, OCS_REALM);
+                    cfg.control = Some("127.0.0.1:0".parse().unwrap());
+                    cfg.ocs = ocs;
+                    OcsServer::start(cfg).await.map_err(|e| e.to_string())
+                })?;
+                let (diameter, control) = (server.diameter_addr(), server.control_addr().expect("control on"));
+                // The server lives as long as its runtime.
+                std::mem::forget(server);
+                Ok(Ocs { diameter, control, run: Running::InProc(Some(rt)) })
+            }
+        }
+    }
+
+    /// `GET /v1/ledger/check`.
+    pub fn check(&self) -> Result<Value, String> {
+        Ok(http(self.control, "GET", "/v1/ledger/check", None)?.1)
+    }
+
+    /// Fails unless the ledger is clean; returns the check.
+    pub fn clean(&self) -> Result<Value, String> {
+        let c = self.check()?;
+        if c["clean"] != true {
+            return Err(format!("the OCS ledger is not clean: {c}"));
+        }
+        Ok(c)
+    }
+
+    /// One session as the OCS saw it.
+    pub fn ledger(&self, sid: &str) -> Result<Value, String> {
+        Ok(http(self.control, "GET", &format!("/v1/ledger/{}", enc(sid)), None)?.1)
+    }
+
+    /// Adds a fault rule (`{"command": "CCR", "request_type": "update", "action": "drop", …}`).
+    pub fn fault(&self, rule: Value) -> Result<(), String> {
+        match http(self.control, "POST", "/v1/faults", Some(&rule))? {
+            (s, _) if s < 300 => Ok(()),
+            (s, b) => Err(format!("fault rule refused: {s} {b}")),
+        }
+    }
+
+    /// Sends a RAR (`{"session_id", "rating_groups"?, "rules"?, …}`); returns the status and the RAA as JSON.
+    pub fn rar(&self, body: Value) -> Result<(u16, Value), String> {
+        http(self.control, "POST", "/v1/rar", Some(&body))
+    }
+
+    /// Sends an ASR for a session.
+    pub fn asr(&self, sid: &str) -> Result<(u16, Value), String> {
+        http(self.control, "POST", "/v1/asr", Some(&json!({ "session_id": sid })))
+    }
+}
+
+impl Drop for Ocs {
+    fn drop(&mut self) {
+        self.run.kill();
+    }
+}
+
+/// How a node is set up.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    /// Node id (also the first label of its Origin-Host).
+    pub id: String,
+    /// The servers it connects to: (Origin-Host, address, priority).
+    pub peers: Vec<(String, SocketAddr, u32)>,
+    /// Tx.
+    pub tx: Duration,
+    /// CCFH until the server says otherwise.
+    pub ccfh: &'static str,
+    /// DDFH until the server says otherwise.
+    pub ddfh: &'static str,
+    /// Tw.
+    pub watchdog: Duration,
+    /// Replicate sessions (to the run's store).
+    pub replicate: bool,
+    /// Lease period and TTL.
+    pub lease: (Duration, Duration),
+    /// Record TTL.
+    pub record_ttl: Duration,
+    /// SQLite busy timeout.
+    pub busy_timeout: Duration,
+}
+
+impl NodeSpec {
+    /// A node connected to one simulator, Tx 2 s, CCFH TERMINATE, no replication.
+    pub fn new(id: &str, ocs: &Ocs) -> NodeSpec {
+        NodeSpec {
+            id: id.into(),
+            peers: vec![(OCS_HOST.into(), ocs.diameter, 1)],
+            tx: Duration::from_secs(2),
+            ccfh: "TERMINATE",
+            ddfh: "TERMINATE_OR_BUFFER",
+            watchdog: Duration::from_secs(6),
+            replicate: false,
+            lease: (Duration::from_millis(200), Duration::from_millis(800)),
+            record_ttl: Duration::from_secs(3600),
+            busy_timeout: Duration::from_millis(200),
+        }
+    }
+
+    /// The node's Origin-Host.
+    pub fn origin_host(&self) -> String {
+        format!("{}.charging.localdomain", self.id)
+    }
+
+    fn toml(&self, store: &std::path::Path) -> String {
+        let mut t = format!(
+            "[node]\nid = \"{id}\"\norigin_host = \"{host}\"\norigin_realm = \"charging.localdomain\"\n\
+             diameter_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\nwatchdog = \"{tw}ms\"\n\n",
+            id = self.id,
+            host = self.origin_host(),
+            tw = self.watchdog.as_millis()
+        );
+        for (host, addr, prio) in &self.peers {
+            t += &format!(
+                "[[peers]]\nhost = \"{host}\"\nrealm = \"{OCS_REALM}\"\naddress = \"{addr}\"\npriority = {prio}\n\n"
+            );
+        }
+        for app in ["ro", "gx"] {
+            t += &format!(
+                "[applications.{app}]\ndestination_realm = \"{OCS_REALM}\"\ntx = \"{}ms\"\nccfh = \"{}\"\nddfh = \"{}\"\n\n",
+                self.tx.as_millis(),
+                self.ccfh,
+                self.ddfh
+            );
+        }
+        t += &format!(
+            "[replication]\nenabled = {}\ncluster = \"conformance\"\nwrite_delay = \"20ms\"\nlease_period = \"{}ms\"\n\
+             lease_ttl = \"{}ms\"\nrecord_ttl = \"{}ms\"\n\n[store]\ntype = \"sqlite\"\npath = \"{}\"\nbusy_timeout = \"{}ms\"\n\
+             sweep_interval = \"1s\"\n",
+            self.replicate,
+            self.lease.0.as_millis(),
+            self.lease.1.as_millis(),
+            self.record_ttl.as_millis(),
+            store.display(),
+            self.busy_timeout.as_millis()
+        );
+        t
+    }
+}
+
+/// A charging node, driven through its HTTP front.
+pub struct Node {
+    /// The HTTP front.
+    pub http: SocketAddr,
+    /// Its Diameter listening address.
+    pub diameter: SocketAddr,
+    /// Its process id (exec).
+    pub pid: Option<u32>,
+    run: Running,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())
+}
+
+impl Node {
+    /// Starts a node; it is ready (its peer open) when this returns.
+    pub fn start(ctx: &super::Ctx, spec: &NodeSpec) -> Result<Node, String> {
+        let store_path = ctx.dir.join("store.db");
+        let toml = spec.toml(&store_path);
+        let node = match ctx.config.subject {
+            Subject::Exec => {
+                let cfg = ctx.dir.join(format!("{}.toml", spec.id));
+                std::fs::write(&cfg, &toml).map_err(|e| e.to_string())?;
+                let log = std::fs::File::create(ctx.dir.join(format!("{}.log", spec.id))).map_err(|e| e.to_string())?;
+                let mut child = Command::new(&ctx.config.binary)
+                    .args(["node", "--config"])
+                    .arg(&cfg)
+                    .env("RUST_LOG", "info")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::from(log))
+                    .spawn()
+                    .map_err(|e| format!("starting {}: {e}", ctx.config.binary.display()))?;
+                let pid = child.id();
+                let f = ready_line(&mut child, &format!("node {}", spec.id))?;
+                Node {
+                    http: field(&f, "http")?,
+                    diameter: field(&f, "diameter")?,
+                    pid: Some(pid),
+                    run: Running::Process(child),
+                }
+            }
+            Subject::Inproc => {
+                let path = ctx.dir.join(format!("{}.toml", spec.id));
+                let config = charging_ra::config::Config::parse(&toml, &path).map_err(|e| e.to_string())?;
+                let store = ctx.store()?;
+                let rt = runtime()?;
+                let (http, diameter) = rt.block_on(async {
+                    let mut ec = config.engine_config(Arc::new(charging_ra::dict::Dictionary::builtin()));
+                    if spec.replicate {
+                        let uri = format!("aaa://{}", spec.origin_host());
+                        config.replication.apply(&mut ec, store, &spec.id, &uri);
+                    }
+                    let engine = charging_ra::api::Engine::start(ec).await.map_err(|e| e.to_string())?;
+                    let (http, task) = charging_ra::api::http::serve(engine.clone(), "127.0.0.1:0".parse().unwrap())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    std::mem::forget(task);
+                    let d = engine.diameter_addrs().await.first().copied().ok_or("no Diameter address")?;
+                    Ok::<_, String>((http, d))
+                })?;
+                Node { http, diameter, pid: None, run: Running::InProc(Some(rt)) }
+            }
+        };
+        // Ready: the front answers and a peer is open (a session can be opened).
+        wait_for("the node's peer to open", Duration::from_secs(15), || {
+            http(node.http, "GET", "/v1/status", None)
+                .ok()
+                .filter(|(s, b)| *s == 200 && b["peers_open"].as_u64() > Some(0))
+        })?;
+        Ok(node)
+    }
+
+    /// An HTTP request to the front.
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+        http(self.http, method, path, body.as_ref())
+    }
+
+    /// Opens a Ro session for `msisdn` with rating group 10; returns the Session-Id (fails unless 201).
+    pub fn open_ro(&self, msisdn: &str) -> Result<String, String> {
+        let (s, b) = self.call(
+            "POST",
+            "/v1/sessions",
+            Some(json!({"app": "ro", "subscriber": {"type": "msisdn", "data": msisdn}, "rating_groups": [{"rating_group": 10, "requested": {}}]})),
+        )?;
+        if s != 201 {
+            return Err(format!("open: {s} {b}"));
+        }
+        Ok(b["session_id"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// Reports `secs` of use on rating group 10 and asks for more.
+    pub fn update(&self, sid: &str, secs: u64) -> Result<(u16, Value), String> {
+        self.call(
+            "POST",
+            &format!("/v1/sessions/{}/updates", enc(sid)),
+            Some(json!({"used": [{"rating_group": 10, "used": {"time": secs}}]})),
+        )
+    }
+
+    /// Ends a session reporting `secs` on rating group 10.
+    pub fn terminate(&self, sid: &str, secs: u64) -> Result<(u16, Value), String> {
+        self.call(
+            "DELETE",
+            &format!("/v1/sessions/{}", enc(sid)),
+            Some(json!({"used": [{"rating_group": 10, "used": {"time": secs}}]})),
+        )
+    }
+
+    /// The session as the node holds it.
+    pub fn session(&self, sid: &str) -> Result<(u16, Value), String> {
+        self.call("GET", &format!("/v1/sessions/{}", enc(sid)), None)
+    }
+
+    /// The node vanishes as a SIGKILLed process does (inproc: its runtime is torn down).
+    pub fn kill(&mut self) {
+        self.run.kill();
+    }
+
+    /// Stops the process (exec: SIGSTOP) or resumes it (SIGCONT); `Err` for inproc, which cannot pause.
+    pub fn signal(&self, sig: &str) -> Result<(), String> {
+        let pid = self.pid.ok_or("skipped: pausing a node needs real processes (--subject exec)")?;
+        let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().is_ok_and(|s| s.success());
+        if ok { Ok(()) } else { Err(format!("kill -{sig} {pid} failed")) }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            let _ = Command::new("kill").arg("-CONT").arg(pid.to_string()).status();
+        }
+        self.run.kill();
+    }
+}
+
+impl super::Ctx<'_> {
+    /// The run's store, for inproc nodes (exec nodes open the SQLite file themselves).
+    pub fn store(&self) -> Result<AnyStore, String> {
+        let mut s = self.store.lock().expect("store lock");
+        if let Some(s) = &*s {
+            return Ok(s.clone());
+        }
+        let store = match self.config.store {
+            StoreKind::Memory => AnyStore::memory(),
+            _ => AnyStore::Sqlite(
+                charging_ra::store::SqliteStore::open(&self.dir.join("store.db"), Duration::from_millis(200))
+                    .map_err(|e| e.to_string())?,
+            ),
+        };
+        *s = Some(store.clone());
+        Ok(store)
+    }
+
+    /// Starts the simulator.
+    pub fn ocs(&self, toml: &str) -> Result<Ocs, String> {
+        Ocs::start(self.config.subject, &self.config.binary, &self.dir, toml)
+    }
+
+    /// Starts a node.
+    pub fn node(&self, spec: &NodeSpec) -> Result<Node, String> {
+        Node::start(self, spec)
+    }
+
+    /// The SQLite store file the nodes share.
+    pub fn store_path(&self) -> PathBuf {
+        self.dir.join("store.db")
+    }
+}
+
+/// Keeps the scenario's store handle (inproc).
+pub type StoreSlot = Mutex<Option<AnyStore>>;
