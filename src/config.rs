@@ -377,8 +377,11 @@ impl Config {
         if r.write_delay > std::time::Duration::from_secs(10) {
             return Err(invalid("replication.write_delay", "must be at most 10s"));
         }
-        if r.record_ttl < std::time::Duration::from_secs(60) {
-            return Err(invalid("replication.record_ttl", "must be at least 60s (it bounds records a crash leaves)"));
+        if r.record_ttl < std::time::Duration::from_secs(1) || r.record_ttl < r.lease_ttl {
+            return Err(invalid(
+                "replication.record_ttl",
+                "must be at least 1s and at least replication.lease_ttl (it bounds what a crash leaves; make it longer than any session's idle time)",
+            ));
         }
         if r.cluster.is_empty() || r.cluster.contains('/') {
             return Err(invalid("replication.cluster", "must be a non-empty name without '/'"));

@@ -31,3 +31,4 @@ pub mod samples;
 pub mod store;
 pub mod transport;
 pub mod units;
+pub mod wirecheck;

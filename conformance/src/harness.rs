@@ -220,6 +220,8 @@ pub struct NodeSpec {
     pub record_ttl: Duration,
     /// SQLite busy timeout.
     pub busy_timeout: Duration,
+    /// Wait for a peer to open before [`Node::start`] returns.
+    pub wait_open: bool,
 }
 
 impl NodeSpec {
@@ -236,6 +238,7 @@ impl NodeSpec {
             lease: (Duration::from_millis(200), Duration::from_millis(800)),
             record_ttl: Duration::from_secs(3600),
             busy_timeout: Duration::from_millis(200),
+            wait_open: true,
         }
     }
 
@@ -308,7 +311,7 @@ impl Node {
                 let mut child = Command::new(&ctx.config.binary)
                     .args(["node", "--config"])
                     .arg(&cfg)
-                    .env("RUST_LOG", "info")
+                    .env("RUST_LOG", std::env::var("CONFORMANCE_NODE_LOG").unwrap_or_else(|_| "info".into()))
                     .stdout(Stdio::piped())
                     .stderr(Stdio::from(log))
                     .spawn()
@@ -345,12 +348,25 @@ impl Node {
             }
         };
         // Ready: the front answers and a peer is open (a session can be opened).
-        wait_for("the node's peer to open", Duration::from_secs(15), || {
-            http(node.http, "GET", "/v1/status", None)
+        if spec.wait_open {
+            node.wait_open(Duration::from_secs(15))?;
+        }
+        Ok(node)
+    }
+
+    /// Waits until a peer is open.
+    pub fn wait_open(&self, within: Duration) -> Result<(), String> {
+        wait_for("the node's peer to open", within, || {
+            http(self.http, "GET", "/v1/status", None)
                 .ok()
                 .filter(|(s, b)| *s == 200 && b["peers_open"].as_u64() > Some(0))
-        })?;
-        Ok(node)
+        })
+        .map(drop)
+    }
+
+    /// `GET /v1/status`.
+    pub fn status(&self) -> Result<Value, String> {
+        Ok(self.call("GET", "/v1/status", None)?.1)
     }
 
     /// An HTTP request to the front.
@@ -410,7 +426,7 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(pid) = self.pid {
-            let _ = Command::new("kill").arg("-CONT").arg(pid.to_string()).status();
+            let _ = Command::new("kill").arg("-CONT").arg(pid.to_string()).stderr(Stdio::null()).status();
         }
         self.run.kill();
     }

@@ -58,9 +58,11 @@ fn main() -> ExitCode {
 fn real_main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
     if args.list {
-        for s in conformance::registry() {
+        let all = conformance::registry();
+        let width = all.iter().map(|s| s.name.len()).max().unwrap_or(8);
+        for s in all {
             let gap = s.known_failing.map(|g| format!(" [known gap: {g}]")).unwrap_or_default();
-            println!("{:<32} {}{gap}", s.name, s.spec);
+            println!("{:<width$}  {}{gap}", s.name, s.spec);
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -10,6 +10,16 @@ use charging_ra::samples;
 
 use super::{Ctx, Scenario, Subject};
 
+mod cc;
+mod failover;
+mod peer;
+mod store;
+mod wire;
+
+const fn scenario(name: &'static str, spec: &'static str, run: fn(&mut Ctx) -> Result<(), String>) -> Scenario {
+    Scenario { name, spec, known_failing: None, run }
+}
+
 pub(crate) fn all() -> Vec<Scenario> {
     vec![
         Scenario {
@@ -36,6 +46,172 @@ pub(crate) fn all() -> Vec<Scenario> {
             known_failing: None,
             run: missing_avp,
         },
+        // Peers: RFC 6733 §5 and RFC 3539.
+        scenario(
+            "peer-cer-common-application",
+            "RFC 6733 §5.3: CER/CEA with a common application opens the peer",
+            peer::cer_common_application,
+        ),
+        scenario(
+            "peer-cer-no-common-application",
+            "RFC 6733 §5.3: CEA 5010 (no common application): the peer stays closed, no session",
+            peer::cer_no_common_application,
+        ),
+        scenario(
+            "peer-watchdog-loss-and-reopen",
+            "RFC 3539 §3.4: DWAs lost -> SUSPECT -> DOWN; reconnect, REOPEN after 3 DWAs",
+            peer::watchdog_loss_and_reopen,
+        ),
+        Scenario {
+            name: "peer-watchdog-loss-fails-over-with-t",
+            spec: "RFC 3539 §3.4, RFC 6733 §5.5.4: primary silent -> SUSPECT, pending CCR-U to the alternate with the T flag, charged once",
+            known_failing: Some(
+                "the simulator has no second identity sharing its ledger, and a server refuses a second connection from \
+                 the same peer (RFC 6733 §5.6.4), so the alternate path cannot be built yet (tests/it/stack.rs covers \
+                 the router's failover with two servers)",
+            ),
+            run: peer::watchdog_loss_fails_over_with_t,
+        },
+        scenario(
+            "peer-dpr-and-reconnect",
+            "RFC 6733 §5.4: DPR (REBOOTING) from the server -> DPA, close, reconnect",
+            peer::dpr_and_reconnect,
+        ),
+        scenario(
+            "peer-reset-mid-request",
+            "RFC 6733 §5.5.4: connection reset under a CCR-U, no alternate: CCFH ends it; reconnect, new sessions",
+            peer::reset_mid_request,
+        ),
+        scenario(
+            "peer-garbage-before-cer",
+            "RFC 6733 §3, §5.3: bytes that are not Diameter on a new connection: closed, node unaffected",
+            peer::garbage_before_cer,
+        ),
+        scenario(
+            "peer-unknown-peer-refused",
+            "RFC 6733 §5.3: CER from an unconfigured host: CEA 3010 or close",
+            peer::unknown_peer_refused,
+        ),
+        // Credit control: RFC 4006 §7 client table, TS 32.299, TS 29.212.
+        scenario(
+            "cc-ro-session",
+            "RFC 4006 §7: Idle -> PendingI -> Open -> PendingU -> Open -> PendingT -> Idle, numbers 0, 1, 2",
+            cc::ro_session,
+        ),
+        scenario(
+            "cc-gx-session",
+            "TS 29.212 §4.5.1: Gx CCR-I installs rules, CCR-U reports an Event-Trigger, CCR-T",
+            cc::gx_session,
+        ),
+        scenario("cc-event-direct-debiting", "RFC 4006 §6.3: CCR-E DIRECT_DEBITING", cc::event_direct_debit),
+        scenario(
+            "cc-event-price-enquiry",
+            "RFC 4006 §6.4: CCR-E PRICE_ENQUIRY returns Cost-Information",
+            cc::event_price_enquiry,
+        ),
+        scenario(
+            "cc-tx-pending-i-ccfh-terminate",
+            "RFC 4006 §7: PendingI + Tx expiry, CCFH TERMINATE: the service ends",
+            cc::tx_pending_i_terminate,
+        ),
+        scenario(
+            "cc-tx-pending-i-ccfh-continue",
+            "RFC 4006 §7: PendingI + Tx expiry, CCFH CONTINUE: the service goes on",
+            cc::tx_pending_i_continue,
+        ),
+        scenario(
+            "cc-tx-pending-i-retry-and-terminate",
+            "RFC 4006 §7: PendingI + Tx expiry, CCFH RETRY_AND_TERMINATE: granted while still waiting",
+            cc::tx_pending_i_retry_and_terminate,
+        ),
+        scenario(
+            "cc-tx-pending-u-ccfh-terminate",
+            "RFC 4006 §7: PendingU + Tx expiry, server CCFH TERMINATE",
+            cc::tx_pending_u_terminate,
+        ),
+        scenario(
+            "cc-tx-pending-u-ccfh-continue",
+            "RFC 4006 §7: PendingU + Tx expiry, server CCFH CONTINUE",
+            cc::tx_pending_u_continue,
+        ),
+        scenario(
+            "cc-tx-pending-u-retry-and-terminate",
+            "RFC 4006 §7: PendingU + Tx expiry, RETRY_AND_TERMINATE, no alternate",
+            cc::tx_pending_u_retry_and_terminate,
+        ),
+        scenario(
+            "cc-late-answer-after-tx",
+            "RFC 4006 §7: PendingU + Tx expiry, CCFH CONTINUE, no failover: granted, then the late CCA reopens",
+            cc::late_answer_after_tx,
+        ),
+        scenario("cc-tx-pending-t", "RFC 4006 §7: PendingT + Tx expiry: the session ends", cc::tx_pending_t),
+        scenario("cc-rar-open", "RFC 4006 §5.5: RAR in Open -> RAA 2001, then CCR-U", cc::rar_open),
+        scenario(
+            "cc-rar-pending-u",
+            "RFC 4006 §7: RAR in PendingU -> RAA 2001, the CCR-U follows the outstanding one",
+            cc::rar_pending_u,
+        ),
+        scenario("cc-asr-open", "RFC 4006 §5.6: ASR -> ASA 2001, then CCR-T", cc::asr_open),
+        scenario("cc-fui-terminate", "RFC 4006 §5.6.1: last units with FUI TERMINATE, then 4012", cc::fui_terminate),
+        scenario(
+            "cc-fui-redirect",
+            "RFC 4006 §5.6.2: last units with FUI REDIRECT and the top-up address",
+            cc::fui_redirect,
+        ),
+        scenario(
+            "cc-validity-time",
+            "RFC 4006 §5.1.2: Validity-Time expiry -> CCR-U on the client's own",
+            cc::validity_time,
+        ),
+        scenario(
+            "cc-ddfh-buffer",
+            "RFC 4006 §6.3.2: DIRECT_DEBITING unanswered, DDFH TERMINATE_OR_BUFFER: granted, stored, resent with T",
+            cc::ddfh_buffer,
+        ),
+        scenario(
+            "cc-idempotent-update",
+            "A repeated idempotency key returns the first outcome, one CCR-U",
+            cc::idempotent_update,
+        ),
+        scenario("cc-unknown-session", "An update for a session nobody has: 404", cc::unknown_session),
+        scenario(
+            "cc-gx-rar-rules",
+            "TS 29.212 §4.5.2: RAR installing and removing rules -> RAA 2001",
+            cc::gx_rar_rules,
+        ),
+        // The wire.
+        scenario(
+            "wire-session-traffic-decodes-clean",
+            "RFC 6733 §3, §4: CER, DWR, Ro with RAR, Gx, an event: every frame dissects clean in tshark",
+            wire::session_traffic_decodes_clean,
+        ),
+        // Store.
+        scenario(
+            "store-killed-node-records-expire",
+            "A SIGKILLed node's session records expire by their TTL",
+            store::killed_node_records_expire,
+        ),
+        scenario(
+            "store-sqlite-locked-then-catches-up",
+            "SQLite locked by another process: charging goes on, the backlog drains",
+            store::sqlite_locked_then_catches_up,
+        ),
+        // Failover.
+        scenario(
+            "failover-next-event-adopts",
+            "SIGKILLed owner: the next request adopts on a survivor; numbers in order",
+            failover::next_event_adopts,
+        ),
+        scenario(
+            "failover-in-flight-resent-with-t",
+            "RFC 4006 §5.1: the request in flight at the crash is resent with the T flag",
+            failover::in_flight_resent_with_t,
+        ),
+        scenario(
+            "failover-stale-owner-fenced",
+            "SIGSTOPped owner adopted meanwhile: on SIGCONT it is fenced, sends nothing",
+            failover::stale_owner_fenced,
+        ),
     ]
 }
 

@@ -1068,7 +1068,13 @@ impl Driver {
         let due: Vec<String> = self.timers.iter().take_while(|(t, _)| *t <= now).map(|(_, s)| s.clone()).collect();
         for sid in due {
             if let Some(e) = self.sessions.get_mut(&sid) {
-                e.cc.handle_timeout(now);
+                if e.cc.state() == CcState::Idle && e.cc.has_stored() && e.cc.poll_timeout().is_none() {
+                    // RFC 4006 §6.3.2: the stored event request goes again (with the T flag) every Tx until a
+                    // server answers it.
+                    e.cc.send_stored(now);
+                } else {
+                    e.cc.handle_timeout(now);
+                }
                 self.pump(&sid);
             }
         }
@@ -1137,7 +1143,11 @@ impl Driver {
                 _ => send_now.push(out),
             }
         }
-        let deadline = e.cc.poll_timeout();
+        let mut deadline = e.cc.poll_timeout();
+        if deadline.is_none() && e.cc.state() == CcState::Idle && e.cc.has_stored() {
+            // A stored event request: retried every Tx (see `timeouts`).
+            deadline = Some(e.deadline.filter(|d| *d > now).unwrap_or(now + e.cc.tx()));
+        }
         if deadline != e.deadline {
             if let Some(old) = e.deadline.take() {
                 self.timers.remove(&(old, sid.to_string()));

@@ -423,6 +423,11 @@ impl CcSession {
         self.stored.is_some()
     }
 
+    /// Tx, the answer timer of this session's requests (RFC 4006 §13).
+    pub fn tx(&self) -> Duration {
+        self.config.tx
+    }
+
     // ---- the network ---------------------------------------------------------------------------------------
 
     /// An answer to one of our requests. One that does not match the Session-Id and CC-Request-Number of the

@@ -12,6 +12,7 @@ use std::time::Duration;
 use charging_ra::codec::{ResultCode, code};
 use charging_ra::node::{DiameterNode, NodeConfig};
 use charging_ra::peer::{DisconnectCause, PeerState};
+use charging_ra::wirecheck::Capture;
 
 use crate::stack::{Behaviour, ccr, client_config, open, serve, server_config, wait_for};
 
@@ -192,7 +193,7 @@ async fn freediameter_relays_between_our_client_and_our_server() {
     );
     let fd = FreeDiameter::start(&dir, "fd.test.localdomain", "test.localdomain", &extra);
     // Capture the run on both test ports: every frame must decode clean in tshark.
-    let capture = if capture_needed { Capture::start(&dir, &[fd.port, server_port]).await } else { None };
+    let capture = if capture_needed { capture(&dir, &[fd.port, server_port]) } else { None };
     let (client, _) =
         DiameterNode::start(client_to_fd("as1.test.localdomain", &fd, Duration::from_secs(5))).await.unwrap();
     wait_for(&client, Duration::from_secs(10), "client open with the relay", |s| open(s, 0)).await;
@@ -213,7 +214,8 @@ async fn freediameter_relays_between_our_client_and_our_server() {
     server.stop(DisconnectCause::Rebooting).await;
     drop(fd);
     if let Some(c) = capture {
-        let (bad, count) = c.finish().await;
+        let v = c.finish().unwrap();
+        let (bad, count) = (v.problems, v.diameter_frames);
         assert!(bad.is_empty(), "tshark found problems in the capture:\n{}", bad.join("\n"));
         assert!(count >= 20, "the capture holds the Diameter exchange ({count} frames)");
     } else {
@@ -299,78 +301,15 @@ async fn freediameter_relays_ocs_sim_rar_back_to_the_client() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A tshark capture on the loopback for some test ports, decoded as Diameter when finished.
-struct Capture {
-    child: Child,
-    pcap: PathBuf,
-    ports: Vec<u16>,
-}
-
-impl Capture {
-    async fn start(dir: &Path, ports: &[u16]) -> Option<Capture> {
-        if !crate::have("tshark") {
-            crate::skip("tshark capture", "tshark not installed; the capture check does not run");
-            return None;
+/// A live tshark capture of the test ports, or a visible skip when tshark is missing.
+fn capture(dir: &Path, ports: &[u16]) -> Option<Capture> {
+    match Capture::start(dir, ports) {
+        Ok(c) => Some(c),
+        Err(why) if !charging_ra::wirecheck::available() => {
+            crate::skip("tshark capture", &format!("{why}; the capture check does not run"));
+            None
         }
-        let pcap = dir.join("capture.pcap");
-        // A listener of our own whose connections prove the capture is live: tshark writes the file's header when
-        // it starts, but under load it may capture nothing for seconds after that. Its port is captured too, but
-        // it carries no payload and no reset, so it adds nothing to tshark's expert findings.
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let probe_port = probe.local_addr().unwrap().port();
-        let filter =
-            ports.iter().chain([&probe_port]).map(|p| format!("tcp port {p}")).collect::<Vec<_>>().join(" or ");
-        let child = Command::new("tshark")
-            .args(["-i", "lo", "-q", "-w"])
-            .arg(&pcap)
-            .args(["-f", &filter])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tshark starts");
-        let size = || std::fs::metadata(&pcap).map_or(0, |m| m.len());
-        let end = tokio::time::Instant::now() + Duration::from_secs(60);
-        while size() == 0 {
-            assert!(tokio::time::Instant::now() < end, "tshark never wrote its capture file");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let header = size();
-        // dumpcap flushes the file on its own timer: probe until a probe's frames show up in it.
-        while size() == header {
-            assert!(tokio::time::Instant::now() < end, "tshark never captured on lo");
-            if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", probe_port)) {
-                let accepted = probe.accept();
-                drop(c);
-                drop(accepted);
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        Some(Capture { child, pcap, ports: ports.to_vec() })
-    }
-
-    /// Stops capturing; returns (unexpected expert lines, Diameter frame count).
-    async fn finish(mut self) -> (Vec<String>, usize) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let _ = Command::new("kill").arg("-INT").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
-        let decode_as: Vec<String> =
-            self.ports.iter().flat_map(|p| ["-d".to_string(), format!("tcp.port=={p},diameter")]).collect();
-        let out = Command::new("tshark")
-            .arg("-r")
-            .arg(&self.pcap)
-            .args(&decode_as)
-            .args(["-q", "-z", "expert"])
-            .output()
-            .unwrap();
-        let bad = crate::wire::unexpected_expert_lines(&String::from_utf8_lossy(&out.stdout));
-        let frames = Command::new("tshark")
-            .arg("-r")
-            .arg(&self.pcap)
-            .args(&decode_as)
-            .args(["-Y", "diameter"])
-            .output()
-            .unwrap();
-        (bad, String::from_utf8_lossy(&frames.stdout).lines().count())
+        Err(why) => panic!("{why}"),
     }
 }
 
@@ -384,7 +323,7 @@ async fn freediameter_relays_the_engine_to_the_ocs_sim() {
     }
     let dir = crate::wire::tempdir("fd-engine");
     let (sim, ocs_port, fd) = sim_behind_fd(&dir).await;
-    let capture = Capture::start(&dir, &[fd.port, ocs_port]).await;
+    let capture = capture(&dir, &[fd.port, ocs_port]);
     let cfg = crate::engine::engine_config(
         "as1.test.localdomain",
         &[("fd.test.localdomain", fd.addr(), 1)],
@@ -440,7 +379,8 @@ async fn freediameter_relays_the_engine_to_the_ocs_sim() {
     assert_eq!(check.sessions.terminated, 2);
     drop(fd);
     if let Some(c) = capture {
-        let (bad, frames) = c.finish().await;
+        let v = c.finish().unwrap();
+        let (bad, frames) = (v.problems, v.diameter_frames);
         assert!(bad.is_empty(), "tshark found problems in what the engine and the simulator sent:\n{}", bad.join("\n"));
         assert!(frames >= 20, "{frames} Diameter frames captured");
     }

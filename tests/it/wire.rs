@@ -58,26 +58,7 @@ pub fn tempdir(label: &str) -> std::path::PathBuf {
     dir
 }
 
-/// The Errors and Warns lines of `tshark -z expert`, without the allowed ones.
-pub fn unexpected_expert_lines(expert: &str) -> Vec<String> {
-    let mut section = "";
-    let mut out = Vec::new();
-    for line in expert.lines() {
-        let t = line.trim();
-        if let Some(name) = ["Errors", "Warns", "Notes", "Chats", "Comments"].iter().find(|n| t.starts_with(*n)) {
-            section = name;
-            continue;
-        }
-        if !matches!(section, "Errors" | "Warns") || t.is_empty() || t.starts_with('=') || t.starts_with("Frequency") {
-            continue;
-        }
-        if t.contains("Unknown AVP") || t.contains("Data is empty") {
-            continue;
-        }
-        out.push(t.to_string());
-    }
-    out
-}
+pub use charging_ra::wirecheck::unexpected_expert_lines;
 
 #[test]
 fn tshark_decodes_every_sample_clean() {
