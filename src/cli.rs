@@ -96,6 +96,13 @@ enum Command {
         /// HTTP control API address (ledger, RAR/ASR, faults, metrics).
         #[arg(long)]
         control: Option<std::net::SocketAddr>,
+        /// Also listen here as a mate: a second server identity (--mate-host) serving the same sessions and ledger,
+        /// as the two servers of a redundant OCS pair do; clients configure it as their alternate.
+        #[arg(long, requires = "mate_host")]
+        mate_listen: Option<std::net::SocketAddr>,
+        /// The mate's Origin-Host.
+        #[arg(long, requires = "mate_listen")]
+        mate_host: Option<String>,
         /// Tariff, accounts, Gx policy, faults and Tcc (TOML; see docs/ocs-sim.md).
         #[arg(long)]
         config: Option<std::path::PathBuf>,
@@ -120,9 +127,20 @@ pub fn main() -> ExitCode {
             init_logging(log_json);
             node(&config)
         }
-        Command::OcsSim { listen, origin_host, origin_realm, control, config, ledger_out, log_json } => {
+        Command::OcsSim {
+            listen,
+            origin_host,
+            origin_realm,
+            control,
+            mate_listen,
+            mate_host,
+            config,
+            ledger_out,
+            log_json,
+        } => {
             init_logging(log_json);
-            ocs_sim(listen, origin_host, origin_realm, control, config, ledger_out)
+            let mate = mate_listen.zip(mate_host);
+            ocs_sim(listen, origin_host, origin_realm, control, mate, config, ledger_out)
         }
     };
     match result {
@@ -151,6 +169,7 @@ fn ocs_sim(
     origin_host: String,
     origin_realm: String,
     control: Option<std::net::SocketAddr>,
+    mate: Option<(std::net::SocketAddr, String)>,
     config: Option<std::path::PathBuf>,
     ledger_out: Option<std::path::PathBuf>,
 ) -> anyhow::Result<ExitCode> {
@@ -167,12 +186,14 @@ fn ocs_sim(
     rt.block_on(async move {
         let mut cfg = OcsServerConfig::new(listen, &origin_host, &origin_realm);
         cfg.control = control;
+        cfg.mate = mate;
         cfg.ocs = ocs;
         let server = OcsServer::start(cfg).await?;
         tracing::info!(diameter = %server.diameter_addr(), control = ?server.control_addr(), "ocs-sim running as {origin_host}");
         // For whoever started this process (scripts, the conformance runner): where it listens, once it does.
         let control = server.control_addr().map_or("none".to_string(), |a| a.to_string());
-        println!("ready diameter={} control={control}", server.diameter_addr());
+        let mate = server.mate_addr().map(|a| format!(" mate={a}")).unwrap_or_default();
+        println!("ready diameter={} control={control}{mate}", server.diameter_addr());
         shutdown_signal().await;
         let ledger = server.ledger_json();
         let check = server.stop().await;

@@ -104,11 +104,15 @@ pub struct Ocs {
     pub diameter: SocketAddr,
     /// Its control API.
     pub control: SocketAddr,
+    /// Its mate ([`OCS_MATE_HOST`]): the second server of the pair, same sessions, same ledger.
+    pub mate: SocketAddr,
     run: Running,
 }
 
 /// The simulator's Origin-Host and realm in every scenario.
 pub const OCS_HOST: &str = "ocs1.ocs.localdomain";
+/// The mate's Origin-Host.
+pub const OCS_MATE_HOST: &str = "ocs2.ocs.localdomain";
 /// The realm requests are routed by.
 pub const OCS_REALM: &str = "ocs.localdomain";
 
@@ -121,6 +125,7 @@ impl Ocs {
                 std::fs::write(&cfg, toml).map_err(|e| e.to_string())?;
                 let mut child = Command::new(binary)
                     .args(["ocs-sim", "--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"])
+                    .args(["--mate-listen", "127.0.0.1:0", "--mate-host", OCS_MATE_HOST])
                     .args(["--origin-host", OCS_HOST, "--origin-realm", OCS_REALM, "--config"])
                     .arg(&cfg)
                     .env("RUST_LOG", "warn")
@@ -132,6 +137,7 @@ impl Ocs {
                 Ok(Ocs {
                     diameter: field(&f, "diameter")?,
                     control: field(&f, "control")?,
+                    mate: field(&f, "mate")?,
                     run: Running::Process(child),
                 })
             }
@@ -142,13 +148,15 @@ impl Ocs {
                 let server = rt.block_on(async {
                     let mut cfg = OcsServerConfig::new("127.0.0.1:0".parse().unwrap(), OCS_HOST, OCS_REALM);
                     cfg.control = Some("127.0.0.1:0".parse().unwrap());
+                    cfg.mate = Some(("127.0.0.1:0".parse().unwrap(), OCS_MATE_HOST.into()));
                     cfg.ocs = ocs;
                     OcsServer::start(cfg).await.map_err(|e| e.to_string())
                 })?;
                 let (diameter, control) = (server.diameter_addr(), server.control_addr().expect("control on"));
+                let mate = server.mate_addr().expect("mate on");
                 // The server lives as long as its runtime.
                 std::mem::forget(server);
-                Ok(Ocs { diameter, control, run: Running::InProc(Some(rt)) })
+                Ok(Ocs { diameter, control, mate, run: Running::InProc(Some(rt)) })
             }
         }
     }

@@ -62,16 +62,11 @@ pub(crate) fn all() -> Vec<Scenario> {
             "RFC 3539 §3.4: DWAs lost -> SUSPECT -> DOWN; reconnect, REOPEN after 3 DWAs",
             peer::watchdog_loss_and_reopen,
         ),
-        Scenario {
-            name: "peer-watchdog-loss-fails-over-with-t",
-            spec: "RFC 3539 §3.4, RFC 6733 §5.5.4: primary silent -> SUSPECT, pending CCR-U to the alternate with the T flag, charged once",
-            known_failing: Some(
-                "the simulator has no second identity sharing its ledger, and a server refuses a second connection from \
-                 the same peer (RFC 6733 §5.6.4), so the alternate path cannot be built yet (tests/it/stack.rs covers \
-                 the router's failover with two servers)",
-            ),
-            run: peer::watchdog_loss_fails_over_with_t,
-        },
+        scenario(
+            "peer-watchdog-loss-fails-over-with-t",
+            "RFC 3539 §3.4, RFC 6733 §5.5.4: primary silent -> SUSPECT, pending CCR-U to the alternate with the T flag, charged once",
+            peer::watchdog_loss_fails_over_with_t,
+        ),
         scenario(
             "peer-dpr-and-reconnect",
             "RFC 6733 §5.4: DPR (REBOOTING) from the server -> DPA, close, reconnect",

@@ -35,6 +35,9 @@ pub struct OcsServerConfig {
     pub ocs: OcsConfig,
     /// Watchdog interval towards clients.
     pub watchdog_interval: Duration,
+    /// A mate: a second Diameter identity (listening address, Origin-Host) serving the same sessions and ledger, as
+    /// the two servers of a redundant OCS pair do. Clients configure it as their alternate server.
+    pub mate: Option<(SocketAddr, String)>,
 }
 
 impl OcsServerConfig {
@@ -47,6 +50,7 @@ impl OcsServerConfig {
             control: None,
             ocs: OcsConfig::default(),
             watchdog_interval: Duration::from_secs(30),
+            mate: None,
         }
     }
 }
@@ -54,6 +58,7 @@ impl OcsServerConfig {
 /// A running simulator.
 pub struct OcsServer {
     node: DiameterNode,
+    mate: Option<DiameterNode>,
     ocs: Arc<Mutex<Ocs>>,
     control: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
@@ -75,61 +80,101 @@ fn wall_ms() -> u64 {
 #[derive(Clone)]
 struct Shared {
     ocs: Arc<Mutex<Ocs>>,
-    node: NodeHandle,
+    /// The primary's node, then the mate's.
+    nodes: Vec<NodeHandle>,
+}
+
+/// The core knows peers by one number: the mate's connections are numbered from here.
+const MATE_PEERS: usize = 1 << 24;
+
+impl Shared {
+    /// The node a core peer number belongs to, and the peer's number there.
+    fn route(&self, peer: PeerId) -> (&NodeHandle, PeerId) {
+        match self.nodes.get(1) {
+            Some(mate) if peer.0 >= MATE_PEERS => (mate, PeerId(peer.0 - MATE_PEERS)),
+            _ => (&self.nodes[0], peer),
+        }
+    }
+}
+
+/// Serves the requests one of the simulator's nodes receives; the mate's peers are numbered from [`MATE_PEERS`].
+fn serve(
+    s: Shared,
+    index: usize,
+    mut requests: tokio::sync::mpsc::Receiver<crate::node::IncomingRequest>,
+) -> JoinHandle<()> {
+    let base = if index == 0 { 0 } else { MATE_PEERS };
+    tokio::spawn(async move {
+        let node = s.nodes[index].clone();
+        while let Some(req) = requests.recv().await {
+            let started = Instant::now();
+            let reply = {
+                let mut ocs = s.ocs.lock().expect("ledger lock");
+                let r = ocs.handle_request(started, wall_ms(), PeerId(base + req.peer.0), &req.request);
+                ocs.observe_latency(started.elapsed());
+                r
+            };
+            match reply {
+                Reply::Answer(a) => req.answer(a),
+                Reply::Delay(d, a) => {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(d).await;
+                        req.answer(a);
+                    });
+                }
+                Reply::Drop => req.discard(),
+                Reply::Close => {
+                    node.close_peer(req.peer);
+                    req.discard();
+                }
+                Reply::AnswerThenDpr(a) => {
+                    let peer = req.peer;
+                    req.answer(a);
+                    node.disconnect_peer(peer, DisconnectCause::Rebooting);
+                }
+            }
+        }
+    })
 }
 
 impl OcsServer {
     /// Starts the Diameter node, the request loop, the Tcc sweeper and the control API.
     pub async fn start(cfg: OcsServerConfig) -> Result<OcsServer, OcsServerError> {
-        let mut local = LocalIdentity::charging_client(&cfg.origin_host, &cfg.origin_realm, 0);
-        local.product_name = "charging-ra ocs-sim".into();
-        local.applications =
-            vec![Application::Auth(AppId::CREDIT_CONTROL), Application::VendorAuth(VendorId::TGPP, AppId::GX)];
-        let mut router = RouterConfig::new(local.clone(), vec![]);
-        router.accept_unknown_peers = true;
-        // The simulator recognizes retransmissions by (Session-Id, CC-Request-Number), as RFC 4006 §7 servers do,
-        // and records them in the ledger; the base stack's (Origin-Host, End-to-End) cache would hide them from it.
-        router.duplicate_capacity = 0;
-        let mut template = PeerConfig::new(local, None, false);
-        template.watchdog_interval = cfg.watchdog_interval;
-        router.accepted_peer = Some(template);
-        let mut node_cfg = NodeConfig::new(router, vec![]);
-        node_cfg.listen = vec![cfg.listen];
-        let (node, mut requests) = DiameterNode::start(node_cfg).await?;
+        // The two servers of a pair answer for each other's identity: a client failing over keeps the
+        // Destination-Host it had (RFC 6733 §5.5.4 resends the request as it was, with the T flag).
+        let pair: Vec<String> =
+            std::iter::once(cfg.origin_host.clone()).chain(cfg.mate.as_ref().map(|(_, h)| h.clone())).collect();
+        let start = |host: &str, listen: SocketAddr| {
+            let mut local = LocalIdentity::charging_client(host, &cfg.origin_realm, 0);
+            local.product_name = "charging-ra ocs-sim".into();
+            local.applications =
+                vec![Application::Auth(AppId::CREDIT_CONTROL), Application::VendorAuth(VendorId::TGPP, AppId::GX)];
+            let mut router = RouterConfig::new(local.clone(), vec![]);
+            router.accept_unknown_peers = true;
+            // The simulator recognizes retransmissions by (Session-Id, CC-Request-Number), as RFC 4006 §7 servers
+            // do, and records them in the ledger; the base stack's (Origin-Host, End-to-End) cache would hide them.
+            router.duplicate_capacity = 0;
+            router.local_aliases = pair.iter().filter(|h| *h != host).cloned().collect();
+            let mut template = PeerConfig::new(local, None, false);
+            template.watchdog_interval = cfg.watchdog_interval;
+            router.accepted_peer = Some(template);
+            let mut node_cfg = NodeConfig::new(router, vec![]);
+            node_cfg.listen = vec![listen];
+            DiameterNode::start(node_cfg)
+        };
+        let (node, requests) = start(&cfg.origin_host, cfg.listen).await?;
+        let mate = match &cfg.mate {
+            Some((listen, host)) => Some(start(host, *listen).await?),
+            None => None,
+        };
         let ocs = Arc::new(Mutex::new(Ocs::new(cfg.ocs.clone(), &cfg.origin_host, &cfg.origin_realm)));
-        let shared = Shared { ocs: ocs.clone(), node: node.handle() };
-        let mut tasks = Vec::new();
-        let s = shared.clone();
-        tasks.push(tokio::spawn(async move {
-            while let Some(req) = requests.recv().await {
-                let started = Instant::now();
-                let reply = {
-                    let mut ocs = s.ocs.lock().expect("ledger lock");
-                    let r = ocs.handle_request(started, wall_ms(), req.peer, &req.request);
-                    ocs.observe_latency(started.elapsed());
-                    r
-                };
-                match reply {
-                    Reply::Answer(a) => req.answer(a),
-                    Reply::Delay(d, a) => {
-                        tokio::spawn(async move {
-                            tokio::time::sleep(d).await;
-                            req.answer(a);
-                        });
-                    }
-                    Reply::Drop => req.discard(),
-                    Reply::Close => {
-                        s.node.close_peer(req.peer);
-                        req.discard();
-                    }
-                    Reply::AnswerThenDpr(a) => {
-                        let peer = req.peer;
-                        req.answer(a);
-                        s.node.disconnect_peer(peer, DisconnectCause::Rebooting);
-                    }
-                }
-            }
-        }));
+        let nodes = std::iter::once(node.handle()).chain(mate.as_ref().map(|(m, _)| m.handle())).collect();
+        let shared = Shared { ocs: ocs.clone(), nodes };
+        let mut tasks = vec![serve(shared.clone(), 0, requests)];
+        let mate = mate.map(|(m, rx)| {
+            tasks.push(serve(shared.clone(), 1, rx));
+            m
+        });
         if !cfg.ocs.tcc.is_zero() {
             let s = shared.clone();
             let tick = (cfg.ocs.tcc / 10).clamp(Duration::from_millis(20), Duration::from_secs(1));
@@ -154,12 +199,17 @@ impl OcsServer {
                 let _ = axum::serve(listener, app).await;
             }));
         }
-        Ok(OcsServer { node, ocs, control, tasks })
+        Ok(OcsServer { node, mate, ocs, control, tasks })
     }
 
     /// The Diameter listening address.
     pub fn diameter_addr(&self) -> SocketAddr {
         self.node.local_addrs()[0]
+    }
+
+    /// The mate's Diameter listening address, when it has one.
+    pub fn mate_addr(&self) -> Option<SocketAddr> {
+        self.mate.as_ref().map(|m| m.local_addrs()[0])
     }
 
     /// The control API's address.
@@ -174,12 +224,17 @@ impl OcsServer {
 
     /// Sends a RAR (see [`Ocs::rar`]) and records its answer.
     pub async fn rar(&self, req: &RarRequest) -> Result<ServerRequestOutcome, (StatusCode, String)> {
-        server_rar(&Shared { ocs: self.ocs.clone(), node: self.node.handle() }, req).await
+        server_rar(&self.shared(), req).await
     }
 
     /// Sends an ASR and records its answer.
     pub async fn asr(&self, req: &AsrRequest) -> Result<ServerRequestOutcome, (StatusCode, String)> {
-        server_asr(&Shared { ocs: self.ocs.clone(), node: self.node.handle() }, req).await
+        server_asr(&self.shared(), req).await
+    }
+
+    fn shared(&self) -> Shared {
+        let nodes = std::iter::once(&self.node).chain(&self.mate).map(DiameterNode::handle).collect();
+        Shared { ocs: self.ocs.clone(), nodes }
     }
 
     /// Stops: DPR to every client, tasks ended. Returns the ledger check.
@@ -188,6 +243,9 @@ impl OcsServer {
             t.abort();
         }
         self.node.stop(DisconnectCause::Rebooting).await;
+        if let Some(m) = self.mate {
+            m.stop(DisconnectCause::Rebooting).await;
+        }
         self.ocs.lock().expect("ledger lock").check()
     }
 
@@ -255,12 +313,17 @@ pub struct AsrRequest {
 
 async fn via_peer(s: &Shared, via: &Option<String>, default: PeerId) -> Result<PeerId, (StatusCode, String)> {
     let Some(host) = via else { return Ok(default) };
-    let st = s.node.status().await.ok_or((StatusCode::SERVICE_UNAVAILABLE, "node stopped".to_string()))?;
-    st.peers
-        .iter()
-        .position(|p| p.identity.as_deref().is_some_and(|i| i.eq_ignore_ascii_case(host)) && p.available)
-        .map(PeerId)
-        .ok_or((StatusCode::NOT_FOUND, format!("no open connection to {host}")))
+    for (index, node) in s.nodes.iter().enumerate() {
+        let st = node.status().await.ok_or((StatusCode::SERVICE_UNAVAILABLE, "node stopped".to_string()))?;
+        let found = st
+            .peers
+            .iter()
+            .position(|p| p.identity.as_deref().is_some_and(|i| i.eq_ignore_ascii_case(host)) && p.available);
+        if let Some(p) = found {
+            return Ok(PeerId(p + if index == 0 { 0 } else { MATE_PEERS }));
+        }
+    }
+    Err((StatusCode::NOT_FOUND, format!("no open connection to {host}")))
 }
 
 async fn send_server_request(
@@ -272,7 +335,8 @@ async fn send_server_request(
 ) -> Result<ServerRequestOutcome, (StatusCode, String)> {
     let (msg, peer) = built.map_err(|e| (StatusCode::NOT_FOUND, e.to_string()))?;
     let peer = via_peer(s, via, peer).await?;
-    let outcome = match s.node.request_via(msg, Some(Duration::from_secs(10)), Some(peer)).await {
+    let (node, peer) = s.route(peer);
+    let outcome = match node.request_via(msg, Some(Duration::from_secs(10)), Some(peer)).await {
         Ok(a) => ServerRequestOutcome {
             result_code: a.result_code().map_or(0, |r| r.0),
             answered_by: a.find(code::ORIGIN_HOST, 0).and_then(|x| x.as_utf8().ok()).map(str::to_string),

@@ -48,6 +48,9 @@ pub struct RouterConfig {
     pub limits: DecodeLimits,
     /// Requests pending an answer at most; beyond it new requests fail with 3004 (DIAMETER_TOO_BUSY).
     pub max_pending: usize,
+    /// Other DiameterIdentities this node answers for as if they were its own Origin-Host (a server of a redundant
+    /// pair accepting requests addressed to its mate). Empty by default.
+    pub local_aliases: Vec<String>,
 }
 
 impl RouterConfig {
@@ -63,6 +66,7 @@ impl RouterConfig {
             accepted_peer: None,
             limits: DecodeLimits::default(),
             max_pending: 1 << 20,
+            local_aliases: Vec::new(),
         }
     }
 }
@@ -598,7 +602,9 @@ impl Router {
         let dest_realm = req.find(code::DESTINATION_REALM, 0).and_then(|a| a.as_utf8().ok()).map(str::to_string);
         let dest_host = req.find(code::DESTINATION_HOST, 0).and_then(|a| a.as_utf8().ok()).map(str::to_string);
         let for_us_realm = dest_realm.as_deref().is_none_or(|r| r.eq_ignore_ascii_case(&local_realm));
-        let for_us_host = dest_host.as_deref().is_none_or(|h| h.eq_ignore_ascii_case(&local_host));
+        let for_us_host = dest_host.as_deref().is_none_or(|h| {
+            h.eq_ignore_ascii_case(&local_host) || self.config.local_aliases.iter().any(|a| a.eq_ignore_ascii_case(h))
+        });
         if !(for_us_realm && for_us_host) {
             return self.relay(now, peer, req);
         }

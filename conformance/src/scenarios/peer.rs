@@ -12,7 +12,7 @@ use charging_ra::peer::LocalIdentity;
 
 use super::cc::{ensure, setup};
 use crate::Ctx;
-use crate::harness::{NodeSpec, OCS_HOST, wait_for};
+use crate::harness::{NodeSpec, OCS_HOST, OCS_MATE_HOST, wait_for};
 use crate::proxy::{Action, Rule};
 
 pub(super) fn cer_common_application(ctx: &mut Ctx) -> Result<(), String> {
@@ -126,11 +126,11 @@ pub(super) fn unknown_peer_refused(ctx: &mut Ctx) -> Result<(), String> {
 }
 
 pub(super) fn watchdog_loss_fails_over_with_t(ctx: &mut Ctx) -> Result<(), String> {
-    // Two paths to the same OCS (as two servers sharing their sessions would be): the primary's answers stop.
+    // The OCS pair: the primary, and its mate sharing the sessions; the primary's answers stop.
     let ocs = ctx.ocs("")?;
-    let (a, b) = (ctx.proxy(ocs.diameter)?, ctx.proxy(ocs.diameter)?);
+    let a = ctx.proxy(ocs.diameter)?;
     let mut spec = NodeSpec::new("n1", &ocs);
-    spec.peers = vec![(OCS_HOST.into(), a.addr, 1), (OCS_HOST.into(), b.addr, 2)];
+    spec.peers = vec![(OCS_HOST.into(), a.addr, 1), (OCS_MATE_HOST.into(), ocs.mate, 2)];
     spec.watchdog = Duration::from_secs(1);
     spec.tx = Duration::from_secs(8);
     let node = ctx.node(&spec)?;
