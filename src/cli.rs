@@ -214,6 +214,14 @@ fn node(path: &Path) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let mut engine_config = config.engine_config(dictionary);
+        // The HTTP front is bound first: the lease carries its address, where other nodes forward calls.
+        let listener = match config.node.http_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("HTTP front on {addr}"))?,
+            ),
+            None => None,
+        };
+        let http_bound = listener.as_ref().and_then(|l| l.local_addr().ok());
         if config.replication.enabled {
             let store = AnyStore::open(&config.store, dir)
                 .await
@@ -224,16 +232,12 @@ fn node(path: &Path) -> anyhow::Result<ExitCode> {
             };
             config.replication.apply(&mut engine_config, store, &config.node.id, &uri);
             if let Some(r) = engine_config.replication.as_mut() {
-                r.http = config.node.http_listen.map(|a| format!("http://{a}"));
+                r.http = http_bound.map(|a| format!("http://{a}"));
             }
         }
         let engine = charging_ra::api::Engine::start(engine_config).await?;
-        let http = match config.node.http_listen {
-            Some(addr) => Some(
-                charging_ra::api::http::serve(engine.clone(), addr)
-                    .await
-                    .with_context(|| format!("HTTP front on {addr}"))?,
-            ),
+        let http = match listener {
+            Some(l) => Some(charging_ra::api::http::serve_on(engine.clone(), l)?),
             None => None,
         };
         let diameter: Vec<String> = engine.diameter_addrs().await.iter().map(|a| a.to_string()).collect();

@@ -23,6 +23,9 @@ pub struct Config {
     /// Ro and Gx defaults.
     #[serde(default)]
     pub applications: ApplicationsSection,
+    /// The other nodes of the cluster, which this node proxies RAR/ASR to and accepts them from.
+    #[serde(default)]
+    pub cluster: ClusterSection,
     /// Codec limits.
     #[serde(default)]
     pub codec: CodecConfig,
@@ -88,6 +91,29 @@ pub struct PeerSection {
 
 fn one() -> u32 {
     1
+}
+
+/// `[cluster]`: every node of the cluster (this one included: it is skipped by its id), so that one file can serve
+/// them all. Each node connects to the others over Diameter; a RAR or ASR addressed to a node (Destination-Host)
+/// that reaches another is delivered to that node's engine, which proxies it to the session's owner or adopts the
+/// session when the owner is dead.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSection {
+    /// The members.
+    pub members: Vec<ClusterMember>,
+}
+
+/// `[[cluster.members]]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMember {
+    /// Its node id.
+    pub id: String,
+    /// Its Origin-Host.
+    pub origin_host: String,
+    /// Its Diameter listening address (`[node] diameter_listen` on it).
+    pub address: std::net::SocketAddr,
 }
 
 /// `[applications]`.
@@ -434,17 +460,23 @@ impl Config {
                 weight: 1,
             })
             .collect();
+        let others: Vec<&ClusterMember> = self.cluster.members.iter().filter(|m| m.id != self.node.id).collect();
         let mut router = RouterConfig::new(local.clone(), routes);
         router.accept_unknown_peers = false;
         router.limits = self.codec.limits();
+        // Requests addressed to another member reach this node's engine, which proxies them to the owner of the
+        // session (or adopts it): see docs/replication.md.
+        router.local_aliases = others.iter().map(|m| m.origin_host.clone()).collect();
+        let endpoint = |host: &str, address| {
+            let mut pc = PeerConfig::new(local.clone(), Some(host.to_string()), true);
+            pc.watchdog_interval = self.node.watchdog;
+            crate::node::PeerEndpoint { config: pc, address: Some(address), tls: false, server_name: None }
+        };
         let peers = self
             .peers
             .iter()
-            .map(|p| {
-                let mut pc = PeerConfig::new(local.clone(), Some(p.host.clone()), true);
-                pc.watchdog_interval = self.node.watchdog;
-                crate::node::PeerEndpoint { config: pc, address: Some(p.address), tls: false, server_name: None }
-            })
+            .map(|p| endpoint(&p.host, p.address))
+            .chain(others.iter().map(|m| endpoint(&m.origin_host, m.address)))
             .collect();
         let mut node = crate::node::NodeConfig::new(router, peers);
         node.listen = self.node.diameter_listen.into_iter().collect();
@@ -488,6 +520,22 @@ mod tests {
         // The example documents the defaults: what it says is what a missing key means.
         assert_eq!(config, Config::default());
         assert_eq!(Config::parse("", path).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_cluster_examples_parse_and_name_each_other() {
+        for i in 1..=3 {
+            let path =
+                std::path::PathBuf::from(format!("{}/examples/cluster/node{i}.toml", env!("CARGO_MANIFEST_DIR")));
+            let c = Config::load(&path).unwrap();
+            assert_eq!(c.node.id, format!("n{i}"));
+            assert_eq!(c.cluster.members.len(), 3);
+            let e = c.engine_config(std::sync::Arc::new(Dictionary::builtin()));
+            // Two OCS peers and the two other members; requests addressed to the others reach this node's engine.
+            assert_eq!(e.node.peers.len(), 4, "{path:?}");
+            assert_eq!(e.node.router.local_aliases.len(), 2);
+            assert!(!e.node.router.local_aliases.contains(&c.node.origin_host));
+        }
     }
 
     #[test]

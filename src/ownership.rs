@@ -49,6 +49,8 @@ pub enum Resolution {
         owner: String,
         /// Its internal URI.
         uri: String,
+        /// Its HTTP front, when it has one.
+        http: Option<String>,
     },
 }
 
@@ -192,7 +194,7 @@ impl<S: Store> Ownership<S> {
                     let (convergence, version, protocol_version) = (proto.associated, c.version, p.version);
                     return Ok(Resolution::Owned { convergence, epoch, version, protocol_version, adopted_from: None });
                 }
-                Adoption::Proxy { owner, uri } => return Ok(Resolution::Proxy { owner, uri }),
+                Adoption::Proxy { owner, uri, http } => return Ok(Resolution::Proxy { owner, uri, http }),
                 Adoption::TakeOver { expect_version, record } => {
                     let ttl = self.record_ttl;
                     match self.store.put(&ck, replication::encode(&record), Expect::Version(expect_version), ttl).await

@@ -230,6 +230,10 @@ pub struct NodeSpec {
     pub busy_timeout: Duration,
     /// Wait for a peer to open before [`Node::start`] returns.
     pub wait_open: bool,
+    /// Its Diameter port (0: any), fixed when other nodes connect to it.
+    pub diameter_port: u16,
+    /// Every member of its cluster: (node id, Diameter port); empty for a lone node.
+    pub cluster: Vec<(String, u16)>,
 }
 
 impl NodeSpec {
@@ -247,6 +251,8 @@ impl NodeSpec {
             record_ttl: Duration::from_secs(3600),
             busy_timeout: Duration::from_millis(200),
             wait_open: true,
+            diameter_port: 0,
+            cluster: Vec::new(),
         }
     }
 
@@ -258,11 +264,17 @@ impl NodeSpec {
     fn toml(&self, store: &std::path::Path) -> String {
         let mut t = format!(
             "[node]\nid = \"{id}\"\norigin_host = \"{host}\"\norigin_realm = \"charging.localdomain\"\n\
-             diameter_listen = \"127.0.0.1:0\"\nhttp_listen = \"127.0.0.1:0\"\nwatchdog = \"{tw}ms\"\n\n",
+             diameter_listen = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:0\"\nwatchdog = \"{tw}ms\"\n\n",
             id = self.id,
             host = self.origin_host(),
+            port = self.diameter_port,
             tw = self.watchdog.as_millis()
         );
+        for (id, port) in &self.cluster {
+            t += &format!(
+                "[[cluster.members]]\nid = \"{id}\"\norigin_host = \"{id}.charging.localdomain\"\naddress = \"127.0.0.1:{port}\"\n\n"
+            );
+        }
         for (host, addr, prio) in &self.peers {
             t += &format!(
                 "[[peers]]\nhost = \"{host}\"\nrealm = \"{OCS_REALM}\"\naddress = \"{addr}\"\npriority = {prio}\n\n"
@@ -340,14 +352,17 @@ impl Node {
                 let rt = runtime()?;
                 let (http, diameter) = rt.block_on(async {
                     let mut ec = config.engine_config(Arc::new(charging_ra::dict::Dictionary::builtin()));
+                    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
                     if spec.replicate {
-                        let uri = format!("aaa://{}", spec.origin_host());
+                        let uri = format!("aaa://{}:{}", spec.origin_host(), spec.diameter_port);
                         config.replication.apply(&mut ec, store, &spec.id, &uri);
+                        if let Some(r) = ec.replication.as_mut() {
+                            r.http = listener.local_addr().ok().map(|a| format!("http://{a}"));
+                        }
                     }
                     let engine = charging_ra::api::Engine::start(ec).await.map_err(|e| e.to_string())?;
-                    let (http, task) = charging_ra::api::http::serve(engine.clone(), "127.0.0.1:0".parse().unwrap())
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    let (http, task) =
+                        charging_ra::api::http::serve_on(engine.clone(), listener).map_err(|e| e.to_string())?;
                     std::mem::forget(task);
                     let d = engine.diameter_addrs().await.first().copied().ok_or("no Diameter address")?;
                     Ok::<_, String>((http, d))
@@ -466,6 +481,28 @@ impl super::Ctx<'_> {
     /// Starts a node.
     pub fn node(&self, spec: &NodeSpec) -> Result<Node, String> {
         Node::start(self, spec)
+    }
+
+    /// The specs of an `n`-node cluster on one simulator, replicating to the run's store: nodes `n1`…, each with a
+    /// fixed Diameter port and the others as cluster members.
+    pub fn cluster_specs(&self, n: usize, ocs: &Ocs) -> Result<Vec<NodeSpec>, String> {
+        let ports: Vec<u16> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        let members: Vec<(String, u16)> = ports.iter().enumerate().map(|(i, p)| (format!("n{}", i + 1), *p)).collect();
+        Ok(members
+            .iter()
+            .map(|(id, port)| {
+                let mut spec = NodeSpec::new(id, ocs);
+                spec.replicate = true;
+                spec.diameter_port = *port;
+                spec.cluster = members.clone();
+                // Links between nodes come up (and, after a loss, reopen) within a few seconds.
+                spec.watchdog = Duration::from_secs(1);
+                spec
+            })
+            .collect())
     }
 
     /// The SQLite store file the nodes share.

@@ -203,6 +203,31 @@ pub(crate) fn all() -> Vec<Scenario> {
             failover::in_flight_resent_with_t,
         ),
         scenario(
+            "failover-rar-proxied-to-live-owner",
+            "RFC 6733 §6.1.9: a RAR reaching a non-owner is proxied to the owner (Route-Record), RAA and CCR-U from it",
+            failover::rar_proxied_to_live_owner,
+        ),
+        scenario(
+            "failover-rar-after-owner-death-adopted",
+            "A RAR for a dead node's session adopts it on the node it reaches: RAA and CCR-U from the adopter",
+            failover::rar_after_owner_death_adopted,
+        ),
+        scenario(
+            "failover-asr-after-failover",
+            "RFC 4006 §5.6 after adoption: RAR and ASR through a third node reach the adopter; ASA, then its CCR-T",
+            failover::asr_after_failover,
+        ),
+        scenario(
+            "failover-restarted-node-does-not-take-back",
+            "A restarted node (new incarnation) owns nothing: calls reaching it are forwarded to the adopter",
+            failover::restarted_node_does_not_take_back,
+        ),
+        scenario(
+            "failover-survivors-race",
+            "Two survivors get the dead owner's session at once: one CAS wins, the other forwards, numbers in order",
+            failover::survivors_race,
+        ),
+        scenario(
             "failover-stale-owner-fenced",
             "SIGSTOPped owner adopted meanwhile: on SIGCONT it is fenced, sends nothing",
             failover::stale_owner_fenced,

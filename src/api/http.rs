@@ -160,8 +160,8 @@ fn charging_error(e: ChargingError) -> Response {
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None, None)
         }
         // 421: this node is not the one to ask; `owner` and `owner_uri` say which is, when known.
-        ChargingError::Moved { ref owner, ref uri, .. } => {
-            let body = json!({ "error": e.to_string(), "owner": owner, "owner_uri": uri });
+        ChargingError::Moved { ref owner, ref uri, ref http, .. } => {
+            let body = json!({ "error": e.to_string(), "owner": owner, "owner_uri": uri, "owner_http": http });
             (StatusCode::MISDIRECTED_REQUEST, Json(body)).into_response()
         }
     }
@@ -331,13 +331,85 @@ pub fn router(engine: Engine) -> axum::Router {
             }),
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; see docs/embedding.md".into(), None, None) })
+        .layer(axum::middleware::from_fn(forward_to_owner))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(engine)
+}
+
+/// Marks a request one node forwarded to another, so it is never forwarded twice.
+const FORWARDED: &str = "x-charging-ra-forwarded";
+
+/// A call for a session another live node owns (the engine says 421 with the owner's HTTP front) is forwarded to
+/// that node once, and its answer returned as is: the service may call any node of the cluster.
+async fn forward_to_owner(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let forwarded = req.headers().contains_key(FORWARDED);
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let (parts, body) = req.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 64 * 1024).await else {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "body above 64 KiB".into(), None, None);
+    };
+    let resp = next.run(axum::extract::Request::from_parts(parts, axum::body::Body::from(body.clone()))).await;
+    if forwarded || resp.status() != StatusCode::MISDIRECTED_REQUEST {
+        return resp;
+    }
+    let (rparts, rbody) = resp.into_parts();
+    let rbytes = axum::body::to_bytes(rbody, 1 << 20).await.unwrap_or_default();
+    let owner =
+        serde_json::from_slice::<Value>(&rbytes).ok().and_then(|v| v["owner_http"].as_str().map(str::to_string));
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    match owner {
+        Some(owner) => match forward(&owner, method.as_str(), path, &body).await {
+            Ok((status, answer)) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                (status, [(axum::http::header::CONTENT_TYPE, "application/json")], answer).into_response()
+            }
+            Err(e) => {
+                let why = format!("the session's owner {owner} did not answer: {e}");
+                error(StatusCode::BAD_GATEWAY, why, None, None)
+            }
+        },
+        None => Response::from_parts(rparts, axum::body::Body::from(rbytes)),
+    }
+}
+
+/// One HTTP/1.1 exchange with another node's front (`http://host:port`).
+async fn forward(base: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.strip_prefix("http://").unwrap_or(base).trim_end_matches('/');
+    let mut s = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n{FORWARDED}: 1\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(60), s.read_to_end(&mut raw))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "answer timed out"))??;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or(std::io::ErrorKind::InvalidData)?;
+    let status = std::str::from_utf8(&raw[..split])
+        .ok()
+        .and_then(|h| h.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or(std::io::ErrorKind::InvalidData)?;
+    Ok((status, raw[split + 4..].to_vec()))
 }
 
 /// Serves the front on `addr` until the task is dropped; returns the bound address.
 pub async fn serve(engine: Engine, addr: SocketAddr) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_on(engine, listener)
+}
+
+/// Serves the front on a listener already bound (a node binds first, so that its lease can carry the address).
+pub fn serve_on(
+    engine: Engine,
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let bound = listener.local_addr()?;
     let app = router(engine);
     let task = tokio::spawn(async move {

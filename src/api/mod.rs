@@ -283,6 +283,8 @@ pub enum ChargingError {
         owner: Option<String>,
         /// Its internal URI, when known.
         uri: Option<String>,
+        /// Its HTTP front, when known: where the HTTP front forwards the call.
+        http: Option<String>,
     },
     /// The store could not be read to find a session this node does not hold.
     #[error("replication store unavailable: {0}")]
@@ -1239,8 +1241,8 @@ impl Driver {
                 Err(e) => Err(format!("session {sid} cannot be restored: {e}")),
             },
             Err(replica::LoadError::Unknown) => Ok(None),
-            Err(replica::LoadError::Elsewhere { owner, uri }) => Ok(Some((Some(owner), Some(uri)))),
-            Err(replica::LoadError::Fenced) => Ok(Some((None, None))),
+            Err(replica::LoadError::Elsewhere { owner, uri, http }) => Ok(Some((Some(owner), Some(uri), http))),
+            Err(replica::LoadError::Fenced) => Ok(Some((None, None, None))),
             Err(replica::LoadError::Store(why)) => Err(why),
         };
         for w in work {
@@ -1249,19 +1251,20 @@ impl Driver {
                     let sid = c.session_id().unwrap_or_default().to_string();
                     c.refuse(ChargingError::UnknownSession(sid));
                 }
-                (Deferred::Cmd(c), Ok(Some((owner, uri)))) => {
-                    c.refuse(ChargingError::Moved { session_id: sid.clone(), owner: owner.clone(), uri: uri.clone() })
-                }
+                (Deferred::Cmd(c), Ok(Some((owner, uri, http)))) => c.refuse(ChargingError::Moved {
+                    session_id: sid.clone(),
+                    owner: owner.clone(),
+                    uri: uri.clone(),
+                    http: http.clone(),
+                }),
                 (Deferred::Cmd(c), Err(why)) => c.refuse(ChargingError::StoreUnavailable(why.clone())),
+                (Deferred::Request(req), Ok(Some((_, Some(uri), _)))) => self.proxy(req, uri),
                 (Deferred::Request(req), r) => {
-                    // RFC 6733 §7.1: 5002 for a session nobody has; 3002 while relaying to a live owner is not
-                    // done here; 3004 when the store cannot tell.
+                    // RFC 6733 §7.1: 5002 for a session nobody has; 3002 when its owner is not known; 3004 when
+                    // the store cannot tell.
                     let (rc, why) = match r {
                         Ok(None) => (ResultCode::UNKNOWN_SESSION_ID, None),
-                        Ok(Some((owner, _))) => (
-                            ResultCode::UNABLE_TO_DELIVER,
-                            Some(format!("session owned by {}", owner.as_deref().unwrap_or("another node"))),
-                        ),
+                        Ok(Some(_)) => (ResultCode::UNABLE_TO_DELIVER, Some("session owned by another node".into())),
                         Err(why) => (ResultCode::TOO_BUSY, Some(why.clone())),
                     };
                     let answer = self.error_answer(&req.request, rc, why.as_deref());
@@ -1273,16 +1276,49 @@ impl Driver {
 
     /// An answer to a server's request that this node cannot serve.
     fn error_answer(&self, request: &Message, rc: ResultCode, why: Option<&str>) -> Message {
-        let mut a = Message::answer_to(request);
-        a.header.flags = a.header.flags.with(crate::codec::CommandFlags::ERROR, rc.is_protocol_error());
-        a.push(crate::codec::Avp::utf8(code::ORIGIN_HOST, &self.origin_host))
-            .push(crate::codec::Avp::utf8(code::ORIGIN_REALM, &self.origin_realm))
-            .push(crate::codec::Avp::u32(code::RESULT_CODE, rc.0));
-        if let Some(why) = why {
-            a.push(crate::codec::Avp::utf8(code::ERROR_MESSAGE, why).with_mandatory(false));
+        error_answer(request, rc, why, &self.origin_host, &self.origin_realm)
+    }
+
+    /// A RAR or ASR for a session a live node owns: proxied to that node over Diameter (RFC 6733 §6.1.9 and
+    /// §2.8.2: Route-Record added, End-to-End Identifier and Proxy-Info kept), its answer returned on the original
+    /// hop-by-hop id. A request whose Route-Record already names this node has looped: 3005.
+    fn proxy(&self, req: IncomingRequest, owner_uri: &str) {
+        let looped = req
+            .request
+            .find_all(code::ROUTE_RECORD, 0)
+            .any(|a| a.as_utf8().is_ok_and(|h| h.eq_ignore_ascii_case(&self.origin_host)));
+        let owner = uri_host(owner_uri);
+        if looped || owner.eq_ignore_ascii_case(&self.origin_host) {
+            let answer = self.error_answer(&req.request, ResultCode::LOOP_DETECTED, Some("proxy loop between nodes"));
+            return req.answer(answer);
         }
-        a.echo_proxy_info(request);
-        a
+        let mut m = req.request.clone();
+        let origin = m.find(code::ORIGIN_HOST, 0).and_then(|a| a.as_utf8().ok()).map(str::to_string);
+        let from = req.peer_identity.clone().or(origin).unwrap_or_default();
+        m.avps.retain(|a| !a.is(code::DESTINATION_HOST, 0));
+        m.push(crate::codec::Avp::utf8(code::DESTINATION_HOST, owner));
+        m.push(crate::codec::Avp::utf8(code::ROUTE_RECORD, &from));
+        m.header.hop_by_hop = crate::codec::HopByHopId(0);
+        let (original, node) = (req.request.header, self.node.clone());
+        let (host, realm, owner) = (self.origin_host.clone(), self.origin_realm.clone(), owner.to_string());
+        tracing::debug!(session = ?req.request.session_id(), to = %owner, "request proxied to the session's owner");
+        tokio::spawn(async move {
+            let answer = match node.request_via(m, Some(Duration::from_secs(10)), None).await {
+                Ok(mut a) => {
+                    a.header.hop_by_hop = original.hop_by_hop;
+                    a.header.end_to_end = original.end_to_end;
+                    a
+                }
+                Err(e) => error_answer(
+                    &req.request,
+                    ResultCode::UNABLE_TO_DELIVER,
+                    Some(&format!("proxying to the session's owner {owner}: {e}")),
+                    &host,
+                    &realm,
+                ),
+            };
+            req.answer(answer);
+        });
     }
 
     /// Builds and starts the next group commit, unless one is being written or the store is failing.
@@ -1521,7 +1557,7 @@ impl Driver {
             repl.forget(sid, r);
         }
         // Its held requests are dropped with it: the adopter answers for the session now.
-        e.fail_all(&ChargingError::Moved { session_id: sid.to_string(), owner: None, uri: None });
+        e.fail_all(&ChargingError::Moved { session_id: sid.to_string(), owner: None, uri: None, http: None });
     }
 
     /// The records read back after an uncertain write met a conflict.
@@ -1570,6 +1606,26 @@ impl Driver {
             self.transmit(&sid, o);
         }
     }
+}
+
+/// An error answer from this node (RFC 6733 §7.2): E bit for 3xxx, Error-Message, Proxy-Info echoed.
+fn error_answer(request: &Message, rc: ResultCode, why: Option<&str>, host: &str, realm: &str) -> Message {
+    let mut a = Message::answer_to(request);
+    a.header.flags = a.header.flags.with(crate::codec::CommandFlags::ERROR, rc.is_protocol_error());
+    a.push(crate::codec::Avp::utf8(code::ORIGIN_HOST, host))
+        .push(crate::codec::Avp::utf8(code::ORIGIN_REALM, realm))
+        .push(crate::codec::Avp::u32(code::RESULT_CODE, rc.0));
+    if let Some(why) = why {
+        a.push(crate::codec::Avp::utf8(code::ERROR_MESSAGE, why).with_mandatory(false));
+    }
+    a.echo_proxy_info(request);
+    a
+}
+
+/// The DiameterIdentity of an `aaa://host:port;…` URI (RFC 6733 §4.3.1).
+fn uri_host(uri: &str) -> &str {
+    let rest = uri.strip_prefix("aaas://").or_else(|| uri.strip_prefix("aaa://")).unwrap_or(uri);
+    rest.split([':', ';', '/']).next().unwrap_or(rest)
 }
 
 fn is_conflict(e: &StoreError) -> bool {

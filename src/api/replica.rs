@@ -243,7 +243,7 @@ pub(super) enum LoadError {
     /// No such replicated session.
     Unknown,
     /// A live node owns it.
-    Elsewhere { owner: String, uri: String },
+    Elsewhere { owner: String, uri: String, http: Option<String> },
     /// A newer epoch wrote its state: another node adopted it meanwhile.
     Fenced,
     /// The store failed, or a record is unreadable.
@@ -527,7 +527,7 @@ pub(super) async fn load(
     let (convergence, epoch, conv_version, proto_version, adopted_from) =
         match own.resolve(&keys::diameter(&cluster, &sid)).await? {
             Resolution::Unknown => return Err(LoadError::Unknown),
-            Resolution::Proxy { owner, uri } => return Err(LoadError::Elsewhere { owner, uri }),
+            Resolution::Proxy { owner, uri, http } => return Err(LoadError::Elsewhere { owner, uri, http }),
             Resolution::Owned { convergence, epoch, version, protocol_version, adopted_from } => {
                 (convergence, epoch, version, protocol_version, adopted_from)
             }

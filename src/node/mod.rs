@@ -116,6 +116,8 @@ pub enum RequestError {
 pub struct IncomingRequest {
     /// The peer it came from.
     pub peer: PeerId,
+    /// That peer's DiameterIdentity (what a proxy puts in Route-Record, RFC 6733 §6.1.9).
+    pub peer_identity: Option<String>,
     /// The request.
     pub request: Message,
     commands: mpsc::UnboundedSender<Command>,
@@ -558,7 +560,14 @@ impl Driver {
                     }
                 }
                 RouterOutput::Request(peer, request) => {
-                    let req = IncomingRequest { peer, request, commands: self.commands.clone(), answered: false };
+                    let peer_identity = self.router.peers().get(peer.0).and_then(|p| p.identity()).map(str::to_string);
+                    let req = IncomingRequest {
+                        peer,
+                        peer_identity,
+                        request,
+                        commands: self.commands.clone(),
+                        answered: false,
+                    };
                     if let Err(mpsc::error::TrySendError::Full(mut req) | mpsc::error::TrySendError::Closed(mut req)) =
                         self.incoming.try_send(req)
                     {

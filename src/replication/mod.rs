@@ -176,6 +176,8 @@ pub enum Adoption {
         owner: String,
         /// Its internal URI.
         uri: String,
+        /// Its HTTP front, from its lease.
+        http: Option<String>,
     },
     /// The owner is dead: try to take the session over with this compare-and-set.
     TakeOver {
@@ -205,7 +207,8 @@ pub fn decide(
         l.identity.node == conv.owner && l.identity.incarnation == conv.incarnation && l.expires_at_ms > now_ms
     });
     if alive {
-        return Adoption::Proxy { owner: conv.owner.clone(), uri: conv.owner_uri.clone() };
+        let http = lease.and_then(|l| l.identity.http.clone());
+        return Adoption::Proxy { owner: conv.owner.clone(), uri: conv.owner_uri.clone(), http };
     }
     Adoption::TakeOver {
         expect_version: version,
@@ -261,7 +264,7 @@ mod tests {
         let c = conv("n1", 5, 3);
         assert_eq!(
             decide(&me, Some(&P), Some((&c, 40)), Some(&lease("n1", 5, 2000)), 1000),
-            Adoption::Proxy { owner: "n1".into(), uri: "aaa://n1.cluster:3869".into() }
+            Adoption::Proxy { owner: "n1".into(), uri: "aaa://n1.cluster:3869".into(), http: None }
         );
         // Owner dead (lease expired, or no lease at all): take over with CAS on the version, epoch + 1.
         for l in [Some(lease("n1", 5, 999)), None] {
@@ -289,7 +292,7 @@ mod tests {
         let won = conv("n3", 2, 4);
         assert_eq!(
             decide(&me, Some(&P), Some((&won, 41)), Some(&lease("n3", 2, 5000)), 1000),
-            Adoption::Proxy { owner: "n3".into(), uri: "aaa://n3.cluster:3869".into() }
+            Adoption::Proxy { owner: "n3".into(), uri: "aaa://n3.cluster:3869".into(), http: None }
         );
     }
 

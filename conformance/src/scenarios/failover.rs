@@ -28,9 +28,9 @@ pub(super) fn next_event_adopts(ctx: &mut Ctx) -> Result<(), String> {
     let (ocs, mut n1, n2) = pair(ctx)?;
     let sid = n1.open_ro("46700000301")?;
     n1.update(&sid, 30)?;
-    // While n1 lives, n2 points at it.
+    // While n1 lives, a call reaching n2 is forwarded to it.
     let (s, b) = n2.update(&sid, 1)?;
-    ensure(s == 421 && b["owner"] == "n1", "421 naming the live owner", &b)?;
+    ensure(s == 200 && b["node"] == "n1.charging.localdomain", "forwarded to the live owner", &b)?;
     n1.kill();
     lease_expiry();
     let (s, b) = n2.update(&sid, 20)?;
@@ -39,10 +39,9 @@ pub(super) fn next_event_adopts(ctx: &mut Ctx) -> Result<(), String> {
     ensure(s == 200, "n2 ends it", &b)?;
     let seen = requests(&ocs, &sid)?;
     let fresh = numbering(&seen)?;
-    ensure(fresh == [0, 1, 2, 3], "numbers in order, none repeated or skipped", &json!(format!("{seen:?}")))?;
-    ensure(seen.iter().any(|(t, n, _)| t == "update" && *n == 2), "n2 sent CCR-U 2", &json!(format!("{seen:?}")))?;
+    ensure(fresh == [0, 1, 2, 3, 4], "numbers in order, none repeated or skipped", &json!(format!("{seen:?}")))?;
     let c = ocs.clean()?;
-    ensure(c["units"]["reported_used"]["time"] == 55, "every second reported once", &c)
+    ensure(c["units"]["reported_used"]["time"] == 56, "every second reported once", &c)
 }
 
 pub(super) fn in_flight_resent_with_t(ctx: &mut Ctx) -> Result<(), String> {
@@ -86,13 +85,159 @@ pub(super) fn stale_owner_fenced(ctx: &mut Ctx) -> Result<(), String> {
     let (s, b) = n2.session(&sid)?;
     ensure(s == 200 && b["owner"] == "n2.charging.localdomain", "n2 adopted", &b)?;
     n1.signal("CONT")?;
+    // n1's write-ahead is refused: it drops its copy, sends nothing, and the call goes to the adopter.
     let (s, b) = n1.update(&sid, 10)?;
-    ensure(s == 421, "the stale owner is fenced: it sends nothing", &b)?;
-    let (s, b) = n2.update(&sid, 10)?;
-    ensure(s == 200, "the adopter charges", &b)?;
+    ensure(s == 200 && b["node"] == "n2.charging.localdomain", "the stale owner is fenced; the adopter charges", &b)?;
+    let (s, b) = n1.status().map(|st| (200, st))?;
+    ensure(s == 200 && b["replication"]["fenced"] == 1, "n1 counted the fencing", &b)?;
     n2.terminate(&sid, 0)?;
     let seen = requests(&ocs, &sid)?;
     let fresh = numbering(&seen)?;
     ensure(fresh == [0, 1, 2], "one CCR-U 1, from the adopter", &json!(format!("{seen:?}")))?;
+    ocs.clean().map(drop)
+}
+
+/// Three nodes of one cluster (each connected to the others over Diameter) and the simulator.
+fn trio(ctx: &Ctx) -> Result<(Ocs, Vec<NodeSpec>, Vec<Node>), String> {
+    let ocs = ctx.ocs("")?;
+    let specs = ctx.cluster_specs(3, &ocs)?;
+    let nodes = specs.iter().map(|s| ctx.node(s)).collect::<Result<Vec<_>, _>>()?;
+    for n in &nodes {
+        crate::harness::wait_for("the cluster links", Duration::from_secs(15), || {
+            n.status().ok().filter(|s| s["peers_open"] == 3)
+        })?;
+    }
+    Ok((ocs, specs, nodes))
+}
+
+/// The Origin-Host of each request the OCS saw for a session, with its type and number.
+fn senders(ocs: &Ocs, sid: &str) -> Result<Vec<(String, u64, String)>, String> {
+    let l = ocs.ledger(sid)?;
+    Ok(l["requests"]
+        .as_array()
+        .map(|rs| {
+            rs.iter()
+                .map(|r| {
+                    (
+                        r["request_type"].as_str().unwrap_or_default().to_string(),
+                        r["number"].as_u64().unwrap_or(u64::MAX),
+                        r["origin_host"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+fn sent_by(ocs: &Ocs, sid: &str, kind: &str, host: &str) -> Result<(), String> {
+    crate::harness::wait_for(&format!("a {kind} from {host}"), Duration::from_secs(5), || {
+        senders(ocs, sid).ok().filter(|r| r.iter().any(|(t, _, h)| t == kind && h == host))
+    })
+    .map(drop)
+}
+
+const N1: &str = "n1.charging.localdomain";
+const N2: &str = "n2.charging.localdomain";
+
+pub(super) fn rar_proxied_to_live_owner(ctx: &mut Ctx) -> Result<(), String> {
+    let (ocs, _specs, nodes) = trio(ctx)?;
+    let sid = nodes[0].open_ro("46700000304")?;
+    // The OCS's RAR lands on n2 (its connection to n1 is not the one it uses): n2 proxies it to n1.
+    let (s, b) = ocs.rar(json!({"session_id": sid, "rating_groups": [10], "via": N2}))?;
+    ensure(s == 200 && b["result_code"] == 2001 && b["answered_by"] == N1, "RAA 2001 from the owner, via n2", &b)?;
+    sent_by(&ocs, &sid, "update", N1)?;
+    nodes[0].terminate(&sid, 0)?;
+    numbering(&requests(&ocs, &sid)?)?;
+    ocs.clean().map(drop)
+}
+
+pub(super) fn rar_after_owner_death_adopted(ctx: &mut Ctx) -> Result<(), String> {
+    let (ocs, _specs, mut nodes) = trio(ctx)?;
+    let sid = nodes[0].open_ro("46700000305")?;
+    nodes[0].kill();
+    lease_expiry();
+    let (s, b) = ocs.rar(json!({"session_id": sid, "rating_groups": [10], "via": N2}))?;
+    ensure(s == 200 && b["result_code"] == 2001 && b["answered_by"] == N2, "n2 adopts and answers the RAR", &b)?;
+    sent_by(&ocs, &sid, "update", N2)?;
+    nodes[1].terminate(&sid, 0)?;
+    numbering(&requests(&ocs, &sid)?)?;
+    ocs.clean().map(drop)
+}
+
+pub(super) fn asr_after_failover(ctx: &mut Ctx) -> Result<(), String> {
+    let (ocs, _specs, mut nodes) = trio(ctx)?;
+    let sid = nodes[0].open_ro("46700000306")?;
+    nodes[0].kill();
+    lease_expiry();
+    let (s, b) = nodes[1].update(&sid, 7)?;
+    ensure(s == 200 && b["node"] == N2, "n2 adopted", &b)?;
+    // The ASR lands on n3, which proxies it to the adopter.
+    let (s, b) = ocs.rar(json!({"session_id": sid, "via": "n3.charging.localdomain"}))?;
+    ensure(s == 200 && b["answered_by"] == N2, "RAR through n3 answered by the adopter", &b)?;
+    let (s, b) = crate::harness::http(
+        ocs.control,
+        "POST",
+        "/v1/asr",
+        Some(&json!({"session_id": sid, "via": "n3.charging.localdomain"})),
+    )?;
+    ensure(s == 200 && b["result_code"] == 2001 && b["answered_by"] == N2, "ASA 2001 from the adopter", &b)?;
+    sent_by(&ocs, &sid, "termination", N2)?;
+    numbering(&requests(&ocs, &sid)?)?;
+    ocs.clean().map(drop)
+}
+
+pub(super) fn restarted_node_does_not_take_back(ctx: &mut Ctx) -> Result<(), String> {
+    let (ocs, specs, mut nodes) = trio(ctx)?;
+    let sid = nodes[0].open_ro("46700000307")?;
+    nodes[0].kill();
+    lease_expiry();
+    let (s, b) = nodes[1].update(&sid, 3)?;
+    ensure(s == 200 && b["node"] == N2, "n2 adopted", &b)?;
+    // n1 comes back: a new incarnation, owning nothing; calls for the session are forwarded to n2.
+    nodes[0] = ctx.node(&specs[0])?;
+    let (s, b) = nodes[0].update(&sid, 4)?;
+    ensure(s == 200 && b["node"] == N2, "the restarted node forwards to the adopter", &b)?;
+    let (s, b) = nodes[0].terminate(&sid, 1)?;
+    ensure(s == 200 && b["node"] == N2, "and the termination too", &b)?;
+    ensure(
+        senders(&ocs, &sid)?.iter().skip(1).all(|(_, _, h)| h == N2),
+        "only n2 charged after the crash",
+        &json!(null),
+    )?;
+    numbering(&requests(&ocs, &sid)?)?;
+    ocs.clean().map(drop)
+}
+
+pub(super) fn survivors_race(ctx: &mut Ctx) -> Result<(), String> {
+    let (ocs, _specs, mut nodes) = trio(ctx)?;
+    let sid = nodes[0].open_ro("46700000308")?;
+    nodes[0].kill();
+    lease_expiry();
+    // n2 and n3 get an update for the session at the same moment: one adopts, the other forwards to it.
+    let calls: Vec<_> = [nodes[1].http, nodes[2].http]
+        .into_iter()
+        .map(|http| {
+            let path = format!("/v1/sessions/{}/updates", enc(&sid));
+            std::thread::spawn(move || {
+                crate::harness::http(
+                    http,
+                    "POST",
+                    &path,
+                    Some(&json!({"used": [{"rating_group": 10, "used": {"time": 5}}]})),
+                )
+            })
+        })
+        .collect();
+    for c in calls {
+        let (s, b) = c.join().map_err(|_| "call panicked")??;
+        ensure(s == 200, "both calls answered", &b)?;
+    }
+    let adopted: u64 = nodes[1..]
+        .iter()
+        .map(|n| n.status().map(|s| s["replication"]["adopted"].as_u64().unwrap_or(0)))
+        .sum::<Result<u64, String>>()?;
+    ensure(adopted == 1, "exactly one adoption", &json!(adopted))?;
+    let fresh = numbering(&requests(&ocs, &sid)?)?;
+    ensure(fresh == [0, 1, 2], "two updates, numbered in order, none twice", &json!(fresh))?;
     ocs.clean().map(drop)
 }
