@@ -22,23 +22,26 @@ pub(super) fn ensure(cond: bool, what: &str, v: &Value) -> Result<(), String> {
     if cond { Ok(()) } else { Err(format!("{what}: {v}")) }
 }
 
-/// The requests the OCS received for a session: (type, number, T flag).
-pub(super) fn requests(ocs: &Ocs, sid: &str) -> Result<Vec<(String, u64, bool)>, String> {
+/// The requests the OCS received for a session: (type, number, T flag, Origin-Host).
+pub(super) fn received(ocs: &Ocs, sid: &str) -> Result<Vec<(String, u64, bool, String)>, String> {
     let l = ocs.ledger(sid)?;
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
     Ok(l["requests"]
         .as_array()
         .map(|rs| {
             rs.iter()
                 .map(|r| {
-                    (
-                        r["request_type"].as_str().unwrap_or_default().to_string(),
-                        r["number"].as_u64().unwrap_or(u64::MAX),
-                        r["t_flag"].as_bool().unwrap_or(false),
-                    )
+                    let number = r["number"].as_u64().unwrap_or(u64::MAX);
+                    (text(&r["request_type"]), number, r["t_flag"].as_bool().unwrap_or(false), text(&r["origin_host"]))
                 })
                 .collect()
         })
         .unwrap_or_default())
+}
+
+/// The requests the OCS received for a session: (type, number, T flag).
+pub(super) fn requests(ocs: &Ocs, sid: &str) -> Result<Vec<(String, u64, bool)>, String> {
+    Ok(received(ocs, sid)?.into_iter().map(|(t, n, tf, _)| (t, n, tf)).collect())
 }
 
 /// RFC 4006 §5.1 as the OCS saw it: without the T flag the numbers run 0, 1, 2… with none repeated or skipped; a

@@ -112,21 +112,7 @@ fn trio(ctx: &Ctx) -> Result<(Ocs, Vec<NodeSpec>, Vec<Node>), String> {
 
 /// The Origin-Host of each request the OCS saw for a session, with its type and number.
 fn senders(ocs: &Ocs, sid: &str) -> Result<Vec<(String, u64, String)>, String> {
-    let l = ocs.ledger(sid)?;
-    Ok(l["requests"]
-        .as_array()
-        .map(|rs| {
-            rs.iter()
-                .map(|r| {
-                    (
-                        r["request_type"].as_str().unwrap_or_default().to_string(),
-                        r["number"].as_u64().unwrap_or(u64::MAX),
-                        r["origin_host"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default())
+    Ok(super::cc::received(ocs, sid)?.into_iter().map(|(t, n, _, h)| (t, n, h)).collect())
 }
 
 fn sent_by(ocs: &Ocs, sid: &str, kind: &str, host: &str) -> Result<(), String> {
