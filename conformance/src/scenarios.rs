@@ -228,6 +228,11 @@ pub(crate) fn all() -> Vec<Scenario> {
             failover::survivors_race,
         ),
         scenario(
+            "failover-validity-time-on-a-survivor",
+            "RFC 4006 §5.1.2 across a crash: a dead node's Validity-Time fires once, on one survivor, which sends the CCR-U",
+            failover::validity_time_fires_on_a_survivor,
+        ),
+        scenario(
             "failover-stale-owner-fenced",
             "SIGSTOPped owner adopted meanwhile: on SIGCONT it is fenced, sends nothing",
             failover::stale_owner_fenced,

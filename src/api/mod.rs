@@ -377,12 +377,17 @@ enum Net {
     Loaded(String, Box<Result<replica::Loaded, replica::LoadError>>),
     /// A session's records were read back after an uncertain write.
     Resynced(String, Result<replica::Resync, StoreError>),
+    /// Dead nodes' timers this node is to arm: (Session-Id, deadline in wall ms).
+    Foreign(Result<Vec<(String, u64)>, StoreError>),
 }
 
 /// Work for a session being loaded from the store, done once it is here.
 enum Deferred {
     Cmd(Cmd),
     Request(IncomingRequest),
+    /// A dead node's timer for the session fired here: loading it (adopting it) re-arms its timers from their
+    /// absolute deadlines, and the expired one fires at once.
+    Timer,
 }
 
 /// A running charging engine.
@@ -774,6 +779,10 @@ impl Driver {
         mut net: mpsc::UnboundedReceiver<Net>,
         mut incoming: mpsc::Receiver<IncomingRequest>,
     ) {
+        // Survivors look for dead nodes' timers every lease period (redundantly armed timers).
+        let period = self.repl.as_ref().map_or(Duration::from_secs(3600), |r| r.cfg.lease_period);
+        let mut scan = tokio::time::interval(period);
+        scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = self.timers.iter().next().map(|(t, _)| *t);
             let next = match self.repl.as_ref().and_then(Repl::next_wake) {
@@ -788,6 +797,7 @@ impl Driver {
                 Some(n) = net.recv() => self.network(n),
                 Some(req) = incoming.recv() => self.server_request(req),
                 _ = sleep_until(next) => self.timeouts(),
+                _ = scan.tick(), if self.repl.is_some() => self.scan_hints(),
             }
             self.write_batch();
             if !self.flushing.is_empty() {
@@ -1015,6 +1025,7 @@ impl Driver {
             Net::Written(parts, result) => return self.written(parts, result),
             Net::Loaded(sid, result) => return self.loaded(sid, *result),
             Net::Resynced(sid, result) => return self.resynced(sid, result),
+            Net::Foreign(result) => return self.foreign(result),
         };
         let Some(e) = self.sessions.get_mut(&sid) else { return };
         match result {
@@ -1067,6 +1078,23 @@ impl Driver {
 
     fn timeouts(&mut self) {
         let now = Instant::now();
+        let mut fired = Vec::new();
+        if let Some(repl) = &mut self.repl {
+            while repl.foreign.first().is_some_and(|(t, _)| *t <= now) {
+                fired.push(repl.foreign.pop_first().expect("first exists").1);
+            }
+        }
+        for sid in fired {
+            if self.sessions.contains_key(&sid) {
+                // Held here already: its own timer fires.
+                if let Some(r) = &mut self.repl {
+                    r.armed.remove(&sid);
+                }
+                continue;
+            }
+            tracing::info!(session = %sid, "a dead node's timer fired here: adopting the session");
+            self.load(sid, Deferred::Timer);
+        }
         let due: Vec<String> = self.timers.iter().take_while(|(t, _)| *t <= now).map(|(_, s)| s.clone()).collect();
         for sid in due {
             if let Some(e) = self.sessions.get_mut(&sid) {
@@ -1206,6 +1234,7 @@ impl Driver {
         let now = Instant::now();
         let work = self.loading.remove(&sid).unwrap_or_default();
         let Some(repl) = &mut self.repl else { return };
+        repl.armed.remove(&sid);
         let refusal = match result {
             Ok(l) => match CcSession::restore(&l.state.cc, &self.origin_host, now, replica::wall_ms()) {
                 Ok(mut cc) => {
@@ -1226,6 +1255,11 @@ impl Driver {
                     r.state_version = Some(l.state_version);
                     r.conv_version = Some(l.conv_version);
                     r.proto_version = Some(l.proto_version);
+                    // The previous owner's timer hint goes; this node writes its own with the next state.
+                    r.stale_hint = l
+                        .adopted_from
+                        .as_ref()
+                        .map(|old| crate::replication::keys::deadline(&repl.cfg.cluster, old, &sid));
                     entry.convergence = Some(r.convergence.clone());
                     entry.replica = Some(r);
                     self.sessions.insert(sid.clone(), entry);
@@ -1234,6 +1268,7 @@ impl Driver {
                         match w {
                             Deferred::Cmd(c) => self.command(c),
                             Deferred::Request(req) => self.server_request(req),
+                            Deferred::Timer => {}
                         }
                     }
                     return;
@@ -1258,6 +1293,8 @@ impl Driver {
                     http: http.clone(),
                 }),
                 (Deferred::Cmd(c), Err(why)) => c.refuse(ChargingError::StoreUnavailable(why.clone())),
+                // Another node holds it (or nobody does): the timer is not ours to fire.
+                (Deferred::Timer, _) => {}
                 (Deferred::Request(req), Ok(Some((_, Some(uri), _)))) => self.proxy(req, uri),
                 (Deferred::Request(req), r) => {
                     // RFC 6733 §7.1: 5002 for a session nobody has; 3002 when its owner is not known; 3004 when
@@ -1341,6 +1378,17 @@ impl Driver {
             let (kind, records, w) = repl.writes(&sid, r, Some((&e.cc, &e.done)), now);
             r.in_flight = true;
             let carries_state = records.contains(&replica::Rec::State);
+            // The session's earliest deadline as a hint for survivors, written with the state that holds it.
+            let hint =
+                e.cc.poll_timeout().map(|t| replica::wall_ms() + t.saturating_duration_since(now).as_millis() as u64);
+            let mut extra = Vec::new();
+            if carries_state && hint != r.hint_ms {
+                extra.push(repl.hint_write(&sid, hint));
+                r.hint_ms = hint;
+            }
+            if let Some(key) = r.stale_hint.take() {
+                extra.push(crate::store::Write { key, value: None, expect: crate::store::Expect::Any, ttl: None });
+            }
             let part = replica::Part {
                 sid,
                 kind,
@@ -1352,6 +1400,8 @@ impl Driver {
                 ended: None,
             };
             writes.extend(w);
+            // Advisory writes follow the part's own: its results are read by position, these are not read.
+            writes.extend(extra);
             parts.push(part);
         }
         for (sid, r) in std::mem::take(&mut repl.ending) {
@@ -1361,8 +1411,10 @@ impl Driver {
             }
             repl.deleting.insert(sid.clone());
             let first = writes.len();
+            let hint = r.hint_ms.map(|_| repl.hint_write(&sid, None));
             parts.push(replica::Part { sid, kind, first, records, sends: vec![], waiters: vec![], ended: Some(r) });
             writes.extend(w);
+            writes.extend(hint);
         }
         if writes.is_empty() {
             return;
@@ -1484,6 +1536,7 @@ impl Driver {
             // The store failed some of it, perhaps after applying it: sessions go on locally, the session is
             // written again later, and a conflict then is checked before it is taken for fencing.
             r.uncertain = true;
+            r.hint_ms = None;
             let why = ChargingError::StoreUnavailable(format!("{err}; the session is written when the store returns"));
             for w in p.waiters.drain(..) {
                 let _ = w.send(Err(why.clone()));
@@ -1598,6 +1651,40 @@ impl Driver {
         };
         if repl.down_until.replace(now + retry).is_none_or(|t| t <= now) {
             tracing::warn!(error = %err, backlog = repl.backlog(), "replication store failing: sessions continue locally, writes queue until it returns");
+        }
+    }
+
+    /// Starts a scan of dead nodes' timer hints, unless one is running.
+    fn scan_hints(&mut self) {
+        let Some(repl) = &mut self.repl else { return };
+        if repl.scanning {
+            return;
+        }
+        repl.scanning = true;
+        let (scan, tx) = (repl.scan_hints(), self.net_tx.clone());
+        tokio::spawn(async move {
+            let _ = tx.send(Net::Foreign(scan.await));
+        });
+    }
+
+    /// Arms the dead nodes' timers this node was chosen for.
+    fn foreign(&mut self, found: Result<Vec<(String, u64)>, StoreError>) {
+        let now = Instant::now();
+        let Some(repl) = &mut self.repl else { return };
+        repl.scanning = false;
+        repl.scans += 1;
+        let found = match found {
+            Ok(f) => f,
+            Err(e) => return tracing::debug!(error = %e, "scanning dead nodes' timers failed; next period"),
+        };
+        let wall = replica::wall_ms();
+        for (sid, ms) in found {
+            if self.sessions.contains_key(&sid) || self.loading.contains_key(&sid) || !repl.armed.insert(sid.clone()) {
+                continue;
+            }
+            let at = now + Duration::from_millis(ms.saturating_sub(wall));
+            tracing::debug!(session = %sid, in_ms = ms.saturating_sub(wall), "armed a dead node's timer");
+            repl.foreign.insert((at, sid));
         }
     }
 

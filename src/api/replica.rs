@@ -136,6 +136,10 @@ pub(super) struct Replica {
     pub held: Vec<Outgoing>,
     /// Callers of `start_replicating` waiting for the first write.
     pub waiters: Vec<oneshot::Sender<Result<(), ChargingError>>>,
+    /// The timer deadline (wall ms) last written as this node's hint for survivors.
+    pub hint_ms: Option<u64>,
+    /// A hint of the previous owner's to delete (after adoption).
+    pub stale_hint: Option<String>,
 }
 
 impl Replica {
@@ -153,6 +157,8 @@ impl Replica {
             flush_at: None,
             held: Vec::new(),
             waiters: Vec::new(),
+            hint_ms: None,
+            stale_hint: None,
         }
     }
 
@@ -268,6 +274,14 @@ pub(super) struct Repl {
     pub own: Arc<Ownership<AnyStore>>,
     /// Sessions whose write-ahead is waiting for the next batch.
     pub urgent: HashSet<String>,
+    /// Dead nodes' timers this node arms (redundantly armed timers): when each fires, the session is adopted.
+    pub foreign: BTreeSet<(Instant, String)>,
+    /// Sessions with a foreign timer armed or firing.
+    pub armed: HashSet<String>,
+    /// A scan of dead nodes' timer hints is running.
+    pub scanning: bool,
+    /// Scans done (the first also takes this node's previous incarnation's hints).
+    pub scans: u64,
     /// Write-behind schedule.
     pub flushes: BTreeSet<(Instant, String)>,
     /// Ended sessions whose records are to be deleted.
@@ -310,6 +324,10 @@ impl Repl {
             cfg,
             own,
             urgent: HashSet::new(),
+            foreign: BTreeSet::new(),
+            armed: HashSet::new(),
+            scanning: false,
+            scans: 0,
             flushes: BTreeSet::new(),
             ending: HashMap::new(),
             deleting: HashSet::new(),
@@ -337,6 +355,15 @@ impl Repl {
 
     /// The earliest moment the driver must wake for replication.
     pub fn next_wake(&self) -> Option<Instant> {
+        let foreign = self.foreign.first().map(|(t, _)| *t);
+        let writes = self.next_write();
+        match (foreign, writes) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn next_write(&self) -> Option<Instant> {
         if self.writing {
             return None;
         }
@@ -476,6 +503,51 @@ impl Repl {
             ttl,
         });
         (PartKind::Write, recs, writes)
+    }
+
+    /// The write of this node's timer hint for a session: its earliest deadline, or its removal.
+    pub fn hint_write(&self, sid: &str, deadline_ms: Option<u64>) -> Write {
+        Write {
+            key: keys::deadline(&self.cfg.cluster, &self.cfg.node_id, sid),
+            value: deadline_ms.map(|ms| bytes::Bytes::from(ms.to_string())),
+            expect: Expect::Any,
+            ttl: deadline_ms.map(|_| self.cfg.record_ttl),
+        }
+    }
+
+    /// Scans the timer hints of dead nodes (and, on the first scan, of this node's previous incarnation) and returns
+    /// those this node must arm: the sessions whose rendezvous choice among the live nodes is this node.
+    pub fn scan_hints(&self) -> impl std::future::Future<Output = Result<Vec<(String, u64)>, StoreError>> + use<> {
+        let (store, cluster, me, first) =
+            (self.cfg.store.clone(), self.cfg.cluster.clone(), self.cfg.node_id.clone(), self.scans == 0);
+        async move {
+            let now = wall_ms();
+            let mut live = vec![me.clone()];
+            let mut dead = Vec::new();
+            for (_, v) in store.scan_prefix(&format!("{cluster}/node/")).await? {
+                let Ok(l) = replication::decode::<replication::NodeLease>(&v.value) else { continue };
+                if l.identity.node == me {
+                    continue;
+                }
+                if l.expires_at_ms > now { live.push(l.identity.node) } else { dead.push(l.identity.node) }
+            }
+            if first {
+                dead.push(me.clone());
+            }
+            let mut mine = Vec::new();
+            for node in dead {
+                let prefix = format!("{cluster}/deadline/{node}/");
+                for (key, v) in store.scan_prefix(&prefix).await? {
+                    let sid = &key[prefix.len()..];
+                    let Some(ms) = std::str::from_utf8(&v.value).ok().and_then(|t| t.parse().ok()) else { continue };
+                    // This node's previous incarnation's sessions are nobody else's to look after: it is alive.
+                    if node == me || replication::timer_owner(sid, &live) == Some(me.as_str()) {
+                        mine.push((sid.to_string(), ms));
+                    }
+                }
+            }
+            Ok(mine)
+        }
     }
 
     /// Reads a session's records back after an uncertain write met a conflict: which are this node's own (written

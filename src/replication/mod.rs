@@ -103,6 +103,32 @@ pub mod keys {
     pub fn node(cluster: &str, node: &str) -> String {
         format!("{cluster}/node/{node}")
     }
+    /// The earliest timer deadline of a session owned by `node` (a hint for survivors: redundantly armed timers).
+    pub fn deadline(cluster: &str, node: &str, session_id: &str) -> String {
+        format!("{cluster}/deadline/{node}/{session_id}")
+    }
+}
+
+/// Which live node arms a dead node's timer for a session: the one with the highest rendezvous hash of
+/// (session, node), so that every survivor picks the same one without talking to the others, and a node leaving
+/// moves only its own share. `None` when no node is live.
+pub fn timer_owner<'a>(session_id: &str, live: &'a [String]) -> Option<&'a str> {
+    fn fnv(parts: [&str; 2]) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for (i, p) in parts.iter().enumerate() {
+            for b in p.bytes().chain([0xff - i as u8]) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        // FNV-1a alone spreads short, similar keys badly: a 64-bit finalizer (MurmurHash3's fmix64) mixes it.
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+    live.iter().max_by_key(|n| (fnv([session_id, n]), n.as_str())).map(String::as_str)
 }
 
 /// Why a record cannot be used.
@@ -283,6 +309,33 @@ mod tests {
         ));
         // This node restarted: its previous incarnation's sessions are taken over like any dead node's.
         assert!(matches!(decide(&me, Some(&P), Some((&conv("n2", 6, 1), 9)), None, 1000), Adoption::TakeOver { .. }));
+    }
+
+    #[test]
+    fn timers_go_to_one_survivor_the_same_for_everyone() {
+        let live: Vec<String> = ["n2", "n3", "n4"].map(String::from).to_vec();
+        let mut share = std::collections::HashMap::new();
+        for i in 0..3000 {
+            let sid = format!("n1;1;{i}");
+            let a = timer_owner(&sid, &live).unwrap();
+            // The order the survivors list each other in does not matter.
+            let mut other = live.clone();
+            other.reverse();
+            assert_eq!(timer_owner(&sid, &other), Some(a));
+            *share.entry(a.to_string()).or_insert(0) += 1;
+        }
+        // Spread over the survivors (each gets roughly a third).
+        assert!(share.values().all(|&n| (700..1300).contains(&n)), "{share:?}");
+        // n3 leaving moves only the sessions it had.
+        let fewer: Vec<String> = ["n2", "n4"].map(String::from).to_vec();
+        for i in 0..500 {
+            let sid = format!("n1;1;{i}");
+            let before = timer_owner(&sid, &live).unwrap();
+            if before != "n3" {
+                assert_eq!(timer_owner(&sid, &fewer), Some(before));
+            }
+        }
+        assert_eq!(timer_owner("x", &[]), None);
     }
 
     #[test]

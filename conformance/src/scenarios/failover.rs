@@ -227,3 +227,25 @@ pub(super) fn survivors_race(ctx: &mut Ctx) -> Result<(), String> {
     ensure(fresh == [0, 1, 2], "two updates, numbered in order, none twice", &json!(fresh))?;
     ocs.clean().map(drop)
 }
+
+pub(super) fn validity_time_fires_on_a_survivor(ctx: &mut Ctx) -> Result<(), String> {
+    // Grants valid for 2 s: the owner dies right after the CCA-I, and nobody calls; the Validity-Time expiry is
+    // armed redundantly on one survivor (rendezvous choice), which adopts the session and sends the CCR-U.
+    let ocs = ctx.ocs("[ro.default_rating_group]\nvalidity_time = \"2s\"\n")?;
+    let specs = ctx.cluster_specs(3, &ocs)?;
+    let mut nodes = specs.iter().map(|s| ctx.node(s)).collect::<Result<Vec<_>, _>>()?;
+    let sid = nodes[0].open_ro("46700000309")?;
+    std::thread::sleep(Duration::from_millis(100));
+    nodes[0].kill();
+    crate::harness::wait_for("the CCR-U the Validity-Time asks for, from a survivor", Duration::from_secs(10), || {
+        senders(&ocs, &sid).ok().filter(|r| r.iter().any(|(t, _, h)| t == "update" && h != N1))
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let updates: Vec<(String, u64, String)> =
+        senders(&ocs, &sid)?.into_iter().filter(|(t, n, _)| t == "update" && *n == 1).collect();
+    ensure(updates.len() == 1, "the timer fired once in the cluster", &json!(format!("{updates:?}")))?;
+    let (s, b) = nodes[1].terminate(&sid, 2)?;
+    ensure(s == 200, "terminate through any node", &b)?;
+    numbering(&requests(&ocs, &sid)?)?;
+    ocs.clean().map(drop)
+}
