@@ -59,9 +59,15 @@ pub struct Ctx<'a> {
     /// The runtime the proxies run on.
     pub rt: tokio::runtime::Runtime,
     store: harness::StoreSlot,
+    measured: Vec<String>,
 }
 
 impl Ctx<'_> {
+    /// Records a measurement, printed under the scenario's row and kept in the report.
+    pub fn measure(&mut self, what: String) {
+        self.measured.push(what);
+    }
+
     /// A fault proxy in front of `upstream`.
     pub fn proxy(&self, upstream: std::net::SocketAddr) -> Result<proxy::Proxy, String> {
         proxy::Proxy::start(&self.rt, upstream)
@@ -111,6 +117,9 @@ pub struct Report {
     pub outcome: Outcome,
     /// How long it took.
     pub millis: u128,
+    /// What it measured, if anything (e.g. adoption latency).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub measured: Vec<String>,
 }
 
 /// Totals.
@@ -164,11 +173,13 @@ pub fn run(config: &Config, filter: Option<&str>, out: &mut dyn std::io::Write) 
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            Ok(Ctx { config, dir: dir.clone(), rt, store: Default::default() })
+            Ok(Ctx { config, dir: dir.clone(), rt, store: Default::default(), measured: Vec::new() })
         });
+        let mut measured = Vec::new();
         let result = ctx.and_then(|mut ctx| {
             let r = (s.run)(&mut ctx);
             ctx.rt.shutdown_background();
+            measured = ctx.measured;
             r
         });
         let elapsed = started.elapsed();
@@ -193,7 +204,10 @@ pub fn run(config: &Config, filter: Option<&str>, out: &mut dyn std::io::Write) 
             Outcome::Skipped(e) => ("skipped", format!("\n{:width$}  -> {e}", "")),
         };
         let _ = writeln!(out, "{:<width$}  {word:<7}  {:>8}  {}{detail}", s.name, fmt_duration(elapsed), s.spec);
-        reports.push(Report { name: s.name, spec: s.spec, outcome, millis: elapsed.as_millis() });
+        for m in &measured {
+            let _ = writeln!(out, "{:width$}  measured: {m}", "");
+        }
+        reports.push(Report { name: s.name, spec: s.spec, outcome, millis: elapsed.as_millis(), measured });
     }
     (reports, totals)
 }

@@ -233,6 +233,11 @@ pub(crate) fn all() -> Vec<Scenario> {
             failover::validity_time_fires_on_a_survivor,
         ),
         scenario(
+            "failover-adoption-latency",
+            "100 sessions of a SIGKILLed node adopted one by one on their next update: every one answered, latency measured",
+            failover::adoption_latency,
+        ),
+        scenario(
             "failover-stale-owner-fenced",
             "SIGSTOPped owner adopted meanwhile: on SIGCONT it is fenced, sends nothing",
             failover::stale_owner_fenced,

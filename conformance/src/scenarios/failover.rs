@@ -249,3 +249,35 @@ pub(super) fn validity_time_fires_on_a_survivor(ctx: &mut Ctx) -> Result<(), Str
     numbering(&requests(&ocs, &sid)?)?;
     ocs.clean().map(drop)
 }
+
+pub(super) fn adoption_latency(ctx: &mut Ctx) -> Result<(), String> {
+    // 100 sessions on n1; n1 dies; once its lease has expired, the next update of each reaches n2, which adopts
+    // the session and answers. Measured: from the call to its answer (load, CAS, state stamp, CCR-U, CCA).
+    let ocs = ctx.ocs("")?;
+    let specs = ctx.cluster_specs(2, &ocs)?;
+    let mut nodes = specs.iter().map(|s| ctx.node(s)).collect::<Result<Vec<_>, _>>()?;
+    let sids: Vec<String> = (0..100).map(|i| nodes[0].open_ro(&format!("4670001{i:04}"))).collect::<Result<_, _>>()?;
+    // Let write-behind settle, so the adopter does not also resend answered requests.
+    std::thread::sleep(Duration::from_millis(200));
+    nodes[0].kill();
+    lease_expiry();
+    let mut took = Vec::new();
+    for sid in &sids {
+        let t = std::time::Instant::now();
+        let (s, b) = nodes[1].update(sid, 1)?;
+        took.push(t.elapsed());
+        ensure(s == 200 && b["node"] == N2, "adopted and answered", &b)?;
+    }
+    took.sort();
+    let pct = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
+    ctx.measure(format!(
+        "adoption latency over {} sessions (call to answer, HTTP front to CCA and back): p50 {:?}, p99 {:?}, max {:?}",
+        took.len(),
+        pct(0.5),
+        pct(0.99),
+        took[took.len() - 1]
+    ));
+    let adopted = nodes[1].status()?["replication"]["adopted"].as_u64().unwrap_or(0);
+    ensure(adopted == 100, "every session adopted once", &json!(adopted))?;
+    ocs.clean().map(drop)
+}
