@@ -430,6 +430,8 @@ struct Entry {
     convergence: Option<String>,
     /// Whether the service chose it (it may exist already).
     chosen: bool,
+    /// After adoption: the idempotency key of the call whose request was in flight and has been resent.
+    resumed_key: Option<String>,
 }
 
 impl Engine {
@@ -685,6 +687,7 @@ impl Entry {
             replica: None,
             convergence: None,
             chosen: false,
+            resumed_key: None,
         }
     }
 
@@ -725,6 +728,16 @@ impl Entry {
         let events = std::mem::take(&mut self.collected);
         let answer = self.last_answer.take();
         let Some(w) = tag.and_then(|t| self.waiters.remove(&t)) else {
+            // After adoption the first request to settle is the one the previous owner had sent: its caller's
+            // idempotency key gets its outcome, so that call retried here is answered without a second report.
+            if let (None, Some(k)) = (tag, self.resumed_key.take()) {
+                let mut o = outcome(sid, &self.cc, answer.as_ref(), &events);
+                o.convergence = self.convergence.clone();
+                if self.done.len() == 16 {
+                    self.done.pop_front();
+                }
+                self.done.push_back((k, o));
+            }
             return;
         };
         let mut outcome = outcome(sid, &self.cc, answer.as_ref(), &events);
@@ -899,6 +912,20 @@ impl Driver {
                     && let Some((_, o)) = e.done.iter().find(|(d, _)| d == k)
                 {
                     return drop(reply.send(Ok(o.clone())));
+                }
+                // The call whose request the previous owner had sent, retried here: it waits for that request,
+                // resent with the T flag, instead of reporting its usage again.
+                if key.is_some() && key == e.resumed_key && e.cc.outstanding_tag().is_none() {
+                    let tag = e.waiter(Waiter { reply: Some(reply), key });
+                    if e.cc.attach_to_outstanding(tag) {
+                        e.resumed_key = None;
+                        return;
+                    }
+                    let w = e.waiters.remove(&tag).expect("just added");
+                    if let Some(r) = w.reply {
+                        let _ = r.send(Err(ChargingError::Invalid("the retried call raced its own request".into())));
+                    }
+                    return;
                 }
                 if !matches!(e.cc.state(), CcState::Open | CcState::PendingI | CcState::PendingU) {
                     let state = e.cc.state();
@@ -1250,6 +1277,7 @@ impl Driver {
                     cc.resume(now);
                     let mut entry = Entry::new(cc, None);
                     entry.done = l.state.done.into();
+                    entry.resumed_key = l.state.in_flight_key;
                     let mut r = Replica::new(l.convergence, false);
                     r.epoch = l.epoch;
                     r.state_version = Some(l.state_version);
@@ -1375,7 +1403,12 @@ impl Driver {
             let Some(e) = self.sessions.get_mut(&sid) else { continue };
             let Some(r) = &mut e.replica else { continue };
             r.flush_at = None;
-            let (kind, records, w) = repl.writes(&sid, r, Some((&e.cc, &e.done)), now);
+            let in_flight_key =
+                e.cc.outstanding_tag()
+                    .and_then(|t| e.waiters.get(&t))
+                    .and_then(|w| w.key.as_deref())
+                    .or(e.resumed_key.as_deref());
+            let (kind, records, w) = repl.writes(&sid, r, Some((&e.cc, &e.done, in_flight_key)), now);
             r.in_flight = true;
             let carries_state = records.contains(&replica::Rec::State);
             // The session's earliest deadline as a hint for survivors, written with the state that holds it.

@@ -185,6 +185,10 @@ pub(super) enum Rec {
     State,
 }
 
+/// What is written of a live session: its machine, its recent idempotency keys with their outcomes, and the key
+/// of the call whose request is in flight.
+pub(super) type Live<'a> = (&'a CcSession, &'a std::collections::VecDeque<(String, Outcome)>, Option<&'a str>);
+
 /// What a part of a batch does for one session.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum PartKind {
@@ -227,6 +231,10 @@ pub(super) struct SessionState {
     pub cc: CcSnapshot,
     #[serde(default)]
     pub done: Vec<(String, Outcome)>,
+    /// The idempotency key of the call whose request is in flight: the same call retried on the adopter waits for
+    /// that request's (resent) answer instead of reporting its usage a second time.
+    #[serde(default)]
+    pub in_flight_key: Option<String>,
 }
 
 /// A session as loaded from the store by [`load`].
@@ -432,7 +440,7 @@ impl Repl {
         &self,
         sid: &str,
         r: &Replica,
-        session: Option<(&CcSession, &std::collections::VecDeque<(String, Outcome)>)>,
+        session: Option<Live<'_>>,
         now: Instant,
     ) -> (PartKind, Vec<Rec>, Vec<Write>) {
         let cluster = &self.cfg.cluster;
@@ -447,7 +455,7 @@ impl Repl {
             Rec::Proto => r.proto_version,
             Rec::State => r.state_version,
         };
-        let Some((cc, done)) = session else {
+        let Some((cc, done, in_flight_key)) = session else {
             // Only records whose version is known, each conditional on it: never another session's or another
             // owner's.
             let recs: Vec<Rec> =
@@ -493,7 +501,11 @@ impl Repl {
             format: FORMAT,
             written_by_epoch: r.epoch,
             written_by: self.cfg.node_id.clone(),
-            state: SessionState { cc: cc.snapshot(now, wall_ms()), done: done.iter().cloned().collect() },
+            state: SessionState {
+                cc: cc.snapshot(now, wall_ms()),
+                done: done.iter().cloned().collect(),
+                in_flight_key: in_flight_key.map(str::to_string),
+            },
         };
         recs.push(Rec::State);
         writes.push(Write {

@@ -418,6 +418,21 @@ impl CcSession {
         true
     }
 
+    /// The tag of the request in flight (the caller waiting for it), if any.
+    pub fn outstanding_tag(&self) -> Option<u64> {
+        self.outstanding_tag
+    }
+
+    /// Attaches a caller to the request in flight when none waits for it (a request resent after adoption): its
+    /// answer settles `tag`. Returns `false` when there is no such request, or it already has a caller.
+    pub fn attach_to_outstanding(&mut self, tag: u64) -> bool {
+        if self.outstanding.is_none() || self.outstanding_tag.is_some() {
+            return false;
+        }
+        self.outstanding_tag = Some(tag);
+        true
+    }
+
     /// Whether an event request is stored for later.
     pub fn has_stored(&self) -> bool {
         self.stored.is_some()

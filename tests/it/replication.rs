@@ -159,19 +159,25 @@ async fn a_request_in_flight_at_the_crash_is_resent_by_the_adopter_with_the_t_fl
     assert!(status < 300, "fault rejected: {status}");
     let stuck = a.engine.clone();
     let sid2 = sid.clone();
-    tokio::spawn(async move { stuck.update(&sid2, vec![used(10, 30)], vec![rg(10)], None).await });
+    tokio::spawn(async move { stuck.update(&sid2, vec![used(10, 30)], vec![rg(10)], Some("minute-1".into())).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     a.crash();
     tokio::time::sleep(QUICK_LEASE.1 + Duration::from_millis(100)).await;
 
-    // n2 adopts on the next service request: CCR-U 1 goes again with the T flag (the OCS answers it from its
-    // duplicate cache, debiting nothing twice), then this update is CCR-U 2.
-    b.update(&sid, vec![used(10, 12)], vec![rg(10)], None).await.unwrap();
+    // The service, which never got its answer, retries the same call on n2. n2 adopts: CCR-U 1 goes again with
+    // the T flag (the OCS answers it from its duplicate cache, debiting nothing twice), and the retried call gets
+    // that answer instead of reporting its 30 s a second time.
+    let o = b.update(&sid, vec![used(10, 30)], vec![rg(10)], Some("minute-1".into())).await.unwrap();
+    assert_eq!(o.result_code, Some(2001));
+    assert_eq!(b.session(&sid).await.unwrap().cc_request_number, 2, "no new CCR-U for the retried call");
+    // The next call is new: CCR-U 2.
+    b.update(&sid, vec![used(10, 12)], vec![rg(10)], Some("minute-2".into())).await.unwrap();
     assert_eq!(b.session(&sid).await.unwrap().cc_request_number, 3);
     b.terminate(&sid, vec![]).await.unwrap();
     let c = check(&sim).await;
     assert_eq!(c["clean"], true, "{c}");
     assert!(c["duplicates_answered"].as_u64().unwrap() >= 1, "the resend carried the T flag: {c}");
+    assert_eq!(c["units"]["reported_used"]["time"], 42, "30 s reported once, then 12: {c}");
     b.stop().await;
 }
 
