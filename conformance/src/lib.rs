@@ -10,6 +10,7 @@
 pub mod harness;
 pub mod proxy;
 mod scenarios;
+pub mod soak;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -138,6 +139,25 @@ impl Totals {
     pub fn line(&self) -> String {
         format!("conformance: {} passed, {} failed, {} skipped", self.passed, self.failed, self.skipped)
     }
+}
+
+/// Runs a soak (see [`soak`]) outside the registry: `kills` SIGKILLs, one every `every`, under `workers` sessions
+/// at a time. Its directory is kept when the ledger is not clean.
+pub fn run_soak(config: &Config, kills: u32, every: Duration, workers: usize) -> Result<soak::SoakReport, String> {
+    let dir = std::env::temp_dir().join(format!("charging-ra-conformance-{}-soak", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut ctx = Ctx { config, dir: dir.clone(), rt, store: Default::default(), measured: Vec::new() };
+    let r = soak::run(&mut ctx, kills, every, workers);
+    if r.as_ref().is_ok_and(|r| r.ledger["clean"] == true) {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    r
 }
 
 /// Matches a glob with `*` and `?` against a name.

@@ -12,6 +12,17 @@ use conformance::{Config, StoreKind, Subject};
 #[derive(Parser)]
 #[command(about = "charging-ra conformance suite")]
 struct Args {
+    /// `soak`: kill nodes at random under load instead of running the scenarios.
+    command: Option<String>,
+    /// Soak: how many SIGKILLs.
+    #[arg(long, default_value_t = 100)]
+    kills: u32,
+    /// Soak: one kill every this long.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1500ms")]
+    every: std::time::Duration,
+    /// Soak: sessions running at once.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
     /// List the scenarios and what each checks, then exit.
     #[arg(long)]
     list: bool,
@@ -87,6 +98,17 @@ fn real_main() -> anyhow::Result<ExitCode> {
         (Subject::Exec, None) => find_or_build_binary()?,
     };
     let config = Config { subject, store, binary };
+    match args.command.as_deref() {
+        None => {}
+        Some("soak") => {
+            let r = conformance::run_soak(&config, args.kills, args.every, args.workers).map_err(anyhow::Error::msg)?;
+            println!("soak: {}", r.summary());
+            let clean = r.ledger["clean"] == true;
+            println!("soak: ledger {}", if clean { "clean" } else { "NOT clean" });
+            return Ok(if clean { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
+        Some(other) => bail!("unknown command {other:?}: the only one is `soak`"),
+    }
     let (reports, totals) = conformance::run(&config, args.filter.as_deref(), &mut std::io::stdout());
     if let Some(path) = args.report {
         let json = serde_json::json!({ "subject": config.subject, "store": config.store, "totals": totals, "scenarios": reports });

@@ -238,6 +238,11 @@ pub(crate) fn all() -> Vec<Scenario> {
             failover::adoption_latency,
         ),
         scenario(
+            "failover-soak",
+            "Six random SIGKILLs of one of three nodes under load through the HTTP fronts, each restarted: ledger clean",
+            failover::soak,
+        ),
+        scenario(
             "failover-stale-owner-fenced",
             "SIGSTOPped owner adopted meanwhile: on SIGCONT it is fenced, sends nothing",
             failover::stale_owner_fenced,

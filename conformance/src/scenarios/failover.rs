@@ -281,3 +281,10 @@ pub(super) fn adoption_latency(ctx: &mut Ctx) -> Result<(), String> {
     ensure(adopted == 100, "every session adopted once", &json!(adopted))?;
     ocs.clean().map(drop)
 }
+
+pub(super) fn soak(ctx: &mut Ctx) -> Result<(), String> {
+    let r = crate::soak::run(ctx, 6, Duration::from_millis(1500), 4)?;
+    ctx.measure(r.summary());
+    ensure(r.ledger["clean"] == true, "the ledger stays clean through the kills", &r.ledger)?;
+    ensure(r.opened > 20 && r.terminated > 10, "the load went on", &json!(r.summary()))
+}
