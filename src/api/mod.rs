@@ -1642,8 +1642,30 @@ impl Driver {
         if let Some(r) = &mut e.replica {
             repl.forget(sid, r);
         }
-        // Its held requests are dropped with it: the adopter answers for the session now.
-        e.fail_all(&ChargingError::Moved { session_id: sid.to_string(), owner: None, uri: None, http: None });
+        // Its held requests are dropped with it: the adopter answers for the session now. The callers waiting
+        // learn who that is (so the HTTP front can forward their call, which reached the OCS from nowhere).
+        let callers: Vec<oneshot::Sender<Result<Outcome, ChargingError>>> =
+            e.waiters.drain().filter_map(|(_, w)| w.reply).collect();
+        let moved = ChargingError::Moved { session_id: sid.to_string(), owner: None, uri: None, http: None };
+        e.fail_all(&moved);
+        if callers.is_empty() {
+            return;
+        }
+        let (own, key) = (repl.own.clone(), crate::replication::keys::diameter(&repl.cfg.cluster, sid));
+        tokio::spawn(async move {
+            let moved = match own.resolve(&key).await {
+                Ok(crate::ownership::Resolution::Proxy { owner, uri, http }) => match moved {
+                    ChargingError::Moved { session_id, .. } => {
+                        ChargingError::Moved { session_id, owner: Some(owner), uri: Some(uri), http }
+                    }
+                    other => other,
+                },
+                _ => moved,
+            };
+            for c in callers {
+                let _ = c.send(Err(moved.clone()));
+            }
+        });
     }
 
     /// The records read back after an uncertain write met a conflict.

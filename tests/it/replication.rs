@@ -199,7 +199,8 @@ async fn a_stale_owner_is_fenced_and_sends_nothing() {
     assert_eq!(b.session(&sid).await.unwrap().owner, "n2.test.localdomain");
     // n1 still holds its copy; its write-ahead is refused, so it never sends a CCR-U 1 of its own.
     match a.update(&sid, vec![used(10, 10)], vec![rg(10)], None).await {
-        Err(ChargingError::Moved { .. }) => {}
+        // The caller learns who the session's owner is now, so its call can be forwarded there.
+        Err(ChargingError::Moved { owner, .. }) => assert_eq!(owner.as_deref(), Some("n2")),
         other => panic!("the stale owner must not charge: {other:?}"),
     }
     b.update(&sid, vec![used(10, 10)], vec![rg(10)], None).await.unwrap();
