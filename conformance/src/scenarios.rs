@@ -208,6 +208,11 @@ pub(crate) fn all() -> Vec<Scenario> {
             failover::rar_proxied_to_live_owner,
         ),
         scenario(
+            "failover-rar-for-unreplicated-session-proxied",
+            "RFC 6733 §6.1.9: a RAR for a session that is not replicated, landing on another node, goes to its Destination-Host",
+            failover::rar_for_unreplicated_session_proxied,
+        ),
+        scenario(
             "failover-rar-after-owner-death-adopted",
             "A RAR for a dead node's session adopts it on the node it reaches: RAA and CCR-U from the adopter",
             failover::rar_after_owner_death_adopted,

@@ -1324,6 +1324,19 @@ impl Driver {
                 // Another node holds it (or nobody does): the timer is not ours to fire.
                 (Deferred::Timer, _) => {}
                 (Deferred::Request(req), Ok(Some((_, Some(uri), _)))) => self.proxy(req, uri),
+                // Not in the store (not replicated), but addressed to another member of the cluster, which may hold
+                // it: proxied there by its Destination-Host (a loop comes back as 3005, an unknown session as 5002).
+                (Deferred::Request(req), Ok(None))
+                    if req
+                        .request
+                        .find(code::DESTINATION_HOST, 0)
+                        .and_then(|a| a.as_utf8().ok())
+                        .is_some_and(|h| !h.eq_ignore_ascii_case(&self.origin_host)) =>
+                {
+                    let host = req.request.find(code::DESTINATION_HOST, 0).and_then(|a| a.as_utf8().ok());
+                    let uri = format!("aaa://{}", host.unwrap_or_default());
+                    self.proxy(req, &uri)
+                }
                 (Deferred::Request(req), r) => {
                     // RFC 6733 §7.1: 5002 for a session nobody has; 3002 when its owner is not known; 3004 when
                     // the store cannot tell.

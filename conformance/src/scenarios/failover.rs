@@ -288,3 +288,21 @@ pub(super) fn soak(ctx: &mut Ctx) -> Result<(), String> {
     ensure(r.ledger["clean"] == true, "the ledger stays clean through the kills", &r.ledger)?;
     ensure(r.opened > 20 && r.terminated > 10, "the load went on", &json!(r.summary()))
 }
+
+pub(super) fn rar_for_unreplicated_session_proxied(ctx: &mut Ctx) -> Result<(), String> {
+    let (ocs, _specs, nodes) = trio(ctx)?;
+    // Not replicated: nothing in the store names its owner, but the RAR's Destination-Host does.
+    let (s, b) = nodes[0].call(
+        "POST",
+        "/v1/sessions",
+        Some(json!({"app": "ro", "subscriber": {"type": "msisdn", "data": "46700000310"},
+            "rating_groups": [{"rating_group": 10, "requested": {}}], "replicate": false})),
+    )?;
+    ensure(s == 201, "open without replication", &b)?;
+    let sid = b["session_id"].as_str().unwrap_or_default().to_string();
+    let (s, b) = ocs.rar(json!({"session_id": sid, "rating_groups": [10], "via": N2}))?;
+    ensure(s == 200 && b["result_code"] == 2001 && b["answered_by"] == N1, "proxied by Destination-Host", &b)?;
+    sent_by(&ocs, &sid, "update", N1)?;
+    nodes[0].terminate(&sid, 0)?;
+    ocs.clean().map(drop)
+}
