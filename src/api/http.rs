@@ -266,9 +266,9 @@ pub fn router(engine: Engine) -> axum::Router {
         .route(
             "/v1/sessions/{id}",
             get(|State(e): State<Engine>, Path(id): Path<String>| async move {
-                match e.session(&id).await {
-                    Some(v) => Json(json!(v)).into_response(),
-                    None => error(StatusCode::NOT_FOUND, format!("unknown session {id}"), None, None),
+                match e.view(&id).await {
+                    Ok(v) => Json(json!(v)).into_response(),
+                    Err(err) => charging_error(err),
                 }
             })
             .delete(|State(e): State<Engine>, Path(id): Path<String>, body: axum::body::Bytes| async move {

@@ -328,7 +328,7 @@ enum Cmd {
     },
     View {
         session_id: String,
-        reply: oneshot::Sender<Option<SessionView>>,
+        reply: oneshot::Sender<Result<SessionView, ChargingError>>,
     },
     Subscribe {
         reply: oneshot::Sender<mpsc::UnboundedReceiver<SessionEvent>>,
@@ -363,7 +363,7 @@ impl Cmd {
         match self {
             Cmd::Update { reply, .. } | Cmd::Terminate { reply, .. } => drop(reply.send(Err(err))),
             Cmd::Replicate { reply, .. } => drop(reply.send(Err(err))),
-            Cmd::View { reply, .. } => drop(reply.send(None)),
+            Cmd::View { reply, .. } => drop(reply.send(Err(err))),
             _ => {}
         }
     }
@@ -641,9 +641,15 @@ impl Engine {
         self.call(|reply| Cmd::Event { subscriber, service_context, action, requested, service_id, reply }).await?
     }
 
-    /// A session's state.
+    /// A session's state (`None` when no node has it, or another node does: see [`Engine::view`]).
     pub async fn session(&self, session_id: &str) -> Option<SessionView> {
-        self.call(|reply| Cmd::View { session_id: session_id.into(), reply }).await.ok().flatten()
+        self.view(session_id).await.ok()
+    }
+
+    /// A session's state, or why this node cannot show it: unknown, or owned by another live node (`Moved`, with
+    /// where to ask).
+    pub async fn view(&self, session_id: &str) -> Result<SessionView, ChargingError> {
+        self.call(|reply| Cmd::View { session_id: session_id.into(), reply }).await?
     }
 
     /// Every event the network causes from now on (re-auth, abort, policy changes, validity expiry, final units).
@@ -983,7 +989,7 @@ impl Driver {
                     cc_request_number: e.cc.next_request_number(),
                     quotas: e.cc.quotas().to_vec(),
                 });
-                let _ = reply.send(v);
+                let _ = reply.send(v.ok_or(ChargingError::UnknownSession(session_id)));
             }
             Cmd::Subscribe { reply } => {
                 let (tx, rx) = mpsc::unbounded_channel();

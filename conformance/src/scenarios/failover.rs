@@ -128,6 +128,9 @@ const N2: &str = "n2.charging.localdomain";
 pub(super) fn rar_proxied_to_live_owner(ctx: &mut Ctx) -> Result<(), String> {
     let (ocs, _specs, nodes) = trio(ctx)?;
     let sid = nodes[0].open_ro("46700000304")?;
+    // Any node shows it: n2 forwards the look to the owner.
+    let (s, b) = nodes[1].session(&sid)?;
+    ensure(s == 200 && b["owner"] == N1, "GET on a non-owner is forwarded to the owner", &b)?;
     // The OCS's RAR lands on n2 (its connection to n1 is not the one it uses): n2 proxies it to n1.
     let (s, b) = ocs.rar(json!({"session_id": sid, "rating_groups": [10], "via": N2}))?;
     ensure(s == 200 && b["result_code"] == 2001 && b["answered_by"] == N1, "RAA 2001 from the owner, via n2", &b)?;
