@@ -19,6 +19,7 @@ pub mod api;
 pub mod cc;
 pub mod codec;
 pub mod config;
+pub mod demo;
 pub mod dict;
 pub mod load;
 pub mod node;

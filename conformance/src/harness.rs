@@ -2,8 +2,8 @@
 //! their HTTP fronts, and a Diameter-aware fault proxy between them. Each exists in two forms behind one handle:
 //! real processes (`exec`, what counts) and the library on a runtime of this process (`inproc`, for debugging).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -15,26 +15,8 @@ use charging_ra::store::AnyStore;
 
 use super::{StoreKind, Subject};
 
-/// A blocking HTTP/1.1 exchange (the fronts and the simulator's control API speak JSON; one request per
-/// connection). Returns the status and the body parsed as JSON (`Value::Null` when empty or not JSON).
-pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("{method} {path}: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(60))).ok();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).map_err(|e| format!("{method} {path}: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("{method} {path}: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(|| format!("{method} {path}: no HTTP answer"))?;
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("bad status line")?;
-    // The fronts answer with Content-Length; a chunked body (none expected) would not parse and read as Null.
-    Ok((status, serde_json::from_str(rest.trim()).unwrap_or(Value::Null)))
-}
+/// A blocking HTTP/1.1 exchange with a front or the simulator's control API.
+pub use charging_ra::api::http::call_blocking as http;
 
 /// Percent-encodes a Session-Id for a path.
 pub use charging_ra::api::http::path_segment as enc;

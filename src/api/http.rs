@@ -212,6 +212,28 @@ pub fn path_segment(id: &str) -> String {
         .collect()
 }
 
+/// A blocking HTTP/1.1 exchange with a front (or the simulator's control API), one request per connection: the
+/// status and the body as JSON (`Value::Null` when empty or not JSON). For scripts, the demo and test drivers.
+pub fn call_blocking(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
+    use std::io::{Read, Write};
+    let err = |e: std::io::Error| format!("{method} {path}: {e}");
+    let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)).map_err(err)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60))).ok();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).map_err(err)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(err)?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(|| format!("{method} {path}: no HTTP answer"))?;
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("bad status line")?;
+    // The fronts answer with Content-Length; a chunked body (none is sent) would not parse and read as Null.
+    Ok((status, serde_json::from_str(rest.trim()).unwrap_or(Value::Null)))
+}
+
 /// The routes, for embedding in a larger axum application.
 pub fn router(engine: Engine) -> axum::Router {
     axum::Router::new()

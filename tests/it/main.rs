@@ -2,6 +2,7 @@
 
 mod codec;
 mod crosscheck;
+mod demo;
 mod dict;
 mod engine;
 mod freediameter;

@@ -1,0 +1,228 @@
+//! `charging-ra demo`: with no set-up at all, an OCS simulator pair and three `charging-ra node` processes on
+//! loopback sharing a temporary SQLite store; a few hundred Ro and Gx sessions through the nodes' HTTP fronts; one
+//! node SIGKILLed; the sessions carried on and ended through the survivors; the OCS ledger checked. The processes
+//! are this binary itself.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::api::http::{call_blocking as http, path_segment};
+
+/// The demo's processes and files, removed when it ends (a Ctrl-C reaches the children too: they share the
+/// terminal's process group).
+struct Cluster {
+    dir: PathBuf,
+    children: Vec<Child>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts `charging-ra <args>` and reads its `ready k=v …` line.
+fn start(cluster: &mut Cluster, args: &[&str], log: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(cluster.dir.join(log))?))
+        .spawn()?;
+    let mut line = String::new();
+    let out = child.stdout.take().expect("piped");
+    let mut reader = BufReader::new(out);
+    reader.read_line(&mut line)?;
+    // Keep draining standard output, so that the process never blocks on it.
+    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    cluster.children.push(child);
+    anyhow::ensure!(line.starts_with("ready "), "{} did not start (see {log}): {line:?}", args[0]);
+    Ok(line.split_whitespace().skip(1).filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect())
+}
+
+fn addr(fields: &[(String, String)], key: &str) -> anyhow::Result<SocketAddr> {
+    let v = fields.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).unwrap_or_default();
+    Ok(v.parse()?)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn node_config(dir: &Path, id: usize, ports: &[u16], ocs: SocketAddr, mate: SocketAddr) -> String {
+    let mut t = format!(
+        "[node]\nid = \"n{id}\"\norigin_host = \"n{id}.demo.localdomain\"\norigin_realm = \"demo.localdomain\"\n\
+         diameter_listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:0\"\nwatchdog = \"2s\"\n\n\
+         [[peers]]\nhost = \"ocs1.ocs.localdomain\"\nrealm = \"ocs.localdomain\"\naddress = \"{ocs}\"\npriority = 1\n\n\
+         [[peers]]\nhost = \"ocs2.ocs.localdomain\"\nrealm = \"ocs.localdomain\"\naddress = \"{mate}\"\npriority = 2\n\n",
+        ports[id - 1]
+    );
+    for (i, p) in ports.iter().enumerate() {
+        let m = i + 1;
+        t += &format!(
+            "[[cluster.members]]\nid = \"n{m}\"\norigin_host = \"n{m}.demo.localdomain\"\naddress = \"127.0.0.1:{p}\"\n\n"
+        );
+    }
+    t += "[applications.ro]\ndestination_realm = \"ocs.localdomain\"\n\n[applications.gx]\ndestination_realm = \"ocs.localdomain\"\n\n";
+    t += &format!(
+        "[replication]\nenabled = true\ncluster = \"demo\"\nlease_period = \"250ms\"\nlease_ttl = \"1s\"\n\n\
+         [store]\ntype = \"sqlite\"\npath = \"{}\"\n",
+        dir.join("store.db").display()
+    );
+    t
+}
+
+/// One phase: `n` calls made by `f`, with a progress line; returns the calls that failed.
+fn phase(name: &str, n: usize, mut f: impl FnMut(usize) -> bool) -> usize {
+    let started = Instant::now();
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut failed = 0;
+    for i in 0..n {
+        if !f(i) {
+            failed += 1;
+        }
+        if tty && (i % 25 == 24 || i + 1 == n) {
+            let width = 30 * (i + 1) / n;
+            print!("\r  {name:<34} [{}{}] {:>4}/{n}", "#".repeat(width), " ".repeat(30 - width), i + 1);
+            let _ = std::io::stdout().flush();
+        }
+    }
+    if !tty {
+        print!("  {name:<34} {n:>4} calls");
+    }
+    println!(
+        "  {:.1} s{}",
+        started.elapsed().as_secs_f64(),
+        if failed > 0 { format!(", {failed} failed") } else { String::new() }
+    );
+    failed
+}
+
+/// Runs the demo; the exit status is non-zero when the ledger is not clean.
+pub fn run() -> anyhow::Result<bool> {
+    let dir = std::env::temp_dir().join(format!("charging-ra-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut cluster = Cluster { dir: dir.clone(), children: Vec::new() };
+    println!("charging-ra demo: an OCS pair and three nodes on 127.0.0.1, sharing {}", dir.join("store.db").display());
+    // The simulator and its mate: a redundant OCS pair sharing one ledger (the judge).
+    let ocs = start(
+        &mut cluster,
+        &[
+            "ocs-sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--control",
+            "127.0.0.1:0",
+            "--origin-host",
+            "ocs1.ocs.localdomain",
+            "--origin-realm",
+            "ocs.localdomain",
+            "--mate-listen",
+            "127.0.0.1:0",
+            "--mate-host",
+            "ocs2.ocs.localdomain",
+        ],
+        "ocs.log",
+    )?;
+    let (ocs_diameter, control, mate) = (addr(&ocs, "diameter")?, addr(&ocs, "control")?, addr(&ocs, "mate")?);
+    let ports = [free_port()?, free_port()?, free_port()?];
+    let mut fronts = Vec::new();
+    for id in 1..=3 {
+        let cfg = dir.join(format!("n{id}.toml"));
+        std::fs::write(&cfg, node_config(&dir, id, &ports, ocs_diameter, mate))?;
+        let ready = start(&mut cluster, &["node", "--config", &cfg.display().to_string()], &format!("n{id}.log"))?;
+        fronts.push(addr(&ready, "http")?);
+    }
+    // Ready when every node has its OCS peer and the two other nodes.
+    let end = Instant::now() + Duration::from_secs(20);
+    for f in &fronts {
+        while http(*f, "GET", "/v1/status", None).ok().is_none_or(|(_, s)| s["peers_open"].as_u64() < Some(3)) {
+            anyhow::ensure!(Instant::now() < end, "the nodes did not connect (logs in {})", dir.display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    println!(
+        "  nodes n1, n2, n3 up: HTTP fronts {}",
+        fronts.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+    );
+
+    let (ro, gx) = (200, 100);
+    let mut sessions: Vec<(String, bool)> = Vec::new();
+    phase("open Ro and Gx sessions, replicated", ro + gx, |i| {
+        let body = if i < ro {
+            json!({"app": "ro", "subscriber": {"type": "msisdn", "data": format!("4670{i:07}")},
+                "rating_groups": [{"rating_group": 10, "requested": {}}]})
+        } else {
+            json!({"app": "gx", "subscriber": {"type": "imsi", "data": format!("24001{i:010}")}, "rating_groups": []})
+        };
+        match http(fronts[i % 3], "POST", "/v1/sessions", Some(&body)) {
+            Ok((201, b)) => {
+                sessions.push((path_segment(b["session_id"].as_str().unwrap_or_default()), i < ro));
+                true
+            }
+            _ => false,
+        }
+    });
+    let update = |front: SocketAddr, sid: &str, ro: bool, key: &str| {
+        let body = if ro {
+            json!({"used": [{"rating_group": 10, "used": {"time": 60}}], "idempotency_key": key})
+        } else {
+            json!({"used": [], "idempotency_key": key, "avps": [{"name": "Event-Trigger", "value": 13}]})
+        };
+        http(front, "POST", &format!("/v1/sessions/{sid}/updates"), Some(&body)).is_ok_and(|(s, _)| s == 200)
+    };
+    // Each call lands on any node: the owner serves it, or it is forwarded to the owner.
+    phase("update them through any node", sessions.len(), |i| {
+        update(fronts[(i + 1) % 3], &sessions[i].0, sessions[i].1, "u1")
+    });
+
+    println!("  kill -9 n1 (it owns a third of the sessions)");
+    cluster.children[1].kill()?;
+    let _ = cluster.children[1].wait();
+    std::thread::sleep(Duration::from_millis(1300));
+    let survivors = [fronts[1], fronts[2]];
+    let mut took = Vec::new();
+    phase("carry on through n2 and n3", sessions.len(), |i| {
+        let t = Instant::now();
+        let ok = update(survivors[i % 2], &sessions[i].0, sessions[i].1, "u2");
+        took.push(t.elapsed());
+        ok
+    });
+    phase("end them", sessions.len(), |i| {
+        let body =
+            if sessions[i].1 { json!({"used": [{"rating_group": 10, "used": {"time": 30}}]}) } else { json!({}) };
+        http(survivors[i % 2], "DELETE", &format!("/v1/sessions/{}", sessions[i].0), Some(&body))
+            .is_ok_and(|(s, _)| s == 200)
+    });
+
+    let stat = |f: SocketAddr, k: &str| {
+        http(f, "GET", "/v1/status", None).map(|(_, s)| s["replication"][k].as_u64().unwrap_or(0)).unwrap_or(0)
+    };
+    took.sort();
+    let pct = |p: f64| took.get(((took.len() as f64 * p) as usize).min(took.len().saturating_sub(1))).copied();
+    println!(
+        "  adopted from n1: {} by n2, {} by n3; calls after the kill: p50 {:?}, p99 {:?}",
+        stat(fronts[1], "adopted"),
+        stat(fronts[2], "adopted"),
+        pct(0.5).unwrap_or_default(),
+        pct(0.99).unwrap_or_default()
+    );
+    let (_, check) = http(control, "GET", "/v1/ledger/check", None).map_err(anyhow::Error::msg)?;
+    let clean = check["clean"] == Value::Bool(true);
+    println!(
+        "  OCS ledger: {} sessions opened, {} terminated, {} retransmissions answered from the cache, anomalies {}",
+        check["sessions"]["opened"], check["sessions"]["terminated"], check["duplicates_answered"], check["anomalies"]
+    );
+    println!("ledger check: {}", if clean { "clean" } else { "NOT CLEAN" });
+    Ok(clean)
+}

@@ -1,0 +1,12 @@
+//! The README's first command: `charging-ra demo` runs a three-node cluster, kills a node, and ends with a clean
+//! ledger.
+
+#[test]
+fn the_demo_kills_a_node_and_the_ledger_stays_clean() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_charging-ra")).arg("demo").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("kill -9 n1"), "{text}");
+    assert!(text.contains("300 sessions opened, 300 terminated"), "{text}");
+    assert_eq!(text.trim_end().lines().last(), Some("ledger check: clean"), "{text}");
+}
