@@ -215,23 +215,40 @@ pub fn path_segment(id: &str) -> String {
 /// A blocking HTTP/1.1 exchange with a front (or the simulator's control API), one request per connection: the
 /// status and the body as JSON (`Value::Null` when empty or not JSON). For scripts, the demo and test drivers.
 pub fn call_blocking(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let (status, raw) = exchange_blocking(addr, method, path, body.as_bytes(), &[])?;
+    // The fronts answer with Content-Length; a chunked body (none is sent) would not parse and read as Null.
+    Ok((status, serde_json::from_slice(raw.trim_ascii()).unwrap_or(Value::Null)))
+}
+
+/// One HTTP/1.1 request on its own connection (`Connection: close`): the status and the raw body.
+fn exchange_blocking(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> Result<(u16, Vec<u8>), String> {
     use std::io::{Read, Write};
     let err = |e: std::io::Error| format!("{method} {path}: {e}");
     let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5)).map_err(err)?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(60))).ok();
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}\r\n",
         body.len()
     );
-    s.write_all(req.as_bytes()).map_err(err)?;
+    s.write_all(head.as_bytes()).and_then(|()| s.write_all(body)).map_err(err)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(err)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(|| format!("{method} {path}: no HTTP answer"))?;
-    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("bad status line")?;
-    // The fronts answer with Content-Length; a chunked body (none is sent) would not parse and read as Null.
-    Ok((status, serde_json::from_str(rest.trim()).unwrap_or(Value::Null)))
+    let split =
+        raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| format!("{method} {path}: no HTTP answer"))?;
+    let status = std::str::from_utf8(&raw[..split])
+        .ok()
+        .and_then(|h| h.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("{method} {path}: bad status line"))?;
+    Ok((status, raw[split + 4..].to_vec()))
 }
 
 /// The routes, for embedding in a larger axum application.
@@ -380,7 +397,7 @@ async fn forward_to_owner(req: axum::extract::Request, next: axum::middleware::N
         serde_json::from_slice::<Value>(&rbytes).ok().and_then(|v| v["owner_http"].as_str().map(str::to_string));
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     match owner {
-        Some(owner) => match forward(&owner, method.as_str(), path, &body).await {
+        Some(owner) => match forward(owner.clone(), method.to_string(), path.to_string(), body).await {
             Ok((status, answer)) => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
                 (status, [(axum::http::header::CONTENT_TYPE, "application/json")], answer).into_response()
@@ -394,31 +411,23 @@ async fn forward_to_owner(req: axum::extract::Request, next: axum::middleware::N
     }
 }
 
-/// One HTTP/1.1 exchange with another node's front (`http://host:port`).
-async fn forward(base: &str, method: &str, path: &str, body: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = base.strip_prefix("http://").unwrap_or(base).trim_end_matches('/');
-    let mut s = tokio::time::timeout(std::time::Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+/// One exchange with another node's front (`http://host:port`), on the blocking pool.
+async fn forward(
+    base: String,
+    method: String,
+    path: String,
+    body: axum::body::Bytes,
+) -> Result<(u16, Vec<u8>), String> {
+    let addr: SocketAddr = base
+        .strip_prefix("http://")
+        .unwrap_or(&base)
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|e| format!("owner front {base}: {e}"))?;
+    let forwarded = [(FORWARDED, "1")];
+    tokio::task::spawn_blocking(move || exchange_blocking(addr, &method, &path, &body, &forwarded))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n{FORWARDED}: 1\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(body).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(std::time::Duration::from_secs(60), s.read_to_end(&mut raw))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "answer timed out"))??;
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or(std::io::ErrorKind::InvalidData)?;
-    let status = std::str::from_utf8(&raw[..split])
-        .ok()
-        .and_then(|h| h.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .ok_or(std::io::ErrorKind::InvalidData)?;
-    Ok((status, raw[split + 4..].to_vec()))
+        .map_err(|e| e.to_string())?
 }
 
 /// Serves the front on `addr` until the task is dropped; returns the bound address.

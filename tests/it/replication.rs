@@ -66,6 +66,15 @@ impl Crashable {
 
 const QUICK_LEASE: (Duration, Duration) = (Duration::from_millis(100), Duration::from_millis(400));
 
+/// n1 on a runtime of its own (to be crashed) and n2, both connected, replicating to `store`.
+async fn crashable_pair(sim: &OcsServer, store: &AnyStore) -> (Crashable, Engine) {
+    let a = Crashable::start(replicated(sim, "n1", store, QUICK_LEASE));
+    let b = Engine::start(replicated(sim, "n2", store, QUICK_LEASE)).await.unwrap();
+    connected(&a.engine).await;
+    connected(&b).await;
+    (a, b)
+}
+
 async fn records(store: &AnyStore, kind: &str) -> usize {
     store.scan_prefix(&format!("{CLUSTER}/{kind}/")).await.unwrap().len()
 }
@@ -85,10 +94,7 @@ async fn ledger_numbers(sim: &OcsServer, sid: &str) -> serde_json::Value {
 async fn a_replicated_session_survives_its_node_crash_on_the_survivor() {
     let sim = sim(OcsConfig::default()).await;
     let store = AnyStore::memory();
-    let mut a = Crashable::start(replicated(&sim, "n1", &store, QUICK_LEASE));
-    let b = Engine::start(replicated(&sim, "n2", &store, QUICK_LEASE)).await.unwrap();
-    connected(&a.engine).await;
-    connected(&b).await;
+    let (mut a, b) = crashable_pair(&sim, &store).await;
 
     let o = a.engine.open_session(App::Ro, msisdn("46701"), None, vec![rg(10)]).await.unwrap();
     let sid = o.session_id.clone();
@@ -137,10 +143,7 @@ async fn a_replicated_session_survives_its_node_crash_on_the_survivor() {
 async fn a_request_in_flight_at_the_crash_is_resent_by_the_adopter_with_the_t_flag() {
     let sim = sim(OcsConfig::default()).await;
     let store = AnyStore::memory();
-    let mut a = Crashable::start(replicated(&sim, "n1", &store, QUICK_LEASE));
-    let b = Engine::start(replicated(&sim, "n2", &store, QUICK_LEASE)).await.unwrap();
-    connected(&a.engine).await;
-    connected(&b).await;
+    let (mut a, b) = crashable_pair(&sim, &store).await;
     let o = a.engine.open_session(App::Ro, msisdn("46702"), None, vec![rg(10)]).await.unwrap();
     let sid = o.session_id.clone();
     // The OCS processes CCR-U 1 (it debits the 30 s) but its answer is lost; then n1 dies.

@@ -17,6 +17,21 @@ pub(super) fn setup(ctx: &Ctx, ocs_toml: &str, tune: impl FnOnce(&mut NodeSpec))
     Ok((ocs, node))
 }
 
+/// Like [`setup`], with the fault proxy between the node and the simulator.
+pub(super) fn setup_behind_proxy(
+    ctx: &Ctx,
+    ocs_toml: &str,
+    tune: impl FnOnce(&mut NodeSpec),
+) -> Result<(Ocs, crate::proxy::Proxy, Node), String> {
+    let ocs = ctx.ocs(ocs_toml)?;
+    let proxy = ctx.proxy(ocs.diameter)?;
+    let mut spec = NodeSpec::new("n1", &ocs);
+    spec.peers = vec![(crate::harness::OCS_HOST.into(), proxy.addr, 1)];
+    tune(&mut spec);
+    let node = ctx.node(&spec)?;
+    Ok((ocs, proxy, node))
+}
+
 /// Fails unless `cond`, with the message and the value shown.
 pub(super) fn ensure(cond: bool, what: &str, v: &Value) -> Result<(), String> {
     if cond { Ok(()) } else { Err(format!("{what}: {v}")) }
@@ -383,12 +398,8 @@ pub(super) fn tx_pending_i_retry_and_terminate(ctx: &mut Ctx) -> Result<(), Stri
 pub(super) fn late_answer_after_tx(ctx: &mut Ctx) -> Result<(), String> {
     // The server says CONTINUE and offers no failover: at Tx the service goes on in PendingU, and the late answer
     // still counts when it comes (RFC 4006 §7: PendingU, Tx expired, CCFH CONTINUE -> grant, stay PendingU).
-    let ocs = ctx.ocs("[ro]\nccfh = 1\ncc_session_failover = 0\n")?;
-    let proxy = ctx.proxy(ocs.diameter)?;
-    let mut spec = NodeSpec::new("n1", &ocs);
-    spec.peers = vec![(crate::harness::OCS_HOST.into(), proxy.addr, 1)];
-    spec.tx = Duration::from_millis(800);
-    let node = ctx.node(&spec)?;
+    let (ocs, proxy, node) =
+        setup_behind_proxy(ctx, "[ro]\nccfh = 1\ncc_session_failover = 0\n", |s| s.tx = Duration::from_millis(800))?;
     let sid = node.open_ro("46700000014")?;
     let mut late = crate::proxy::Rule::new(crate::proxy::Action::Delay(Duration::from_millis(1800))).answers(272);
     late.request_type = Some(2);

@@ -10,7 +10,7 @@ use serde_json::json;
 use charging_ra::codec::{Avp, CommandCode, Message, code};
 use charging_ra::peer::LocalIdentity;
 
-use super::cc::{ensure, setup};
+use super::cc::{ensure, setup, setup_behind_proxy};
 use crate::Ctx;
 use crate::harness::{NodeSpec, OCS_HOST, OCS_MATE_HOST, wait_for};
 use crate::proxy::{Action, Rule};
@@ -47,12 +47,7 @@ pub(super) fn cer_no_common_application(ctx: &mut Ctx) -> Result<(), String> {
 }
 
 pub(super) fn watchdog_loss_and_reopen(ctx: &mut Ctx) -> Result<(), String> {
-    let ocs = ctx.ocs("")?;
-    let proxy = ctx.proxy(ocs.diameter)?;
-    let mut spec = NodeSpec::new("n1", &ocs);
-    spec.peers = vec![(OCS_HOST.into(), proxy.addr, 1)];
-    spec.watchdog = Duration::from_secs(1);
-    let node = ctx.node(&spec)?;
+    let (ocs, proxy, node) = setup_behind_proxy(ctx, "", |s| s.watchdog = Duration::from_secs(1))?;
     // DWAs lost: RFC 3539 §3.4: SUSPECT after Tw without an answer, DOWN after another, the connection closed.
     proxy.add(Rule::new(Action::Drop).answers(280));
     wait_for("the peer to go down", Duration::from_secs(8), || node.status().ok().filter(|s| s["peers_open"] == 0))?;
@@ -157,12 +152,7 @@ pub(super) fn watchdog_loss_fails_over_with_t(ctx: &mut Ctx) -> Result<(), Strin
 }
 
 pub(super) fn reset_mid_request(ctx: &mut Ctx) -> Result<(), String> {
-    let ocs = ctx.ocs("")?;
-    let proxy = ctx.proxy(ocs.diameter)?;
-    let mut spec = NodeSpec::new("n1", &ocs);
-    spec.peers = vec![(OCS_HOST.into(), proxy.addr, 1)];
-    spec.watchdog = Duration::from_secs(1);
-    let node = ctx.node(&spec)?;
+    let (ocs, proxy, node) = setup_behind_proxy(ctx, "", |s| s.watchdog = Duration::from_secs(1))?;
     let sid = node.open_ro("46700000108")?;
     // The connection is cut as the CCR-U crosses it: the request is lost with it.
     let mut cut = Rule::new(Action::Reset).requests(272);
