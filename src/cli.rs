@@ -237,9 +237,25 @@ fn node(path: &Path) -> anyhow::Result<ExitCode> {
             config.replication.apply(&mut engine_config, store, &config.node.id, &uri);
             if let Some(r) = engine_config.replication.as_mut() {
                 r.http = http_bound.map(|a| format!("http://{a}"));
+                if config.sip.enabled {
+                    r.sip = Some(match &config.sip.advertise {
+                        Some(a) if a.contains(':') => a.clone(),
+                        Some(a) => format!("{a}:{}", config.sip.listen.port()),
+                        None => config.sip.listen.to_string(),
+                    });
+                }
             }
         }
         let engine = charging_ra::api::Engine::start(engine_config).await?;
+        let sip = if config.sip.enabled {
+            let replicate = config.replication.enabled && config.replication.replicate_by_default.sip;
+            let b2bua = charging_ra::b2bua::B2bua::start(config.sip.b2bua_config(replicate), engine.clone())
+                .await
+                .with_context(|| format!("SIP on {}", config.sip.listen))?;
+            Some(b2bua)
+        } else {
+            None
+        };
         let http = match listener {
             Some(l) => Some(charging_ra::api::http::serve_on(engine.clone(), l)?),
             None => None,
@@ -247,9 +263,13 @@ fn node(path: &Path) -> anyhow::Result<ExitCode> {
         let diameter: Vec<String> = engine.diameter_addrs().await.iter().map(|a| a.to_string()).collect();
         let http_addr = http.as_ref().map_or("none".to_string(), |(a, _)| a.to_string());
         tracing::info!(node = %config.node.id, origin_host = %config.node.origin_host, http = %http_addr, diameter = ?diameter, "node running");
-        println!("ready node={} diameter={} http={http_addr}", config.node.id, diameter.join(","));
+        let sip_addr = sip.as_ref().map_or("none".to_string(), |s| s.local_addr().to_string());
+        println!("ready node={} diameter={} http={http_addr} sip={sip_addr}", config.node.id, diameter.join(","));
         shutdown_signal().await;
         tracing::info!("stopping: writing what replication holds, giving the lease up, DPR to peers");
+        if let Some(s) = &sip {
+            s.stop();
+        }
         engine.stop().await;
         Ok(ExitCode::SUCCESS)
     })

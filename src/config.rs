@@ -38,6 +38,96 @@ pub struct Config {
     /// The replication store.
     #[serde(default)]
     pub store: StoreSection,
+    /// The SIP B2BUA.
+    #[serde(default)]
+    pub sip: SipSection,
+}
+
+/// `[sip]`: the B2BUA (docs/sip.md). `CHARGING_RA_SIP_LISTEN` overrides `listen`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SipSection {
+    /// Run the B2BUA.
+    pub enabled: bool,
+    /// UDP and TCP listening address.
+    pub listen: std::net::SocketAddr,
+    /// Host (or host:port) written in Via and Contact when `listen` is a wildcard address.
+    pub advertise: Option<String>,
+    /// Where leg B goes (outbound proxy or callee); unset: the Request-URI's host.
+    pub next_hop: Option<std::net::SocketAddr>,
+    /// Transport toward the next hop: udp or tcp.
+    pub next_hop_transport: crate::sip::Transport,
+    /// Which dialogs are replicated: confirmed-dialog, confirmed-dialog-no-application-data or off.
+    pub replication: crate::sip::DialogReplication,
+    /// Charge calls on Ro (CCR-I at INVITE, CCR-U when the granted time is used, CCR-T at BYE).
+    pub charging: bool,
+    /// Service-Context-Id of the call's Ro session.
+    pub service_context: String,
+    /// Rating group the call's time is charged in.
+    pub rating_group: u32,
+    /// Time asked for in each CCR-I / CCR-U.
+    #[serde(with = "humantime_serde")]
+    pub quota: std::time::Duration,
+    /// How far each leg's local CSeq jumps when another node adopts a call.
+    pub cseq_gap: u32,
+    /// Expiry of a call's records, refreshed by every write.
+    #[serde(with = "humantime_serde")]
+    pub record_ttl: std::time::Duration,
+    /// RFC 3261 T1 (RTT estimate).
+    #[serde(with = "humantime_serde")]
+    pub t1: std::time::Duration,
+    /// RFC 3261 T2 (longest retransmit interval).
+    #[serde(with = "humantime_serde")]
+    pub t2: std::time::Duration,
+    /// RFC 3261 T4 (longest time a message stays in the network).
+    #[serde(with = "humantime_serde")]
+    pub t4: std::time::Duration,
+}
+
+impl Default for SipSection {
+    fn default() -> Self {
+        let b = crate::b2bua::B2buaConfig::new(([127, 0, 0, 1], 5060).into());
+        let c = crate::b2bua::ChargingSettings::default();
+        SipSection {
+            enabled: false,
+            listen: b.listen,
+            advertise: None,
+            next_hop: None,
+            next_hop_transport: b.next_hop_transport,
+            replication: b.replication,
+            charging: true,
+            service_context: c.service_context,
+            rating_group: c.rating_group,
+            quota: c.quota,
+            cseq_gap: b.cseq_gap,
+            record_ttl: b.record_ttl,
+            t1: b.timers.t1,
+            t2: b.timers.t2,
+            t4: b.timers.t4,
+        }
+    }
+}
+
+impl SipSection {
+    /// The B2BUA's settings; `replicate` is whether the node replicates at all (`[replication] enabled` and
+    /// `replicate_by_default.sip`).
+    pub fn b2bua_config(&self, replicate: bool) -> crate::b2bua::B2buaConfig {
+        crate::b2bua::B2buaConfig {
+            listen: self.listen,
+            advertise: self.advertise.clone(),
+            next_hop: self.next_hop,
+            next_hop_transport: self.next_hop_transport,
+            replication: if replicate { self.replication } else { crate::sip::DialogReplication::Off },
+            charging: self.charging.then(|| crate::b2bua::ChargingSettings {
+                service_context: self.service_context.clone(),
+                rating_group: self.rating_group,
+                quota: self.quota,
+            }),
+            cseq_gap: self.cseq_gap,
+            record_ttl: self.record_ttl,
+            timers: crate::sip::Timers { t1: self.t1, t2: self.t2, t4: self.t4 },
+        }
+    }
 }
 
 /// `[node]`: who this node is and where it listens. `CHARGING_RA_NODE_ID`, `CHARGING_RA_ORIGIN_HOST`,
@@ -436,6 +526,9 @@ impl Config {
         }
         if let Some(v) = var("CHARGING_RA_HTTP_LISTEN") {
             self.node.http_listen = Some(addr("CHARGING_RA_HTTP_LISTEN", v)?);
+        }
+        if let Some(v) = var("CHARGING_RA_SIP_LISTEN") {
+            self.sip.listen = addr("CHARGING_RA_SIP_LISTEN", v)?;
         }
         Ok(())
     }

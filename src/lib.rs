@@ -16,6 +16,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod b2bua;
 pub mod cc;
 pub mod codec;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod peer;
 pub mod replication;
 pub mod router;
 pub mod samples;
+pub mod sip;
 pub mod store;
 pub mod transport;
 pub mod units;

@@ -46,6 +46,8 @@ pub struct ReplicationConfig {
     pub diameter_uri: String,
     /// This node's HTTP front, if any.
     pub http: Option<String>,
+    /// This node's SIP address (`host:port`), when it runs the B2BUA.
+    pub sip: Option<String>,
     /// How long a write-behind change may wait to be coalesced with later ones.
     pub write_delay: Duration,
     /// How often the node renews its lease.
@@ -68,6 +70,7 @@ impl ReplicationConfig {
             node_id: node_id.into(),
             diameter_uri: diameter_uri.into(),
             http: None,
+            sip: None,
             write_delay: Duration::from_millis(100),
             lease_period: Duration::from_millis(500),
             lease_ttl: Duration::from_secs(2),
@@ -323,6 +326,7 @@ impl Repl {
             incarnation,
             diameter_uri: cfg.diameter_uri.clone(),
             http: cfg.http.clone(),
+            sip: cfg.sip.clone(),
         };
         let own = Arc::new(
             Ownership::new(Arc::new(cfg.store.clone()), &cfg.cluster, me, cfg.lease_ttl)

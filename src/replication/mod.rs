@@ -28,6 +28,10 @@ pub struct NodeIdentity {
     pub diameter_uri: String,
     /// HTTP front, if any.
     pub http: Option<String>,
+    /// SIP address (`host:port`) of the node's B2BUA, if it runs one: where other nodes forward a mid-dialog
+    /// request for a call this node owns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sip: Option<String>,
 }
 
 /// `conv/<convergence>`: who owns a call or session group, since which epoch.
@@ -259,7 +263,13 @@ mod tests {
     use super::*;
 
     fn node(n: &str, inc: u64) -> NodeIdentity {
-        NodeIdentity { node: n.into(), incarnation: inc, diameter_uri: format!("aaa://{n}.cluster:3869"), http: None }
+        NodeIdentity {
+            node: n.into(),
+            incarnation: inc,
+            diameter_uri: format!("aaa://{n}.cluster:3869"),
+            http: None,
+            sip: None,
+        }
     }
 
     fn conv(owner: &str, inc: u64, epoch: u64) -> ConvergenceRecord {

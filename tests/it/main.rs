@@ -11,6 +11,7 @@ mod ocs;
 mod ownership;
 mod prop;
 mod replication;
+mod sip;
 mod stack;
 mod store_contract;
 mod tls;

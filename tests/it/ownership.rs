@@ -19,6 +19,7 @@ fn node(name: &str) -> NodeIdentity {
         incarnation: std::process::id() as u64,
         diameter_uri: format!("aaa://{name}.cluster:3869"),
         http: None,
+        sip: None,
     }
 }
 

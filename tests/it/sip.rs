@@ -1,0 +1,250 @@
+//! The SIP B2BUA in process, with the project's own user agents and the OCS simulator: a charged call, a refused
+//! one, bad input, and a call carried on by a second node after the first one vanished (its runtime torn down as a
+//! SIGKILL would). The conformance suite repeats these with sipp and real node processes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use charging_ra::api::{Engine, EngineConfig, ReplicationConfig};
+use charging_ra::b2bua::ua::{CallPlan, Uac, UasCounters, run_uas};
+use charging_ra::b2bua::{B2bua, B2buaConfig};
+use charging_ra::cc::Ccfh;
+use charging_ra::ocs::OcsConfig;
+use charging_ra::ocs::config::SubscriberConfig;
+use charging_ra::ocs::server::OcsServer;
+use charging_ra::store::{AnyStore, Store};
+use charging_ra::units::Units;
+use tokio::net::UdpSocket;
+
+use crate::engine::{engine_config, sim};
+
+async fn uas() -> (SocketAddr, Arc<UasCounters>) {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = s.local_addr().unwrap();
+    let counters = Arc::new(UasCounters::default());
+    tokio::spawn(run_uas(s, counters.clone()));
+    (addr, counters)
+}
+
+fn node_config(sim: &OcsServer, name: &str, store: Option<&AnyStore>, sip: SocketAddr) -> EngineConfig {
+    let host = format!("{name}.test.localdomain");
+    let mut cfg = engine_config(
+        &host,
+        &[("ocs1.ocs.localdomain", sim.diameter_addr(), 1)],
+        Duration::from_secs(2),
+        Ccfh::Terminate,
+    );
+    if let Some(store) = store {
+        let mut r = ReplicationConfig::new(store.clone(), "sipc", name, &format!("aaa://{host}:3868"));
+        (r.lease_period, r.lease_ttl) = (Duration::from_millis(100), Duration::from_millis(400));
+        r.write_delay = Duration::from_millis(20);
+        r.sip = Some(sip.to_string());
+        cfg.replication = Some(r);
+    }
+    cfg
+}
+
+fn b2bua_config(listen: SocketAddr, callee: SocketAddr) -> B2buaConfig {
+    let mut c = B2buaConfig::new(listen);
+    c.next_hop = Some(callee);
+    c
+}
+
+async fn free_port() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap()
+}
+
+async fn connected(e: &Engine) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !e.node_status().await.is_some_and(|s| crate::stack::open(&s, 0)) {
+        assert!(tokio::time::Instant::now() < end, "engine never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The B2BUA answers a BYE before the one it sends on the other leg arrives: wait for it.
+async fn byes(counters: &UasCounters, n: u64) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(3);
+    while counters.byes.load(Ordering::Relaxed) < n {
+        assert!(tokio::time::Instant::now() < end, "the callee never got its BYE");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(counters.byes.load(Ordering::Relaxed), n);
+}
+
+fn ro_sessions(sim: &OcsServer) -> Vec<serde_json::Value> {
+    sim.ledger_json()["sessions"].as_array().cloned().unwrap_or_default()
+}
+
+fn types(s: &serde_json::Value) -> Vec<String> {
+    s["requests"].as_array().unwrap().iter().map(|r| r["request_type"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn a_call_is_charged_from_invite_to_bye() {
+    let sim = sim(OcsConfig::default()).await;
+    let engine = Engine::start(node_config(&sim, "b1", None, free_port().await)).await.unwrap();
+    connected(&engine).await;
+    let (callee, counters) = uas().await;
+    let b2bua = B2bua::start(b2bua_config("127.0.0.1:0".parse().unwrap(), callee), engine.clone()).await.unwrap();
+    let uac = Uac::bind().await.unwrap();
+    let plan = CallPlan {
+        uri: format!("sip:bob@{callee}"),
+        via: b2bua.local_addr(),
+        hold: Duration::from_millis(1500),
+        reinvite: true,
+        in_dialog_to: None,
+    };
+    let report = uac.call(&plan).await;
+    assert_eq!((report.invite, report.reinvite, report.bye), (200, Some(200), Some(200)));
+    assert_eq!(counters.answered.load(Ordering::Relaxed), 1);
+    assert_eq!(counters.refreshed.load(Ordering::Relaxed), 1, "the re-INVITE went through to the callee");
+    byes(&counters, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let sessions = ro_sessions(&sim);
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(types(&sessions[0]), ["initial", "termination"]);
+    let used = sessions[0]["rating_groups"]["100"]["reported_used"]["time"].as_u64().unwrap();
+    assert!((1..=3).contains(&used), "a 1.5 s call reports 2 s (a started second counts): {used}");
+    assert_eq!(sim.ledger_json()["check"]["clean"], true);
+    let stats = b2bua.stats().await.unwrap();
+    assert_eq!((stats.calls, stats.answered, stats.ended, stats.active), (1, 1, 1, 0));
+}
+
+#[tokio::test]
+async fn a_caller_without_credit_gets_402_and_the_callee_is_never_called() {
+    let mut ocs = OcsConfig::default();
+    let uac = Uac::bind().await.unwrap();
+    let caller = format!("sip:caller@{}", uac.local_addr());
+    ocs.subscribers.push(SubscriberConfig { id: caller, balance: Units { time: Some(0), ..Units::default() } });
+    let sim = sim(ocs).await;
+    let engine = Engine::start(node_config(&sim, "b2", None, free_port().await)).await.unwrap();
+    connected(&engine).await;
+    let (callee, counters) = uas().await;
+    let b2bua = B2bua::start(b2bua_config("127.0.0.1:0".parse().unwrap(), callee), engine).await.unwrap();
+    let plan = CallPlan {
+        uri: format!("sip:bob@{callee}"),
+        via: b2bua.local_addr(),
+        hold: Duration::from_millis(100),
+        reinvite: false,
+        in_dialog_to: None,
+    };
+    let report = uac.call(&plan).await;
+    assert_eq!(report.invite, 402, "RFC 4006 4012 CREDIT_LIMIT_REACHED → 402 Payment Required");
+    assert_eq!(counters.answered.load(Ordering::Relaxed), 0);
+}
+
+async fn exchange(sock: &UdpSocket, to: SocketAddr, text: &str) -> Option<String> {
+    sock.send_to(text.as_bytes(), to).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    match tokio::time::timeout(Duration::from_secs(2), sock.recv_from(&mut buf)).await {
+        Ok(Ok((n, _))) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn bad_sip_gets_400_with_a_reason_and_an_unknown_dialog_481() {
+    let sim = sim(OcsConfig::default()).await;
+    let engine = Engine::start(node_config(&sim, "b3", None, free_port().await)).await.unwrap();
+    let b2bua =
+        B2bua::start(b2bua_config("127.0.0.1:0".parse().unwrap(), free_port().await), engine).await.unwrap();
+    let to = b2bua.local_addr();
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = sock.local_addr().unwrap();
+    let head = |cseq: &str, extra: &str| {
+        format!(
+            "Via: SIP/2.0/UDP {me};branch=z9hG4bK{}\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@y>{extra}\r\n\
+             Call-ID: bad-{}\r\nCSeq: {cseq}\r\nMax-Forwards: 70\r\n",
+            rand_suffix(),
+            rand_suffix()
+        )
+    };
+    let r = exchange(&sock, to, &format!("BYE sip:b@y SIP/2.0\r\n{}Content-Length: 0\r\n\r\n", head("1 BYE", ";tag=nope")))
+        .await
+        .unwrap();
+    assert!(r.starts_with("SIP/2.0 481 "), "{r}");
+    let r = exchange(&sock, to, &format!("INVITE sip:b@y SIP/2.0\r\n{}Content-Length: 99\r\n\r\nv=0", head("1 INVITE", "")))
+        .await
+        .unwrap();
+    assert!(r.starts_with("SIP/2.0 400 Content-Length 99"), "{r}");
+    let r = exchange(&sock, to, &format!("INVITE sip:b@y SIP/2.0\r\n{}\r\n", head("1 BYE", ""))).await.unwrap();
+    assert!(r.starts_with("SIP/2.0 400 CSeq method BYE does not match INVITE"), "{r}");
+    let r = exchange(&sock, to, &format!("INVITE  SIP/2.0\r\n{}\r\n", head("1 INVITE", ""))).await.unwrap();
+    assert!(r.starts_with("SIP/2.0 400 Malformed Request-Line"), "{r}");
+    assert_eq!(exchange(&sock, to, "\u{1}\u{2} garbage").await, None, "nothing to answer: dropped");
+    let r = exchange(&sock, to, &format!("OPTIONS sip:b@y SIP/2.0\r\n{}\r\n", head("1 OPTIONS", ""))).await.unwrap();
+    assert!(r.starts_with("SIP/2.0 200 "), "still alive after the bad input: {r}");
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed) + u64::from(std::process::id()) * 1000
+}
+
+/// A node (engine and B2BUA) on its own runtime, to vanish like a killed process.
+struct Crashable {
+    rt: Option<tokio::runtime::Runtime>,
+    b2bua: B2bua,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_survives_its_node_and_is_charged_once() {
+    let sim = sim(OcsConfig::default()).await;
+    let store = AnyStore::memory();
+    let (callee, counters) = uas().await;
+    let n1_sip = free_port().await;
+    let n2_sip = free_port().await;
+    let cfg1 = node_config(&sim, "n1", Some(&store), n1_sip);
+    let mut n1 = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let b2bua = rt.block_on(async {
+            let e = Engine::start(cfg1).await.unwrap();
+            connected(&e).await;
+            B2bua::start(b2bua_config(n1_sip, callee), e).await.unwrap()
+        });
+        Crashable { rt: Some(rt), b2bua }
+    })
+    .join()
+    .unwrap();
+    let e2 = Engine::start(node_config(&sim, "n2", Some(&store), n2_sip)).await.unwrap();
+    connected(&e2).await;
+    let n2 = B2bua::start(b2bua_config(n2_sip, callee), e2).await.unwrap();
+    let uac = Uac::bind().await.unwrap();
+    let plan = CallPlan {
+        uri: format!("sip:bob@{callee}"),
+        via: n1.b2bua.local_addr(),
+        hold: Duration::from_secs(3),
+        reinvite: true,
+        in_dialog_to: Some(n2_sip),
+    };
+    let call = tokio::spawn(async move { uac.call(&plan).await });
+    // Answered, ACKed and replicated, then the node vanishes.
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.scan_prefix("sipc/proto/sip/").await.unwrap().len() < 2 {
+        assert!(tokio::time::Instant::now() < end, "the call's legs were never written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    n1.rt.take().unwrap().shutdown_background();
+    let report = call.await.unwrap();
+    assert_eq!(report, charging_ra::b2bua::ua::CallReport { invite: 200, reinvite: Some(200), bye: Some(200) });
+    assert_eq!(counters.refreshed.load(Ordering::Relaxed), 1, "the re-INVITE reached the callee through n2");
+    byes(&counters, 1).await;
+    let stats = n2.stats().await.unwrap();
+    assert_eq!(stats.adopted, 1, "{stats:?}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sessions = ro_sessions(&sim);
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(types(&sessions[0]), ["initial", "termination"]);
+    let t = &sessions[0]["requests"][1];
+    assert!(t["origin_host"].as_str().unwrap().starts_with("n2."), "CCR-T from the adopter: {t}");
+    let used = sessions[0]["rating_groups"]["100"]["reported_used"]["time"].as_u64().unwrap();
+    assert!((3..=5).contains(&used), "the whole call is charged, once: {used}");
+    assert_eq!(sim.ledger_json()["check"]["clean"], true, "{}", sim.ledger_json()["check"]);
+    for kind in ["proto/sip", "state", "conv", "proto/diameter"] {
+        assert!(store.scan_prefix(&format!("sipc/{kind}/")).await.unwrap().is_empty(), "{kind} records left");
+    }
+}
