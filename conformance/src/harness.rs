@@ -157,6 +157,12 @@ impl Ocs {
         Ok(c)
     }
 
+    /// Every session the OCS has seen (`GET /v1/ledger`).
+    pub fn sessions(&self) -> Result<Vec<Value>, String> {
+        let (_, b) = http(self.control, "GET", "/v1/ledger", None)?;
+        Ok(b["sessions"].as_array().cloned().unwrap_or_default())
+    }
+
     /// One session as the OCS saw it.
     pub fn ledger(&self, sid: &str) -> Result<Value, String> {
         Ok(http(self.control, "GET", &format!("/v1/ledger/{}", enc(sid)), None)?.1)
@@ -216,6 +222,8 @@ pub struct NodeSpec {
     pub diameter_port: u16,
     /// Every member of its cluster: (node id, Diameter port); empty for a lone node.
     pub cluster: Vec<(String, u16)>,
+    /// Run the SIP B2BUA on this port (0: any), sending leg B to the address.
+    pub sip: Option<(u16, SocketAddr)>,
 }
 
 impl NodeSpec {
@@ -235,6 +243,7 @@ impl NodeSpec {
             wait_open: true,
             diameter_port: 0,
             cluster: Vec::new(),
+            sip: None,
         }
     }
 
@@ -281,6 +290,11 @@ impl NodeSpec {
             store.display(),
             self.busy_timeout.as_millis()
         );
+        if let Some((port, next_hop)) = self.sip {
+            t += &format!(
+                "\n[sip]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nnext_hop = \"{next_hop}\"\nquota = \"30s\"\n"
+            );
+        }
         t
     }
 }
@@ -291,6 +305,8 @@ pub struct Node {
     pub http: SocketAddr,
     /// Its Diameter listening address.
     pub diameter: SocketAddr,
+    /// Its SIP address, when it runs the B2BUA.
+    pub sip: Option<SocketAddr>,
     /// Its process id (exec).
     pub pid: Option<u32>,
     run: Running,
@@ -323,6 +339,7 @@ impl Node {
                 Node {
                     http: field(&f, "http")?,
                     diameter: field(&f, "diameter")?,
+                    sip: field(&f, "sip").ok(),
                     pid: Some(pid),
                     run: Running::Process(child),
                 }
@@ -332,7 +349,7 @@ impl Node {
                 let config = charging_ra::config::Config::parse(&toml, &path).map_err(|e| e.to_string())?;
                 let store = ctx.store()?;
                 let rt = runtime()?;
-                let (http, diameter) = rt.block_on(async {
+                let (http, diameter, sip) = rt.block_on(async {
                     let mut ec = config.engine_config(Arc::new(charging_ra::dict::Dictionary::builtin()));
                     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
                     if spec.replicate {
@@ -340,16 +357,28 @@ impl Node {
                         config.replication.apply(&mut ec, store, &spec.id, &uri);
                         if let Some(r) = ec.replication.as_mut() {
                             r.http = listener.local_addr().ok().map(|a| format!("http://{a}"));
+                            r.sip = spec.sip.map(|(port, _)| format!("127.0.0.1:{port}"));
                         }
                     }
                     let engine = charging_ra::api::Engine::start(ec).await.map_err(|e| e.to_string())?;
-                    let (http, task) =
-                        charging_ra::api::http::serve_on(engine.clone(), listener).map_err(|e| e.to_string())?;
+                    let sip = match spec.sip {
+                        Some(_) => {
+                            let b = config.sip.b2bua_config(spec.replicate);
+                            let b2bua =
+                                charging_ra::b2bua::B2bua::start(b, engine.clone()).await.map_err(|e| e.to_string())?;
+                            Some(b2bua)
+                        }
+                        None => None,
+                    };
+                    let more = sip.as_ref().map(|s| s.http_routes()).unwrap_or_default();
+                    let sip = sip.map(|s| s.local_addr());
+                    let (http, task) = charging_ra::api::http::serve_with(engine.clone(), listener, more)
+                        .map_err(|e| e.to_string())?;
                     std::mem::forget(task);
                     let d = engine.diameter_addrs().await.first().copied().ok_or("no Diameter address")?;
-                    Ok::<_, String>((http, d))
+                    Ok::<_, String>((http, d, sip))
                 })?;
-                Node { http, diameter, pid: None, run: Running::InProc(Some(rt)) }
+                Node { http, diameter, sip, pid: None, run: Running::InProc(Some(rt)) }
             }
         };
         // Ready: the front answers and a peer is open (a session can be opened).

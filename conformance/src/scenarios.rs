@@ -13,6 +13,7 @@ use super::{Ctx, Scenario, Subject};
 mod cc;
 mod failover;
 mod peer;
+mod sip;
 mod store;
 mod wire;
 
@@ -246,6 +247,37 @@ pub(crate) fn all() -> Vec<Scenario> {
             "failover-soak",
             "Six random SIGKILLs of one of three nodes under load through the HTTP fronts, each restarted: ledger clean",
             failover::soak,
+        ),
+        // SIP B2BUA.
+        scenario(
+            "sip-call-charged",
+            "RFC 3261 B2BUA, TS 32.299 IMS: sipp UAC → node → sipp UAS with a re-INVITE; CCR-I at INVITE, CCR-T at BYE with the duration",
+            sip::call_charged,
+        ),
+        scenario(
+            "sip-failover-reinvite-and-bye",
+            "SIGKILLed node mid-call: the re-INVITE and BYE reach another node, which adopts the call and its Ro session",
+            sip::failover_reinvite_and_bye,
+        ),
+        scenario(
+            "sip-failover-callee-bye",
+            "SIGKILLed node mid-call: the callee's BYE (Request-URI naming the dead node) is taken by another node; CCR-T from it",
+            sip::failover_callee_bye,
+        ),
+        scenario(
+            "sip-reinvite-glare",
+            "RFC 3261 §14.2 glare: re-INVITEs from both sides get 491; §12.2.2 CSeq going backwards gets 500",
+            sip::reinvite_glare,
+        ),
+        scenario(
+            "sip-unknown-dialog-481",
+            "RFC 3261 §12.2.2: a mid-dialog request for a dialog no node has gets 481; a malformed one does not stop the node",
+            sip::unknown_dialog_481,
+        ),
+        scenario(
+            "sip-load",
+            "Calls per second through one node, charged and replicated (sipp -r); every call succeeds, every Ro session ends",
+            sip::load,
         ),
         scenario(
             "failover-stale-owner-fenced",

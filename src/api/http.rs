@@ -441,8 +441,17 @@ pub fn serve_on(
     engine: Engine,
     listener: tokio::net::TcpListener,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    serve_with(engine, listener, axum::Router::new())
+}
+
+/// Like [`serve_on`], with more routes (the B2BUA's `/v1/sip`).
+pub fn serve_with(
+    engine: Engine,
+    listener: tokio::net::TcpListener,
+    more: axum::Router,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let bound = listener.local_addr()?;
-    let app = router(engine);
+    let app = router(engine).merge(more);
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

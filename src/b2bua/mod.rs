@@ -28,6 +28,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use axum::response::IntoResponse;
 use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -173,6 +174,7 @@ impl B2bua {
             seed: format!("{:x}", seed & 0xffff_ffff_ffff),
             counter: 0,
             calls: HashMap::new(),
+            closing: HashMap::new(),
             next_call: 0,
             legs: HashMap::new(),
             invites: HashMap::new(),
@@ -197,6 +199,26 @@ impl B2bua {
         let (tx, rx) = oneshot::channel();
         self.events.send(Ev::Stats(tx)).ok()?;
         rx.await.ok()
+    }
+
+    /// `GET /v1/sip`: the B2BUA's [`SipStats`], to merge into the node's HTTP front.
+    pub fn http_routes(&self) -> axum::Router {
+        let me = self.clone();
+        axum::Router::new().route(
+            "/v1/sip",
+            axum::routing::get(move || {
+                let me = me.clone();
+                async move {
+                    match me.stats().await {
+                        Some(s) => axum::Json(serde_json::json!({ "address": me.local.to_string(), "stats": s }))
+                            .into_response(),
+                        None => {
+                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "the B2BUA has stopped\n").into_response()
+                        }
+                    }
+                }
+            }),
+        )
     }
 
     /// Stops taking messages.
@@ -254,7 +276,11 @@ enum Phase {
 enum Purpose {
     Initial,
     /// A request relayed from the other leg: its final response goes back on this server transaction.
-    Relay { server: ServerKey, request: Box<Message>, from: Side },
+    Relay {
+        server: ServerKey,
+        request: Box<Message>,
+        from: Side,
+    },
     Bye,
 }
 
@@ -298,6 +324,8 @@ struct Actor {
     seed: String,
     counter: u64,
     calls: HashMap<u64, Call>,
+    /// Ended calls whose last write is in flight; their records are deleted after it.
+    closing: HashMap<u64, Call>,
     next_call: u64,
     legs: HashMap<(String, String), (u64, Side)>,
     invites: HashMap<ServerKey, u64>,
@@ -425,7 +453,8 @@ impl Actor {
                     let (host, port) = via.response_target();
                     let dest = match p.src.transport {
                         Transport::Tcp => p.src,
-                        Transport::Udp => match (host.as_str(), port).to_socket_addrs().ok().and_then(|mut a| a.next()) {
+                        Transport::Udp => match (host.as_str(), port).to_socket_addrs().ok().and_then(|mut a| a.next())
+                        {
                             Some(addr) => Dest { transport: Transport::Udp, addr },
                             None => p.src,
                         },
@@ -607,7 +636,9 @@ impl Actor {
                     self.end_call(id, None, "cancelled while charging");
                     return;
                 }
-                if o.ccfh.is_none() && o.result_code.is_some_and(|c| c != 2001) || (granted == 0 && o.ccfh.is_none() && !o.granted.is_empty()) {
+                if o.ccfh.is_none() && o.result_code.is_some_and(|c| c != 2001)
+                    || (granted == 0 && o.ccfh.is_none() && !o.granted.is_empty())
+                {
                     let code = o.result_code.unwrap_or(0);
                     return self.refuse(id, code, "credit control refused the call");
                 }
@@ -1147,7 +1178,8 @@ impl Actor {
         let call = self.calls.get(&id).expect("call");
         let rec = self.record(call);
         let conv = call.conv.clone();
-        let ro = if self.cfg.replication == DialogReplication::ConfirmedDialog { call.app.ro_session.clone() } else { None };
+        let ro =
+            if self.cfg.replication == DialogReplication::ConfirmedDialog { call.app.ro_session.clone() } else { None };
         let engine = self.engine.clone();
         let ttl = self.cfg.record_ttl;
         let ev = self.ev.clone();
@@ -1183,7 +1215,21 @@ impl Actor {
         });
     }
 
+    /// A write of a call that ended meanwhile has finished: now its records can be deleted.
+    fn closed(&mut self, id: u64, version: Option<u64>) -> bool {
+        let Some(call) = self.closing.get_mut(&id) else { return false };
+        if let (Some(rep), Some(v)) = (call.replicated.as_mut(), version) {
+            rep.version = Some(v);
+        }
+        self.delete_records(id);
+        self.closing.remove(&id);
+        true
+    }
+
     fn on_written(&mut self, id: u64, r: Result<u64, StoreError>) {
+        if self.closed(id, r.as_ref().ok().copied()) {
+            return;
+        }
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.writing = false;
         match r {
@@ -1209,6 +1255,9 @@ impl Actor {
     }
 
     fn on_created(&mut self, id: u64, r: Result<u64, String>) {
+        if self.closed(id, r.as_ref().ok().copied()) {
+            return;
+        }
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.writing = false;
         match r {
@@ -1233,9 +1282,8 @@ impl Actor {
         let Some(call) = self.calls.get(&id) else { return };
         tracing::debug!(call = id, why, "call ends");
         if let (Some(sid), Some(c)) = (call.app.ro_session.clone(), self.cfg.charging.clone()) {
-            let secs = used.unwrap_or_else(|| {
-                if call.app.answered_at_ms == 0 { 0 } else { call.app.unreported_secs(wall_ms()) }
-            });
+            let secs = used
+                .unwrap_or_else(|| if call.app.answered_at_ms == 0 { 0 } else { call.app.unreported_secs(wall_ms()) });
             let used = vec![UsedUnits {
                 rating_group: c.rating_group,
                 used: Units { time: Some(secs), ..Units::default() },
@@ -1248,6 +1296,21 @@ impl Actor {
                 }
             });
         }
+        if call.writing {
+            // A write is in flight: deleting now could run before it and leave its records behind. The deletion
+            // follows it (`on_created` / `on_written`).
+            let call = self.calls.remove(&id).expect("call");
+            self.unindex(id, &call);
+            self.closing.insert(id, call);
+            return;
+        }
+        self.delete_records(id);
+        self.forget(id);
+    }
+
+    /// Deletes a call's records (it ended).
+    fn delete_records(&mut self, id: u64) {
+        let Some(call) = self.calls.get(&id).or_else(|| self.closing.get(&id)) else { return };
         if let (Some(own), Some(rep)) = (self.own.clone(), call.replicated.clone()) {
             let cluster = own.cluster().to_string();
             let rec = &call.rec;
@@ -1289,12 +1352,15 @@ impl Actor {
                 }
             });
         }
-        self.forget(id);
     }
 
     /// Drops a call's local state (ended, or fenced).
     fn forget(&mut self, id: u64) {
         let Some(call) = self.calls.remove(&id) else { return };
+        self.unindex(id, &call);
+    }
+
+    fn unindex(&mut self, id: u64, call: &Call) {
         self.stats.active = self.stats.active.saturating_sub(1);
         self.legs.remove(&(call.rec.a.call_id.clone(), call.rec.a.local_tag.clone()));
         self.legs.remove(&(call.rec.b.call_id.clone(), call.rec.b.local_tag.clone()));
@@ -1586,10 +1652,7 @@ async fn adopt(
         // Taken over (now or by this node's earlier call): requests the dead owner sent after its last write may
         // have used CSeq numbers past the stored ones.
         for d in [&mut state.state.a, &mut state.state.b] {
-            let seen_here = seen
-                .as_ref()
-                .filter(|(c, t, _)| *c == d.call_id && *t == d.local_tag)
-                .map(|(_, _, n)| *n);
+            let seen_here = seen.as_ref().filter(|(c, t, _)| *c == d.call_id && *t == d.local_tag).map(|(_, _, n)| *n);
             d.adopt(gap, seen_here);
         }
         state.written_by_epoch = epoch;

@@ -25,6 +25,18 @@ pub struct Packet {
 
 type Writers = Arc<Mutex<HashMap<SocketAddr, mpsc::UnboundedSender<Bytes>>>>;
 
+/// A UDP socket with 4 MiB buffers (as far as `net.core.rmem_max` allows): a burst of responses to hundreds of
+/// INVITEs must not overflow the default 208 KiB and be dropped, costing a retransmission round.
+fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
 /// The sockets of one SIP node.
 #[derive(Clone)]
 pub struct SipTransport {
@@ -38,7 +50,7 @@ impl SipTransport {
     /// Binds UDP and TCP on `addr` (TCP on the port UDP got, when `addr` asks for port 0); messages received go to
     /// `inbound`.
     pub async fn bind(addr: SocketAddr, inbound: mpsc::Sender<Packet>) -> io::Result<SipTransport> {
-        let udp = UdpSocket::bind(addr).await?;
+        let udp = udp_socket(addr)?;
         let local = udp.local_addr()?;
         let listener = TcpListener::bind(local).await?;
         let t = SipTransport { udp: Arc::new(udp), tcp: Arc::default(), inbound, local };

@@ -28,7 +28,8 @@ pub enum DialogReplication {
 /// JAIN SIP HA). An adopter could not answer the pending INVITE, so a call that fails before it is answered is
 /// retried by the caller, as after any proxy failure. Not writing early dialogs also saves the store the writes of
 /// calls that are never answered.
-pub const EARLY_DIALOGS_NOT_REPLICATED: &str = "early dialogs depend on transactions that only the setting-up node holds";
+pub const EARLY_DIALOGS_NOT_REPLICATED: &str =
+    "early dialogs depend on transactions that only the setting-up node holds";
 
 /// A call: leg A (this node is the UAS toward the caller) and leg B (the UAC toward the callee).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

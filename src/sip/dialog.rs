@@ -196,7 +196,8 @@ pub fn strip_tag(value: &str) -> String {
         // addr-spec form: parameters after the URI are header parameters (§20.10).
         return value.split(';').filter(|p| !p.trim().starts_with("tag=")).collect::<Vec<_>>().join(";");
     }
-    let kept: String = params.split(';').filter(|p| !p.is_empty() && !p.trim().starts_with("tag=")).map(|p| format!(";{p}")).collect();
+    let kept: String =
+        params.split(';').filter(|p| !p.is_empty() && !p.trim().starts_with("tag=")).map(|p| format!(";{p}")).collect();
     format!("{head}{kept}")
 }
 

@@ -189,7 +189,8 @@ impl Message {
         let first = it.next().ok_or_else(|| ParseError::new("empty message"))?;
         let mut headers = Vec::new();
         for line in it {
-            let (name, value) = line.split_once(':').ok_or_else(|| ParseError::new(format!("header without ':' ({line})")))?;
+            let (name, value) =
+                line.split_once(':').ok_or_else(|| ParseError::new(format!("header without ':' ({line})")))?;
             let name = name.trim();
             if !is_token(name) {
                 return Err(ParseError::new(format!("bad header name {name:?}")));
@@ -556,7 +557,8 @@ impl Via {
     pub fn parse(value: &str) -> Option<Via> {
         let (proto, rest) = value.trim().split_once(char::is_whitespace)?;
         let mut parts = proto.split('/');
-        let (Some(name), Some(version), Some(transport), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(name), Some(version), Some(transport), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return None;
         };
@@ -565,7 +567,14 @@ impl Via {
         }
         let mut it = rest.split(';');
         let (host, port) = host_port(it.next()?.trim())?;
-        let mut via = Via { transport: transport.trim().to_ascii_uppercase(), host, port, branch: None, received: None, rport: None };
+        let mut via = Via {
+            transport: transport.trim().to_ascii_uppercase(),
+            host,
+            port,
+            branch: None,
+            received: None,
+            rport: None,
+        };
         for p in it {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             match k.trim().to_ascii_lowercase().as_str() {

@@ -271,7 +271,10 @@ impl Transactions {
         }
         let generation = self.next_generation();
         let state = if key.method == "INVITE" { SState::Proceeding } else { SState::Trying };
-        self.server.insert(key.clone(), ServerTx { state, last: None, dest: src, interval: self.timers.t1, give_up: None, generation });
+        self.server.insert(
+            key.clone(),
+            ServerTx { state, last: None, dest: src, interval: self.timers.t1, give_up: None, generation },
+        );
         Incoming::New(key)
     }
 
@@ -298,7 +301,8 @@ impl Transactions {
                 let generation = self.next_generation();
                 let give_up = now + self.timers.t1 * 64;
                 let interval = self.timers.t1;
-                self.ok2xx.insert(id.clone(), Retransmit2xx { bytes: bytes.clone(), dest, interval, give_up, generation });
+                self.ok2xx
+                    .insert(id.clone(), Retransmit2xx { bytes: bytes.clone(), dest, interval, give_up, generation });
                 // Over TCP the 2xx is not retransmitted, but the wait for the ACK still ends the dialog.
                 let first = if unreliable { now + interval } else { give_up };
                 self.arm(first, TimerRef::Ok2xx(id.0, id.1, generation));
@@ -341,7 +345,15 @@ impl Transactions {
         self.arm(now + t1 * 64, TimerRef::ClientEnd(key.clone(), generation));
         self.client.insert(
             key.clone(),
-            ClientTx { state: CState::Calling, request, bytes: bytes.clone(), dest, interval: t1, ack: None, generation },
+            ClientTx {
+                state: CState::Calling,
+                request,
+                bytes: bytes.clone(),
+                dest,
+                interval: t1,
+                ack: None,
+                generation,
+            },
         );
         (key, bytes)
     }

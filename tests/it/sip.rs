@@ -149,8 +149,7 @@ async fn exchange(sock: &UdpSocket, to: SocketAddr, text: &str) -> Option<String
 async fn bad_sip_gets_400_with_a_reason_and_an_unknown_dialog_481() {
     let sim = sim(OcsConfig::default()).await;
     let engine = Engine::start(node_config(&sim, "b3", None, free_port().await)).await.unwrap();
-    let b2bua =
-        B2bua::start(b2bua_config("127.0.0.1:0".parse().unwrap(), free_port().await), engine).await.unwrap();
+    let b2bua = B2bua::start(b2bua_config("127.0.0.1:0".parse().unwrap(), free_port().await), engine).await.unwrap();
     let to = b2bua.local_addr();
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let me = sock.local_addr().unwrap();
@@ -162,13 +161,18 @@ async fn bad_sip_gets_400_with_a_reason_and_an_unknown_dialog_481() {
             rand_suffix()
         )
     };
-    let r = exchange(&sock, to, &format!("BYE sip:b@y SIP/2.0\r\n{}Content-Length: 0\r\n\r\n", head("1 BYE", ";tag=nope")))
-        .await
-        .unwrap();
+    let r =
+        exchange(&sock, to, &format!("BYE sip:b@y SIP/2.0\r\n{}Content-Length: 0\r\n\r\n", head("1 BYE", ";tag=nope")))
+            .await
+            .unwrap();
     assert!(r.starts_with("SIP/2.0 481 "), "{r}");
-    let r = exchange(&sock, to, &format!("INVITE sip:b@y SIP/2.0\r\n{}Content-Length: 99\r\n\r\nv=0", head("1 INVITE", "")))
-        .await
-        .unwrap();
+    let r = exchange(
+        &sock,
+        to,
+        &format!("INVITE sip:b@y SIP/2.0\r\n{}Content-Length: 99\r\n\r\nv=0", head("1 INVITE", "")),
+    )
+    .await
+    .unwrap();
     assert!(r.starts_with("SIP/2.0 400 Content-Length 99"), "{r}");
     let r = exchange(&sock, to, &format!("INVITE sip:b@y SIP/2.0\r\n{}\r\n", head("1 BYE", ""))).await.unwrap();
     assert!(r.starts_with("SIP/2.0 400 CSeq method BYE does not match INVITE"), "{r}");
