@@ -23,7 +23,7 @@
 pub mod transport;
 pub mod ua;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -180,6 +180,8 @@ impl B2bua {
             invites: HashMap::new(),
             clients: HashMap::new(),
             by_ro: HashMap::new(),
+            ended_ro: HashSet::new(),
+            ended_order: VecDeque::new(),
             adopting: HashMap::new(),
             quota: BTreeMap::new(),
             ev: etx.clone(),
@@ -331,6 +333,10 @@ struct Actor {
     invites: HashMap<ServerKey, u64>,
     clients: HashMap<ClientKey, (u64, Purpose)>,
     by_ro: HashMap<String, u64>,
+    /// The Ro sessions of the last calls that ended here, so that the engine's late events about them are not
+    /// mistaken for another node's call to adopt.
+    ended_ro: HashSet<String>,
+    ended_order: VecDeque<String>,
     adopting: HashMap<String, Vec<(Message, Dest, ServerKey)>>,
     quota: BTreeMap<(Instant, u64), ()>,
     ev: mpsc::UnboundedSender<Ev>,
@@ -612,6 +618,12 @@ impl Actor {
         }
     }
 
+    /// Whether a grant carries a Final-Unit-Indication. A voice call has no top-up server to redirect to and no
+    /// filter to restrict, so every Final-Unit-Action ends it when the units are used.
+    fn final_units(o: &Outcome) -> bool {
+        o.granted.iter().any(|g| g.final_unit.is_some())
+    }
+
     fn granted_secs(o: &Outcome) -> u64 {
         o.granted.iter().filter(|g| g.result_code == 2001 || g.result_code == 0).filter_map(|g| g.granted.time).sum()
     }
@@ -632,6 +644,7 @@ impl Actor {
                 call.app.ro_session = Some(o.session_id.clone());
                 call.app.granted_secs = granted;
                 call.app.unmetered = o.ccfh.is_some() || granted == 0;
+                call.app.final_units = Self::final_units(&o);
                 if call.cancelled {
                     self.end_call(id, None, "cancelled while charging");
                     return;
@@ -1366,6 +1379,13 @@ impl Actor {
         self.legs.remove(&(call.rec.b.call_id.clone(), call.rec.b.local_tag.clone()));
         if let Some(sid) = &call.app.ro_session {
             self.by_ro.remove(sid);
+            self.ended_ro.insert(sid.clone());
+            self.ended_order.push_back(sid.clone());
+            while self.ended_order.len() > 10_000 {
+                if let Some(old) = self.ended_order.pop_front() {
+                    self.ended_ro.remove(&old);
+                }
+            }
         }
         if let Some(at) = call.quota_at {
             self.quota.remove(&(at, id));
@@ -1377,6 +1397,11 @@ impl Actor {
 
     /// Ends a call from this side: BYE on both legs (a confirmed call), or an error on a pending INVITE.
     fn hang_up(&mut self, id: u64, why: &str) {
+        self.hang_up_reporting(id, why, None);
+    }
+
+    /// [`Actor::hang_up`], reporting `used` seconds in the CCR-T (default: the time not yet reported).
+    fn hang_up_reporting(&mut self, id: u64, why: &str, used: Option<u64>) {
         let Some(call) = self.calls.get_mut(&id) else { return };
         tracing::info!(call = id, why, "B2BUA ends the call");
         if let Some((key, m)) = call.a_invite.take() {
@@ -1393,7 +1418,7 @@ impl Actor {
             bye.push("Reason", format!("SIP;cause=200;text=\"{why}\""));
             self.send_in_dialog(id, side, bye, Purpose::Bye);
         }
-        self.end_call(id, None, why);
+        self.end_call(id, used, why);
     }
 
     fn on_charging(&mut self, sid: String, event: CcEvent) {
@@ -1407,6 +1432,10 @@ impl Actor {
             _ => None,
         };
         let Some(why) = end else { return };
+        if id.is_none() && self.ended_ro.contains(&sid) {
+            // The engine's own account of a call this node just ended (the CCR-T's answer, its final units).
+            return;
+        }
         match id {
             Some(id) => self.hang_up(id, &why),
             None => {
@@ -1513,8 +1542,14 @@ impl Actor {
         if call.reauthorizing {
             return;
         }
+        // The quota is used up: what was granted and not yet reported is what was used (a timer that fires late
+        // leaves the rest to the next report).
+        let secs = call.app.granted_secs.saturating_sub(call.app.reported_secs);
+        if call.app.final_units {
+            // RFC 4006 §5.6.2 with TERMINATE: the final units are used; the service ends and the CCR-T reports them.
+            return self.hang_up_reporting(id, "final units used", Some(secs));
+        }
         call.reauthorizing = true;
-        let secs = call.app.unreported_secs(wall_ms());
         let used = vec![UsedUnits {
             rating_group: c.rating_group,
             used: Units { time: Some(secs), ..Units::default() },
@@ -1546,6 +1581,7 @@ impl Actor {
                 }
                 call.app.granted_secs = call.app.reported_secs + granted;
                 call.app.unmetered = o.ccfh.is_some();
+                call.app.final_units = Self::final_units(&o);
                 self.arm_quota(id);
                 self.mark_dirty(id);
             }

@@ -62,6 +62,10 @@ pub struct AppData {
     /// Whether charging goes on without a quota (CCFH CONTINUE or no time granted).
     #[serde(default)]
     pub unmetered: bool,
+    /// The last grant carried a Final-Unit-Indication: when it is used up the call ends (RFC 4006 §5.6.2), with
+    /// no CCR-U asking for more.
+    #[serde(default)]
+    pub final_units: bool,
     /// The last SDP leg A sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sdp_a: Option<String>,

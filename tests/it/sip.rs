@@ -252,3 +252,161 @@ async fn a_call_survives_its_node_and_is_charged_once() {
         assert!(store.scan_prefix(&format!("sipc/{kind}/")).await.unwrap().is_empty(), "{kind} records left");
     }
 }
+
+/// A node (engine + B2BUA toward a fresh UAS) on an OCS configured with `ocs`; the UAC and the callee's counters.
+async fn charged_setup(ocs: OcsConfig, name: &str) -> (OcsServer, B2bua, Uac, SocketAddr, Arc<UasCounters>) {
+    let sim = sim(ocs).await;
+    let engine = Engine::start(node_config(&sim, name, None, free_port().await)).await.unwrap();
+    connected(&engine).await;
+    let (callee, counters) = uas().await;
+    let b2bua = B2bua::start(b2bua_config("127.0.0.1:0".parse().unwrap(), callee), engine).await.unwrap();
+    (sim, b2bua, Uac::bind().await.unwrap(), callee, counters)
+}
+
+fn rating_group(grant_secs: u64) -> charging_ra::ocs::config::RatingGroupConfig {
+    charging_ra::ocs::config::RatingGroupConfig {
+        rating_group: 100,
+        grant: Units { time: Some(grant_secs), ..Units::default() },
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn the_granted_time_used_up_asks_for_more_with_ccr_u() {
+    let mut ocs = OcsConfig::default();
+    ocs.ro.rating_groups.push(rating_group(1));
+    let (sim, b2bua, uac, callee, _) = charged_setup(ocs, "q1").await;
+    let plan = CallPlan {
+        uri: format!("sip:bob@{callee}"),
+        via: b2bua.local_addr(),
+        hold: Duration::from_millis(2600),
+        reinvite: false,
+        in_dialog_to: None,
+    };
+    let report = uac.call(&plan).await;
+    assert_eq!((report.invite, report.bye), (200, Some(200)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = &ro_sessions(&sim)[0];
+    let t = types(s);
+    assert_eq!(t.first().map(String::as_str), Some("initial"));
+    assert_eq!(t.last().map(String::as_str), Some("termination"));
+    assert!(t.iter().filter(|x| *x == "update").count() >= 2, "a CCR-U every granted second: {t:?}");
+    let used = s["rating_groups"]["100"]["reported_used"]["time"].as_u64().unwrap();
+    assert!((3..=4).contains(&used), "2.6 s reported over the CCR-Us and the CCR-T, once: {used}");
+    assert_eq!(sim.ledger_json()["check"]["clean"], true);
+}
+
+#[tokio::test]
+async fn final_units_end_the_call_on_both_legs() {
+    let mut ocs = OcsConfig::default();
+    let uac = Uac::bind().await.unwrap();
+    let caller = format!("sip:caller@{}", uac.local_addr());
+    ocs.subscribers.push(SubscriberConfig { id: caller, balance: Units { time: Some(2), ..Units::default() } });
+    let (sim, b2bua, _, callee, counters) = charged_setup(ocs, "f1").await;
+    let plan = CallPlan {
+        uri: format!("sip:bob@{callee}"),
+        via: b2bua.local_addr(),
+        hold: Duration::from_secs(10),
+        reinvite: false,
+        in_dialog_to: None,
+    };
+    let started = std::time::Instant::now();
+    let report = uac.call(&plan).await;
+    assert_eq!((report.invite, report.bye), (200, Some(0)), "the B2BUA hung up on the caller");
+    assert!(started.elapsed() < Duration::from_secs(4), "after the 2 s of final units: {:?}", started.elapsed());
+    byes(&counters, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = &ro_sessions(&sim)[0];
+    assert_eq!(types(s), ["initial", "termination"], "no CCR-U asking for more after the final units");
+    assert_eq!(s["rating_groups"]["100"]["reported_used"]["time"].as_u64(), Some(2));
+    assert_eq!(sim.ledger_json()["check"]["clean"], true);
+}
+
+#[tokio::test]
+async fn an_asr_hangs_up_both_legs() {
+    let (sim, b2bua, uac, callee, counters) = charged_setup(OcsConfig::default(), "a1").await;
+    let plan = CallPlan {
+        uri: format!("sip:bob@{callee}"),
+        via: b2bua.local_addr(),
+        hold: Duration::from_secs(10),
+        reinvite: false,
+        in_dialog_to: None,
+    };
+    let call = tokio::spawn(async move { uac.call(&plan).await });
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    let sid = loop {
+        if let Some(s) = ro_sessions(&sim).first() {
+            break s["session_id"].as_str().unwrap().to_string();
+        }
+        assert!(tokio::time::Instant::now() < end, "no Ro session");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let body = serde_json::json!({ "session_id": sid }).to_string();
+    let (status, _) = crate::ocs::http(sim.control_addr().unwrap(), "POST", "/v1/asr", Some(&body)).await;
+    assert_eq!(status, 200);
+    let report = tokio::time::timeout(Duration::from_secs(5), call).await.expect("the call ended").unwrap();
+    assert_eq!(report.bye, Some(0), "the caller got a BYE");
+    byes(&counters, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = &ro_sessions(&sim)[0];
+    assert_eq!(types(s).last().map(String::as_str), Some("termination"), "CCR-T after the ASA");
+    assert_eq!(sim.ledger_json()["check"]["clean"], true);
+}
+
+#[tokio::test]
+async fn a_caller_over_tcp() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (sim, b2bua, _, _, counters) = charged_setup(OcsConfig::default(), "t1").await;
+    let node = b2bua.local_addr();
+    let mut tcp = tokio::net::TcpStream::connect(node).await.unwrap();
+    let me = tcp.local_addr().unwrap();
+    let msg = |method: &str, cseq: u32, to_tag: &str, branch: &str| {
+        format!(
+            "{method} sip:bob@{node};transport=tcp SIP/2.0\r\nv: SIP/2.0/TCP {me};branch=z9hG4bK{branch}\r\n\
+             f: <sip:caller@{me}>;tag=tc\r\nt: <sip:bob@{node}>{to_tag}\r\ni: tcp-call-1\r\nCSeq: {cseq} {method}\r\n\
+             m: <sip:caller@{me};transport=tcp>\r\nMax-Forwards: 70\r\nl: 0\r\n\r\n"
+        )
+    };
+    let mut buf = Vec::new();
+    let mut read_until = async |tcp: &mut tokio::net::TcpStream, code: &str| -> String {
+        loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let text = String::from_utf8_lossy(&buf[..i + 4]).into_owned();
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: ").and_then(|v| v.trim().parse().ok()))
+                    .unwrap_or(0);
+                if buf.len() >= i + 4 + len {
+                    buf.drain(..i + 4 + len);
+                    if text.starts_with(code) {
+                        return text;
+                    }
+                    continue;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut chunk)).await.unwrap().unwrap();
+            assert!(n > 0, "connection closed");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tcp.write_all(msg("INVITE", 1, "", "t1").as_bytes()).await.unwrap();
+    let ok = read_until(&mut tcp, "SIP/2.0 200").await;
+    let tag = ok.lines().find_map(|l| l.strip_prefix("To: ")).and_then(|v| v.split(";tag=").nth(1)).unwrap().to_string();
+    let to_tag = format!(";tag={tag}");
+    tcp.write_all(msg("ACK", 1, &to_tag, "t2").as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tcp.write_all(msg("BYE", 2, &to_tag, "t3").as_bytes()).await.unwrap();
+    read_until(&mut tcp, "SIP/2.0 200").await;
+    byes(&counters, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(types(&ro_sessions(&sim)[0]), ["initial", "termination"]);
+    // A stream whose framing is lost (no Content-Length) is closed, and the node goes on.
+    let mut bad = tokio::net::TcpStream::connect(node).await.unwrap();
+    bad.write_all(b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/TCP 1.2.3.4;branch=z9hG4bKz\r\n\r\n").await.unwrap();
+    let mut one = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(3), bad.read(&mut one)).await.unwrap().unwrap_or(0);
+    assert_eq!(n, 0, "closed");
+    assert_eq!(b2bua.stats().await.unwrap().ended, 1);
+}
