@@ -265,6 +265,16 @@ pub(crate) fn all() -> Vec<Scenario> {
             sip::failover_callee_bye,
         ),
         scenario(
+            "sip-asr-after-failover",
+            "RFC 4006 §5.5 ASR for a SIGKILLed node's call, sent through another node: it adopts the Ro session and the call, BYE on both legs",
+            sip::asr_after_failover,
+        ),
+        scenario(
+            "sip-quota-on-a-survivor",
+            "Redundantly armed timer: a SIGKILLed node's call whose granted time runs out is adopted by one survivor, which sends the CCR-U",
+            sip::quota_on_a_survivor,
+        ),
+        scenario(
             "sip-reinvite-glare",
             "RFC 3261 §14.2 glare: re-INVITEs from both sides get 491; §12.2.2 CSeq going backwards gets 500",
             sip::reinvite_glare,

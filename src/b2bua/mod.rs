@@ -163,6 +163,9 @@ impl B2bua {
                 }
             });
         }
+        if let (Some(own), true) = (&own, config.replication == DialogReplication::ConfirmedDialog) {
+            tokio::spawn(scan_quota_hints(own.clone(), etx.clone(), Duration::from_secs(1)));
+        }
         let seed = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         let actor = Actor {
             txs: Transactions::new(config.timers),
@@ -182,6 +185,7 @@ impl B2bua {
             by_ro: HashMap::new(),
             ended_ro: HashSet::new(),
             ended_order: VecDeque::new(),
+            hangups: HashSet::new(),
             adopting: HashMap::new(),
             quota: BTreeMap::new(),
             ev: etx.clone(),
@@ -236,6 +240,8 @@ enum Ev {
     Created(u64, Result<u64, String>),
     Written(u64, Result<u64, StoreError>),
     Adopted(String, Adoption),
+    /// A dead node's call whose quota runs out: this node was picked to adopt it (leg A's protocol record).
+    QuotaDue(String),
     Stats(oneshot::Sender<SipStats>),
     Stop,
 }
@@ -337,6 +343,8 @@ struct Actor {
     /// mistaken for another node's call to adopt.
     ended_ro: HashSet<String>,
     ended_order: VecDeque<String>,
+    /// Ro sessions whose call is being loaded to be hung up.
+    hangups: HashSet<String>,
     adopting: HashMap<String, Vec<(Message, Dest, ServerKey)>>,
     quota: BTreeMap<(Instant, u64), ()>,
     ev: mpsc::UnboundedSender<Ev>,
@@ -363,6 +371,21 @@ fn copy_body(from: &Message, to: &mut Message) {
 
 fn sdp(m: &Message) -> Option<String> {
     (!m.body.is_empty()).then(|| String::from_utf8_lossy(&m.body).into_owned())
+}
+
+/// `<cluster>/sipdeadline/<node>/<convergence>`: when the quota of a call owned by `node` runs out (wall ms), so
+/// that a survivor reports it if the node dies (a redundantly armed timer, like the engine's `deadline/` hints).
+fn hint_key(cluster: &str, node: &str, conv: &str) -> String {
+    format!("{cluster}/sipdeadline/{node}/{conv}")
+}
+
+/// The value of a quota hint.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct QuotaHint {
+    format: u32,
+    deadline_ms: u64,
+    /// Leg A's protocol record: where adoption starts.
+    leg: String,
 }
 
 fn contact_for(me: &str, transport: Transport) -> String {
@@ -1043,6 +1066,22 @@ impl Actor {
         }
     }
 
+    /// A dead node's call whose quota has run out: adopt it (the quota timer fires at once once it is installed).
+    fn quota_due(&mut self, pkey: String) {
+        let Some(own) = self.own.clone() else { return };
+        if self.adopting.contains_key(&pkey) {
+            return;
+        }
+        self.adopting.insert(pkey.clone(), Vec::new());
+        let gap = self.cfg.cseq_gap;
+        let ttl = self.cfg.record_ttl;
+        let ev = self.ev.clone();
+        tokio::spawn(async move {
+            let outcome = adopt(&own, &pkey, gap, None, ttl).await;
+            let _ = ev.send(Ev::Adopted(pkey, outcome));
+        });
+    }
+
     /// A mid-dialog request for a dialog this node does not hold: adopt it, forward it, or 481.
     fn unknown_dialog(&mut self, key: ServerKey, m: Message, dest: Dest, local_tag: String) {
         let Some(own) = self.own.clone() else {
@@ -1120,9 +1159,10 @@ impl Actor {
             }
             Adoption::Owned { convergence, epoch, record, version, from } => {
                 let id = self.install(convergence, epoch, *record, version);
-                if from.is_some() {
+                if let Some(from) = &from {
                     self.stats.adopted += 1;
-                    tracing::info!(call = id, from = ?from, epoch, "SIP call adopted");
+                    tracing::info!(call = id, from = %from, epoch, "SIP call adopted");
+                    self.move_hint(id, from);
                 }
                 for (m, _, key) in waiting {
                     let Some(tag) = m.to_tag() else { continue };
@@ -1132,6 +1172,16 @@ impl Actor {
                 }
             }
         }
+    }
+
+    /// After an adoption: the dead owner's quota hint goes, this node's is written with the next state write.
+    fn move_hint(&mut self, id: u64, from: &str) {
+        let (Some(own), Some(call)) = (self.own.clone(), self.calls.get(&id)) else { return };
+        let old = hint_key(own.cluster(), from, &call.conv);
+        tokio::spawn(async move {
+            let _ = own.store().delete(&old, Expect::Any).await;
+        });
+        self.mark_dirty(id);
     }
 
     /// Installs a call loaded from the store.
@@ -1182,6 +1232,20 @@ impl Actor {
         rec
     }
 
+    /// The quota hint of a call, written with its state (only when an adopter could charge it: application data).
+    fn hint_write(&self, call: &Call) -> Option<Write> {
+        let own = self.own.as_ref()?;
+        if self.cfg.replication != DialogReplication::ConfirmedDialog {
+            return None;
+        }
+        let key = hint_key(own.cluster(), &own.me().node, &call.conv);
+        let value = call.app.quota_deadline_ms().map(|deadline_ms| {
+            let leg = keys::sip(own.cluster(), &call.rec.a.call_id, &call.rec.a.local_tag, &call.rec.a.remote_tag);
+            replication::encode(&QuotaHint { format: FORMAT, deadline_ms, leg })
+        });
+        Some(Write { key, value, expect: Expect::Any, ttl: Some(self.cfg.record_ttl) })
+    }
+
     /// The call is confirmed: write both dialogs (and the Ro session) under its convergence name.
     fn start_replicating(&mut self, id: u64) {
         let Some(own) = self.own.clone() else { return };
@@ -1190,6 +1254,7 @@ impl Actor {
         call.writing = true;
         let call = self.calls.get(&id).expect("call");
         let rec = self.record(call);
+        let hint = self.hint_write(call);
         let conv = call.conv.clone();
         let ro =
             if self.cfg.replication == DialogReplication::ConfirmedDialog { call.app.ro_session.clone() } else { None };
@@ -1198,7 +1263,7 @@ impl Actor {
         let ev = self.ev.clone();
         self.stats.store_writes += 1;
         tokio::spawn(async move {
-            let r = create_records(&own, &engine, ro, &conv, rec, ttl).await;
+            let r = create_records(&own, &engine, ro, &conv, rec, hint, ttl).await;
             let _ = ev.send(Ev::Created(id, r));
         });
     }
@@ -1216,6 +1281,7 @@ impl Actor {
         call.dirty = false;
         let call = self.calls.get(&id).expect("call");
         let rec = self.record(call);
+        let hint = self.hint_write(call);
         let key = keys::state(own.cluster(), &call.conv, "sip/call");
         let me = own.me().node.clone();
         let ttl = self.cfg.record_ttl;
@@ -1223,7 +1289,18 @@ impl Actor {
         self.stats.store_writes += 1;
         tokio::spawn(async move {
             let state = StateRecord { format: FORMAT, written_by_epoch: rep.epoch, written_by: me, state: rec };
-            let r = own.store().put(&key, replication::encode(&state), Expect::Version(version), Some(ttl)).await;
+            // The state first: the hint goes with it, and is only a hint (its own result does not matter).
+            let mut writes = vec![Write {
+                key,
+                value: Some(replication::encode(&state)),
+                expect: Expect::Version(version),
+                ttl: Some(ttl),
+            }];
+            writes.extend(hint);
+            let r = match own.store().batch(writes).await {
+                Ok(mut results) => results.swap_remove(0),
+                Err(e) => Err(e),
+            };
             let _ = ev.send(Ev::Written(id, r));
         });
     }
@@ -1349,6 +1426,12 @@ impl Actor {
                     ttl: None,
                 });
             }
+            writes.push(Write {
+                key: hint_key(&cluster, &own.me().node, &call.conv),
+                value: None,
+                expect: Expect::Any,
+                ttl: None,
+            });
             if call.app.ro_session.is_none() || self.cfg.replication != DialogReplication::ConfirmedDialog {
                 // Nobody else holds the convergence record: the engine deletes it with the Ro session otherwise.
                 writes.push(Write {
@@ -1440,8 +1523,11 @@ impl Actor {
             Some(id) => self.hang_up(id, &why),
             None => {
                 // The engine adopted this call's Ro session (an ASR for a dead node's session): load the call
-                // too, then hang it up.
+                // too, then hang it up. Once per session, whatever number of events says so.
                 let Some(own) = self.own.clone() else { return };
+                if !self.hangups.insert(sid.clone()) {
+                    return;
+                }
                 let ev = self.ev.clone();
                 let ttl = self.cfg.record_ttl;
                 let gap = self.cfg.cseq_gap;
@@ -1450,9 +1536,11 @@ impl Actor {
                     let outcome = adopt(&own, &pkey, gap, None, ttl).await;
                     if let Adoption::Owned { convergence, epoch, record, version, from } = outcome {
                         let _ = ev.send(Ev::Adopted(
-                            format!("hangup:{why}"),
+                            format!("hangup:{sid}\n{why}"),
                             Adoption::Owned { convergence, epoch, record, version, from },
                         ));
+                    } else {
+                        let _ = ev.send(Ev::Adopted(format!("hangup:{sid}\n{why}"), Adoption::Unknown));
                     }
                 });
             }
@@ -1467,9 +1555,14 @@ impl Actor {
             Ev::Created(id, r) => self.on_created(id, r),
             Ev::Written(id, r) => self.on_written(id, r),
             Ev::Adopted(k, a) => {
-                if let Some(why) = k.strip_prefix("hangup:") {
-                    if let Adoption::Owned { convergence, epoch, record, version, .. } = a {
+                if let Some(rest) = k.strip_prefix("hangup:") {
+                    let (sid, why) = rest.split_once('\n').unwrap_or((rest, ""));
+                    self.hangups.remove(sid);
+                    if let Adoption::Owned { convergence, epoch, record, version, from } = a {
                         let id = self.install(convergence, epoch, *record, version);
+                        if let Some(from) = &from {
+                            self.move_hint(id, from);
+                        }
                         self.stats.adopted += 1;
                         self.hang_up(id, why);
                     }
@@ -1477,6 +1570,7 @@ impl Actor {
                     self.on_adopted(k, a);
                 }
             }
+            Ev::QuotaDue(pkey) => self.quota_due(pkey),
             Ev::Stats(tx) => {
                 let _ = tx.send(self.stats.clone());
             }
@@ -1607,6 +1701,7 @@ async fn create_records(
     ro: Option<String>,
     conv: &str,
     rec: CallRecord,
+    hint: Option<Write>,
     ttl: Duration,
 ) -> Result<u64, String> {
     let cluster = own.cluster().to_string();
@@ -1627,6 +1722,7 @@ async fn create_records(
     let proto_b = Write { key: pb, ..proto_a.clone() };
     writes.push(proto_a);
     writes.push(proto_b);
+    writes.extend(hint.filter(|h| h.value.is_some()));
     let state = StateRecord { format: FORMAT, written_by_epoch: 1, written_by: own.me().node.clone(), state: rec };
     writes.push(Write {
         key: keys::state(&cluster, conv, "sip/call"),
@@ -1691,6 +1787,9 @@ async fn adopt(
             let seen_here = seen.as_ref().filter(|(c, t, _)| *c == d.call_id && *t == d.local_tag).map(|(_, _, n)| *n);
             d.adopt(gap, seen_here);
         }
+        // The node that wrote it last (the dead owner, even when the engine took the convergence record over
+        // first): its quota hint is moved.
+        let from = from.clone().or_else(|| Some(state.written_by.clone()).filter(|w| *w != own.me().node));
         state.written_by_epoch = epoch;
         state.written_by = own.me().node.clone();
         match own.store().put(&skey, replication::encode(&state), Expect::Version(got.version), Some(ttl)).await {
@@ -1702,4 +1801,50 @@ async fn adopt(
         }
     }
     Adoption::Failed("the call's state kept changing during adoption".into())
+}
+
+/// Redundantly armed quota timers: every `period`, the quota hints of dead nodes' calls are read; each call goes to
+/// one survivor (rendezvous hashing on the convergence name, as the engine does for Ro timers), which adopts it when
+/// its quota runs out and reports it (CCR-U). The adoption's compare-and-set makes sure only one node does.
+async fn scan_quota_hints(own: Arc<Ownership<AnyStore>>, ev: mpsc::UnboundedSender<Ev>, period: Duration) {
+    let cluster = own.cluster().to_string();
+    let me = own.me().node.clone();
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        if ev.is_closed() {
+            return;
+        }
+        let Ok(leases) = own.store().scan_prefix(&format!("{cluster}/node/")).await else { continue };
+        let now = wall_ms();
+        let mut live = Vec::new();
+        let mut dead = Vec::new();
+        for (_, v) in leases {
+            let Ok(l) = replication::decode::<NodeLease>(&v.value) else { continue };
+            if l.expires_at_ms > now { live.push(l.identity.node) } else { dead.push(l.identity.node) }
+        }
+        if !live.contains(&me) {
+            live.push(me.clone());
+        }
+        for node in dead {
+            let prefix = format!("{cluster}/sipdeadline/{node}/");
+            let Ok(hints) = own.store().scan_prefix(&prefix).await else { continue };
+            for (key, v) in hints {
+                let conv = &key[prefix.len()..];
+                let Ok(h) = serde_json::from_slice::<QuotaHint>(&v.value) else { continue };
+                if h.deadline_ms > now + period.as_millis() as u64 {
+                    continue;
+                }
+                if replication::timer_owner(conv, &live) != Some(me.as_str()) {
+                    continue;
+                }
+                if own.store().get(&keys::convergence(&cluster, conv)).await.is_ok_and(|c| c.is_none()) {
+                    // The call ended (or its records expired): the hint is stale.
+                    let _ = own.store().delete(&key, Expect::Version(v.version)).await;
+                    continue;
+                }
+                let _ = ev.send(Ev::QuotaDue(h.leg));
+            }
+        }
+    }
 }

@@ -393,7 +393,8 @@ async fn a_caller_over_tcp() {
     };
     tcp.write_all(msg("INVITE", 1, "", "t1").as_bytes()).await.unwrap();
     let ok = read_until(&mut tcp, "SIP/2.0 200").await;
-    let tag = ok.lines().find_map(|l| l.strip_prefix("To: ")).and_then(|v| v.split(";tag=").nth(1)).unwrap().to_string();
+    let tag =
+        ok.lines().find_map(|l| l.strip_prefix("To: ")).and_then(|v| v.split(";tag=").nth(1)).unwrap().to_string();
     let to_tag = format!(";tag={tag}");
     tcp.write_all(msg("ACK", 1, &to_tag, "t2").as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;

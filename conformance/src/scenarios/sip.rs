@@ -438,3 +438,75 @@ fn run_load(ctx: &Ctx, name: &str, target: &str, calls: u64, rate: u64, hold_ms:
     ensure(code == 0, &format!("every call of the {name} load run succeeded"), &json!(code))?;
     Ok(calls as f64 / secs)
 }
+
+pub(super) fn asr_after_failover(ctx: &mut Ctx) -> Result<(), String> {
+    let ocs = ctx.ocs("")?;
+    let callee = Raw::bind()?;
+    let (mut n1, n2) = sip_pair(ctx, &ocs, callee.addr.port())?;
+    let caller = Raw::bind()?;
+    let (_, _, _) = raw_call(&caller, &callee, sip_addr(&n1)?)?;
+    replicated(ctx)?;
+    n1.kill();
+    // NodeSpec's lease lasts 800 ms.
+    std::thread::sleep(Duration::from_millis(1100));
+    let sid = ocs.sessions()?.first().and_then(|s| s["session_id"].as_str().map(str::to_string)).ok_or("no session")?;
+    // The OCS aborts the session over its connection to n2 (Destination-Host still n1): n2 adopts the Ro session,
+    // answers the ASR, and the call goes with it.
+    let (s, b) = crate::harness::http(
+        ocs.control,
+        "POST",
+        "/v1/asr",
+        Some(&json!({"session_id": sid, "via": "n2.charging.localdomain"})),
+    )?;
+    ensure(s == 200, "ASA", &b)?;
+    for (side, raw) in [("caller", &caller), ("callee", &callee)] {
+        let bye = raw.recv(&format!("the BYE to the {side}"))?;
+        ensure(bye.method() == "BYE", &format!("BYE to the {side}"), &status(&bye))?;
+        raw.respond(&bye, 200, "x", false)?;
+    }
+    let _ =
+        wait_for("the CCR-T", Duration::from_secs(5), || ocs.check().ok().filter(|c| c["sessions"]["terminated"] == 1));
+    let (reqs, _, s) = the_call(&ocs)?;
+    ensure(reqs.last() == Some(&("termination".into(), "n2".into())), "CCR-T from the adopter", &s)?;
+    let st = sip_stats(&n2)?;
+    ensure(st["adopted"] == 1, "n2 adopted the call with its Ro session", &st)?;
+    ocs.clean()?;
+    records_deleted(ctx)
+}
+
+pub(super) fn quota_on_a_survivor(ctx: &mut Ctx) -> Result<(), String> {
+    // Two seconds granted at a time; nobody sends anything in the call after its node dies.
+    let ocs = ctx.ocs("[[ro.rating_groups]]\nrating_group = 100\ngrant = { time = 2 }\n")?;
+    let callee = Raw::bind()?;
+    let (mut n1, n2) = sip_pair(ctx, &ocs, callee.addr.port())?;
+    let caller = Raw::bind()?;
+    let (call_id, a_tag, _) = raw_call(&caller, &callee, sip_addr(&n1)?)?;
+    let answered = Instant::now();
+    replicated(ctx)?;
+    n1.kill();
+    let sid = ocs.sessions()?.first().and_then(|s| s["session_id"].as_str().map(str::to_string)).ok_or("no session")?;
+    // The quota runs out 2 s after the answer; the lease (800 ms) has gone by then: a survivor reports it.
+    let updated = wait_for("a CCR-U from n2 with no SIP event", Duration::from_secs(8), || {
+        let l = ocs.ledger(&sid).ok()?;
+        let reqs = l["requests"].as_array()?.clone();
+        reqs.iter()
+            .any(|r| r["request_type"] == "update" && r["origin_host"].as_str().is_some_and(|h| h.starts_with("n2.")))
+            .then_some(())
+    });
+    ensure(updated.is_ok(), "the dead node's quota timer fired on the survivor", &ocs.ledger(&sid)?)?;
+    ctx.measure(format!("first CCR-U from n2 {:.1} s after the answer (quota 2 s)", answered.elapsed().as_secs_f64()));
+    let n = sip_addr(&n2)?;
+    in_dialog(&caller, n, &call_id, &a_tag, "BYE", 2, "q9")?;
+    let r = caller.recv("the answer to the BYE")?;
+    ensure(r.code() == 200, "BYE through n2", &status(&r))?;
+    let bye = callee.recv("the BYE on leg B")?;
+    callee.respond(&bye, 200, "x", false)?;
+    let _ =
+        wait_for("the CCR-T", Duration::from_secs(5), || ocs.check().ok().filter(|c| c["sessions"]["terminated"] == 1));
+    let (reqs, used, s) = the_call(&ocs)?;
+    ensure(reqs.last() == Some(&("termination".into(), "n2".into())), "CCR-T from n2", &s)?;
+    let secs = answered.elapsed().as_secs();
+    ensure(used >= secs && used <= secs + 2, "the whole call reported once", &s)?;
+    ocs.clean()?;
+    records_deleted(ctx)
+}
