@@ -14,6 +14,7 @@ use charging_ra::cc::Ccfh;
 use charging_ra::ocs::OcsConfig;
 use charging_ra::ocs::config::SubscriberConfig;
 use charging_ra::ocs::server::OcsServer;
+use charging_ra::sip::DialogReplication;
 use charging_ra::store::{AnyStore, Store};
 use charging_ra::units::Units;
 use tokio::net::UdpSocket;
@@ -195,8 +196,8 @@ struct Crashable {
     b2bua: B2bua,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_survives_its_node_and_is_charged_once() {
+/// A call set up through n1 (on a runtime of its own), n1 torn down, the re-INVITE and BYE sent to n2.
+async fn failover_call(mode: DialogReplication) -> (OcsServer, AnyStore, charging_ra::b2bua::SipStats) {
     let sim = sim(OcsConfig::default()).await;
     let store = AnyStore::memory();
     let (callee, counters) = uas().await;
@@ -208,7 +209,7 @@ async fn a_call_survives_its_node_and_is_charged_once() {
         let b2bua = rt.block_on(async {
             let e = Engine::start(cfg1).await.unwrap();
             connected(&e).await;
-            B2bua::start(b2bua_config(n1_sip, callee), e).await.unwrap()
+            B2bua::start(with_mode(b2bua_config(n1_sip, callee), mode), e).await.unwrap()
         });
         Crashable { rt: Some(rt), b2bua }
     })
@@ -216,7 +217,7 @@ async fn a_call_survives_its_node_and_is_charged_once() {
     .unwrap();
     let e2 = Engine::start(node_config(&sim, "n2", Some(&store), n2_sip)).await.unwrap();
     connected(&e2).await;
-    let n2 = B2bua::start(b2bua_config(n2_sip, callee), e2).await.unwrap();
+    let n2 = B2bua::start(with_mode(b2bua_config(n2_sip, callee), mode), e2).await.unwrap();
     let uac = Uac::bind().await.unwrap();
     let plan = CallPlan {
         uri: format!("sip:bob@{callee}"),
@@ -237,9 +238,19 @@ async fn a_call_survives_its_node_and_is_charged_once() {
     assert_eq!(report, charging_ra::b2bua::ua::CallReport { invite: 200, reinvite: Some(200), bye: Some(200) });
     assert_eq!(counters.refreshed.load(Ordering::Relaxed), 1, "the re-INVITE reached the callee through n2");
     byes(&counters, 1).await;
-    let stats = n2.stats().await.unwrap();
-    assert_eq!(stats.adopted, 1, "{stats:?}");
     tokio::time::sleep(Duration::from_millis(300)).await;
+    (sim, store, n2.stats().await.unwrap())
+}
+
+fn with_mode(mut c: B2buaConfig, mode: DialogReplication) -> B2buaConfig {
+    c.replication = mode;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_survives_its_node_and_is_charged_once() {
+    let (sim, store, stats) = failover_call(DialogReplication::ConfirmedDialog).await;
+    assert_eq!(stats.adopted, 1, "{stats:?}");
     let sessions = ro_sessions(&sim);
     assert_eq!(sessions.len(), 1);
     assert_eq!(types(&sessions[0]), ["initial", "termination"]);
@@ -248,9 +259,19 @@ async fn a_call_survives_its_node_and_is_charged_once() {
     let used = sessions[0]["rating_groups"]["100"]["reported_used"]["time"].as_u64().unwrap();
     assert!((3..=5).contains(&used), "the whole call is charged, once: {used}");
     assert_eq!(sim.ledger_json()["check"]["clean"], true, "{}", sim.ledger_json()["check"]);
-    for kind in ["proto/sip", "state", "conv", "proto/diameter"] {
+    for kind in ["proto/sip", "state", "conv", "proto/diameter", "sipdeadline"] {
         assert!(store.scan_prefix(&format!("sipc/{kind}/")).await.unwrap().is_empty(), "{kind} records left");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_application_data_the_signalling_survives_but_not_the_charging() {
+    let (sim, store, stats) = failover_call(DialogReplication::ConfirmedDialogNoApplicationData).await;
+    assert_eq!(stats.adopted, 1, "the dialogs were adopted: {stats:?}");
+    let sessions = ro_sessions(&sim);
+    assert_eq!(types(&sessions[0]), ["initial"], "the adopter does not know the Ro session: no CCR-T");
+    let state = store.scan_prefix("sipc/state/").await.unwrap();
+    assert!(state.iter().all(|(k, _)| !k.ends_with("/sip/call")), "the call's records are deleted at its end");
 }
 
 /// A node (engine + B2BUA toward a fresh UAS) on an OCS configured with `ocs`; the UAC and the callee's counters.
