@@ -306,7 +306,9 @@ struct Call {
     /// A re-INVITE received and not yet answered, per side.
     server_invite: [Option<ServerKey>; 2],
     /// The ACK to resend on a retransmitted 2xx from leg B.
-    b_ack: Option<(Bytes, Dest)>,
+    /// The last ACK this node sent on each leg (CSeq number, bytes, where): sent again when that leg's 2xx is
+    /// retransmitted (§13.2.2.4).
+    acks: [Option<(u32, Bytes, Dest)>; 2],
     /// A 2xx to a re-INVITE relayed to this side: its ACK is relayed to the other.
     awaiting_ack: Option<Side>,
     replicated: Option<Replica>,
@@ -459,7 +461,10 @@ impl Actor {
         let via = self.via(dest.transport);
         m.push_front("Via", via);
         if m.method() == "ACK" {
-            self.t.send(m.to_bytes(), dest);
+            let b = m.to_bytes();
+            self.t.send(b.clone(), dest);
+            let n = m.cseq().map_or(0, |c| c.0);
+            self.calls.get_mut(&call_id).expect("call").acks[side.index()] = Some((n, b, dest));
             return None;
         }
         let (key, bytes) = self.txs.send(Instant::now(), m, dest);
@@ -606,7 +611,7 @@ impl Actor {
             cancelled: false,
             client_invite: [None, None],
             server_invite: [None, None],
-            b_ack: None,
+            acks: [None, None],
             awaiting_ack: None,
             replicated: None,
             writing: false,
@@ -763,8 +768,13 @@ impl Actor {
                 // A retransmitted 2xx to an INVITE: ACK it again (§13.2.2.4).
                 if m.method() == "INVITE" && (200..300).contains(&m.code()) {
                     let leg = (m.call_id().to_string(), m.from_tag().unwrap_or("").to_string());
-                    if let Some(&(id, Side::B)) = self.legs.get(&leg)
-                        && let Some((b, d)) = self.calls.get(&id).and_then(|c| c.b_ack.clone())
+                    let n = m.cseq().map(|c| c.0);
+                    if let Some(&(id, side)) = self.legs.get(&leg)
+                        && let Some((_, b, d)) = self
+                            .calls
+                            .get(&id)
+                            .and_then(|c| c.acks[side.index()].clone())
+                            .filter(|(cseq, _, _)| Some(*cseq) == n)
                     {
                         self.t.send(b, d);
                     }
@@ -905,15 +915,7 @@ impl Actor {
             call.rec.a.confirmed = true;
             let mut ack = call.rec.b.request("ACK", Some(call.rec.b_invite_cseq));
             copy_body(&m, &mut ack);
-            let dest = resolve(call.rec.b.next_hop(), call.rec.b.transport);
-            let transport = call.rec.b.transport;
-            let via = self.via(transport);
-            ack.push_front("Via", via);
-            if let Some(d) = dest {
-                let b = ack.to_bytes();
-                self.t.send(b.clone(), d);
-                self.calls.get_mut(&id).expect("call").b_ack = Some((b, d));
-            }
+            self.send_in_dialog(id, Side::B, ack, Purpose::Bye);
             self.start_replicating(id);
             return;
         }
@@ -935,15 +937,10 @@ impl Actor {
             return self.reply(&key, &m, 481, "Call/Transaction Does Not Exist");
         };
         self.reply(&key, &m, 200, "OK");
-        let Some(call) = self.calls.get_mut(&id) else { return };
-        call.cancelled = true;
-        // §9.2: the INVITE is answered 487; leg B's INVITE is cancelled in turn (§9.1).
-        if let Some((akey, ainv)) = call.a_invite.take() {
-            self.invites.remove(&akey);
-            let tag = call.rec.a.local_tag.clone();
-            let r = ainv.response(487, "Request Terminated", Some(&tag));
-            self.send_response(&akey, &r);
+        if !self.terminate_invite(id) {
+            return;
         }
+        // §9.2: the INVITE was answered 487; leg B's INVITE is cancelled in turn (§9.1).
         let call = self.calls.get_mut(&id).expect("call");
         match call.b_invite.clone() {
             Some(bkey) => {
@@ -1051,14 +1048,23 @@ impl Actor {
         }
     }
 
-    fn on_cancel_like(&mut self, id: u64) {
-        let Some(call) = self.calls.get_mut(&id) else { return };
+    /// The caller gave up (CANCEL, or BYE before the answer): leg A's INVITE, if still pending, is answered 487
+    /// (§9.2). `false` when the call is gone.
+    fn terminate_invite(&mut self, id: u64) -> bool {
+        let Some(call) = self.calls.get_mut(&id) else { return false };
         call.cancelled = true;
         if let Some((akey, ainv)) = call.a_invite.take() {
             self.invites.remove(&akey);
             let tag = call.rec.a.local_tag.clone();
             let r = ainv.response(487, "Request Terminated", Some(&tag));
             self.send_response(&akey, &r);
+        }
+        true
+    }
+
+    fn on_cancel_like(&mut self, id: u64) {
+        if !self.terminate_invite(id) {
+            return;
         }
         let call = self.calls.get(&id).expect("call");
         if call.b_invite.is_none() && call.phase != Phase::Charging {
@@ -1209,7 +1215,7 @@ impl Actor {
                 cancelled: false,
                 client_invite: [None, None],
                 server_invite: [None, None],
-                b_ack: None,
+                acks: [None, None],
                 awaiting_ack: None,
                 replicated: Some(Replica { epoch, version: Some(version) }),
                 writing: false,
@@ -1316,6 +1322,17 @@ impl Actor {
         true
     }
 
+    /// A write of the call's state landed at version `v`; changes made meanwhile are written next.
+    fn wrote(&mut self, id: u64, v: u64) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        if let Some(rep) = call.replicated.as_mut() {
+            rep.version = Some(v);
+        }
+        if call.dirty {
+            self.mark_dirty(id);
+        }
+    }
+
     fn on_written(&mut self, id: u64, r: Result<u64, StoreError>) {
         if self.closed(id, r.as_ref().ok().copied()) {
             return;
@@ -1323,14 +1340,7 @@ impl Actor {
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.writing = false;
         match r {
-            Ok(v) => {
-                if let Some(rep) = call.replicated.as_mut() {
-                    rep.version = Some(v);
-                }
-                if call.dirty {
-                    self.mark_dirty(id);
-                }
-            }
+            Ok(v) => self.wrote(id, v),
             Err(StoreError::Conflict { .. }) => {
                 // Fencing: another node adopted this call; this node must not signal or charge for it any more.
                 tracing::warn!(call = id, conv = %call.conv, "SIP call adopted by another node; dropping it here");
@@ -1352,13 +1362,8 @@ impl Actor {
         call.writing = false;
         match r {
             Ok(v) => {
-                if let Some(rep) = call.replicated.as_mut() {
-                    rep.version = Some(v);
-                }
                 self.stats.replicated += 1;
-                if call.dirty {
-                    self.mark_dirty(id);
-                }
+                self.wrote(id, v);
             }
             Err(e) => {
                 tracing::warn!(error = %e, "SIP call could not be replicated; it lives on this node only");

@@ -47,6 +47,16 @@ fn node_config(sim: &OcsServer, name: &str, store: Option<&AnyStore>, sip: Socke
     cfg
 }
 
+fn plan(
+    callee: SocketAddr,
+    via: SocketAddr,
+    hold: Duration,
+    reinvite: bool,
+    in_dialog_to: Option<SocketAddr>,
+) -> CallPlan {
+    CallPlan { uri: format!("sip:bob@{callee}"), via, hold, reinvite, in_dialog_to }
+}
+
 fn b2bua_config(listen: SocketAddr, callee: SocketAddr) -> B2buaConfig {
     let mut c = B2buaConfig::new(listen);
     c.next_hop = Some(callee);
@@ -91,13 +101,7 @@ async fn a_call_is_charged_from_invite_to_bye() {
     let (callee, counters) = uas().await;
     let b2bua = B2bua::start(b2bua_config("127.0.0.1:0".parse().unwrap(), callee), engine.clone()).await.unwrap();
     let uac = Uac::bind().await.unwrap();
-    let plan = CallPlan {
-        uri: format!("sip:bob@{callee}"),
-        via: b2bua.local_addr(),
-        hold: Duration::from_millis(1500),
-        reinvite: true,
-        in_dialog_to: None,
-    };
+    let plan = plan(callee, b2bua.local_addr(), Duration::from_millis(1500), true, None);
     let report = uac.call(&plan).await;
     assert_eq!((report.invite, report.reinvite, report.bye), (200, Some(200), Some(200)));
     assert_eq!(counters.answered.load(Ordering::Relaxed), 1);
@@ -125,13 +129,7 @@ async fn a_caller_without_credit_gets_402_and_the_callee_is_never_called() {
     connected(&engine).await;
     let (callee, counters) = uas().await;
     let b2bua = B2bua::start(b2bua_config("127.0.0.1:0".parse().unwrap(), callee), engine).await.unwrap();
-    let plan = CallPlan {
-        uri: format!("sip:bob@{callee}"),
-        via: b2bua.local_addr(),
-        hold: Duration::from_millis(100),
-        reinvite: false,
-        in_dialog_to: None,
-    };
+    let plan = plan(callee, b2bua.local_addr(), Duration::from_millis(100), false, None);
     let report = uac.call(&plan).await;
     assert_eq!(report.invite, 402, "RFC 4006 4012 CREDIT_LIMIT_REACHED → 402 Payment Required");
     assert_eq!(counters.answered.load(Ordering::Relaxed), 0);
@@ -219,13 +217,7 @@ async fn failover_call(mode: DialogReplication) -> (OcsServer, AnyStore, chargin
     connected(&e2).await;
     let n2 = B2bua::start(with_mode(b2bua_config(n2_sip, callee), mode), e2).await.unwrap();
     let uac = Uac::bind().await.unwrap();
-    let plan = CallPlan {
-        uri: format!("sip:bob@{callee}"),
-        via: n1.b2bua.local_addr(),
-        hold: Duration::from_secs(3),
-        reinvite: true,
-        in_dialog_to: Some(n2_sip),
-    };
+    let plan = plan(callee, n1.b2bua.local_addr(), Duration::from_secs(3), true, Some(n2_sip));
     let call = tokio::spawn(async move { uac.call(&plan).await });
     // Answered, ACKed and replicated, then the node vanishes.
     let end = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -297,13 +289,7 @@ async fn the_granted_time_used_up_asks_for_more_with_ccr_u() {
     let mut ocs = OcsConfig::default();
     ocs.ro.rating_groups.push(rating_group(1));
     let (sim, b2bua, uac, callee, _) = charged_setup(ocs, "q1").await;
-    let plan = CallPlan {
-        uri: format!("sip:bob@{callee}"),
-        via: b2bua.local_addr(),
-        hold: Duration::from_millis(2600),
-        reinvite: false,
-        in_dialog_to: None,
-    };
+    let plan = plan(callee, b2bua.local_addr(), Duration::from_millis(2600), false, None);
     let report = uac.call(&plan).await;
     assert_eq!((report.invite, report.bye), (200, Some(200)));
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -324,13 +310,7 @@ async fn final_units_end_the_call_on_both_legs() {
     let caller = format!("sip:caller@{}", uac.local_addr());
     ocs.subscribers.push(SubscriberConfig { id: caller, balance: Units { time: Some(2), ..Units::default() } });
     let (sim, b2bua, _, callee, counters) = charged_setup(ocs, "f1").await;
-    let plan = CallPlan {
-        uri: format!("sip:bob@{callee}"),
-        via: b2bua.local_addr(),
-        hold: Duration::from_secs(10),
-        reinvite: false,
-        in_dialog_to: None,
-    };
+    let plan = plan(callee, b2bua.local_addr(), Duration::from_secs(10), false, None);
     let started = std::time::Instant::now();
     let report = uac.call(&plan).await;
     assert_eq!((report.invite, report.bye), (200, Some(0)), "the B2BUA hung up on the caller");
@@ -346,13 +326,7 @@ async fn final_units_end_the_call_on_both_legs() {
 #[tokio::test]
 async fn an_asr_hangs_up_both_legs() {
     let (sim, b2bua, uac, callee, counters) = charged_setup(OcsConfig::default(), "a1").await;
-    let plan = CallPlan {
-        uri: format!("sip:bob@{callee}"),
-        via: b2bua.local_addr(),
-        hold: Duration::from_secs(10),
-        reinvite: false,
-        in_dialog_to: None,
-    };
+    let plan = plan(callee, b2bua.local_addr(), Duration::from_secs(10), false, None);
     let call = tokio::spawn(async move { uac.call(&plan).await });
     let end = tokio::time::Instant::now() + Duration::from_secs(5);
     let sid = loop {
