@@ -856,6 +856,9 @@ impl Actor {
                 self.send_in_dialog(id, Side::B, ack, Purpose::Bye);
                 self.send_in_dialog(id, Side::B, bye, Purpose::Bye);
                 self.end_call(id, Some(0), "answered after cancel");
+            } else if code >= 200 {
+                // The 487 (or any final answer) to the cancelled INVITE: the call is over.
+                self.end_call(id, Some(0), "cancelled");
             }
             return;
         };

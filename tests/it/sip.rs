@@ -406,3 +406,76 @@ async fn a_caller_over_tcp() {
     assert_eq!(n, 0, "closed");
     assert_eq!(b2bua.stats().await.unwrap().ended, 1);
 }
+
+/// A raw UDP endpoint for exact sequences.
+struct Raw(UdpSocket);
+
+impl Raw {
+    async fn bind() -> Raw {
+        Raw(UdpSocket::bind("127.0.0.1:0").await.unwrap())
+    }
+    fn addr(&self) -> SocketAddr {
+        self.0.local_addr().unwrap()
+    }
+    async fn send(&self, to: SocketAddr, text: &str) {
+        self.0.send_to(text.replace('\n', "\r\n").as_bytes(), to).await.unwrap();
+    }
+    async fn recv(&self) -> charging_ra::sip::Message {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let (n, _) =
+                tokio::time::timeout(Duration::from_secs(3), self.0.recv_from(&mut buf)).await.unwrap().unwrap();
+            let m = charging_ra::sip::Message::parse(&buf[..n]).unwrap();
+            if m.code() != 100 {
+                return m;
+            }
+        }
+    }
+    async fn reply(&self, req: &charging_ra::sip::Message, code: u16) {
+        let r = req.response(code, "X", Some("callee"));
+        let (h, p) = req.top_via().unwrap().response_target();
+        self.0.send_to(&r.to_bytes(), format!("{h}:{p}")).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_cancel_before_the_answer_cancels_leg_b_and_ends_the_charging() {
+    let sim = sim(OcsConfig::default()).await;
+    let engine = Engine::start(node_config(&sim, "c1", None, free_port().await)).await.unwrap();
+    connected(&engine).await;
+    let callee = Raw::bind().await;
+    let b2bua = B2bua::start(b2bua_config("127.0.0.1:0".parse().unwrap(), callee.addr()), engine).await.unwrap();
+    let node = b2bua.local_addr();
+    let caller = Raw::bind().await;
+    let a = caller.addr();
+    let head = |method: &str| {
+        format!(
+            "{method} sip:bob@{node} SIP/2.0\nVia: SIP/2.0/UDP {a};branch=z9hG4bKcancel1\nFrom: <sip:a@{a}>;tag=ca\n\
+             To: <sip:bob@{node}>\nCall-ID: cancel-1\nCSeq: 1 {method}\nContact: <sip:a@{a}>\nMax-Forwards: 70\n\
+             Content-Length: 0\n\n"
+        )
+    };
+    caller.send(node, &head("INVITE")).await;
+    let inv = callee.recv().await;
+    assert_eq!(inv.method(), "INVITE");
+    callee.reply(&inv, 180).await;
+    assert_eq!(caller.recv().await.code(), 180);
+    caller.send(node, &head("CANCEL")).await;
+    let mut got = vec![caller.recv().await, caller.recv().await];
+    got.sort_by_key(|m| m.code());
+    assert_eq!((got[0].code(), got[0].method()), (200, "CANCEL"), "§9.2: the CANCEL is answered");
+    assert_eq!((got[1].code(), got[1].method()), (487, "INVITE"), "§9.2: and the INVITE 487");
+    let cancel = callee.recv().await;
+    assert_eq!(cancel.method(), "CANCEL", "§9.1: leg B's INVITE is cancelled");
+    assert_eq!(cancel.top_via().unwrap().branch, inv.top_via().unwrap().branch, "same branch as the INVITE");
+    callee.reply(&cancel, 200).await;
+    callee.reply(&inv, 487).await;
+    let ack = callee.recv().await;
+    assert_eq!(ack.method(), "ACK", "the 487 is ACKed by leg B's transaction");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = &ro_sessions(&sim)[0];
+    assert_eq!(types(s), ["initial", "termination"]);
+    assert_eq!(s["rating_groups"]["100"]["reported_used"]["time"].as_u64(), Some(0), "nothing used");
+    let st = b2bua.stats().await.unwrap();
+    assert_eq!(st.active, 0, "{st:?}");
+}
