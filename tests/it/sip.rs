@@ -461,7 +461,7 @@ async fn a_cancel_before_the_answer_cancels_leg_b_and_ends_the_charging() {
     callee.reply(&inv, 180).await;
     assert_eq!(caller.recv().await.code(), 180);
     caller.send(node, &head("CANCEL")).await;
-    let mut got = vec![caller.recv().await, caller.recv().await];
+    let mut got = [caller.recv().await, caller.recv().await];
     got.sort_by_key(|m| m.code());
     assert_eq!((got[0].code(), got[0].method()), (200, "CANCEL"), "§9.2: the CANCEL is answered");
     assert_eq!((got[1].code(), got[1].method()), (487, "INVITE"), "§9.2: and the INVITE 487");
