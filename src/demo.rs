@@ -59,7 +59,14 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn node_config(dir: &Path, id: usize, ports: &[u16], ocs: SocketAddr, mate: SocketAddr) -> String {
+fn node_config(
+    dir: &Path,
+    id: usize,
+    ports: &[u16],
+    ocs: SocketAddr,
+    mate: SocketAddr,
+    sip: (u16, SocketAddr),
+) -> String {
     let mut t = format!(
         "[node]\nid = \"n{id}\"\norigin_host = \"n{id}.demo.localdomain\"\norigin_realm = \"demo.localdomain\"\n\
          diameter_listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:0\"\nwatchdog = \"2s\"\n\n\
@@ -76,8 +83,11 @@ fn node_config(dir: &Path, id: usize, ports: &[u16], ocs: SocketAddr, mate: Sock
     t += "[applications.ro]\ndestination_realm = \"ocs.localdomain\"\n\n[applications.gx]\ndestination_realm = \"ocs.localdomain\"\n\n";
     t += &format!(
         "[replication]\nenabled = true\ncluster = \"demo\"\nlease_period = \"250ms\"\nlease_ttl = \"1s\"\n\n\
-         [store]\ntype = \"sqlite\"\npath = \"{}\"\n",
-        dir.join("store.db").display()
+         [store]\ntype = \"sqlite\"\npath = \"{}\"\n\n\
+         [sip]\nenabled = true\nlisten = \"127.0.0.1:{}\"\nnext_hop = \"{}\"\nquota = \"30s\"\n",
+        dir.join("store.db").display(),
+        sip.0,
+        sip.1
     );
     t
 }
@@ -136,10 +146,20 @@ pub fn run() -> anyhow::Result<bool> {
     )?;
     let (ocs_diameter, control, mate) = (addr(&ocs, "diameter")?, addr(&ocs, "control")?, addr(&ocs, "mate")?);
     let ports = [free_port()?, free_port()?, free_port()?];
+    // The SIP callee (the project's own UAS) and caller live in this process.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let uas_counters = std::sync::Arc::new(crate::b2bua::ua::UasCounters::default());
+    let callee = rt.block_on(async {
+        let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+        let a = s.local_addr()?;
+        tokio::spawn(crate::b2bua::ua::run_uas(s, uas_counters.clone()));
+        Ok::<_, std::io::Error>(a)
+    })?;
+    let sip_ports = [free_port()?, free_port()?, free_port()?];
     let mut fronts = Vec::new();
     for id in 1..=3 {
         let cfg = dir.join(format!("n{id}.toml"));
-        std::fs::write(&cfg, node_config(&dir, id, &ports, ocs_diameter, mate))?;
+        std::fs::write(&cfg, node_config(&dir, id, &ports, ocs_diameter, mate, (sip_ports[id - 1], callee)))?;
         let ready = start(&mut cluster, &["node", "--config", &cfg.display().to_string()], &format!("n{id}.log"))?;
         fronts.push(addr(&ready, "http")?);
     }
@@ -186,7 +206,38 @@ pub fn run() -> anyhow::Result<bool> {
         update(fronts[(i + 1) % 3], &sessions[i].0, sessions[i].1, "u1")
     });
 
-    println!("  kill -9 n1 (it owns a third of the sessions)");
+    // SIP calls through each node, held across the kill: the re-INVITE and BYE of n1's calls go to n2 (as a load
+    // balancer would send them once n1 fails; before that n2 forwards them to n1).
+    let calls_per_node = 10;
+    let sip_addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], sip_ports[i]));
+    let uac = rt.block_on(crate::b2bua::ua::Uac::bind())?;
+    let started = Instant::now();
+    let calls: Vec<_> = (0..3 * calls_per_node)
+        .map(|i| {
+            let plan = crate::b2bua::ua::CallPlan {
+                uri: format!("sip:user{i}@{callee}"),
+                via: sip_addr(i % 3),
+                hold: Duration::from_secs(4),
+                reinvite: true,
+                in_dialog_to: (i % 3 == 0).then(|| sip_addr(1)),
+            };
+            let uac = uac.clone();
+            rt.spawn(async move { uac.call(&plan).await })
+        })
+        .collect();
+    let sip_stat = |f: SocketAddr, k: &str| {
+        http(f, "GET", "/v1/sip", None).map(|(_, s)| s["stats"][k].as_u64().unwrap_or(0)).unwrap_or(0)
+    };
+    while fronts.iter().map(|f| sip_stat(*f, "replicated")).sum::<u64>() < 3 * calls_per_node as u64 {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(10), "the SIP calls were not answered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "  {} SIP calls answered through n1, n2, n3 and replicated (charged: CCR-I each), held 4 s with a re-INVITE",
+        3 * calls_per_node
+    );
+
+    println!("  kill -9 n1 (it owns a third of the sessions and calls)");
     cluster.children[1].kill()?;
     let _ = cluster.children[1].wait();
     std::thread::sleep(Duration::from_millis(1300));
@@ -205,6 +256,15 @@ pub fn run() -> anyhow::Result<bool> {
             .is_ok_and(|(s, _)| s == 200)
     });
 
+    let reports: Vec<_> = calls.into_iter().filter_map(|c| rt.block_on(c).ok()).collect();
+    let whole = reports.iter().filter(|r| r.invite == 200 && r.reinvite == Some(200) && r.bye == Some(200)).count();
+    println!(
+        "  SIP calls: {whole}/{} carried to their BYE (re-INVITE and BYE answered 200); n1's calls adopted by n2: {}; \
+         the callee saw {} BYEs",
+        reports.len(),
+        sip_stat(fronts[1], "adopted"),
+        uas_counters.byes.load(std::sync::atomic::Ordering::Relaxed)
+    );
     let stat = |f: SocketAddr, k: &str| {
         http(f, "GET", "/v1/status", None).map(|(_, s)| s["replication"][k].as_u64().unwrap_or(0)).unwrap_or(0)
     };
@@ -217,12 +277,20 @@ pub fn run() -> anyhow::Result<bool> {
         pct(0.5).unwrap_or_default(),
         pct(0.99).unwrap_or_default()
     );
-    let (_, check) = http(control, "GET", "/v1/ledger/check", None).map_err(anyhow::Error::msg)?;
+    // A call's CCR-T follows its BYE's 200: give the last ones a moment.
+    let until = Instant::now() + Duration::from_secs(5);
+    let check = loop {
+        let (_, check) = http(control, "GET", "/v1/ledger/check", None).map_err(anyhow::Error::msg)?;
+        if check["sessions"]["open"] == 0 || Instant::now() > until {
+            break check;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let clean = check["clean"] == Value::Bool(true);
     println!(
         "  OCS ledger: {} sessions opened, {} terminated, {} retransmissions answered from the cache, anomalies {}",
         check["sessions"]["opened"], check["sessions"]["terminated"], check["duplicates_answered"], check["anomalies"]
     );
     println!("ledger check: {}", if clean { "clean" } else { "NOT CLEAN" });
-    Ok(clean)
+    Ok(clean && whole == reports.len())
 }

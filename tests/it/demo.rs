@@ -1,5 +1,5 @@
-//! The README's first command: `charging-ra demo` runs a three-node cluster, kills a node, and ends with a clean
-//! ledger.
+//! The README's first command: `charging-ra demo` runs a three-node cluster with sessions and SIP calls, kills a
+//! node, and ends with a clean ledger.
 
 #[test]
 fn the_demo_kills_a_node_and_the_ledger_stays_clean() {
@@ -7,6 +7,8 @@ fn the_demo_kills_a_node_and_the_ledger_stays_clean() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("kill -9 n1"), "{text}");
-    assert!(text.contains("300 sessions opened, 300 terminated"), "{text}");
+    assert!(text.contains("330 sessions opened, 330 terminated"), "300 sessions and 30 calls: {text}");
+    assert!(text.contains("SIP calls: 30/30 carried to their BYE"), "{text}");
+    assert!(text.contains("n1's calls adopted by n2: 10"), "{text}");
     assert_eq!(text.trim_end().lines().last(), Some("ledger check: clean"), "{text}");
 }
