@@ -1,4 +1,4 @@
-//! Command line: `charging-ra demo | decode | node | ocs-sim | load`. Errors are reported here, at the binary's edge, with anyhow.
+//! Command line: `charging-ra demo | decode | node | check-config | ocs-sim | load`. Errors are reported here, at the binary's edge, with anyhow.
 
 use std::io::Read;
 use std::path::Path;
@@ -86,6 +86,12 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Check a configuration file (syntax, unknown keys, ranges, dictionaries) and print the effective
+    /// configuration: every default filled in and the CHARGING_RA_* environment overrides applied.
+    CheckConfig {
+        /// The configuration file.
+        file: std::path::PathBuf,
+    },
     OcsSim {
         /// Diameter listening address.
         #[arg(long, default_value = "127.0.0.1:3868")]
@@ -127,6 +133,7 @@ pub fn main() -> ExitCode {
         Command::Load { ocs, realm, sessions, concurrency, updates, hold, duration, app, replication } => {
             load(ocs, realm, sessions, concurrency, updates, hold, duration, &app, &replication)
         }
+        Command::CheckConfig { file } => check_config(&file),
         Command::Node { config, log_json } => {
             init_logging(log_json);
             node(&config)
@@ -207,6 +214,23 @@ fn ocs_sim(
         tracing::info!(clean = check.clean, opened = check.sessions.opened, "ocs-sim stopped");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(path)?;
+    config.apply_env(path)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let dictionary = config.dictionary(dir)?;
+    print!("{}", toml::to_string_pretty(&config).context("printing the configuration")?);
+    eprintln!(
+        "{}: valid ({} peers, replication {}, SIP {}, dictionary of {} AVPs)",
+        path.display(),
+        config.peers.len(),
+        if config.replication.enabled { "on" } else { "off" },
+        if config.sip.enabled { "on" } else { "off" },
+        dictionary.avps().len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn node(path: &Path) -> anyhow::Result<ExitCode> {

@@ -5,13 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::codec::DecodeLimits;
 use crate::dict::{DictError, Dictionary};
 
 /// The whole file.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// This node: identity and listening addresses (for `charging-ra node`).
@@ -44,7 +44,7 @@ pub struct Config {
 }
 
 /// `[sip]`: the B2BUA (docs/sip.md). `CHARGING_RA_SIP_LISTEN` overrides `listen`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SipSection {
     /// Run the B2BUA.
@@ -133,7 +133,7 @@ impl SipSection {
 /// `[node]`: who this node is and where it listens. `CHARGING_RA_NODE_ID`, `CHARGING_RA_ORIGIN_HOST`,
 /// `CHARGING_RA_DIAMETER_LISTEN` and `CHARGING_RA_HTTP_LISTEN` override the values of the same name, so that the
 /// nodes of a cluster can share one file.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeSection {
     /// Node id, unique in the cluster.
@@ -165,7 +165,7 @@ impl Default for NodeSection {
 }
 
 /// `[[peers]]`: a server this node connects to.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct PeerSection {
     /// Its Diameter identity (checked against its CEA's Origin-Host).
@@ -187,7 +187,7 @@ fn one() -> u32 {
 /// them all. Each node connects to the others over Diameter; a RAR or ASR addressed to a node (Destination-Host)
 /// that reaches another is delivered to that node's engine, which proxies it to the session's owner or adopts the
 /// session when the owner is dead.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSection {
     /// The members.
@@ -195,7 +195,7 @@ pub struct ClusterSection {
 }
 
 /// `[[cluster.members]]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterMember {
     /// Its node id.
@@ -207,7 +207,7 @@ pub struct ClusterMember {
 }
 
 /// `[applications]`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApplicationsSection {
     /// Ro (online charging, application 4).
@@ -217,7 +217,7 @@ pub struct ApplicationsSection {
 }
 
 /// `[applications.ro]`, `[applications.gx]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApplicationSection {
     /// Destination-Realm of its requests.
@@ -261,7 +261,7 @@ impl ApplicationSection {
 }
 
 /// `[replication]`: how sessions are written to the shared store (docs/replication.md).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplicationSection {
     /// Replicate at all; off keeps every session in its node only.
@@ -287,7 +287,7 @@ pub struct ReplicationSection {
 }
 
 /// `[replication.replicate_by_default]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReplicateByDefault {
     /// Ro sessions.
@@ -355,7 +355,7 @@ impl Default for ReplicationSection {
 }
 
 /// Which store backend.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreType {
     /// One SQLite file shared by the node processes of a host (the default).
@@ -367,7 +367,7 @@ pub enum StoreType {
 }
 
 /// `[store]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSection {
     /// `sqlite`, `memory` or `scylla`.
@@ -398,7 +398,7 @@ impl Default for StoreSection {
 }
 
 /// `[codec]`: what the decoder accepts.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CodecConfig {
     /// Largest Diameter message accepted, in octets (RFC 6733 allows 16 MiB; CCRs are a few hundred octets).
@@ -422,7 +422,7 @@ impl CodecConfig {
 }
 
 /// `[dictionaries]`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct DictionariesConfig {
     /// XML files loaded after the shipped ones; their definitions replace shipped ones with the same code.
@@ -501,6 +501,22 @@ impl Config {
         }
         if r.cluster.is_empty() || r.cluster.contains('/') {
             return Err(invalid("replication.cluster", "must be a non-empty name without '/'"));
+        }
+        let sip = &config.sip;
+        if sip.enabled && r.enabled && sip.listen.port() == 0 {
+            return Err(invalid(
+                "sip.listen",
+                "needs a fixed port when replication is on: other nodes forward a call's requests to it",
+            ));
+        }
+        if sip.t1.is_zero() || sip.t2 < sip.t1 || sip.t4.is_zero() {
+            return Err(invalid(
+                "sip.t1",
+                "T1 and T4 must not be zero, and T2 must be at least T1 (RFC 3261 §17.1.1.1)",
+            ));
+        }
+        if sip.charging && sip.quota < std::time::Duration::from_secs(1) {
+            return Err(invalid("sip.quota", "must be at least 1s"));
         }
         Ok(config)
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// Consistency of reads and of the commit of writes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ScyllaConsistency {
     /// `ONE`.
@@ -25,7 +25,7 @@ pub enum ScyllaConsistency {
 }
 
 /// Consistency of the Paxos round of a conditional write.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ScyllaSerialConsistency {
     /// `LOCAL_SERIAL`: a quorum of the local datacenter (the default).
@@ -36,7 +36,7 @@ pub enum ScyllaSerialConsistency {
 }
 
 /// Where the store is and how it is written.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScyllaConfig {
     /// Contact points, `host:port` (`127.0.0.1:9042`); the driver discovers the rest of the cluster from them.

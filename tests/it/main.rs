@@ -1,5 +1,6 @@
 //! The integration test binary: codec and dictionaries against the wire, real peers where installed.
 
+mod cli;
 mod codec;
 mod crosscheck;
 mod demo;

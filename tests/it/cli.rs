@@ -1,0 +1,38 @@
+//! The binary's edge: `check-config` prints the effective configuration, which parses back to the same thing, and
+//! names what is wrong in a bad file.
+
+use std::process::Command;
+
+fn check_config(path: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_charging-ra")).arg("check-config").arg(path).output().unwrap()
+}
+
+#[test]
+fn check_config_prints_the_effective_configuration() {
+    let example = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml"));
+    let out = check_config(example);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let again = charging_ra::config::Config::parse(&printed, std::path::Path::new("printed")).unwrap();
+    assert_eq!(again, charging_ra::config::Config::default(), "the example is the defaults, printed in full");
+    assert!(printed.contains("[sip]") && printed.contains("t1 = \"500ms\""), "{printed}");
+}
+
+#[test]
+fn check_config_names_the_bad_key() {
+    let dir = std::env::temp_dir().join(format!("charging-ra-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (text, says) in [
+        ("[node]\nid = \"n1\"\nwatchdgo = \"6s\"\n", "unknown field `watchdgo`"),
+        ("[sip]\nenabled = true\nlisten = \"127.0.0.1:0\"\n[replication]\nenabled = true\n", "sip.listen"),
+        ("[replication]\nlease_ttl = \"100ms\"\n", "replication.lease_ttl"),
+    ] {
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = check_config(&path);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains(says) && err.contains("bad.toml"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
