@@ -281,10 +281,7 @@ fn node(path: &Path) -> anyhow::Result<ExitCode> {
             None
         };
         let http = match listener {
-            Some(l) => {
-                let more = sip.as_ref().map(|s| s.http_routes()).unwrap_or_default();
-                Some(charging_ra::api::http::serve_with(engine.clone(), l, more)?)
-            }
+            Some(l) => Some(charging_ra::api::http::serve_with(engine.clone(), l, sip.clone())?),
             None => None,
         };
         let diameter: Vec<String> = engine.diameter_addrs().await.iter().map(|a| a.to_string()).collect();

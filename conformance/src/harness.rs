@@ -370,13 +370,12 @@ impl Node {
                         }
                         None => None,
                     };
-                    let more = sip.as_ref().map(|s| s.http_routes()).unwrap_or_default();
-                    let sip = sip.map(|s| s.local_addr());
-                    let (http, task) = charging_ra::api::http::serve_with(engine.clone(), listener, more)
-                        .map_err(|e| e.to_string())?;
+                    let sip_addr = sip.as_ref().map(|s| s.local_addr());
+                    let (http, task) =
+                        charging_ra::api::http::serve_with(engine.clone(), listener, sip).map_err(|e| e.to_string())?;
                     std::mem::forget(task);
                     let d = engine.diameter_addrs().await.first().copied().ok_or("no Diameter address")?;
-                    Ok::<_, String>((http, d, sip))
+                    Ok::<_, String>((http, d, sip_addr))
                 })?;
                 Node { http, diameter, sip, pid: None, run: Running::InProc(Some(rt)) }
             }

@@ -253,8 +253,24 @@ fn exchange_blocking(
 
 /// The routes, for embedding in a larger axum application.
 pub fn router(engine: Engine) -> axum::Router {
+    router_with(engine, None)
+}
+
+/// [`router`] with a B2BUA: its `/v1/sip` and its counters in `/metrics`.
+pub fn router_with(engine: Engine, sip: Option<crate::b2bua::B2bua>) -> axum::Router {
+    let more = sip.as_ref().map(|s| s.http_routes()).unwrap_or_default();
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/metrics",
+            get(move |State(e): State<Engine>| {
+                let sip = sip.clone();
+                async move {
+                    let text = super::metrics::render(&e, sip.as_ref()).await;
+                    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+                }
+            }),
+        )
         .route(
             "/v1/status",
             get(|State(e): State<Engine>| async move {
@@ -373,6 +389,7 @@ pub fn router(engine: Engine) -> axum::Router {
         .layer(axum::middleware::from_fn(forward_to_owner))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(engine)
+        .merge(more)
 }
 
 /// Marks a request one node forwarded to another, so it is never forwarded twice.
@@ -441,17 +458,17 @@ pub fn serve_on(
     engine: Engine,
     listener: tokio::net::TcpListener,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    serve_with(engine, listener, axum::Router::new())
+    serve_with(engine, listener, None)
 }
 
-/// Like [`serve_on`], with more routes (the B2BUA's `/v1/sip`).
+/// Like [`serve_on`], with the node's B2BUA ([`router_with`]).
 pub fn serve_with(
     engine: Engine,
     listener: tokio::net::TcpListener,
-    more: axum::Router,
+    sip: Option<crate::b2bua::B2bua>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let bound = listener.local_addr()?;
-    let app = router(engine).merge(more);
+    let app = router_with(engine, sip);
     let task = tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

@@ -7,6 +7,7 @@
 //! answered (or has failed and CCFH/DDFH decided), with the grants and what the engine decided.
 
 pub mod http;
+pub mod metrics;
 mod replica;
 
 pub use replica::{ReplicationConfig, ReplicationStats};
@@ -244,6 +245,17 @@ pub struct SessionView {
     pub quotas: Vec<crate::cc::Quota>,
 }
 
+/// Sessions held by a node in one application and state ([`Engine::session_counts`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SessionCount {
+    /// `ro` or `gx`.
+    pub app: &'static str,
+    /// The RFC 4006 state (`Open`, `PendingU`…).
+    pub state: String,
+    /// How many.
+    pub sessions: u64,
+}
+
 /// Why an operation failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
 #[non_exhaustive]
@@ -332,6 +344,9 @@ enum Cmd {
     },
     Subscribe {
         reply: oneshot::Sender<mpsc::UnboundedReceiver<SessionEvent>>,
+    },
+    Counts {
+        reply: oneshot::Sender<Vec<SessionCount>>,
     },
     Replicate {
         session_id: String,
@@ -585,6 +600,11 @@ impl Engine {
     /// What replication has done on this node; `None` when the engine does not replicate.
     pub async fn replication_stats(&self) -> Option<ReplicationStats> {
         self.call(|reply| Cmd::Stats { reply }).await.ok().flatten()
+    }
+
+    /// How many sessions this node holds, by application and state (for metrics).
+    pub async fn session_counts(&self) -> Vec<SessionCount> {
+        self.call(|reply| Cmd::Counts { reply }).await.unwrap_or_default()
     }
 
     /// This node's ownership API (leases, records, adoption), when the engine replicates.
@@ -990,6 +1010,15 @@ impl Driver {
                     quotas: e.cc.quotas().to_vec(),
                 });
                 let _ = reply.send(v.ok_or(ChargingError::UnknownSession(session_id)));
+            }
+            Cmd::Counts { reply } => {
+                let mut by: std::collections::BTreeMap<(&'static str, String), u64> = Default::default();
+                for e in self.sessions.values() {
+                    let app = if e.cc.application() == AppId::GX { "gx" } else { "ro" };
+                    *by.entry((app, format!("{:?}", e.cc.state()))).or_default() += 1;
+                }
+                let counts = by.into_iter().map(|((app, state), sessions)| SessionCount { app, state, sessions });
+                let _ = reply.send(counts.collect());
             }
             Cmd::Subscribe { reply } => {
                 let (tx, rx) = mpsc::unbounded_channel();

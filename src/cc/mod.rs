@@ -298,6 +298,11 @@ impl CcSession {
         &self.session_id
     }
 
+    /// Ro (4) or Gx (16777238).
+    pub fn application(&self) -> AppId {
+        self.config.application
+    }
+
     /// The state.
     pub fn state(&self) -> CcState {
         self.state

@@ -1,0 +1,129 @@
+//! Prometheus text exposition (format 0.0.4) of a node: Diameter peers, credit-control sessions, replication and the
+//! SIP B2BUA, served at `GET /metrics` on the HTTP front. Names follow the Prometheus conventions: a
+//! `charging_ra_` prefix, `_total` on counters, base units, labels for the dimensions.
+
+use std::fmt::Write as _;
+
+use super::Engine;
+use crate::b2bua::B2bua;
+
+/// Writes one metric family: its HELP and TYPE lines, then its samples (labels already rendered).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: impl IntoIterator<Item = (String, u64)>) {
+    let _ = writeln!(out, "# HELP charging_ra_{name} {help}");
+    let _ = writeln!(out, "# TYPE charging_ra_{name} {kind}");
+    for (labels, v) in samples {
+        let _ = writeln!(out, "charging_ra_{name}{labels} {v}");
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The node's metrics now.
+pub async fn render(engine: &Engine, sip: Option<&B2bua>) -> String {
+    let mut out = String::with_capacity(4096);
+    let status = engine.node_status().await;
+    let peers = status.as_ref().map(|s| s.peers.as_slice()).unwrap_or_default();
+    let name = |i: usize, p: &crate::node::PeerStatus| esc(p.identity.as_deref().unwrap_or(&format!("peer{i}")));
+    family(
+        &mut out,
+        "peer_up",
+        "gauge",
+        "Whether the Diameter peer is open and available for requests (1) or not (0).",
+        peers.iter().enumerate().map(|(i, p)| {
+            (
+                format!("{{peer=\"{}\",state=\"{:?}\",watchdog=\"{:?}\"}}", name(i, p), p.state, p.watchdog),
+                u64::from(p.available),
+            )
+        }),
+    );
+    let mut msgs = Vec::new();
+    let mut answers = Vec::new();
+    for (i, p) in peers.iter().enumerate() {
+        for (cmd, n) in &p.metrics.messages_in {
+            msgs.push((format!("{{peer=\"{}\",direction=\"in\",command=\"{}\"}}", name(i, p), esc(cmd)), *n));
+        }
+        for (cmd, n) in &p.metrics.messages_out {
+            msgs.push((format!("{{peer=\"{}\",direction=\"out\",command=\"{}\"}}", name(i, p), esc(cmd)), *n));
+        }
+        for (rc, n) in &p.metrics.answers_in {
+            answers.push((format!("{{peer=\"{}\",result_code=\"{rc}\"}}", name(i, p)), *n));
+        }
+    }
+    family(&mut out, "diameter_messages_total", "counter", "Diameter messages by peer, direction and command.", msgs);
+    family(&mut out, "diameter_answers_total", "counter", "Answers received, by peer and Result-Code.", answers);
+    family(
+        &mut out,
+        "diameter_failovers_total",
+        "counter",
+        "Requests moved off a peer to another (RFC 6733 §5.5.4, T flag).",
+        peers.iter().enumerate().map(|(i, p)| (format!("{{peer=\"{}\"}}", name(i, p)), p.metrics.failovers)),
+    );
+    family(
+        &mut out,
+        "diameter_protocol_errors_answered_total",
+        "counter",
+        "Protocol errors answered to a peer (3xxx/5xxx with Failed-AVP).",
+        peers.iter().enumerate().map(|(i, p)| (format!("{{peer=\"{}\"}}", name(i, p)), p.metrics.errors_answered)),
+    );
+    family(
+        &mut out,
+        "diameter_pending_requests",
+        "gauge",
+        "Requests waiting for their answer.",
+        [(String::new(), status.as_ref().map_or(0, |s| s.pending as u64))],
+    );
+    let counts = engine.session_counts().await;
+    family(
+        &mut out,
+        "sessions",
+        "gauge",
+        "Credit-control sessions held by this node, by application and RFC 4006 state.",
+        counts.iter().map(|c| (format!("{{app=\"{}\",state=\"{}\"}}", c.app, esc(&c.state)), c.sessions)),
+    );
+    if let Some(r) = engine.replication_stats().await {
+        let gauges = [
+            ("replication_sessions", "Sessions held here that are replicated.", r.replicated),
+            ("replication_backlog", "Sessions waiting to be written to the store.", r.backlog),
+            ("store_up", "Whether the store can be written now (1) or not (0).", u64::from(!r.store_down)),
+        ];
+        for (n, help, v) in gauges {
+            family(&mut out, n, "gauge", help, [(String::new(), v)]);
+        }
+        let counters = [
+            ("store_batches_total", "Group commits written to the store.", r.batches),
+            ("store_writes_total", "Records written to the store.", r.writes),
+            ("store_errors_total", "Store operations that failed.", r.store_errors),
+            ("sessions_fenced_total", "Sessions dropped because another node adopted them (fencing).", r.fenced),
+            ("sessions_adopted_total", "Sessions adopted from a dead node.", r.adopted),
+            ("sessions_loaded_total", "Sessions loaded from the store (adopted or owned).", r.loaded),
+            ("replication_refused_total", "Sessions not replicated (convergence name taken, backlog full).", r.refused),
+        ];
+        for (n, help, v) in counters {
+            family(&mut out, n, "counter", help, [(String::new(), v)]);
+        }
+    }
+    if let Some(b) = sip {
+        if let Some(s) = b.stats().await {
+            family(&mut out, "sip_calls_active", "gauge", "SIP calls open now.", [(String::new(), s.active)]);
+            let counters = [
+                ("sip_calls_total", "SIP calls set up (INVITE received).", s.calls),
+                ("sip_calls_answered_total", "SIP calls answered (confirmed).", s.answered),
+                ("sip_calls_ended_total", "SIP calls ended by BYE.", s.ended),
+                ("sip_calls_failed_total", "SIP calls refused or failed before the answer.", s.failed),
+                ("sip_calls_adopted_total", "SIP calls adopted from a dead node.", s.adopted),
+                ("sip_requests_forwarded_total", "Mid-dialog requests forwarded to the live owner.", s.forwarded),
+                ("sip_calls_fenced_total", "SIP calls dropped because another node adopted them.", s.fenced),
+                ("sip_calls_replicated_total", "SIP calls written to the store once confirmed.", s.replicated),
+                ("sip_store_batches_total", "Store batches written for SIP calls.", s.store_writes),
+                ("sip_malformed_total", "SIP messages that could not be parsed.", s.malformed),
+            ];
+            for (n, help, v) in counters {
+                family(&mut out, n, "counter", help, [(String::new(), v)]);
+            }
+        }
+    }
+    out
+}
