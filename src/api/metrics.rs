@@ -105,24 +105,24 @@ pub async fn render(engine: &Engine, sip: Option<&B2bua>) -> String {
             family(&mut out, n, "counter", help, [(String::new(), v)]);
         }
     }
-    if let Some(b) = sip {
-        if let Some(s) = b.stats().await {
-            family(&mut out, "sip_calls_active", "gauge", "SIP calls open now.", [(String::new(), s.active)]);
-            let counters = [
-                ("sip_calls_total", "SIP calls set up (INVITE received).", s.calls),
-                ("sip_calls_answered_total", "SIP calls answered (confirmed).", s.answered),
-                ("sip_calls_ended_total", "SIP calls ended by BYE.", s.ended),
-                ("sip_calls_failed_total", "SIP calls refused or failed before the answer.", s.failed),
-                ("sip_calls_adopted_total", "SIP calls adopted from a dead node.", s.adopted),
-                ("sip_requests_forwarded_total", "Mid-dialog requests forwarded to the live owner.", s.forwarded),
-                ("sip_calls_fenced_total", "SIP calls dropped because another node adopted them.", s.fenced),
-                ("sip_calls_replicated_total", "SIP calls written to the store once confirmed.", s.replicated),
-                ("sip_store_batches_total", "Store batches written for SIP calls.", s.store_writes),
-                ("sip_malformed_total", "SIP messages that could not be parsed.", s.malformed),
-            ];
-            for (n, help, v) in counters {
-                family(&mut out, n, "counter", help, [(String::new(), v)]);
-            }
+    if let Some(b) = sip
+        && let Some(s) = b.stats().await
+    {
+        family(&mut out, "sip_calls_active", "gauge", "SIP calls open now.", [(String::new(), s.active)]);
+        let counters = [
+            ("sip_calls_total", "SIP calls set up (INVITE received).", s.calls),
+            ("sip_calls_answered_total", "SIP calls answered (confirmed).", s.answered),
+            ("sip_calls_ended_total", "SIP calls ended by BYE.", s.ended),
+            ("sip_calls_failed_total", "SIP calls refused or failed before the answer.", s.failed),
+            ("sip_calls_adopted_total", "SIP calls adopted from a dead node.", s.adopted),
+            ("sip_requests_forwarded_total", "Mid-dialog requests forwarded to the live owner.", s.forwarded),
+            ("sip_calls_fenced_total", "SIP calls dropped because another node adopted them.", s.fenced),
+            ("sip_calls_replicated_total", "SIP calls written to the store once confirmed.", s.replicated),
+            ("sip_store_batches_total", "Store batches written for SIP calls.", s.store_writes),
+            ("sip_malformed_total", "SIP messages that could not be parsed.", s.malformed),
+        ];
+        for (n, help, v) in counters {
+            family(&mut out, n, "counter", help, [(String::new(), v)]);
         }
     }
     out
