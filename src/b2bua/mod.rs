@@ -24,7 +24,7 @@ pub mod transport;
 pub mod ua;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -186,6 +186,8 @@ impl B2bua {
             ended_ro: HashSet::new(),
             ended_order: VecDeque::new(),
             hangups: HashSet::new(),
+            ended_legs: HashMap::new(),
+            ended_legs_order: VecDeque::new(),
             adopting: HashMap::new(),
             quota: BTreeMap::new(),
             ev: etx.clone(),
@@ -301,6 +303,10 @@ struct Call {
     a_invite: Option<(ServerKey, Message)>,
     b_invite: Option<ClientKey>,
     cancelled: bool,
+    /// Leg B's INVITE is to be cancelled as soon as it has had a provisional response.
+    cancel_on_provisional: bool,
+    /// Leg A's initial INVITE transaction (its `invites` entry goes with the call).
+    invite_key: Option<ServerKey>,
     /// An INVITE this node sent and is waiting on, per side (glare, §14.2).
     client_invite: [Option<ClientKey>; 2],
     /// A re-INVITE received and not yet answered, per side.
@@ -347,6 +353,9 @@ struct Actor {
     ended_order: VecDeque<String>,
     /// Ro sessions whose call is being loaded to be hung up.
     hangups: HashSet<String>,
+    /// Legs of calls that ended here in the last 64·T1 (tombstones), oldest first.
+    ended_legs: HashMap<(String, String), Instant>,
+    ended_legs_order: VecDeque<(Instant, (String, String))>,
     adopting: HashMap<String, Vec<(Message, Dest, ServerKey)>>,
     quota: BTreeMap<(Instant, u64), ()>,
     ev: mpsc::UnboundedSender<Ev>,
@@ -357,17 +366,76 @@ fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// An address from a host and port without a DNS lookup: the one task that runs every call must never block on
+/// one. Hosts are IP literals (or `localhost`); a name in a Contact or route is not reachable (the B2BUA sits
+/// behind an SBC or load balancer that hands it addresses).
+fn addr_of(host: &str, port: u16) -> Option<SocketAddr> {
+    let ip: std::net::IpAddr = match host {
+        "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
+        h => h.parse().ok()?,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
 fn resolve(uri: &str, default: Transport) -> Option<Dest> {
     let (host, port) = uri_host_port(uri)?;
     let transport = uri_param(uri, "transport").and_then(Transport::from_name).unwrap_or(default);
-    let addr = (host.as_str(), port.unwrap_or(5060)).to_socket_addrs().ok()?.next()?;
-    Some(Dest { transport, addr })
+    Some(Dest { transport, addr: addr_of(&host, port.unwrap_or(5060))? })
 }
 
+/// The top Via as this node records it (§18.2.1, RFC 3581 §4): `received` is the source address, whatever the
+/// client wrote; `rport` gets the source port only when the client asked for it.
+fn stamp_via(via: &str, src: SocketAddr) -> String {
+    let mut parts: Vec<String> = via
+        .split(';')
+        .filter(|p| {
+            let k = p.split('=').next().unwrap_or("").trim().to_ascii_lowercase();
+            k != "received" && !(k == "rport" && p.contains('='))
+        })
+        .map(str::to_string)
+        .collect();
+    let asked_rport = parts.iter().any(|p| p.trim().eq_ignore_ascii_case("rport"));
+    parts.retain(|p| !p.trim().eq_ignore_ascii_case("rport"));
+    parts.push(format!("received={}", src.ip()));
+    if asked_rport {
+        parts.push(format!("rport={}", src.port()));
+    }
+    parts.join(";")
+}
+
+/// Headers a B2BUA passes from one leg to the other along with the body: authentication challenges and
+/// credentials, extensions (Require, Supported, RSeq/RAck, session timers), Retry-After, Warning, Reason.
+const RELAYED_HEADERS: &[&str] = &[
+    "WWW-Authenticate",
+    "Proxy-Authenticate",
+    "Authorization",
+    "Proxy-Authorization",
+    "Require",
+    "Supported",
+    "Unsupported",
+    "Allow",
+    "RSeq",
+    "RAck",
+    "Min-SE",
+    "Session-Expires",
+    "Retry-After",
+    "Warning",
+    "Reason",
+    "Event",
+    "Subscription-State",
+    "Accept",
+];
+
+/// The body with its Content-Type, and the [`RELAYED_HEADERS`].
 fn copy_body(from: &Message, to: &mut Message) {
     to.body = from.body.clone();
     if let Some(ct) = from.header("Content-Type") {
         to.set("Content-Type", ct);
+    }
+    for name in RELAYED_HEADERS {
+        for v in from.headers_named(name) {
+            to.push(name, v);
+        }
     }
 }
 
@@ -483,17 +551,8 @@ impl Actor {
                 if let Some(partial) = e.partial.filter(|m| m.method() != "ACK") {
                     let mut r = partial.response(e.status, &e.reason, Some("b2b"));
                     r.push("Server", "charging-ra");
-                    let via = partial.top_via().expect("answerable has a Via");
-                    let (host, port) = via.response_target();
-                    let dest = match p.src.transport {
-                        Transport::Tcp => p.src,
-                        Transport::Udp => match (host.as_str(), port).to_socket_addrs().ok().and_then(|mut a| a.next())
-                        {
-                            Some(addr) => Dest { transport: Transport::Udp, addr },
-                            None => p.src,
-                        },
-                    };
-                    self.t.send(r.to_bytes(), dest);
+                    // To the source address: a message this broken is not trusted to name where answers go.
+                    self.t.send(r.to_bytes(), p.src);
                 }
                 return;
             }
@@ -507,29 +566,15 @@ impl Actor {
 
     fn on_request(&mut self, mut m: Message, src: Dest) {
         // Responses go back where the request came from (RFC 3581 rport, §18.2.1 received).
-        if let Some(v) = m.header("Via").map(str::to_string) {
-            let mut top = v.clone();
-            if !top.contains("received=") {
-                top.push_str(&format!(";received={}", src.addr.ip()));
-            }
-            if top.contains(";rport") && !top.contains("rport=") {
-                top = top.replacen(";rport", &format!(";rport={}", src.addr.port()), 1);
-            } else if !top.contains("rport") && src.transport == Transport::Udp {
-                top.push_str(&format!(";rport={}", src.addr.port()));
-            }
-            let i = m.headers.iter().position(|h| h.name == "Via").expect("a Via");
-            m.headers[i].value = top;
+        if let Some(i) = m.headers.iter().position(|h| h.name == "Via") {
+            m.headers[i].value = stamp_via(&m.headers[i].value, src.addr);
         }
-        let dest = {
-            let via = m.top_via().expect("checked");
-            let (host, port) = via.response_target();
-            match src.transport {
-                Transport::Tcp => src,
-                Transport::Udp => match (host.as_str(), port).to_socket_addrs().ok().and_then(|mut a| a.next()) {
-                    Some(addr) => Dest { transport: Transport::Udp, addr },
-                    None => src,
-                },
+        let dest = match (src.transport, m.top_via()) {
+            (Transport::Udp, Some(via)) => {
+                let (host, port) = via.response_target();
+                addr_of(&host, port).map_or(src, |addr| Dest { transport: Transport::Udp, addr })
             }
+            _ => src,
         };
         let key = match self.txs.on_request(Instant::now(), &m, dest) {
             Incoming::New(k) => k,
@@ -556,6 +601,12 @@ impl Actor {
             let leg = (m.call_id().to_string(), tag.clone());
             if let Some(&(call, side)) = self.legs.get(&leg) {
                 return self.in_dialog(call, side, key, m);
+            }
+            if self.ended_legs.contains_key(&leg) {
+                // The call just ended here (a BYE crossed ours): done, not to be loaded again.
+                let (code, reason) =
+                    if method == "BYE" { (200, "OK") } else { (481, "Call/Transaction Does Not Exist") };
+                return self.reply(&key, &m, code, reason);
             }
             return self.unknown_dialog(key, m, dest, tag);
         }
@@ -601,14 +652,17 @@ impl Actor {
         self.legs.insert((b.call_id.clone(), b.local_tag.clone()), (id, Side::B));
         self.invites.insert(key.clone(), id);
         let app = AppData { sdp_a: sdp(&m), ..AppData::default() };
+        let invite_key = Some(key.clone());
         let call = Call {
             conv: conv.clone(),
             rec: CallRecord { a, b, a_invite_cseq, b_invite_cseq: 0, app: None },
             app,
             phase: Phase::Charging,
-            a_invite: Some((key, m.clone())),
+            a_invite: Some((key.clone(), m.clone())),
             b_invite: None,
             cancelled: false,
+            cancel_on_provisional: false,
+            invite_key,
             client_invite: [None, None],
             server_invite: [None, None],
             acks: [None, None],
@@ -750,7 +804,7 @@ impl Actor {
             m.pop("Via");
             if let Some(v) = m.top_via() {
                 let (host, port) = v.response_target();
-                if let Some(addr) = (host.as_str(), port).to_socket_addrs().ok().and_then(|mut a| a.next()) {
+                if let Some(addr) = addr_of(&host, port) {
                     let transport = Transport::from_name(&v.transport).unwrap_or(Transport::Udp);
                     self.t.send(m.to_bytes(), Dest { transport, addr });
                 }
@@ -792,6 +846,11 @@ impl Actor {
             return;
         };
         if !self.calls.contains_key(&id) {
+            // The call went (fenced) with a request of it relayed: its transaction still gets an answer.
+            if let (Purpose::Relay { server, request, .. }, true) = (&purpose, final_) {
+                let r = request.response(code, "Call Gone", None);
+                self.send_response(server, &r);
+            }
             return;
         }
         match purpose {
@@ -823,9 +882,6 @@ impl Actor {
                 if matches!(m.method(), "INVITE" | "UPDATE") && (101..300).contains(&code) {
                     r.push("Contact", format!("<{}>", contact_for(&self.me, transport)));
                 }
-                if let Some(ra) = m.header("Retry-After") {
-                    r.push("Retry-After", ra);
-                }
                 if final_ {
                     call.server_invite[to.index()] = call.server_invite[to.index()].take().filter(|k| *k != server);
                     if m.method() == "INVITE" && (200..300).contains(&code) {
@@ -848,6 +904,9 @@ impl Actor {
             return;
         }
         call.rec.b.on_response(&m);
+        if code < 200 && call.cancel_on_provisional {
+            return self.cancel_b(id);
+        }
         let Some((akey, ainv)) = call.a_invite.clone() else {
             // Leg A is gone (cancelled): a late 2xx is ACKed and the new dialog ended at once.
             if (200..300).contains(&code) {
@@ -944,30 +1003,42 @@ impl Actor {
             return;
         }
         // §9.2: the INVITE was answered 487; leg B's INVITE is cancelled in turn (§9.1).
-        let call = self.calls.get_mut(&id).expect("call");
-        match call.b_invite.clone() {
-            Some(bkey) => {
-                if let Some((inv, dest)) = self.txs.client_request(&bkey) {
-                    let mut c = Message::request("CANCEL", inv.uri());
-                    for name in ["Via", "From", "To", "Call-ID"] {
-                        if let Some(v) = inv.header(name) {
-                            c.push(name, v);
-                        }
-                    }
-                    c.push("CSeq", format!("{} CANCEL", inv.cseq().map_or(1, |x| x.0)));
-                    c.push("Max-Forwards", "70");
-                    let (k, b) = self.txs.send(Instant::now(), c, dest);
-                    self.t.send(b, dest);
-                    self.clients.insert(k, (id, Purpose::Bye));
-                }
-                // The 487 from leg B ends the call (initial_response with leg A gone).
-                let call = self.calls.get_mut(&id).expect("call");
-                call.a_invite = None;
-            }
-            None if call.phase == Phase::Charging => {} // on_opened ends it
-            None => self.end_call(id, Some(0), "cancelled"),
-        }
         self.stats.failed += 1;
+        self.cancel_b(id);
+    }
+
+    /// Cancels leg B's INVITE (§9.1): at once if it has had a provisional response, else when the first one comes
+    /// (a CANCEL must not overtake the INVITE). Its final response (487) then ends the call. A call whose INVITE
+    /// has not gone out yet (charging) ends when the CCA-I comes back; one with nothing pending ends now.
+    fn cancel_b(&mut self, id: u64) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let Some(bkey) = call.b_invite.clone() else {
+            if call.phase != Phase::Charging {
+                self.end_call(id, Some(0), "cancelled");
+            }
+            return;
+        };
+        if !self.txs.client_proceeding(&bkey) {
+            call.cancel_on_provisional = true;
+            return;
+        }
+        call.cancel_on_provisional = false;
+        if let Some((inv, dest)) = self.txs.client_request(&bkey) {
+            let mut c = Message::request("CANCEL", inv.uri());
+            for name in ["Via", "From", "To", "Call-ID"] {
+                if let Some(v) = inv.header(name) {
+                    c.push(name, v);
+                }
+            }
+            c.push("CSeq", format!("{} CANCEL", inv.cseq().map_or(1, |x| x.0)));
+            c.push("Max-Forwards", "70");
+            for r in inv.headers_named("Route") {
+                c.push("Route", r);
+            }
+            let (k, b) = self.txs.send(Instant::now(), c, dest);
+            self.t.send(b, dest);
+            self.clients.insert(k, (id, Purpose::Bye));
+        }
     }
 
     fn in_dialog(&mut self, id: u64, side: Side, key: ServerKey, m: Message) {
@@ -1066,12 +1137,8 @@ impl Actor {
     }
 
     fn on_cancel_like(&mut self, id: u64) {
-        if !self.terminate_invite(id) {
-            return;
-        }
-        let call = self.calls.get(&id).expect("call");
-        if call.b_invite.is_none() && call.phase != Phase::Charging {
-            self.end_call(id, Some(0), "cancelled");
+        if self.terminate_invite(id) {
+            self.cancel_b(id);
         }
     }
 
@@ -1122,7 +1189,7 @@ impl Actor {
                 let mut r = m.response(482, "Loop Detected", Some("b2b"));
                 r.push("Server", "charging-ra");
                 let (h, p) = v.response_target();
-                if let Some(addr) = (h.as_str(), p).to_socket_addrs().ok().and_then(|mut a| a.next()) {
+                if let Some(addr) = addr_of(&h, p) {
                     self.t.send(r.to_bytes(), Dest { transport: Transport::Udp, addr });
                 }
             }
@@ -1196,6 +1263,13 @@ impl Actor {
     /// Installs a call loaded from the store.
     fn install(&mut self, conv: String, epoch: u64, rec: CallRecord, version: u64) -> u64 {
         if let Some(&(id, _)) = self.legs.get(&(rec.a.call_id.clone(), rec.a.local_tag.clone())) {
+            // Loaded twice (adoptions through both legs at once): keep the newer write.
+            if let Some(rep) = self.calls.get_mut(&id).and_then(|c| c.replicated.as_mut())
+                && rep.version.is_none_or(|v| v < version)
+            {
+                rep.version = Some(version);
+                rep.epoch = epoch;
+            }
             return id;
         }
         self.next_call += 1;
@@ -1216,6 +1290,8 @@ impl Actor {
                 a_invite: None,
                 b_invite: None,
                 cancelled: false,
+                cancel_on_provisional: false,
+                invite_key: None,
                 client_invite: [None, None],
                 server_invite: [None, None],
                 acks: [None, None],
@@ -1399,11 +1475,48 @@ impl Actor {
             // follows it (`on_created` / `on_written`).
             let call = self.calls.remove(&id).expect("call");
             self.unindex(id, &call);
+            self.tombstone(id, &call);
             self.closing.insert(id, call);
             return;
         }
         self.delete_records(id);
-        self.forget(id);
+        if let Some(call) = self.calls.remove(&id) {
+            self.unindex(id, &call);
+            self.tombstone(id, &call);
+        }
+    }
+
+    /// What ending a call leaves locally: requests relayed to the other leg and still unanswered are answered 487
+    /// (§15.1.2), and both legs are remembered for 64·T1 so that a BYE crossing ours gets 200, not a second life
+    /// through the store.
+    fn tombstone(&mut self, id: u64, call: &Call) {
+        let relays: Vec<ClientKey> = self
+            .clients
+            .iter()
+            .filter(|(_, (cid, p))| *cid == id && matches!(p, Purpose::Relay { .. }))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in relays {
+            if let Some((_, Purpose::Relay { server, request, .. })) = self.clients.remove(&k) {
+                self.reply(&server, &request, 487, "Request Terminated");
+            }
+        }
+        let now = Instant::now();
+        for d in [&call.rec.a, &call.rec.b] {
+            let leg = (d.call_id.clone(), d.local_tag.clone());
+            self.ended_legs.insert(leg.clone(), now);
+            self.ended_legs_order.push_back((now, leg));
+        }
+        let horizon = self.cfg.timers.t1 * 64;
+        while let Some((at, leg)) = self.ended_legs_order.front().cloned() {
+            if now.duration_since(at) < horizon {
+                break;
+            }
+            self.ended_legs_order.pop_front();
+            if self.ended_legs.get(&leg) == Some(&at) {
+                self.ended_legs.remove(&leg);
+            }
+        }
     }
 
     /// Deletes a call's records (it ended).
@@ -1426,14 +1539,14 @@ impl Actor {
                     ttl: None,
                 },
             ];
-            if let Some(v) = rep.version {
-                writes.push(Write {
-                    key: keys::state(&cluster, &call.conv, "sip/call"),
-                    value: None,
-                    expect: Expect::Version(v),
-                    ttl: None,
-                });
-            }
+            // The state goes first, alone, conditional on the version this node wrote: if another node has adopted
+            // the call meanwhile, it fails and nothing of the adopter's is touched.
+            let state = rep.version.map(|v| Write {
+                key: keys::state(&cluster, &call.conv, "sip/call"),
+                value: None,
+                expect: Expect::Version(v),
+                ttl: None,
+            });
             writes.push(Write {
                 key: hint_key(&cluster, &own.me().node, &call.conv),
                 value: None,
@@ -1451,6 +1564,19 @@ impl Actor {
             }
             self.stats.store_writes += 1;
             tokio::spawn(async move {
+                if let Some(state) = state {
+                    match own.store().batch(vec![state]).await.map(|mut r| r.swap_remove(0)) {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(_)) => {
+                            tracing::warn!("a SIP call ended here was adopted by another node: its records are kept");
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "SIP call records not deleted; their TTL will");
+                            return;
+                        }
+                    }
+                }
                 if let Err(e) = own.store().batch(writes).await {
                     tracing::warn!(error = %e, "SIP call records not deleted; their TTL will");
                 }
@@ -1481,7 +1607,7 @@ impl Actor {
         if let Some(at) = call.quota_at {
             self.quota.remove(&(at, id));
         }
-        if let Some((k, _)) = &call.a_invite {
+        if let Some(k) = &call.invite_key {
             self.invites.remove(k);
         }
     }
@@ -1496,8 +1622,9 @@ impl Actor {
         let Some(call) = self.calls.get_mut(&id) else { return };
         tracing::info!(call = id, why, "B2BUA ends the call");
         if let Some((key, m)) = call.a_invite.take() {
+            call.cancelled = true;
             self.reply(&key, &m, 480, "Temporarily Unavailable");
-            return self.end_call(id, Some(0), why);
+            return self.cancel_b(id);
         }
         for side in [Side::A, Side::B] {
             let call = self.calls.get_mut(&id).expect("call");
@@ -1602,7 +1729,7 @@ impl Actor {
                             self.end_call(id, Some(0), "callee did not answer");
                         }
                         Purpose::Relay { server, request, from } => {
-                            if let Some(c) = self.calls.get_mut(&id) {
+                            if let Some(c) = self.calls.get_mut(&id).filter(|_| request.method() == "INVITE") {
                                 c.client_invite[from.other().index()] = None;
                                 c.server_invite[from.index()] = None;
                             }
@@ -1764,10 +1891,11 @@ async fn adopt(
         Resolution::Unknown => return Adoption::Unknown,
         Resolution::Proxy { owner, .. } => {
             let lease = own.store().get(&keys::node(own.cluster(), &owner)).await.ok().flatten();
-            let addr = lease
-                .and_then(|l| replication::decode::<NodeLease>(&l.value).ok())
-                .and_then(|l| l.identity.sip)
-                .and_then(|s| s.to_socket_addrs().ok()?.next());
+            let sip = lease.and_then(|l| replication::decode::<NodeLease>(&l.value).ok()).and_then(|l| l.identity.sip);
+            let addr = match sip {
+                Some(s) => tokio::net::lookup_host(s).await.ok().and_then(|mut a| a.next()),
+                None => None,
+            };
             return Adoption::Proxy(addr);
         }
         Resolution::Owned { convergence, epoch, adopted_from, .. } => (convergence, epoch, adopted_from),
@@ -1786,7 +1914,8 @@ async fn adopt(
         if !replication::accept_state(state.written_by_epoch, epoch) {
             return Adoption::Unknown;
         }
-        if state.written_by_epoch == epoch && from.is_none() {
+        if state.written_by_epoch == epoch && (from.is_none() || state.written_by == own.me().node) {
+            // Nothing to take over (ours), or another adoption of this call by this node stamped it already.
             return Adoption::Owned { convergence, epoch, record: Box::new(state.state), version: got.version, from };
         }
         // Taken over (now or by this node's earlier call): requests the dead owner sent after its last write may
@@ -1814,9 +1943,29 @@ async fn adopt(
 /// Redundantly armed quota timers: every `period`, the quota hints of dead nodes' calls are read; each call goes to
 /// one survivor (rendezvous hashing on the convergence name, as the engine does for Ro timers), which adopts it when
 /// its quota runs out and reports it (CCR-U). The adoption's compare-and-set makes sure only one node does.
+///
+/// A node is dead when its lease has run out or is gone (a graceful stop deletes it; the store forgets an expired
+/// one after a while), so the nodes to watch are remembered: every node seen in a lease, and every node that had
+/// hints when this one started. This node's own hints at start belong to its previous incarnation: they are
+/// watched too, until due.
 async fn scan_quota_hints(own: Arc<Ownership<AnyStore>>, ev: mpsc::UnboundedSender<Ev>, period: Duration) {
     let cluster = own.cluster().to_string();
     let me = own.me().node.clone();
+    let root = format!("{cluster}/sipdeadline/");
+    let mut known: HashSet<String> = HashSet::new();
+    let mut previous_self: Vec<(String, QuotaHint)> = Vec::new();
+    if let Ok(all) = own.store().scan_prefix(&root).await {
+        for (key, v) in all {
+            let Some(node) = key[root.len()..].split('/').next() else { continue };
+            if node == me {
+                if let Ok(h) = serde_json::from_slice::<QuotaHint>(&v.value) {
+                    previous_self.push((key.clone(), h));
+                }
+            } else {
+                known.insert(node.to_string());
+            }
+        }
+    }
     let mut tick = tokio::time::interval(period);
     loop {
         tick.tick().await;
@@ -1825,34 +1974,41 @@ async fn scan_quota_hints(own: Arc<Ownership<AnyStore>>, ev: mpsc::UnboundedSend
         }
         let Ok(leases) = own.store().scan_prefix(&format!("{cluster}/node/")).await else { continue };
         let now = wall_ms();
-        let mut live = Vec::new();
-        let mut dead = Vec::new();
+        let due = now + period.as_millis() as u64;
+        let mut live = vec![me.clone()];
         for (_, v) in leases {
             let Ok(l) = replication::decode::<NodeLease>(&v.value) else { continue };
-            if l.expires_at_ms > now { live.push(l.identity.node) } else { dead.push(l.identity.node) }
-        }
-        if !live.contains(&me) {
-            live.push(me.clone());
-        }
-        for node in dead {
-            let prefix = format!("{cluster}/sipdeadline/{node}/");
-            let Ok(hints) = own.store().scan_prefix(&prefix).await else { continue };
-            for (key, v) in hints {
-                let conv = &key[prefix.len()..];
-                let Ok(h) = serde_json::from_slice::<QuotaHint>(&v.value) else { continue };
-                if h.deadline_ms > now + period.as_millis() as u64 {
-                    continue;
-                }
-                if replication::timer_owner(conv, &live) != Some(me.as_str()) {
-                    continue;
-                }
-                if own.store().get(&keys::convergence(&cluster, conv)).await.is_ok_and(|c| c.is_none()) {
-                    // The call ended (or its records expired): the hint is stale.
-                    let _ = own.store().delete(&key, Expect::Version(v.version)).await;
-                    continue;
-                }
-                let _ = ev.send(Ev::QuotaDue(h.leg));
+            if l.identity.node == me {
+                continue;
             }
+            if l.expires_at_ms > now {
+                live.push(l.identity.node.clone());
+            }
+            known.insert(l.identity.node);
+        }
+        let mut hints: Vec<(String, QuotaHint)> = Vec::new();
+        for node in known.iter().filter(|n| !live.contains(n)) {
+            let prefix = format!("{root}{node}/");
+            let Ok(found) = own.store().scan_prefix(&prefix).await else { continue };
+            hints.extend(found.into_iter().filter_map(|(k, v)| Some((k, serde_json::from_slice(&v.value).ok()?))));
+        }
+        let (now_due, later): (Vec<_>, Vec<_>) = previous_self.drain(..).partition(|(_, h)| h.deadline_ms <= due);
+        previous_self = later;
+        hints.extend(now_due);
+        for (key, h) in hints {
+            if h.deadline_ms > due {
+                continue;
+            }
+            let conv = key.rsplit('/').next().unwrap_or_default();
+            if replication::timer_owner(conv, &live) != Some(me.as_str()) {
+                continue;
+            }
+            if own.store().get(&keys::convergence(&cluster, conv)).await.is_ok_and(|c| c.is_none()) {
+                // The call ended (or its records expired): the hint is stale.
+                let _ = own.store().delete(&key, Expect::Any).await;
+                continue;
+            }
+            let _ = ev.send(Ev::QuotaDue(h.leg));
         }
     }
 }

@@ -218,6 +218,14 @@ impl Message {
         };
         let mut msg = Message { start, headers, body: Bytes::new() };
         let rest = &buf[head_end..];
+        let disagree = {
+            let mut lengths = msg.headers_named("Content-Length").map(str::trim);
+            let first = lengths.next();
+            lengths.any(|l| Some(l) != first)
+        };
+        if disagree {
+            return Err(with_partial(ParseError::new("Content-Length headers disagree"), msg));
+        }
         let body_len = match msg.header("Content-Length") {
             Some(v) => match v.trim().parse::<usize>() {
                 Ok(n) if n <= rest.len() => n,
@@ -255,14 +263,19 @@ impl Message {
             if let Some((name, value)) = line.split_once(':')
                 && canonical(name.trim()) == "Content-Length"
             {
-                len = Some(value.trim().parse::<usize>().map_err(|_| ParseError::new("bad Content-Length"))?);
+                let v = value.trim().parse::<usize>().map_err(|_| ParseError::new("bad Content-Length"))?;
+                if len.is_some_and(|l| l != v) {
+                    return Err(ParseError::new("Content-Length headers disagree"));
+                }
+                len = Some(v);
             }
         }
         let len = len.ok_or_else(|| ParseError::new("Content-Length is required on a stream transport"))?;
-        let total = skip + head + len;
-        if total > MAX_MESSAGE {
+        // The length is the peer's: it must not overflow, nor make the message larger than allowed.
+        let total = (skip + head).checked_add(len).filter(|t| *t <= MAX_MESSAGE);
+        let Some(total) = total else {
             return Err(ParseError { reason: "Message Too Large".into(), status: 513, partial: None });
-        }
+        };
         Ok((buf.len() >= total).then_some(total))
     }
 
@@ -669,6 +682,9 @@ mod tests {
         assert_eq!(Message::frame_len(&two).unwrap(), Some(bytes.len()));
         assert_eq!(Message::frame_len(&bytes[..bytes.len() - 1]).unwrap(), None);
         assert!(Message::frame_len(b"OPTIONS sip:a SIP/2.0\r\nVia: x\r\n\r\n").is_err());
+        let huge = format!("OPTIONS sip:a SIP/2.0\r\nl: {}\r\n\r\n", usize::MAX);
+        assert_eq!(Message::frame_len(huge.as_bytes()).unwrap_err().status, 513, "no overflow on a hostile length");
+        assert!(Message::frame_len(b"OPTIONS sip:a SIP/2.0\r\nl: 1\r\nl: 2\r\n\r\nab").is_err());
     }
 
     #[test]

@@ -156,6 +156,9 @@ enum SState {
     Proceeding,
     Completed,
     Confirmed,
+    /// RFC 6026 §7.1: after a 2xx to an INVITE, retransmissions of the INVITE are absorbed for 64·T1 (Timer L)
+    /// instead of being taken for a new request.
+    Accepted,
 }
 
 struct ServerTx {
@@ -258,6 +261,9 @@ impl Transactions {
                 if tx.state == SState::Confirmed {
                     return Incoming::Absorbed;
                 }
+            } else if tx.state == SState::Accepted {
+                // The TU retransmits the 2xx until the ACK: nothing more to send (RFC 6026 §8.7).
+                return Incoming::Retransmission(None);
             } else {
                 return Incoming::Retransmission(tx.last.clone().map(|b| (b, tx.dest)));
             }
@@ -295,7 +301,10 @@ impl Transactions {
         }
         if key.method == "INVITE" {
             if (200..300).contains(&code) {
-                self.server.remove(key);
+                tx.state = SState::Accepted;
+                tx.generation += 1;
+                let generation = tx.generation;
+                self.arm(now + self.timers.t1 * 64, TimerRef::Server(key.clone(), generation));
                 let Some((cseq, _)) = response.cseq() else { return Some((bytes, dest)) };
                 let id = (response.call_id().to_string(), cseq);
                 let generation = self.next_generation();
@@ -366,6 +375,13 @@ impl Transactions {
         match tx.state {
             CState::Completed => return (ResponseEvent::Absorbed, tx.ack.clone().map(|a| (a, tx.dest))),
             _ if code < 200 => {
+                if key.method == "INVITE" && tx.state == CState::Proceeding {
+                    // Every provisional response restarts the wait for the final one (like Timer C, §16.6).
+                    tx.generation += 1;
+                    let generation = tx.generation;
+                    self.arm(now + Duration::from_secs(180), TimerRef::ClientEnd(key.clone(), generation));
+                    return (ResponseEvent::Deliver(key), None);
+                }
                 if tx.state == CState::Calling {
                     tx.state = CState::Proceeding;
                     if key.method == "INVITE" {
@@ -621,6 +637,18 @@ mod tests {
         ack.set("Via", "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKack");
         assert_eq!(t.on_request(t0, &ack, udp()), Incoming::Ack2xx);
         assert!(t.handle_timeout(t0 + Duration::from_secs(40)).is_empty());
+    }
+
+    #[test]
+    fn an_invite_retransmitted_after_the_2xx_is_absorbed() {
+        let mut t = Transactions::new(Timers::default());
+        let t0 = Instant::now();
+        let inv = invite("z9hG4bK6");
+        let Incoming::New(key) = t.on_request(t0, &inv, udp()) else { panic!() };
+        t.respond(t0, &key, &inv.response(200, "OK", Some("t")));
+        assert_eq!(t.on_request(t0 + Duration::from_secs(1), &inv, udp()), Incoming::Retransmission(None));
+        t.handle_timeout(t0 + Duration::from_secs(33));
+        assert_eq!(t.server.len(), 0, "Timer L ended the Accepted state");
     }
 
     #[test]
