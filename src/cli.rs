@@ -134,10 +134,7 @@ pub fn main() -> ExitCode {
             load(ocs, realm, sessions, concurrency, updates, hold, duration, &app, &replication)
         }
         Command::CheckConfig { file } => check_config(&file),
-        Command::Node { config, log_json } => {
-            init_logging(log_json);
-            node(&config)
-        }
+        Command::Node { config, log_json } => node(&config, log_json),
         Command::OcsSim {
             listen,
             origin_host,
@@ -165,7 +162,13 @@ pub fn main() -> ExitCode {
 
 /// Logs to stderr: human-readable by default, JSON lines with `--log-json`; `RUST_LOG` filters (default info).
 fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    init_logging_with(json, "info");
+}
+
+/// Like [`init_logging`], with the filter used when `RUST_LOG` is not set.
+fn init_logging_with(json: bool, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into()));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     if json {
@@ -233,10 +236,11 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn node(path: &Path) -> anyhow::Result<ExitCode> {
+fn node(path: &Path, log_json: bool) -> anyhow::Result<ExitCode> {
     use charging_ra::store::AnyStore;
     let mut config = Config::load(path)?;
     config.apply_env(path)?;
+    init_logging_with(log_json || config.log.format == charging_ra::config::LogFormat::Json, &config.log.level);
     let dir = path.parent().unwrap_or(Path::new("."));
     let dictionary = std::sync::Arc::new(config.dictionary(dir)?);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -41,6 +41,35 @@ pub struct Config {
     /// The SIP B2BUA.
     #[serde(default)]
     pub sip: SipSection,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// `[log]`: how a node logs (to standard error).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// `text` (human-readable lines) or `json` (one JSON object per line); `--log-json` forces `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter (`info`, `charging_ra=debug,info`…); the `RUST_LOG` environment variable overrides it.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        LogSection { format: LogFormat::Text, level: "info".into() }
+    }
+}
+
+/// `[log] format`.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// JSON lines.
+    Json,
 }
 
 /// `[sip]`: the B2BUA (docs/sip.md). `CHARGING_RA_SIP_LISTEN` overrides `listen`.
