@@ -33,6 +33,10 @@ enum Command {
         /// Read raw message bytes from this file instead.
         #[arg(long, conflicts_with = "hex")]
         file: Option<std::path::PathBuf>,
+        /// Read a capture (pcap or pcapng, e.g. from tshark or tcpdump) and print every Diameter message carried
+        /// over TCP in it.
+        #[arg(long, conflicts_with_all = ["hex", "file"])]
+        pcap: Option<std::path::PathBuf>,
         /// Additional dictionary XML files.
         #[arg(long = "dictionary")]
         dictionaries: Vec<std::path::PathBuf>,
@@ -40,7 +44,7 @@ enum Command {
         #[arg(long)]
         config: Option<std::path::PathBuf>,
         /// Decode, validate and print every built-in sample message instead.
-        #[arg(long, conflicts_with_all = ["hex", "file"])]
+        #[arg(long, conflicts_with_all = ["hex", "file", "pcap"])]
         samples: bool,
     },
     /// Run credit-control sessions (CCR-I, K CCR-U, CCR-T) through the embedded engine against an OCS or PCRF;
@@ -129,6 +133,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo => demo(),
         Command::Decode { samples: true, .. } => decode_samples(),
+        Command::Decode { pcap: Some(pcap), dictionaries, config, .. } => {
+            decode_pcap(&pcap, &dictionaries, config.as_deref())
+        }
         Command::Decode { hex, file, dictionaries, config, .. } => decode(hex, file, &dictionaries, config.as_deref()),
         Command::Load { ocs, realm, sessions, concurrency, updates, hold, duration, app, replication } => {
             load(ocs, realm, sessions, concurrency, updates, hold, duration, &app, &replication)
@@ -413,6 +420,32 @@ fn decode(
         }
     };
     Ok(print_message(&dict, &limits, Bytes::from(bytes)))
+}
+
+fn decode_pcap(
+    path: &Path,
+    dictionaries: &[std::path::PathBuf],
+    config_path: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let config = match config_path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    let dir = config_path.and_then(Path::parent).unwrap_or(Path::new("."));
+    let dict = load_dictionary(&config, dir, dictionaries)?;
+    let limits = config.codec.limits();
+    let file = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let frames = charging_ra::pcap::diameter_frames(&file).with_context(|| path.display().to_string())?;
+    let mut bad = 0;
+    for f in &frames {
+        println!("== packet {}: {} -> {} ({} octets)", f.packet, f.src, f.dst, f.bytes.len());
+        if print_message(&dict, &limits, f.bytes.clone()) != ExitCode::SUCCESS {
+            bad += 1;
+        }
+        println!();
+    }
+    println!("{} Diameter messages, {bad} not valid", frames.len());
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Prints a decoded message, or the error and the answer a peer would get. Returns failure for bad bytes.

@@ -26,6 +26,7 @@ pub mod load;
 pub mod node;
 pub mod ocs;
 pub mod ownership;
+pub mod pcap;
 pub mod peer;
 pub mod replication;
 pub mod router;

@@ -109,6 +109,11 @@ impl Capture {
         let _ = self.child.wait();
     }
 
+    /// The capture file (pcapng); it stays after [`Capture::finish`].
+    pub fn path(&self) -> &Path {
+        &self.pcap
+    }
+
     /// Stops capturing (after letting the last frames reach the file) and judges what was captured.
     pub fn finish(mut self) -> Result<Verdict, String> {
         std::thread::sleep(Duration::from_millis(500));
