@@ -190,11 +190,9 @@ mod tests {
     use super::*;
 
     /// A classic pcap (Ethernet) of TCP segments carrying `payloads` from 10.0.0.1:40000 to 10.0.0.2:3868.
-    pub(crate) fn capture(payloads: &[(u32, &[u8])]) -> Vec<u8> {
+    fn capture(payloads: &[(u32, &[u8])]) -> Vec<u8> {
         let mut f = Vec::new();
-        for v in [0xa1b2_c3d4u32] {
-            f.extend_from_slice(&v.to_le_bytes());
-        }
+        f.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
         f.extend_from_slice(&2u16.to_le_bytes());
         f.extend_from_slice(&4u16.to_le_bytes());
         f.extend_from_slice(&[0; 8]);
