@@ -451,6 +451,40 @@ struct Entry {
 
 impl Engine {
     /// Starts the Diameter node and the engine task.
+    ///
+    /// A charging service opens a Ro session, reports usage and ends it:
+    ///
+    /// ```no_run
+    /// use charging_ra::api::{App, Engine, RatingGroupRequest, Subscriber, UsedUnits};
+    /// use charging_ra::config::Config;
+    /// use charging_ra::units::Units;
+    ///
+    /// # async fn service() -> anyhow::Result<()> {
+    /// let config: Config = toml::from_str(
+    ///     r#"
+    ///     [node]
+    ///     id = "as1"
+    ///     origin_host = "as1.example.net"
+    ///     origin_realm = "example.net"
+    ///     [[peers]]
+    ///     host = "ocs1.example.net"
+    ///     realm = "ocs.example.net"
+    ///     address = "192.0.2.10:3868"
+    ///     [applications.ro]
+    ///     destination_realm = "ocs.example.net"
+    ///     "#,
+    /// )?;
+    /// let dictionary = std::sync::Arc::new(charging_ra::dict::Dictionary::builtin());
+    /// let engine = Engine::start(config.engine_config(dictionary)).await?;
+    /// let subscriber = Subscriber { kind: "msisdn".into(), data: "46700000001".into() };
+    /// let time = |s| Units { time: Some(s), ..Units::default() };
+    /// let rg = RatingGroupRequest { rating_group: 100, service_id: None, requested: time(60) };
+    /// let opened = engine.open_session(App::Ro, Some(subscriber), None, vec![rg]).await?;
+    /// let used = UsedUnits { rating_group: 100, used: time(42), reporting_reason: None };
+    /// engine.terminate(&opened.session_id, vec![used]).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn start(config: EngineConfig) -> Result<Engine, NodeError> {
         let origin_host = config.node.router.local.origin_host.clone();
         let origin_realm = config.node.router.local.origin_realm.clone();

@@ -142,6 +142,18 @@ pub struct B2bua {
 impl B2bua {
     /// Binds the SIP port and starts the B2BUA on `engine` (whose ownership layer, when it replicates, the
     /// dialogs share).
+    ///
+    /// ```no_run
+    /// use charging_ra::b2bua::{B2bua, B2buaConfig};
+    ///
+    /// # async fn run(engine: charging_ra::api::Engine) -> std::io::Result<()> {
+    /// let mut config = B2buaConfig::new("192.0.2.1:5060".parse().unwrap());
+    /// config.next_hop = Some("192.0.2.20:5060".parse().unwrap()); // leg B goes here
+    /// let b2bua = B2bua::start(config, engine).await?;
+    /// println!("SIP on {}", b2bua.local_addr());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn start(config: B2buaConfig, engine: Engine) -> std::io::Result<B2bua> {
         let (ptx, prx) = mpsc::channel(4096);
         let t = SipTransport::bind(config.listen, ptx).await?;
