@@ -104,6 +104,20 @@ pub async fn render(engine: &Engine, sip: Option<&B2bua>) -> String {
         for (n, help, v) in counters {
             family(&mut out, n, "counter", help, [(String::new(), v)]);
         }
+        // A summary without quantiles: rate(sum) / rate(count) is the mean group-commit latency.
+        let _ = writeln!(
+            out,
+            "# HELP charging_ra_store_batch_seconds Time from handing a group commit to the store to its answer."
+        );
+        let _ = writeln!(out, "# TYPE charging_ra_store_batch_seconds summary");
+        let _ = writeln!(out, "charging_ra_store_batch_seconds_sum {:.6}", r.batch_time_us as f64 / 1e6);
+        let _ = writeln!(out, "charging_ra_store_batch_seconds_count {}", r.batches_done);
+        let _ = writeln!(
+            out,
+            "# HELP charging_ra_store_batch_max_seconds The longest group commit since the node started."
+        );
+        let _ = writeln!(out, "# TYPE charging_ra_store_batch_max_seconds gauge");
+        let _ = writeln!(out, "charging_ra_store_batch_max_seconds {:.6}", r.batch_time_max_us as f64 / 1e6);
     }
     if let Some(b) = sip
         && let Some(s) = b.stats().await

@@ -387,7 +387,7 @@ impl Cmd {
 enum Net {
     Answer(String, Result<Message, RequestError>),
     /// A batch of replication writes finished.
-    Written(Vec<replica::Part>, Result<Vec<Result<u64, StoreError>>, StoreError>),
+    Written(Vec<replica::Part>, Result<Vec<Result<u64, StoreError>>, StoreError>, Duration),
     /// A session this node did not hold was looked up in the store.
     Loaded(String, Box<Result<replica::Loaded, replica::LoadError>>),
     /// A session's records were read back after an uncertain write.
@@ -1118,7 +1118,7 @@ impl Driver {
         let now = Instant::now();
         let (sid, result) = match n {
             Net::Answer(sid, result) => (sid, result),
-            Net::Written(parts, result) => return self.written(parts, result),
+            Net::Written(parts, result, took) => return self.written(parts, result, took),
             Net::Loaded(sid, result) => return self.loaded(sid, *result),
             Net::Resynced(sid, result) => return self.resynced(sid, result),
             Net::Foreign(result) => return self.foreign(result),
@@ -1539,6 +1539,7 @@ impl Driver {
         repl.stats.writes += writes.len() as u64;
         let (store, tx) = (repl.cfg.store.clone(), self.net_tx.clone());
         tokio::spawn(async move {
+            let started = Instant::now();
             // A store that hangs or a backend that panics must not hold every replicated session's requests
             // for good: both count as the store failing.
             let r = match tokio::time::timeout(
@@ -1557,15 +1558,24 @@ impl Driver {
                     retry_after: Duration::from_secs(1),
                 }),
             };
-            let _ = tx.send(Net::Written(parts, r));
+            let _ = tx.send(Net::Written(parts, r, started.elapsed()));
         });
     }
 
     /// A group commit finished: release the requests it carried, learn the new versions, drop fenced sessions.
-    fn written(&mut self, parts: Vec<replica::Part>, result: Result<Vec<Result<u64, StoreError>>, StoreError>) {
+    fn written(
+        &mut self,
+        parts: Vec<replica::Part>,
+        result: Result<Vec<Result<u64, StoreError>>, StoreError>,
+        took: Duration,
+    ) {
         let Some(repl) = &mut self.repl else { return };
         repl.writing = false;
         repl.completed += 1;
+        let us = took.as_micros() as u64;
+        repl.stats.batches_done += 1;
+        repl.stats.batch_time_us += us;
+        repl.stats.batch_time_max_us = repl.stats.batch_time_max_us.max(us);
         let mut release = Vec::new();
         let results = match result {
             Ok(r) => {

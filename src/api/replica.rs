@@ -103,6 +103,12 @@ pub struct ReplicationStats {
     pub loaded: u64,
     /// Sessions that could not start replicating (backlog full, or their convergence name taken).
     pub refused: u64,
+    /// Group commits that came back (written or failed).
+    pub batches_done: u64,
+    /// Their total time, from handing the batch to the store to its answer, in microseconds.
+    pub batch_time_us: u64,
+    /// The longest of them, in microseconds.
+    pub batch_time_max_us: u64,
 }
 
 /// A request that waits for its write-ahead.

@@ -484,11 +484,14 @@ async fn a_cancel_before_the_answer_cancels_leg_b_and_ends_the_charging() {
 async fn metrics_expose_peers_sessions_and_calls() {
     let (sim, b2bua, uac, callee, _) = charged_setup(OcsConfig::default(), "m1").await;
     let engine = {
-        // The node's front: the engine's routes with the B2BUA's.
-        let e = Engine::start(node_config(&sim, "m2", None, free_port().await)).await.unwrap();
+        // The node's front: a replicating engine's routes with the B2BUA's.
+        let store = AnyStore::memory();
+        let e = Engine::start(node_config(&sim, "m2", Some(&store), free_port().await)).await.unwrap();
         connected(&e).await;
         e
     };
+    let rg = charging_ra::api::RatingGroupRequest { rating_group: 100, service_id: None, requested: Units::default() };
+    engine.open_session(charging_ra::api::App::Ro, None, None, vec![rg]).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let (front, _task) = charging_ra::api::http::serve_with(engine, listener, Some(b2bua.clone())).unwrap();
     let call = tokio::spawn({
@@ -500,11 +503,14 @@ async fn metrics_expose_peers_sessions_and_calls() {
     assert_eq!(status, 200);
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let (name, value) = line.rsplit_once(' ').unwrap();
-        assert!(value.parse::<u64>().is_ok() && name.starts_with("charging_ra_"), "exposition format: {line}");
+        assert!(value.parse::<f64>().is_ok() && name.starts_with("charging_ra_"), "exposition format: {line}");
     }
     assert!(text.contains("charging_ra_peer_up{peer=\"ocs1.ocs.localdomain\",state=\"IOpen\""), "{text}");
     assert!(text.contains("charging_ra_sip_calls_active 1"), "{text}");
     assert!(text.contains("# TYPE charging_ra_diameter_messages_total counter"), "{text}");
+    assert!(text.contains("charging_ra_sessions{app=\"ro\",state=\"Open\"} 1"), "{text}");
+    assert!(text.contains("charging_ra_replication_sessions 1"), "{text}");
+    assert!(!text.contains("charging_ra_store_batch_seconds_count 0\n"), "group commits timed: {text}");
     assert_eq!(call.await.unwrap().bye, Some(200));
     let (_, text) = crate::ocs::http(front, "GET", "/metrics", None).await;
     assert!(text.contains("charging_ra_sip_calls_ended_total 1"), "{text}");
