@@ -177,7 +177,13 @@ fn init_logging_with(json: bool, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into()));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    // Worker threads are named after the node (see `node`): every line says which node wrote it, which matters
+    // once the logs of a cluster are collected in one place.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_thread_names(true);
     if json {
         builder.json().init();
     } else {
@@ -250,7 +256,7 @@ fn node(path: &Path, log_json: bool) -> anyhow::Result<ExitCode> {
     init_logging_with(log_json || config.log.format == charging_ra::config::LogFormat::Json, &config.log.level);
     let dir = path.parent().unwrap_or(Path::new("."));
     let dictionary = std::sync::Arc::new(config.dictionary(dir)?);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().thread_name(config.node.id.clone()).enable_all().build()?;
     rt.block_on(async move {
         let mut engine_config = config.engine_config(dictionary);
         // The HTTP front is bound first: the lease carries its address, where other nodes forward calls.
