@@ -454,13 +454,13 @@ impl Router {
                 }
                 PeerOutput::Restarted => self.out.push_back(RouterOutput::PeerEvent(peer, PeerEvent::Restarted)),
                 PeerOutput::StateChanged(from, to) => {
-                    tracing::info!(
-                        peer = peer.0,
-                        identity = self.peers[peer.0].identity().unwrap_or("?"),
-                        ?from,
-                        ?to,
-                        "peer state"
-                    );
+                    // One line at info per connection opened or lost; the steps in between at debug.
+                    let identity = self.peers[peer.0].identity().unwrap_or("?");
+                    if matches!(to, PeerState::IOpen | PeerState::ROpen | PeerState::Closed) {
+                        tracing::info!(peer = peer.0, identity, ?from, ?to, "peer state");
+                    } else {
+                        tracing::debug!(peer = peer.0, identity, ?from, ?to, "peer state");
+                    }
                     self.out.push_back(RouterOutput::PeerEvent(peer, PeerEvent::State(from, to)));
                     if to == PeerState::Closed {
                         // Nothing more will arrive on the old connection: what is still pending there fails over
