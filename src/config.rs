@@ -44,6 +44,10 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+    /// TLS for Diameter (RFC 6733 §13): this node's certificate and key, and the CA its peers' certificates must
+    /// chain to. Needed by `[node] diameter_tls_listen` and by `[[peers]]` with `tls = true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::transport::tls::TlsConfig>,
 }
 
 /// `[log]`: how a node logs (to standard error).
@@ -173,6 +177,9 @@ pub struct NodeSection {
     pub origin_realm: String,
     /// Diameter listening address: RAR/ASR from the OCS and requests proxied by other nodes arrive here.
     pub diameter_listen: Option<std::net::SocketAddr>,
+    /// Diameter over TLS listening address (RFC 6733 §2.1: TLS from the first octet); needs `[tls]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diameter_tls_listen: Option<std::net::SocketAddr>,
     /// The HTTP JSON front.
     pub http_listen: Option<std::net::SocketAddr>,
     /// Device-Watchdog interval Tw (RFC 3539; at least 6 s in production).
@@ -187,6 +194,7 @@ impl Default for NodeSection {
             origin_host: "node1.charging.localdomain".into(),
             origin_realm: "charging.localdomain".into(),
             diameter_listen: None,
+            diameter_tls_listen: None,
             http_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))),
             watchdog: std::time::Duration::from_secs(30),
         }
@@ -206,6 +214,13 @@ pub struct PeerSection {
     /// Lower is preferred; peers of equal priority share the load.
     #[serde(default = "one")]
     pub priority: u32,
+    /// Connect with TLS from the first octet (RFC 6733 §2.1; the peer's TLS port, 5658 by convention); its
+    /// certificate is verified against `[tls] ca`.
+    #[serde(default)]
+    pub tls: bool,
+    /// The name its certificate must carry (default: `host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 fn one() -> u32 {
@@ -531,6 +546,13 @@ impl Config {
         if r.cluster.is_empty() || r.cluster.contains('/') {
             return Err(invalid("replication.cluster", "must be a non-empty name without '/'"));
         }
+        let tls_needed = config.node.diameter_tls_listen.is_some() || config.peers.iter().any(|p| p.tls);
+        if tls_needed && config.tls.is_none() {
+            return Err(invalid(
+                "tls",
+                "a [[peers]] with tls = true or node.diameter_tls_listen needs a [tls] section",
+            ));
+        }
         let sip = &config.sip;
         if sip.enabled && r.enabled && sip.listen.port() == 0 {
             return Err(invalid(
@@ -605,19 +627,21 @@ impl Config {
         // Requests addressed to another member reach this node's engine, which proxies them to the owner of the
         // session (or adopts it): see docs/replication.md.
         router.local_aliases = others.iter().map(|m| m.origin_host.clone()).collect();
-        let endpoint = |host: &str, address| {
+        let endpoint = |host: &str, address, tls: bool, server_name: Option<String>| {
             let mut pc = PeerConfig::new(local.clone(), Some(host.to_string()), true);
             pc.watchdog_interval = self.node.watchdog;
-            crate::node::PeerEndpoint { config: pc, address: Some(address), tls: false, server_name: None }
+            crate::node::PeerEndpoint { config: pc, address: Some(address), tls, server_name }
         };
         let peers = self
             .peers
             .iter()
-            .map(|p| endpoint(&p.host, p.address))
-            .chain(others.iter().map(|m| endpoint(&m.origin_host, m.address)))
+            .map(|p| endpoint(&p.host, p.address, p.tls, p.server_name.clone()))
+            .chain(others.iter().map(|m| endpoint(&m.origin_host, m.address, false, None)))
             .collect();
         let mut node = crate::node::NodeConfig::new(router, peers);
         node.listen = self.node.diameter_listen.into_iter().collect();
+        node.listen_tls = self.node.diameter_tls_listen.into_iter().collect();
+        node.tls = self.tls.clone();
         node.dictionary = dictionary;
         crate::api::EngineConfig {
             node,
@@ -630,7 +654,17 @@ impl Config {
     /// Reads and parses a file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        // TLS files are named relative to the configuration file.
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(t) = config.tls.as_mut() {
+            for f in [&mut t.cert, &mut t.key, &mut t.ca] {
+                if f.is_relative() {
+                    *f = base.join(&*f);
+                }
+            }
+        }
+        Ok(config)
     }
 
     /// The shipped dictionaries plus the configured files (paths relative to `base`).

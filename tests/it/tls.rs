@@ -92,3 +92,36 @@ async fn tls_nodes_verify_each_other_and_refuse_strangers() {
     server.stop(DisconnectCause::Rebooting).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test]
+async fn a_node_configured_by_file_connects_with_tls() {
+    let dir = crate::wire::tempdir("tls-config");
+    let pki = Pki::new(&dir, "good");
+    let mut scfg = server_config("ocs1.ocs.localdomain");
+    scfg.listen = vec![];
+    scfg.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
+    scfg.tls = Some(pki.node("good", "ocs1.ocs.localdomain"));
+    let (server, srx) = DiameterNode::start(scfg).await.unwrap();
+    serve("ocs1.ocs.localdomain", srx, Behaviour::Answer);
+    let addr = server.local_tls_addrs()[0];
+    pki.node("good", "as1.test.localdomain");
+    // File names relative to the configuration file.
+    let toml = format!(
+        "[node]\nid = \"as1\"\norigin_host = \"as1.test.localdomain\"\norigin_realm = \"test.localdomain\"\n\n\
+         [[peers]]\nhost = \"ocs1.ocs.localdomain\"\nrealm = \"ocs.localdomain\"\naddress = \"{addr}\"\ntls = true\n\n\
+         [tls]\ncert = \"as1.test.localdomain.pem\"\nkey = \"as1.test.localdomain.key\"\nca = \"good-ca.pem\"\n"
+    );
+    let path = dir.join("node.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let config = charging_ra::config::Config::load(&path).unwrap();
+    let ec = config.engine_config(std::sync::Arc::new(charging_ra::dict::Dictionary::builtin()));
+    let (client, _crx) = DiameterNode::start(ec.node).await.unwrap();
+    wait_for(&client, Duration::from_secs(5), "TLS open from the file's [tls]", |s| open(s, 0)).await;
+    // Without [tls] the file is refused, naming the section.
+    std::fs::write(&path, toml.split("[tls]").next().unwrap()).unwrap();
+    let err = charging_ra::config::Config::load(&path).unwrap_err().to_string();
+    assert!(err.contains("tls") && err.contains("[tls]"), "{err}");
+    client.stop(DisconnectCause::Rebooting).await;
+    server.stop(DisconnectCause::Rebooting).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
