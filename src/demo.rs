@@ -15,6 +15,9 @@ use crate::api::http::{call_blocking as http, path_segment};
 
 /// The demo's processes and files, removed when it ends (a Ctrl-C reaches the children too: they share the
 /// terminal's process group).
+/// The demo's child processes, for the Ctrl-C handler.
+static PIDS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
 struct Cluster {
     dir: PathBuf,
     children: Vec<Child>,
@@ -45,6 +48,7 @@ fn start(cluster: &mut Cluster, args: &[&str], log: &str) -> anyhow::Result<Vec<
     reader.read_line(&mut line)?;
     // Keep draining standard output, so that the process never blocks on it.
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+    PIDS.lock().expect("pids").push(child.id());
     cluster.children.push(child);
     anyhow::ensure!(line.starts_with("ready "), "{} did not start (see {log}): {line:?}", args[0]);
     Ok(line.split_whitespace().skip(1).filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect())
@@ -123,6 +127,20 @@ pub fn run() -> anyhow::Result<bool> {
     let dir = std::env::temp_dir().join(format!("charging-ra-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut cluster = Cluster { dir: dir.clone(), children: Vec::new() };
+    // The SIP user agents run here; so does the Ctrl-C handler, which stops the children and removes the
+    // directory (they would otherwise outlive an interrupted demo started outside a terminal's process group).
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let tmp = dir.clone();
+    rt.spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            for pid in PIDS.lock().expect("pids").iter() {
+                let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            }
+            let _ = std::fs::remove_dir_all(&tmp);
+            eprintln!("\ninterrupted: the demo's processes are stopped and {} removed", tmp.display());
+            std::process::exit(130);
+        }
+    });
     println!("charging-ra demo: an OCS pair and three nodes on 127.0.0.1, sharing {}", dir.join("store.db").display());
     // The simulator and its mate: a redundant OCS pair sharing one ledger (the judge).
     let ocs = start(
@@ -147,7 +165,6 @@ pub fn run() -> anyhow::Result<bool> {
     let (ocs_diameter, control, mate) = (addr(&ocs, "diameter")?, addr(&ocs, "control")?, addr(&ocs, "mate")?);
     let ports = [free_port()?, free_port()?, free_port()?];
     // The SIP callee (the project's own UAS) and caller live in this process.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let uas_counters = std::sync::Arc::new(crate::b2bua::ua::UasCounters::default());
     let callee = rt.block_on(async {
         let s = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
