@@ -400,19 +400,28 @@ fn parse_hex(text: &str) -> anyhow::Result<Vec<u8>> {
         .collect()
 }
 
-fn decode(
-    hex: Option<String>,
-    file: Option<std::path::PathBuf>,
+/// The dictionary and limits `decode` uses: the shipped dictionaries, a config file's [dictionaries] and [codec],
+/// and `--dictionary` files.
+fn decoder(
     dictionaries: &[std::path::PathBuf],
     config_path: Option<&Path>,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<(Dictionary, DecodeLimits)> {
     let config = match config_path {
         Some(p) => Config::load(p)?,
         None => Config::default(),
     };
     let dir = config_path.and_then(Path::parent).unwrap_or(Path::new("."));
     let dict = load_dictionary(&config, dir, dictionaries)?;
-    let limits = config.codec.limits();
+    Ok((dict, config.codec.limits()))
+}
+
+fn decode(
+    hex: Option<String>,
+    file: Option<std::path::PathBuf>,
+    dictionaries: &[std::path::PathBuf],
+    config_path: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let (dict, limits) = decoder(dictionaries, config_path)?;
     let bytes = match (hex, file) {
         (_, Some(path)) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
         (Some(h), None) if h == "-" => {
@@ -433,13 +442,7 @@ fn decode_pcap(
     dictionaries: &[std::path::PathBuf],
     config_path: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
-    let config = match config_path {
-        Some(p) => Config::load(p)?,
-        None => Config::default(),
-    };
-    let dir = config_path.and_then(Path::parent).unwrap_or(Path::new("."));
-    let dict = load_dictionary(&config, dir, dictionaries)?;
-    let limits = config.codec.limits();
+    let (dict, limits) = decoder(dictionaries, config_path)?;
     let file = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let frames = charging_ra::pcap::diameter_frames(&file).with_context(|| path.display().to_string())?;
     let mut bad = 0;

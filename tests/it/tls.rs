@@ -43,12 +43,8 @@ impl Pki {
     }
 }
 
-#[tokio::test]
-async fn tls_nodes_verify_each_other_and_refuse_strangers() {
-    let dir = crate::wire::tempdir("tls");
-    let pki = Pki::new(&dir, "good");
-    let rogue = Pki::new(&dir, "rogue");
-
+/// A server answering on a TLS port with a certificate of `pki`.
+async fn tls_server(pki: &Pki) -> (DiameterNode, std::net::SocketAddr) {
     let mut scfg = server_config("ocs1.ocs.localdomain");
     scfg.listen = vec![];
     scfg.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
@@ -56,6 +52,16 @@ async fn tls_nodes_verify_each_other_and_refuse_strangers() {
     let (server, srx) = DiameterNode::start(scfg).await.unwrap();
     serve("ocs1.ocs.localdomain", srx, Behaviour::Answer);
     let addr = server.local_tls_addrs()[0];
+    (server, addr)
+}
+
+#[tokio::test]
+async fn tls_nodes_verify_each_other_and_refuse_strangers() {
+    let dir = crate::wire::tempdir("tls");
+    let pki = Pki::new(&dir, "good");
+    let rogue = Pki::new(&dir, "rogue");
+
+    let (server, addr) = tls_server(&pki).await;
 
     let mut ccfg = client_config("as1.test.localdomain", &[("ocs1.ocs.localdomain", addr, 1)], Duration::from_secs(5));
     ccfg.peers[0].tls = true;
@@ -97,13 +103,7 @@ async fn tls_nodes_verify_each_other_and_refuse_strangers() {
 async fn a_node_configured_by_file_connects_with_tls() {
     let dir = crate::wire::tempdir("tls-config");
     let pki = Pki::new(&dir, "good");
-    let mut scfg = server_config("ocs1.ocs.localdomain");
-    scfg.listen = vec![];
-    scfg.listen_tls = vec!["127.0.0.1:0".parse().unwrap()];
-    scfg.tls = Some(pki.node("good", "ocs1.ocs.localdomain"));
-    let (server, srx) = DiameterNode::start(scfg).await.unwrap();
-    serve("ocs1.ocs.localdomain", srx, Behaviour::Answer);
-    let addr = server.local_tls_addrs()[0];
+    let (server, addr) = tls_server(&pki).await;
     pki.node("good", "as1.test.localdomain");
     // File names relative to the configuration file.
     let toml = format!(
