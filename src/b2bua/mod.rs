@@ -572,7 +572,7 @@ impl Actor {
         if m.is_request() {
             self.on_request(m, p.src);
         } else {
-            self.on_response(m, p.src);
+            self.on_response(m);
         }
     }
 
@@ -810,7 +810,7 @@ impl Actor {
         call.client_invite[Side::B.index()] = Some(key);
     }
 
-    fn on_response(&mut self, mut m: Message, src: Dest) {
+    fn on_response(&mut self, mut m: Message) {
         // A response to a request this node forwarded statelessly to a call's owner: pop our Via, pass it on.
         if m.top_via().and_then(|v| v.branch).is_some_and(|b| b.starts_with(FORWARD_BRANCH)) {
             m.pop("Via");
@@ -845,7 +845,6 @@ impl Actor {
                         self.t.send(b, d);
                     }
                 }
-                let _ = src;
             }
         }
     }
