@@ -46,7 +46,7 @@ pub struct Header {
 pub struct Message {
     /// Request or status line.
     pub start: StartLine,
-    /// Header fields in order (list headers one value per entry).
+    /// Header fields in order (list headers one value per entry; Content-Length is not kept, see `to_bytes`).
     pub headers: Vec<Header>,
     /// The body (Content-Length is recomputed from it when encoding).
     pub body: Bytes,
@@ -240,6 +240,9 @@ impl Message {
             None => rest.len(),
         };
         msg.body = Bytes::copy_from_slice(&rest[..body_len]);
+        // Content-Length describes the body, which the message now holds: it is written from the body again by
+        // `to_bytes`, never carried over.
+        msg.remove("Content-Length");
         if let Err(reason) = msg.check() {
             return Err(with_partial(ParseError::new(reason), msg));
         }
