@@ -434,3 +434,19 @@ fn gx_samples(b: &B) -> Vec<(&'static str, Message)> {
     ));
     vec![("Gx CCR-I", ccr), ("Gx CCA-I", cca), ("Gx RAR", rar), ("Gx RAA", raa)]
 }
+
+/// SIP messages with the forms a parser must handle (compact headers, folding, comma-joined Vias and
+/// Record-Routes, a quoted comma, IPv6): seeds for the SIP fuzz targets and tests.
+pub fn sip() -> Vec<(&'static str, &'static str)> {
+    let texts: [&'static str; 3] = [
+        "INVITE sip:bob@192.0.2.4 SIP/2.0\r\nv: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK1;rport, SIP/2.0/TCP p:5070;branch=z9hG4bK2\r\n\
+     f: \"A, B\" <sip:alice@a.example>;tag=1\r\nt: <sip:bob@b.example>\r\ni: abc@192.0.2.1\r\nCSeq: 1 INVITE\r\n\
+     m: <sip:alice@192.0.2.1>\r\nRecord-Route: <sip:p1;lr>, <sip:p2;lr>\r\nMax-Forwards: 70\r\nSubject: a\r\n folded\r\n\
+     c: application/sdp\r\nl: 4\r\n\r\nv=0\r\n",
+        "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1\r\nFrom: <sip:a@a>;tag=1\r\nTo: <sip:b@b>;tag=2\r\n\
+     Call-ID: x\r\nCSeq: 2 BYE\r\nContent-Length: 0\r\n\r\n",
+        "BYE sip:b2bua@[::1]:5060 SIP/2.0\r\nVia: SIP/2.0/UDP [::1]:5061;branch=z9hG4bK9;received=::1\r\nFrom: <sip:a@a>;tag=1\r\n\
+     To: <sip:b@b>;tag=2\r\nCall-ID: y\r\nCSeq: 7 BYE\r\nMax-Forwards: 70\r\nRoute: <sip:10.0.0.1;lr>\r\n\r\n",
+    ];
+    ["invite_compact_folded", "ok_to_bye", "bye_ipv6_route"].into_iter().zip(texts).collect()
+}
