@@ -6,20 +6,9 @@ use charging_ra::sip::dialog::Dialog;
 use charging_ra::sip::message::Message;
 use charging_ra::sip::transaction::Transport;
 
-/// xorshift64*: deterministic, so a failure names its iteration and reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+#[path = "common/rng.rs"]
+mod rng;
+use rng::Rng;
 
 const TOKENS: &[&str] = &[
     "\r\n",
