@@ -386,6 +386,10 @@ pub fn router_with(engine: Engine, sip: Option<crate::b2bua::B2bua>) -> axum::Ro
             }),
         )
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such route; see docs/embedding.md".into(), None, None) })
+        .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            let why = format!("{method} is not allowed on {}; see docs/embedding.md", uri.path());
+            error(StatusCode::METHOD_NOT_ALLOWED, why, None, None)
+        })
         .layer(axum::middleware::from_fn(forward_to_owner))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(engine)

@@ -84,7 +84,8 @@ async fn http_front_runs_a_session_and_explains_errors() {
     let (st, body) = http(addr, "POST", "/v1/events", Some(r#"{"subscriber": {"type": "msisdn", "data": "46701"}, "requested_action": "price_enquiry", "requested": {"units": 3}}"#)).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(json(&body)["event"]["cost"], 30);
-    // Errors: 404 unknown session, 400 bad JSON / unknown field / no rating group, 404 unknown route, 413 too big.
+    // Errors: 404 unknown session, 400 bad JSON / unknown field / no rating group, 404 unknown route, 405 wrong
+    // method, 413 too big: each with a reason in JSON.
     let (st, body) = http(addr, "GET", "/v1/sessions/nope", None).await;
     assert_eq!(st, 404);
     assert!(json(&body)["error"].as_str().unwrap().contains("nope"));
@@ -100,6 +101,9 @@ async fn http_front_runs_a_session_and_explains_errors() {
     assert!(json(&body)["error"].as_str().unwrap().contains("colour"), "{body}");
     assert_eq!(http(addr, "POST", "/v1/sessions", Some(r#"{"app": "ro"}"#)).await.0, 400);
     assert_eq!(http(addr, "GET", "/v2/whatever", None).await.0, 404);
+    let (st, body) = http(addr, "PUT", "/v1/sessions", Some("{}")).await;
+    assert_eq!(st, 405, "wrong method");
+    assert!(json(&body)["error"].as_str().unwrap().contains("PUT is not allowed on /v1/sessions"), "{body}");
     let big = format!(r#"{{"app": "ro", "service_context": "{}"}}"#, "x".repeat(100_000));
     assert_eq!(http(addr, "POST", "/v1/sessions", Some(&big)).await.0, 413);
     let c = json(&http(sim.control_addr().unwrap(), "GET", "/v1/ledger/check", None).await.1);
