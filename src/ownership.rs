@@ -115,6 +115,23 @@ impl<S: Store> Ownership<S> {
         })
     }
 
+    /// The other nodes of the cluster by their leases now: (live, dead). This node is first among the live ones
+    /// and not in the dead ones (its own lease is what it renews). A node whose lease record the store has
+    /// forgotten (10 × `lease_ttl` after it ran out, or given up at a graceful stop) is in neither list.
+    pub async fn members(&self) -> Result<(Vec<String>, Vec<String>), StoreError> {
+        let now = now_ms();
+        let mut live = vec![self.me.node.clone()];
+        let mut dead = Vec::new();
+        for (_, v) in self.store.scan_prefix(&format!("{}/node/", self.cluster)).await? {
+            let Ok(l) = replication::decode::<NodeLease>(&v.value) else { continue };
+            if l.identity.node == self.me.node {
+                continue;
+            }
+            if l.expires_at_ms > now { live.push(l.identity.node) } else { dead.push(l.identity.node) }
+        }
+        Ok((live, dead))
+    }
+
     /// Gives the lease up (graceful shutdown): survivors adopt at once instead of waiting for it to run out.
     pub async fn release_lease(&self) -> Result<(), OwnershipError> {
         self.store.delete(&keys::node(&self.cluster, &self.me.node), Expect::Any).await?;

@@ -542,17 +542,9 @@ impl Repl {
     pub fn scan_hints(&self) -> impl std::future::Future<Output = Result<Vec<(String, u64)>, StoreError>> + use<> {
         let (store, cluster, me, first) =
             (self.cfg.store.clone(), self.cfg.cluster.clone(), self.cfg.node_id.clone(), self.scans == 0);
+        let own = self.own.clone();
         async move {
-            let now = wall_ms();
-            let mut live = vec![me.clone()];
-            let mut dead = Vec::new();
-            for (_, v) in store.scan_prefix(&format!("{cluster}/node/")).await? {
-                let Ok(l) = replication::decode::<replication::NodeLease>(&v.value) else { continue };
-                if l.identity.node == me {
-                    continue;
-                }
-                if l.expires_at_ms > now { live.push(l.identity.node) } else { dead.push(l.identity.node) }
-            }
+            let (live, mut dead) = own.members().await?;
             if first {
                 dead.push(me.clone());
             }

@@ -336,6 +336,42 @@ struct Call {
     reauthorizing: bool,
 }
 
+impl Call {
+    fn leg(&self, side: Side) -> &Dialog {
+        match side {
+            Side::A => &self.rec.a,
+            Side::B => &self.rec.b,
+        }
+    }
+
+    fn leg_mut(&mut self, side: Side) -> &mut Dialog {
+        match side {
+            Side::A => &mut self.rec.a,
+            Side::B => &mut self.rec.b,
+        }
+    }
+
+    /// The CSeq number of the last INVITE on `side` (its 2xx is ACKed with it).
+    fn invite_cseq(&mut self, side: Side) -> &mut u32 {
+        match side {
+            Side::A => &mut self.rec.a_invite_cseq,
+            Side::B => &mut self.rec.b_invite_cseq,
+        }
+    }
+
+    /// A target refresh (a re-INVITE or UPDATE, or its 2xx) that `side` sent: its remote target moves (§12.2), and
+    /// its SDP, if it carries one, is the leg's last.
+    fn refreshed(&mut self, side: Side, m: &Message) {
+        self.leg_mut(side).refresh_target(m);
+        if let Some(body) = sdp(m) {
+            match side {
+                Side::A => self.app.sdp_a = Some(body),
+                Side::B => self.app.sdp_b = Some(body),
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Replica {
     epoch: u64,
@@ -530,7 +566,7 @@ impl Actor {
     /// Sends a request of a call on `side`'s dialog through a new client transaction.
     fn send_in_dialog(&mut self, call_id: u64, side: Side, mut m: Message, purpose: Purpose) -> Option<ClientKey> {
         let call = self.calls.get(&call_id)?;
-        let d = if side == Side::A { &call.rec.a } else { &call.rec.b };
+        let d = call.leg(side);
         let dest = match resolve(d.next_hop(), d.transport) {
             Some(d) => d,
             None => {
@@ -874,16 +910,9 @@ impl Actor {
                     call.client_invite[other.index()] = None;
                 }
                 if (200..300).contains(&code) && matches!(m.method(), "INVITE" | "UPDATE") {
-                    let d = if other == Side::A { &mut call.rec.a } else { &mut call.rec.b };
-                    d.refresh_target(&m);
-                    if other == Side::B {
-                        call.app.sdp_b = sdp(&m).or(call.app.sdp_b.take());
-                    } else {
-                        call.app.sdp_a = sdp(&m).or(call.app.sdp_a.take());
-                    }
+                    call.refreshed(other, &m);
                 }
-                let tag = if to == Side::A { call.rec.a.local_tag.clone() } else { call.rec.b.local_tag.clone() };
-                let transport = if to == Side::A { call.rec.a.transport } else { call.rec.b.transport };
+                let (tag, transport) = (call.leg(to).local_tag.clone(), call.leg(to).transport);
                 let reason = match &m.start {
                     StartLine::Response { reason, .. } => reason.clone(),
                     StartLine::Request { .. } => String::new(),
@@ -995,9 +1024,8 @@ impl Actor {
         if call.awaiting_ack == Some(side) {
             call.awaiting_ack = None;
             let other = side.other();
-            let n = if other == Side::A { call.rec.a_invite_cseq } else { call.rec.b_invite_cseq };
-            let d = if other == Side::A { &mut call.rec.a } else { &mut call.rec.b };
-            let mut ack = d.request("ACK", Some(n));
+            let n = *call.invite_cseq(other);
+            let mut ack = call.leg_mut(other).request("ACK", Some(n));
             copy_body(&m, &mut ack);
             self.send_in_dialog(id, other, ack, Purpose::Bye);
             self.mark_dirty(id);
@@ -1055,8 +1083,7 @@ impl Actor {
     fn in_dialog(&mut self, id: u64, side: Side, key: ServerKey, m: Message) {
         let method = m.method().to_string();
         let call = self.calls.get_mut(&id).expect("leg of a call");
-        let d = if side == Side::A { &mut call.rec.a } else { &mut call.rec.b };
-        if !d.accept_remote_cseq(&m) {
+        if !call.leg_mut(side).accept_remote_cseq(&m) {
             // §12.2.2: lower CSeq than the last one: out of order.
             return self.reply(&key, &m, 500, "CSeq Out of Order");
         }
@@ -1073,8 +1100,7 @@ impl Actor {
                 self.reply(&key, &m, 200, "OK");
                 let other = side.other();
                 let call = self.calls.get_mut(&id).expect("call");
-                let d = if other == Side::A { &mut call.rec.a } else { &mut call.rec.b };
-                let bye = d.request("BYE", None);
+                let bye = call.leg_mut(other).request("BYE", None);
                 self.send_in_dialog(id, other, bye, Purpose::Bye);
                 self.stats.ended += 1;
                 self.end_call(id, None, "BYE");
@@ -1094,31 +1120,16 @@ impl Actor {
                     }
                     call.server_invite[side.index()] = Some(key.clone());
                     if let Some((n, _)) = m.cseq() {
-                        if side == Side::A {
-                            call.rec.a_invite_cseq = n;
-                        } else {
-                            call.rec.b_invite_cseq = n;
-                        }
+                        *call.invite_cseq(side) = n;
                     }
                 }
                 if matches!(method.as_str(), "INVITE" | "UPDATE") {
-                    let d = if side == Side::A { &mut call.rec.a } else { &mut call.rec.b };
-                    d.refresh_target(&m);
-                    if side == Side::A {
-                        call.app.sdp_a = sdp(&m).or(call.app.sdp_a.take());
-                    } else {
-                        call.app.sdp_b = sdp(&m).or(call.app.sdp_b.take());
-                    }
+                    call.refreshed(side, &m);
                 }
                 let other = side.other();
-                let d = if other == Side::A { &mut call.rec.a } else { &mut call.rec.b };
-                let mut fwd = d.request(&method, None);
+                let mut fwd = call.leg_mut(other).request(&method, None);
                 if method == "INVITE" {
-                    if other == Side::A {
-                        call.rec.a_invite_cseq = call.rec.a.local_cseq;
-                    } else {
-                        call.rec.b_invite_cseq = call.rec.b.local_cseq;
-                    }
+                    *call.invite_cseq(other) = call.leg(other).local_cseq;
                 }
                 copy_body(&m, &mut fwd);
                 let purpose = Purpose::Relay { server: key.clone(), request: Box::new(m.clone()), from: side };
@@ -1639,7 +1650,7 @@ impl Actor {
         }
         for side in [Side::A, Side::B] {
             let call = self.calls.get_mut(&id).expect("call");
-            let d = if side == Side::A { &mut call.rec.a } else { &mut call.rec.b };
+            let d = call.leg_mut(side);
             if d.remote_tag.is_empty() {
                 continue;
             }
@@ -1655,9 +1666,9 @@ impl Actor {
         let end = match &event {
             CcEvent::Terminate { reason, .. } => Some(reason.clone()),
             CcEvent::Aborted => Some("aborted by the OCS (ASR)".into()),
-            CcEvent::FinalUnitReached { action, .. } if format!("{action:?}").to_lowercase().contains("terminate") => {
-                Some("final units used".into())
-            }
+            // Whatever the Final-Unit-Action: a voice call can neither be redirected to a top-up server nor
+            // restricted by filters (see `final_units`).
+            CcEvent::FinalUnitReached { .. } => Some("final units used".into()),
             _ => None,
         };
         let Some(why) = end else { return };
@@ -1983,20 +1994,10 @@ async fn scan_quota_hints(own: Arc<Ownership<AnyStore>>, ev: mpsc::UnboundedSend
         if ev.is_closed() {
             return;
         }
-        let Ok(leases) = own.store().scan_prefix(&format!("{cluster}/node/")).await else { continue };
-        let now = wall_ms();
-        let due = now + period.as_millis() as u64;
-        let mut live = vec![me.clone()];
-        for (_, v) in leases {
-            let Ok(l) = replication::decode::<NodeLease>(&v.value) else { continue };
-            if l.identity.node == me {
-                continue;
-            }
-            if l.expires_at_ms > now {
-                live.push(l.identity.node.clone());
-            }
-            known.insert(l.identity.node);
-        }
+        let Ok((live, dead)) = own.members().await else { continue };
+        let due = wall_ms() + period.as_millis() as u64;
+        known.extend(live.iter().skip(1).cloned());
+        known.extend(dead);
         let mut hints: Vec<(String, QuotaHint)> = Vec::new();
         for node in known.iter().filter(|n| !live.contains(n)) {
             let prefix = format!("{root}{node}/");

@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::sip::dialog::{Dialog, strip_tag};
-use crate::sip::message::{Message, uri_of};
+use crate::sip::dialog::Dialog;
+use crate::sip::message::Message;
 use crate::sip::transaction::Transport;
 
 const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
@@ -275,9 +275,4 @@ async fn recv_until(rx: &mut mpsc::UnboundedReceiver<Message>, pred: impl Fn(&Me
         }
     }
     None
-}
-
-/// The To of a request without its tag (for tests).
-pub fn to_uri(m: &Message) -> String {
-    uri_of(&strip_tag(m.header("To").unwrap_or_default())).to_string()
 }

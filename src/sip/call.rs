@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use super::dialog::Dialog;
 
-/// Which dialogs are replicated (the modes of Mobicents JAIN SIP HA).
+/// Which dialogs are replicated (the modes of Mobicents JAIN SIP HA). Early dialogs never are: until the 2xx and
+/// its ACK the call depends on transactions only the setting-up node holds, which an adopter could not complete
+/// (docs/sip.md).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DialogReplication {
@@ -22,14 +24,6 @@ pub enum DialogReplication {
     /// charge through this B2BUA.
     ConfirmedDialogNoApplicationData,
 }
-
-/// Why early dialogs are not replicated: until the 2xx and its ACK, the INVITE server transaction on leg A and the
-/// client transaction on leg B live in one node's memory, and transactions are not replicated (nor are they in
-/// JAIN SIP HA). An adopter could not answer the pending INVITE, so a call that fails before it is answered is
-/// retried by the caller, as after any proxy failure. Not writing early dialogs also saves the store the writes of
-/// calls that are never answered.
-pub const EARLY_DIALOGS_NOT_REPLICATED: &str =
-    "early dialogs depend on transactions that only the setting-up node holds";
 
 /// A call: leg A (this node is the UAS toward the caller) and leg B (the UAC toward the callee).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

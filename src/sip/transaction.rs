@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::message::{Message, StartLine};
+use super::message::Message;
 
 /// The transport of a hop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -440,11 +440,6 @@ impl Transactions {
         self.server.remove(key);
     }
 
-    /// Whether a server transaction is still waiting for the TU's final response.
-    pub fn server_pending(&self, key: &ServerKey) -> bool {
-        self.server.get(key).is_some_and(|t| matches!(t.state, SState::Trying | SState::Proceeding))
-    }
-
     /// When [`Transactions::handle_timeout`] next has work.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.wheel.keys().next().map(|(at, _)| *at)
@@ -555,14 +550,10 @@ impl std::fmt::Debug for Transactions {
     }
 }
 
-/// Whether a message is a response (for callers that only hold the start line).
-pub fn is_response(m: &Message) -> bool {
-    matches!(m.start, StartLine::Response { .. })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sip::message::StartLine;
 
     fn udp() -> Dest {
         Dest { transport: Transport::Udp, addr: "127.0.0.1:5070".parse().unwrap() }
