@@ -510,6 +510,7 @@ async fn metrics_expose_peers_sessions_and_calls() {
     assert!(text.contains("# TYPE charging_ra_diameter_messages_total counter"), "{text}");
     assert!(text.contains("charging_ra_sessions{app=\"ro\",state=\"Open\"} 1"), "{text}");
     assert!(text.contains("charging_ra_replication_sessions 1"), "{text}");
+    assert!(text.contains("charging_ra_store_batch_seconds_count "), "{text}");
     assert!(!text.contains("charging_ra_store_batch_seconds_count 0\n"), "group commits timed: {text}");
     assert_eq!(call.await.unwrap().bye, Some(200));
     let (_, text) = crate::ocs::http(front, "GET", "/metrics", None).await;
