@@ -267,6 +267,16 @@ fn node(path: &Path, log_json: bool) -> anyhow::Result<ExitCode> {
             None => None,
         };
         let http_bound = listener.as_ref().and_then(|l| l.local_addr().ok());
+        // SIP too, for the same reason (the lease carries it; `listen` may ask for port 0).
+        let sip_binding = match config.sip.enabled {
+            true => Some(
+                charging_ra::b2bua::SipBinding::bind(config.sip.listen)
+                    .await
+                    .with_context(|| format!("SIP on {}", config.sip.listen))?,
+            ),
+            false => None,
+        };
+        let sip_bound = sip_binding.as_ref().map(|b| b.local_addr());
         if config.replication.enabled {
             let store = AnyStore::open(&config.store, dir)
                 .await
@@ -278,24 +288,17 @@ fn node(path: &Path, log_json: bool) -> anyhow::Result<ExitCode> {
             config.replication.apply(&mut engine_config, store, &config.node.id, &uri);
             if let Some(r) = engine_config.replication.as_mut() {
                 r.http = http_bound.map(|a| format!("http://{a}"));
-                if config.sip.enabled {
-                    r.sip = Some(match &config.sip.advertise {
-                        Some(a) if a.contains(':') => a.clone(),
-                        Some(a) => format!("{a}:{}", config.sip.listen.port()),
-                        None => config.sip.listen.to_string(),
-                    });
-                }
+                r.sip = sip_bound.map(|a| config.sip.b2bua_config(false).advertised(a));
             }
         }
         let engine = charging_ra::api::Engine::start(engine_config).await?;
-        let sip = if config.sip.enabled {
-            let replicate = config.replication.enabled && config.replication.replicate_by_default.sip;
-            let b2bua = charging_ra::b2bua::B2bua::start(config.sip.b2bua_config(replicate), engine.clone())
-                .await
-                .with_context(|| format!("SIP on {}", config.sip.listen))?;
-            Some(b2bua)
-        } else {
-            None
+        let sip = match sip_binding {
+            Some(binding) => {
+                let replicate = config.replication.enabled && config.replication.replicate_by_default.sip;
+                let b2bua_config = config.sip.b2bua_config(replicate);
+                Some(charging_ra::b2bua::B2bua::start_on(binding, b2bua_config, engine.clone()).await)
+            }
+            None => None,
         };
         let http = match listener {
             Some(l) => Some(charging_ra::api::http::serve_with(engine.clone(), l, sip.clone())?),

@@ -554,12 +554,6 @@ impl Config {
             ));
         }
         let sip = &config.sip;
-        if sip.enabled && r.enabled && sip.listen.port() == 0 {
-            return Err(invalid(
-                "sip.listen",
-                "needs a fixed port when replication is on: other nodes forward a call's requests to it",
-            ));
-        }
         if sip.t1.is_zero() || sip.t2 < sip.t1 || sip.t4.is_zero() {
             return Err(invalid(
                 "sip.t1",

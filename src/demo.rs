@@ -63,14 +63,7 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn node_config(
-    dir: &Path,
-    id: usize,
-    ports: &[u16],
-    ocs: SocketAddr,
-    mate: SocketAddr,
-    sip: (u16, SocketAddr),
-) -> String {
+fn node_config(dir: &Path, id: usize, ports: &[u16], ocs: SocketAddr, mate: SocketAddr, callee: SocketAddr) -> String {
     let mut t = format!(
         "[node]\nid = \"n{id}\"\norigin_host = \"n{id}.demo.localdomain\"\norigin_realm = \"demo.localdomain\"\n\
          diameter_listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:0\"\nwatchdog = \"2s\"\n\n\
@@ -88,10 +81,8 @@ fn node_config(
     t += &format!(
         "[replication]\nenabled = true\ncluster = \"demo\"\nlease_period = \"250ms\"\nlease_ttl = \"1s\"\n\n\
          [store]\ntype = \"sqlite\"\npath = \"{}\"\n\n\
-         [sip]\nenabled = true\nlisten = \"127.0.0.1:{}\"\nnext_hop = \"{}\"\nquota = \"30s\"\n",
+         [sip]\nenabled = true\nlisten = \"127.0.0.1:0\"\nnext_hop = \"{callee}\"\nquota = \"30s\"\n",
         dir.join("store.db").display(),
-        sip.0,
-        sip.1
     );
     t
 }
@@ -172,13 +163,13 @@ pub fn run() -> anyhow::Result<bool> {
         tokio::spawn(crate::b2bua::ua::run_uas(s, uas_counters.clone()));
         Ok::<_, std::io::Error>(a)
     })?;
-    let sip_ports = [free_port()?, free_port()?, free_port()?];
-    let mut fronts = Vec::new();
+    let (mut fronts, mut sip_addrs) = (Vec::new(), Vec::new());
     for id in 1..=3 {
         let cfg = dir.join(format!("n{id}.toml"));
-        std::fs::write(&cfg, node_config(&dir, id, &ports, ocs_diameter, mate, (sip_ports[id - 1], callee)))?;
+        std::fs::write(&cfg, node_config(&dir, id, &ports, ocs_diameter, mate, callee))?;
         let ready = start(&mut cluster, &["node", "--config", &cfg.display().to_string()], &format!("n{id}.log"))?;
         fronts.push(addr(&ready, "http")?);
+        sip_addrs.push(addr(&ready, "sip")?);
     }
     // Ready when every node has its OCS peer and the two other nodes.
     let end = Instant::now() + Duration::from_secs(20);
@@ -226,7 +217,7 @@ pub fn run() -> anyhow::Result<bool> {
     // SIP calls through each node, held across the kill: the re-INVITE and BYE of n1's calls go to n2 (as a load
     // balancer would send them once n1 fails; before that n2 forwards them to n1).
     let calls_per_node = 10;
-    let sip_addr = |i: usize| SocketAddr::from(([127, 0, 0, 1], sip_ports[i]));
+    let sip_addr = |i: usize| sip_addrs[i];
     let uac = rt.block_on(crate::b2bua::ua::Uac::bind())?;
     let started = Instant::now();
     let calls: Vec<_> = (0..3 * calls_per_node)

@@ -222,8 +222,8 @@ pub struct NodeSpec {
     pub diameter_port: u16,
     /// Every member of its cluster: (node id, Diameter port); empty for a lone node.
     pub cluster: Vec<(String, u16)>,
-    /// Run the SIP B2BUA on this port (0: any), sending leg B to the address.
-    pub sip: Option<(u16, SocketAddr)>,
+    /// Run the SIP B2BUA (on a port of its choosing, read from the ready line), sending leg B to this address.
+    pub sip: Option<SocketAddr>,
 }
 
 impl NodeSpec {
@@ -290,9 +290,9 @@ impl NodeSpec {
             store.display(),
             self.busy_timeout.as_millis()
         );
-        if let Some((port, next_hop)) = self.sip {
+        if let Some(next_hop) = self.sip {
             t += &format!(
-                "\n[sip]\nenabled = true\nlisten = \"127.0.0.1:{port}\"\nnext_hop = \"{next_hop}\"\nquota = \"30s\"\n"
+                "\n[sip]\nenabled = true\nlisten = \"127.0.0.1:0\"\nnext_hop = \"{next_hop}\"\nquota = \"30s\"\n"
             );
         }
         t
@@ -352,21 +352,25 @@ impl Node {
                 let (http, diameter, sip) = rt.block_on(async {
                     let mut ec = config.engine_config(Arc::new(charging_ra::dict::Dictionary::builtin()));
                     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+                    let binding = match spec.sip {
+                        Some(_) => Some(
+                            charging_ra::b2bua::SipBinding::bind(config.sip.listen).await.map_err(|e| e.to_string())?,
+                        ),
+                        None => None,
+                    };
                     if spec.replicate {
                         let uri = format!("aaa://{}:{}", spec.origin_host(), spec.diameter_port);
                         config.replication.apply(&mut ec, store, &spec.id, &uri);
                         if let Some(r) = ec.replication.as_mut() {
                             r.http = listener.local_addr().ok().map(|a| format!("http://{a}"));
-                            r.sip = spec.sip.map(|(port, _)| format!("127.0.0.1:{port}"));
+                            r.sip = binding.as_ref().map(|b| b.local_addr().to_string());
                         }
                     }
                     let engine = charging_ra::api::Engine::start(ec).await.map_err(|e| e.to_string())?;
-                    let sip = match spec.sip {
-                        Some(_) => {
-                            let b = config.sip.b2bua_config(spec.replicate);
-                            let b2bua =
-                                charging_ra::b2bua::B2bua::start(b, engine.clone()).await.map_err(|e| e.to_string())?;
-                            Some(b2bua)
+                    let sip = match binding {
+                        Some(b) => {
+                            let c = config.sip.b2bua_config(spec.replicate);
+                            Some(charging_ra::b2bua::B2bua::start_on(b, c, engine.clone()).await)
                         }
                         None => None,
                     };

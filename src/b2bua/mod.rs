@@ -103,6 +103,16 @@ impl B2buaConfig {
             timers: Timers::default(),
         }
     }
+
+    /// The `host:port` this node is reached at, put in Via, Contact and the node's lease: `advertise` (with the
+    /// bound port when it names no port), or the bound address.
+    pub fn advertised(&self, bound: SocketAddr) -> String {
+        match &self.advertise {
+            Some(a) if a.contains(':') => a.clone(),
+            Some(a) => format!("{a}:{}", bound.port()),
+            None => bound.to_string(),
+        }
+    }
 }
 
 /// What the B2BUA has done.
@@ -139,6 +149,25 @@ pub struct B2bua {
     local: SocketAddr,
 }
 
+/// A SIP port (UDP and TCP) bound, its B2BUA not started yet; what arrives meanwhile waits in a queue.
+pub struct SipBinding {
+    t: SipTransport,
+    rx: mpsc::Receiver<Packet>,
+}
+
+impl SipBinding {
+    /// Binds UDP and TCP on `addr`; port 0 picks a port free for both.
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<SipBinding> {
+        let (tx, rx) = mpsc::channel(4096);
+        Ok(SipBinding { t: SipTransport::bind(addr, tx).await?, rx })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.t.local_addr()
+    }
+}
+
 impl B2bua {
     /// Binds the SIP port and starts the B2BUA on `engine` (whose ownership layer, when it replicates, the
     /// dialogs share).
@@ -155,14 +184,16 @@ impl B2bua {
     /// # }
     /// ```
     pub async fn start(config: B2buaConfig, engine: Engine) -> std::io::Result<B2bua> {
-        let (ptx, prx) = mpsc::channel(4096);
-        let t = SipTransport::bind(config.listen, ptx).await?;
+        let binding = SipBinding::bind(config.listen).await?;
+        Ok(B2bua::start_on(binding, config, engine).await)
+    }
+
+    /// Starts the B2BUA on a port bound beforehand. A node binds first when its engine must know the SIP address
+    /// (the lease carries it, for other nodes to forward to) and `listen` asks for port 0.
+    pub async fn start_on(binding: SipBinding, config: B2buaConfig, engine: Engine) -> B2bua {
+        let SipBinding { t, rx: prx } = binding;
         let local = t.local_addr();
-        let host = match &config.advertise {
-            Some(a) if a.contains(':') => a.clone(),
-            Some(a) => format!("{a}:{}", local.port()),
-            None => local.to_string(),
-        };
+        let host = config.advertised(local);
         let (etx, erx) = mpsc::unbounded_channel();
         let own = engine.ownership().cloned();
         if let Ok(mut rx) = engine.events().await {
@@ -206,7 +237,7 @@ impl B2bua {
             stats: SipStats::default(),
         };
         tokio::spawn(actor.run(prx, erx));
-        Ok(B2bua { events: etx, local })
+        B2bua { events: etx, local }
     }
 
     /// The SIP address (UDP and TCP).

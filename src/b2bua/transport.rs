@@ -37,6 +37,22 @@ fn udp_socket(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(s.into())
 }
 
+/// UDP and TCP on one port. With port 0 the kernel picks the UDP port, and that port may be taken for TCP (by any
+/// connection's ephemeral end): then another UDP port is tried, a few times, rather than failing the node.
+async fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+    let attempts = if addr.port() == 0 { 16 } else { 1 };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp = udp_socket(addr)?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(l) => return Ok((udp, l)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
+}
+
 /// The sockets of one SIP node.
 #[derive(Clone)]
 pub struct SipTransport {
@@ -50,9 +66,8 @@ impl SipTransport {
     /// Binds UDP and TCP on `addr` (TCP on the port UDP got, when `addr` asks for port 0); messages received go to
     /// `inbound`.
     pub async fn bind(addr: SocketAddr, inbound: mpsc::Sender<Packet>) -> io::Result<SipTransport> {
-        let udp = udp_socket(addr)?;
+        let (udp, listener) = bind_pair(addr).await?;
         let local = udp.local_addr()?;
-        let listener = TcpListener::bind(local).await?;
         let t = SipTransport { udp: Arc::new(udp), tcp: Arc::default(), inbound, local };
         let reader = t.clone();
         tokio::spawn(async move {

@@ -24,7 +24,7 @@ fn check_config_names_the_bad_key() {
     std::fs::create_dir_all(&dir).unwrap();
     for (text, says) in [
         ("[node]\nid = \"n1\"\nwatchdgo = \"6s\"\n", "unknown field `watchdgo`"),
-        ("[sip]\nenabled = true\nlisten = \"127.0.0.1:0\"\n[replication]\nenabled = true\n", "sip.listen"),
+        ("[sip]\nt1 = \"1s\"\nt2 = \"500ms\"\n", "sip.t1"),
         ("[replication]\nlease_ttl = \"100ms\"\n", "replication.lease_ttl"),
     ] {
         let path = dir.join("bad.toml");

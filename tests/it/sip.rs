@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use charging_ra::api::{Engine, EngineConfig, ReplicationConfig};
 use charging_ra::b2bua::ua::{CallPlan, Uac, UasCounters, run_uas};
-use charging_ra::b2bua::{B2bua, B2buaConfig};
+use charging_ra::b2bua::{B2bua, B2buaConfig, SipBinding};
 use charging_ra::cc::Ccfh;
 use charging_ra::ocs::OcsConfig;
 use charging_ra::ocs::config::SubscriberConfig;
@@ -30,13 +30,12 @@ async fn uas() -> (SocketAddr, Arc<UasCounters>) {
 }
 
 fn node_config(sim: &OcsServer, name: &str, store: Option<&AnyStore>, sip: SocketAddr) -> EngineConfig {
+    node_config_at(sim.diameter_addr(), name, store, sip)
+}
+
+fn node_config_at(ocs: SocketAddr, name: &str, store: Option<&AnyStore>, sip: SocketAddr) -> EngineConfig {
     let host = format!("{name}.test.localdomain");
-    let mut cfg = engine_config(
-        &host,
-        &[("ocs1.ocs.localdomain", sim.diameter_addr(), 1)],
-        Duration::from_secs(2),
-        Ccfh::Terminate,
-    );
+    let mut cfg = engine_config(&host, &[("ocs1.ocs.localdomain", ocs, 1)], Duration::from_secs(2), Ccfh::Terminate);
     if let Some(store) = store {
         let mut r = ReplicationConfig::new(store.clone(), "sipc", name, &format!("aaa://{host}:3868"));
         (r.lease_period, r.lease_ttl) = (Duration::from_millis(100), Duration::from_millis(400));
@@ -199,23 +198,27 @@ async fn failover_call(mode: DialogReplication) -> (OcsServer, AnyStore, chargin
     let sim = sim(OcsConfig::default()).await;
     let store = AnyStore::memory();
     let (callee, counters) = uas().await;
-    let n1_sip = free_port().await;
-    let n2_sip = free_port().await;
-    let cfg1 = node_config(&sim, "n1", Some(&store), n1_sip);
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let cfg1 = store.clone();
+    let sim_addr = sim.diameter_addr();
     let mut n1 = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let b2bua = rt.block_on(async {
-            let e = Engine::start(cfg1).await.unwrap();
+            // Bound first: the lease carries the SIP address.
+            let binding = SipBinding::bind(any).await.unwrap();
+            let e = Engine::start(node_config_at(sim_addr, "n1", Some(&cfg1), binding.local_addr())).await.unwrap();
             connected(&e).await;
-            B2bua::start(with_mode(b2bua_config(n1_sip, callee), mode), e).await.unwrap()
+            B2bua::start_on(binding, with_mode(b2bua_config(any, callee), mode), e).await
         });
         Crashable { rt: Some(rt), b2bua }
     })
     .join()
     .unwrap();
+    let binding = SipBinding::bind(any).await.unwrap();
+    let n2_sip = binding.local_addr();
     let e2 = Engine::start(node_config(&sim, "n2", Some(&store), n2_sip)).await.unwrap();
     connected(&e2).await;
-    let n2 = B2bua::start(with_mode(b2bua_config(n2_sip, callee), mode), e2).await.unwrap();
+    let n2 = B2bua::start_on(binding, with_mode(b2bua_config(any, callee), mode), e2).await;
     let uac = Uac::bind().await.unwrap();
     let plan = plan(callee, n1.b2bua.local_addr(), Duration::from_secs(3), true, Some(n2_sip));
     let call = tokio::spawn(async move { uac.call(&plan).await });

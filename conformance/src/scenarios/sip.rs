@@ -137,7 +137,7 @@ fn replicated(ctx: &Ctx) -> Result<(), String> {
 fn sip_node(ctx: &Ctx, ocs: &Ocs, callee: u16) -> Result<Node, String> {
     let mut spec = NodeSpec::new("n1", ocs);
     spec.replicate = true;
-    spec.sip = Some((free_port()?, SocketAddr::from(([127, 0, 0, 1], callee))));
+    spec.sip = Some(SocketAddr::from(([127, 0, 0, 1], callee)));
     ctx.node(&spec)
 }
 
@@ -145,7 +145,7 @@ fn sip_node(ctx: &Ctx, ocs: &Ocs, callee: u16) -> Result<Node, String> {
 fn sip_pair(ctx: &Ctx, ocs: &Ocs, callee: u16) -> Result<(Node, Node), String> {
     let mut specs = ctx.cluster_specs(2, ocs)?;
     for s in &mut specs {
-        s.sip = Some((free_port()?, SocketAddr::from(([127, 0, 0, 1], callee))));
+        s.sip = Some(SocketAddr::from(([127, 0, 0, 1], callee)));
     }
     Ok((ctx.node(&specs[0])?, ctx.node(&specs[1])?))
 }
