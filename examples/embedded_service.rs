@@ -30,13 +30,9 @@ async fn main() -> anyhow::Result<()> {
         RouterConfig::new(local, routes),
         vec![PeerEndpoint { config: peer, address: Some(ocs.diameter_addr()), tls: false, server_name: None }],
     );
-    let engine = Engine::start(EngineConfig {
-        node,
-        ro: AppSettings::new("example.net"),
-        gx: AppSettings::new("example.net"),
-        replication: None,
-    })
-    .await?;
+    let engine =
+        Engine::start(EngineConfig::new(node, AppSettings::new("example.net"), AppSettings::new("example.net")))
+            .await?;
     while !engine.node_status().await.is_some_and(|s| s.peers[0].available) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -267,6 +267,11 @@ fn node(path: &Path, log_json: bool) -> anyhow::Result<ExitCode> {
             None => None,
         };
         let http_bound = listener.as_ref().and_then(|l| l.local_addr().ok());
+        if http_bound.is_some_and(|a| !a.ip().is_loopback()) && config.node.http_token.is_none() {
+            tracing::warn!(
+                "the HTTP front listens beyond loopback without [node] http_token: anyone who reaches it can open and end sessions"
+            );
+        }
         // SIP too, for the same reason (the lease carries it; `listen` may ask for port 0).
         let sip_binding = match config.sip.enabled {
             true => Some(
@@ -301,7 +306,11 @@ fn node(path: &Path, log_json: bool) -> anyhow::Result<ExitCode> {
             None => None,
         };
         let http = match listener {
-            Some(l) => Some(charging_ra::api::http::serve_with(engine.clone(), l, sip.clone())?),
+            Some(l) => {
+                use charging_ra::api::http::{router_with, serve_router, with_bearer_token};
+                let app = with_bearer_token(router_with(engine.clone(), sip.clone()), config.node.http_token.clone());
+                Some(serve_router(app, l)?)
+            }
             None => None,
         };
         let diameter: Vec<String> = engine.diameter_addrs().await.iter().map(|a| a.to_string()).collect();

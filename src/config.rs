@@ -44,10 +44,33 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogSection,
+    /// What the node takes on at most before it refuses new work.
+    #[serde(default)]
+    pub limits: LimitsSection,
     /// TLS for Diameter (RFC 6733 §13): this node's certificate and key, and the CA its peers' certificates must
     /// chain to. Needed by `[node] diameter_tls_listen` and by `[[peers]]` with `tls = true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<crate::transport::tls::TlsConfig>,
+}
+
+/// `[limits]`: bounds beyond which a node refuses new work clearly instead of growing until it dies.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Credit-control sessions held at most; beyond it a new session is refused (HTTP 503, SIP 503,
+    /// `ChargingError::Overloaded`). Sessions adopted from a failed node are taken regardless.
+    pub max_sessions: usize,
+    /// Requests from peers (RAR, ASR, proxied requests) being processed at once at most; beyond it a new one is
+    /// answered 3004 DIAMETER_TOO_BUSY (RFC 6733 §7.1.3).
+    pub max_incoming: usize,
+    /// Requests this node has sent and awaits answers for, at most; beyond it a new one fails at once with 3004.
+    pub max_pending: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection { max_sessions: 1_000_000, max_incoming: 10_000, max_pending: 100_000 }
+    }
 }
 
 /// `[log]`: how a node logs (to standard error).
@@ -185,6 +208,28 @@ pub struct NodeSection {
     /// Device-Watchdog interval Tw (RFC 3539; at least 6 s in production).
     #[serde(with = "humantime_serde")]
     pub watchdog: std::time::Duration,
+    /// Identities accepted in a CER besides `[[peers]]` and `[[cluster.members]]`, like freeDiameter's acl_wl:
+    /// `host.realm`, `*.realm` (any identity under it) or `*` (anyone). Empty: configured peers only.
+    pub accept_peers: Vec<String>,
+    /// A bearer token the HTTP front requires (`Authorization: Bearer …`) on every route; none by default, since
+    /// the front binds to loopback. `CHARGING_RA_HTTP_TOKEN` sets it without writing it in a file.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted")]
+    pub http_token: Option<String>,
+}
+
+const TOKEN_RULE: &str = "must be at least 16 characters, without spaces";
+
+/// A bearer token long enough not to be guessed, and one that fits an `Authorization` header.
+fn token_ok(t: &str) -> bool {
+    t.len() >= 16 && !t.contains(char::is_whitespace) && t.is_ascii()
+}
+
+/// Secrets are printed (by `check-config`) as set or not, never in clear.
+fn redacted<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<set, not shown>"),
+        None => s.serialize_none(),
+    }
 }
 
 impl Default for NodeSection {
@@ -197,6 +242,8 @@ impl Default for NodeSection {
             diameter_tls_listen: None,
             http_listen: Some(std::net::SocketAddr::from(([127, 0, 0, 1], 8080))),
             watchdog: std::time::Duration::from_secs(30),
+            accept_peers: Vec::new(),
+            http_token: None,
         }
     }
 }
@@ -527,6 +574,26 @@ impl Config {
         if config.node.watchdog < std::time::Duration::from_secs(1) {
             return Err(invalid("node.watchdog", "must be at least 1s (RFC 3539 recommends 30s, at least 6s)"));
         }
+        for p in &config.node.accept_peers {
+            let name = p.strip_prefix("*.").unwrap_or(p);
+            let ok = p == "*"
+                || (!name.is_empty()
+                    && name.split('.').all(|l| !l.is_empty())
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')));
+            if !ok {
+                return Err(invalid(
+                    "node.accept_peers",
+                    "each entry must be a DiameterIdentity (host.realm), *.realm or *",
+                ));
+            }
+        }
+        if config.node.http_token.as_deref().is_some_and(|t| !token_ok(t)) {
+            return Err(invalid("node.http_token", TOKEN_RULE));
+        }
+        let l = &config.limits;
+        if l.max_sessions == 0 || l.max_incoming == 0 || l.max_pending == 0 {
+            return Err(invalid("limits", "max_sessions, max_incoming and max_pending must be at least 1"));
+        }
         let r = &config.replication;
         if r.lease_period.is_zero() || r.lease_ttl < r.lease_period * 2 {
             return Err(invalid(
@@ -591,6 +658,16 @@ impl Config {
         if let Some(v) = var("CHARGING_RA_SIP_LISTEN") {
             self.sip.listen = addr("CHARGING_RA_SIP_LISTEN", v)?;
         }
+        if let Some(v) = var("CHARGING_RA_HTTP_TOKEN") {
+            if !token_ok(&v) {
+                return Err(ConfigError::Invalid {
+                    path: path.into(),
+                    key: "CHARGING_RA_HTTP_TOKEN",
+                    why: TOKEN_RULE.into(),
+                });
+            }
+            self.node.http_token = Some(v);
+        }
         Ok(())
     }
 
@@ -616,7 +693,9 @@ impl Config {
             .collect();
         let others: Vec<&ClusterMember> = self.cluster.members.iter().filter(|m| m.id != self.node.id).collect();
         let mut router = RouterConfig::new(local.clone(), routes);
-        router.accept_unknown_peers = false;
+        router.accept_peers = self.node.accept_peers.clone();
+        router.max_incoming = self.limits.max_incoming;
+        router.max_pending = self.limits.max_pending;
         router.limits = self.codec.limits();
         // Requests addressed to another member reach this node's engine, which proxies them to the owner of the
         // session (or adopts it): see docs/replication.md.
@@ -637,12 +716,10 @@ impl Config {
         node.listen_tls = self.node.diameter_tls_listen.into_iter().collect();
         node.tls = self.tls.clone();
         node.dictionary = dictionary;
-        crate::api::EngineConfig {
-            node,
-            ro: self.applications.ro.settings(),
-            gx: self.applications.gx.settings(),
-            replication: None,
-        }
+        let mut engine =
+            crate::api::EngineConfig::new(node, self.applications.ro.settings(), self.applications.gx.settings());
+        engine.max_sessions = self.limits.max_sessions;
+        engine
     }
 
     /// Reads and parses a file.

@@ -102,7 +102,9 @@ pub fn engine_config(cfg: &LoadConfig) -> EngineConfig {
         .replication
         .clone()
         .map(|store| crate::api::ReplicationConfig::new(store, "load", "load", "aaa://load.localdomain:3868"));
-    EngineConfig { node, ro: AppSettings::new(&cfg.realm), gx: AppSettings::new(&cfg.realm), replication }
+    let mut engine = EngineConfig::new(node, AppSettings::new(&cfg.realm), AppSettings::new(&cfg.realm));
+    engine.replication = replication;
+    engine
 }
 
 fn result_of(r: &Result<crate::api::Outcome, ChargingError>) -> u32 {

@@ -3,6 +3,7 @@
 //! "output_octets", "units"}` (any subset). Errors are `{"error", "result_code"?, "ccfh"?}` with a 4xx/5xx status.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
@@ -156,7 +157,7 @@ fn charging_error(e: ChargingError) -> Response {
             let status = if result_code.is_some() { StatusCode::FORBIDDEN } else { StatusCode::SERVICE_UNAVAILABLE };
             error(status, reason, result_code, ccfh)
         }
-        ChargingError::Stopped | ChargingError::StoreUnavailable(_) => {
+        ChargingError::Stopped | ChargingError::StoreUnavailable(_) | ChargingError::Overloaded(_) => {
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string(), None, None)
         }
         // 421: this node is not the one to ask; `owner` and `owner_uri` say which is, when known.
@@ -404,6 +405,8 @@ const FORWARDED: &str = "x-charging-ra-forwarded";
 async fn forward_to_owner(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let forwarded = req.headers().contains_key(FORWARDED);
     let (method, uri) = (req.method().clone(), req.uri().clone());
+    // The cluster's fronts share one token: the one this call was let in with goes along.
+    let auth = req.headers().get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
     let (parts, body) = req.into_parts();
     let Ok(body) = axum::body::to_bytes(body, 64 * 1024).await else {
         return error(StatusCode::PAYLOAD_TOO_LARGE, "body above 64 KiB".into(), None, None);
@@ -418,7 +421,7 @@ async fn forward_to_owner(req: axum::extract::Request, next: axum::middleware::N
         serde_json::from_slice::<Value>(&rbytes).ok().and_then(|v| v["owner_http"].as_str().map(str::to_string));
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     match owner {
-        Some(owner) => match forward(owner.clone(), method.to_string(), path.to_string(), body).await {
+        Some(owner) => match forward(owner.clone(), method.to_string(), path.to_string(), body, auth).await {
             Ok((status, answer)) => {
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
                 (status, [(axum::http::header::CONTENT_TYPE, "application/json")], answer).into_response()
@@ -438,6 +441,7 @@ async fn forward(
     method: String,
     path: String,
     body: axum::body::Bytes,
+    authorization: Option<String>,
 ) -> Result<(u16, Vec<u8>), String> {
     let addr: SocketAddr = base
         .strip_prefix("http://")
@@ -445,10 +449,61 @@ async fn forward(
         .trim_end_matches('/')
         .parse()
         .map_err(|e| format!("owner front {base}: {e}"))?;
-    let forwarded = [(FORWARDED, "1")];
-    tokio::task::spawn_blocking(move || exchange_blocking(addr, &method, &path, &body, &forwarded))
-        .await
-        .map_err(|e| e.to_string())?
+    tokio::task::spawn_blocking(move || {
+        let mut headers = vec![(FORWARDED, "1")];
+        if let Some(a) = &authorization {
+            headers.push(("Authorization", a));
+        }
+        exchange_blocking(addr, &method, &path, &body, &headers)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Requires `Authorization: Bearer <token>` on every route but `/healthz` (which says only "ok", for load
+/// balancers); a call without it, or with another token, gets 401 with a reason. `None` leaves the routes open.
+pub fn with_bearer_token(app: axum::Router, token: Option<String>) -> axum::Router {
+    let Some(token) = token else { return app };
+    let token: Arc<[u8]> = Arc::from(token.into_bytes());
+    app.layer(axum::middleware::from_fn(move |req: axum::extract::Request, next: axum::middleware::Next| {
+        let token = token.clone();
+        async move {
+            let given = req
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let why = match given {
+                _ if req.uri().path() == "/healthz" => return next.run(req).await,
+                Some(t) if same_secret(t.as_bytes(), &token) => return next.run(req).await,
+                Some(_) => "wrong bearer token",
+                None => "this front requires Authorization: Bearer <token> ([node] http_token)",
+            };
+            let mut r = error(StatusCode::UNAUTHORIZED, why.into(), None, None);
+            r.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer realm=\"charging-ra\""),
+            );
+            r
+        }
+    }))
+}
+
+/// Compares in time independent of where the first difference is.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Serves a router (from [`router_with`], [`with_bearer_token`]…) on a bound listener until the task is dropped.
+pub fn serve_router(
+    app: axum::Router,
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((bound, task))
 }
 
 /// Serves the front on `addr` until the task is dropped; returns the bound address.
@@ -471,10 +526,5 @@ pub fn serve_with(
     listener: tokio::net::TcpListener,
     sip: Option<crate::b2bua::B2bua>,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let bound = listener.local_addr()?;
-    let app = router_with(engine, sip);
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((bound, task))
+    serve_router(router_with(engine, sip), listener)
 }

@@ -75,6 +75,34 @@ pub async fn render(engine: &Engine, sip: Option<&B2bua>) -> String {
         "Requests waiting for their answer.",
         [(String::new(), status.as_ref().map_or(0, |s| s.pending as u64))],
     );
+    family(
+        &mut out,
+        "diameter_incoming_in_flight",
+        "gauge",
+        "Requests from peers being processed; at max_incoming new ones are answered 3004.",
+        [(String::new(), status.as_ref().map_or(0, |s| s.in_flight as u64))],
+    );
+    family(
+        &mut out,
+        "diameter_too_busy_answered_total",
+        "counter",
+        "Requests answered 3004 (DIAMETER_TOO_BUSY) because max_incoming requests were in flight.",
+        peers.iter().enumerate().map(|(i, p)| (format!("{{peer=\"{}\"}}", name(i, p)), p.metrics.too_busy)),
+    );
+    family(
+        &mut out,
+        "diameter_answers_unmatched_total",
+        "counter",
+        "Answers matching no pending request, discarded (RFC 6733 §6.2).",
+        peers.iter().enumerate().map(|(i, p)| (format!("{{peer=\"{}\"}}", name(i, p)), p.metrics.answers_unmatched)),
+    );
+    family(
+        &mut out,
+        "diameter_connections_refused_total",
+        "counter",
+        "Accepted connections closed before a peer was identified: not Diameter, no CER first, unknown peer.",
+        [(String::new(), status.as_ref().map_or(0, |s| s.connections_refused))],
+    );
     let counts = engine.session_counts().await;
     family(
         &mut out,
@@ -82,6 +110,13 @@ pub async fn render(engine: &Engine, sip: Option<&B2bua>) -> String {
         "gauge",
         "Credit-control sessions held by this node, by application and RFC 4006 state.",
         counts.iter().map(|c| (format!("{{app=\"{}\",state=\"{}\"}}", c.app, esc(&c.state)), c.sessions)),
+    );
+    family(
+        &mut out,
+        "sessions_refused_total",
+        "counter",
+        "New sessions refused because the node held max_sessions.",
+        [(String::new(), engine.sessions_refused())],
     );
     if let Some(r) = engine.replication_stats().await {
         let gauges = [

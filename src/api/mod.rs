@@ -74,6 +74,17 @@ pub struct EngineConfig {
     pub gx: AppSettings,
     /// Session replication through a shared store; `None` keeps every session in this process only.
     pub replication: Option<ReplicationConfig>,
+    /// Sessions this node holds at most; beyond it new ones are refused with [`ChargingError::Overloaded`] rather
+    /// than the node growing until it dies. Sessions adopted from a failed node are taken whatever the count:
+    /// refusing them would lose calls that exist.
+    pub max_sessions: usize,
+}
+
+impl EngineConfig {
+    /// An engine on `node` with these application defaults, no replication, at most 1,000,000 sessions.
+    pub fn new(node: NodeConfig, ro: AppSettings, gx: AppSettings) -> EngineConfig {
+        EngineConfig { node, ro, gx, replication: None, max_sessions: 1_000_000 }
+    }
 }
 
 /// Per-session choices at [`Engine::open_session_with`].
@@ -298,6 +309,9 @@ pub enum ChargingError {
         /// Its HTTP front, when known: where the HTTP front forwards the call.
         http: Option<String>,
     },
+    /// The node is at a configured limit (`max_sessions`): try later or another node.
+    #[error("node overloaded: {0}")]
+    Overloaded(String),
     /// The store could not be read to find a session this node does not hold.
     #[error("replication store unavailable: {0}")]
     StoreUnavailable(String),
@@ -416,6 +430,8 @@ pub struct Engine {
     owned_node: Arc<tokio::sync::Mutex<Option<DiameterNode>>>,
     /// The lease heartbeat and the ownership API, when replicating.
     lease: Option<Lease>,
+    /// New sessions refused at `max_sessions`.
+    refused: Arc<AtomicU64>,
 }
 
 /// The ownership API and the heartbeat task renewing this node's lease.
@@ -509,6 +525,7 @@ impl Engine {
             }
             None => None,
         };
+        let refused = Arc::new(AtomicU64::new(0));
         let driver = Driver {
             repl,
             loading: HashMap::new(),
@@ -527,6 +544,9 @@ impl Engine {
             // and a quick restart, two engines of one process) do not repeat each other's Session-Ids.
             boot: (boot, since_epoch.subsec_micros()),
             counter: Arc::new(AtomicU64::new(0)),
+            max_sessions: config.max_sessions,
+            refused: refused.clone(),
+            refusing: false,
         };
         tokio::spawn(driver.run(cmd_rx, net_rx, incoming));
         Ok(Engine {
@@ -536,6 +556,7 @@ impl Engine {
             node: handle,
             owned_node: Arc::new(tokio::sync::Mutex::new(Some(node))),
             lease,
+            refused,
         })
     }
 
@@ -634,6 +655,11 @@ impl Engine {
     /// What replication has done on this node; `None` when the engine does not replicate.
     pub async fn replication_stats(&self) -> Option<ReplicationStats> {
         self.call(|reply| Cmd::Stats { reply }).await.ok().flatten()
+    }
+
+    /// New sessions refused because the node held `max_sessions` (for metrics).
+    pub fn sessions_refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// How many sessions this node holds, by application and state (for metrics).
@@ -843,6 +869,10 @@ struct Driver {
     /// Start time: seconds (the Session-Id's high part) and sub-second microseconds (its optional part).
     boot: (u64, u32),
     counter: Arc<AtomicU64>,
+    max_sessions: usize,
+    refused: Arc<AtomicU64>,
+    /// Refusing new sessions at `max_sessions` (logged once per episode).
+    refusing: bool,
 }
 
 impl Driver {
@@ -889,6 +919,23 @@ impl Driver {
         }
     }
 
+    /// The refusal of a new session when `max_sessions` are held: one warning when refusing starts, a count always.
+    fn at_limit(&mut self) -> Option<ChargingError> {
+        if self.sessions.len() < self.max_sessions {
+            if self.refusing {
+                self.refusing = false;
+                tracing::info!(sessions = self.sessions.len(), "below max_sessions again: new sessions accepted");
+            }
+            return None;
+        }
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        if !self.refusing {
+            self.refusing = true;
+            tracing::warn!(max_sessions = self.max_sessions, "max_sessions held: new sessions refused until some end");
+        }
+        Some(ChargingError::Overloaded(format!("this node holds its maximum of {} sessions", self.max_sessions)))
+    }
+
     fn session_id(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         format!("{};{};{};{:x}", self.origin_host, self.boot.0, n, self.boot.1)
@@ -933,6 +980,9 @@ impl Driver {
         }
         match c {
             Cmd::Open { app, options, extra, subscriber, service_context, rating_groups, reply } => {
+                if let Some(e) = self.at_limit() {
+                    return drop(reply.send(Err(e)));
+                }
                 let cfg = match self.cc_config(app, subscriber.as_ref(), service_context) {
                     Ok(c) => c,
                     Err(e) => return drop(reply.send(Err(e))),
@@ -1024,6 +1074,9 @@ impl Driver {
                 self.pump(&session_id);
             }
             Cmd::Event { subscriber, service_context, action, requested, service_id, reply } => {
+                if let Some(e) = self.at_limit() {
+                    return drop(reply.send(Err(e)));
+                }
                 let cfg = match self.cc_config(App::Ro, subscriber.as_ref(), service_context) {
                     Ok(c) => c,
                     Err(e) => return drop(reply.send(Err(e))),

@@ -822,6 +822,11 @@ impl Actor {
                 tracing::info!(reason = %reason, "call refused by credit control");
                 self.refuse(id, result_code.unwrap_or(0), &reason);
             }
+            Err(e @ ChargingError::Overloaded(_)) => {
+                // The engine logged the episode once; a flood of INVITEs must not be a flood of lines.
+                tracing::debug!(error = %e, "call refused: node at max_sessions");
+                self.refuse(id, 0, &e.to_string());
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "charging failed; call refused");
                 self.refuse(id, 0, &e.to_string());

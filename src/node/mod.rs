@@ -226,6 +226,10 @@ pub struct NodeStatus {
     pub peers: Vec<PeerStatus>,
     /// Requests waiting for answers.
     pub pending: usize,
+    /// Requests from peers being processed (not answered yet); at `max_incoming` new ones get 3004.
+    pub in_flight: usize,
+    /// Accepted connections closed before a peer was identified.
+    pub connections_refused: u64,
 }
 
 #[derive(Debug)]
@@ -536,7 +540,12 @@ impl Driver {
                 metrics: self.router.metrics(PeerId(i)).clone(),
             })
             .collect();
-        NodeStatus { peers, pending: self.router.pending() }
+        NodeStatus {
+            peers,
+            pending: self.router.pending(),
+            in_flight: self.router.in_flight(),
+            connections_refused: self.router.connections_refused(),
+        }
     }
 
     fn drain(&mut self) {

@@ -150,7 +150,7 @@ impl OcsServer {
             local.applications =
                 vec![Application::Auth(AppId::CREDIT_CONTROL), Application::VendorAuth(VendorId::TGPP, AppId::GX)];
             let mut router = RouterConfig::new(local.clone(), vec![]);
-            router.accept_unknown_peers = true;
+            router.accept_peers = vec!["*".into()];
             // The simulator recognizes retransmissions by (Session-Id, CC-Request-Number), as RFC 4006 §7 servers
             // do, and records them in the ledger; the base stack's (Origin-Host, End-to-End) cache would hide them.
             router.duplicate_capacity = 0;

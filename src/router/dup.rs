@@ -58,6 +58,11 @@ impl DuplicateCache {
         }
     }
 
+    /// Whether the request is held (being processed or answered), without recording it.
+    pub fn contains(&self, origin_host: &str, e2e: EndToEndId) -> bool {
+        self.entries.contains_key(&(origin_host.to_ascii_lowercase(), e2e))
+    }
+
     /// Stores the answer sent for a request.
     pub fn answered(&mut self, origin_host: &str, e2e: EndToEndId, answer: &Message) {
         if self.capacity == 0 {

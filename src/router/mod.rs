@@ -40,14 +40,18 @@ pub struct RouterConfig {
     pub duplicate_window: Duration,
     /// At most this many remembered requests.
     pub duplicate_capacity: usize,
-    /// Accept CER from identities that are not configured peers (like freeDiameter's acl_wl with a pattern).
-    pub accept_unknown_peers: bool,
+    /// Identities accepted in a CER besides the configured peers, like freeDiameter's acl_wl: `host.realm` exactly,
+    /// `*.realm` for any identity ending so, `*` for anyone (case-insensitive). Empty: configured peers only.
+    pub accept_peers: Vec<String>,
     /// Template for peers created when an unknown identity is accepted.
     pub accepted_peer: Option<PeerConfig>,
     /// Decoder limits.
     pub limits: DecodeLimits,
     /// Requests pending an answer at most; beyond it new requests fail with 3004 (DIAMETER_TOO_BUSY).
     pub max_pending: usize,
+    /// Requests from peers handed to the application and not answered yet, at most; beyond it a new request is
+    /// answered 3004 (DIAMETER_TOO_BUSY, RFC 6733 §7.1.3: the sender tries another peer) instead of piling up.
+    pub max_incoming: usize,
     /// Other DiameterIdentities this node answers for as if they were its own Origin-Host (a server of a redundant
     /// pair accepting requests addressed to its mate). Empty by default.
     pub local_aliases: Vec<String>,
@@ -62,12 +66,24 @@ impl RouterConfig {
             answer_timeout: Duration::from_secs(10),
             duplicate_window: Duration::from_secs(30),
             duplicate_capacity: 1 << 20,
-            accept_unknown_peers: false,
+            accept_peers: Vec::new(),
             accepted_peer: None,
             limits: DecodeLimits::default(),
             max_pending: 1 << 20,
+            max_incoming: 10_000,
             local_aliases: Vec::new(),
         }
+    }
+}
+
+/// Whether a CER's Origin-Host matches an `accept_peers` pattern: the identity itself, `*.suffix` (any identity ending
+/// with `.suffix`, not `suffix` alone), or `*` (anyone). Case-insensitive, as DiameterIdentities compare.
+pub fn identity_matches(pattern: &str, identity: &str) -> bool {
+    let (p, id) = (pattern.to_ascii_lowercase(), identity.to_ascii_lowercase());
+    match p.strip_prefix('*') {
+        Some("") => true,
+        Some(suffix) if suffix.starts_with('.') => id.len() > suffix.len() && id.ends_with(suffix),
+        _ => p == id,
     }
 }
 
@@ -123,6 +139,10 @@ pub struct PeerMetrics {
     pub failovers: u64,
     /// Protocol errors answered to this peer.
     pub errors_answered: u64,
+    /// Of them, requests answered 3004 because `max_incoming` requests were in flight.
+    pub too_busy: u64,
+    /// Answers matching no pending request (RFC 6733 §6.2: discarded).
+    pub answers_unmatched: u64,
 }
 
 /// Where a pending request came from.
@@ -178,6 +198,10 @@ pub struct Router {
     by_hop: HashMap<(PeerId, HopByHopId), u64>,
     deadlines: BTreeMap<(Instant, u64), ()>,
     incoming: HashMap<(PeerId, HopByHopId), Incoming>,
+    /// New requests are being refused with 3004 (`max_incoming` reached).
+    refusing: bool,
+    /// Accepted connections closed before a peer was identified: not Diameter, not a CER first, an unknown peer.
+    connections_refused: u64,
     dup: DuplicateCache,
     redirects: Vec<Redirect>,
     out: VecDeque<RouterOutput>,
@@ -209,6 +233,8 @@ impl Router {
             by_hop: HashMap::new(),
             deadlines: BTreeMap::new(),
             incoming: HashMap::new(),
+            refusing: false,
+            connections_refused: 0,
             dup,
             redirects: Vec::new(),
             out: VecDeque::new(),
@@ -228,6 +254,17 @@ impl Router {
     /// Requests waiting for an answer.
     pub fn pending(&self) -> usize {
         self.requests.len()
+    }
+
+    /// Requests from peers handed to the application and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.incoming.len()
+    }
+
+    /// Accepted connections closed before a peer was identified (garbage, a first message other than CER, a CER
+    /// from an identity neither configured nor matching `accept_peers`).
+    pub fn connections_refused(&self) -> u64 {
+        self.connections_refused
     }
 
     /// The next output.
@@ -477,6 +514,7 @@ impl Router {
         if msg.header.code != CommandCode::CAPABILITIES_EXCHANGE || !msg.is_request() {
             // RFC 6733 §5.6: before CER/CEA completes, any other message closes the connection.
             tracing::info!(conn = conn.0, command = msg.header.code.0, "message before CER; connection closed");
+            self.connections_refused += 1;
             self.conns.remove(&conn);
             self.out.push_back(RouterOutput::Close(conn));
             return;
@@ -491,7 +529,7 @@ impl Router {
         });
         let peer = match found {
             Some(i) => PeerId(i),
-            None if self.config.accept_unknown_peers => {
+            None if self.config.accept_peers.iter().any(|p| identity_matches(p, &host)) => {
                 let mut cfg = self
                     .config
                     .accepted_peer
@@ -506,6 +544,7 @@ impl Router {
             None => {
                 // RFC 6733 §5.3: a CER from an unknown peer gets 3010 DIAMETER_UNKNOWN_PEER.
                 tracing::info!(conn = conn.0, origin_host = %host, "CER from an unknown peer refused (3010)");
+                self.connections_refused += 1;
                 let mut cea = Message::answer_to(&msg);
                 cea.header.flags = cea.header.flags.with(CommandFlags::ERROR, true);
                 cea.push(Avp::u32(code::RESULT_CODE, ResultCode::UNKNOWN_PEER.0));
@@ -545,6 +584,7 @@ impl Router {
                 // (Sent directly: the peer machine may not be open yet, e.g. for a malformed CER.)
                 self.out.push_back(RouterOutput::Send(conn, answer));
                 if peer.is_none() {
+                    self.connections_refused += 1;
                     self.conns.remove(&conn);
                     self.out.push_back(RouterOutput::Close(conn));
                 }
@@ -554,6 +594,9 @@ impl Router {
             }
             None => {
                 tracing::info!(conn = conn.0, error = %e, "undecodable frame; connection closed");
+                if peer.is_none() {
+                    self.connections_refused += 1;
+                }
                 self.conns.remove(&conn);
                 self.out.push_back(RouterOutput::Close(conn));
                 if let Some(p) = peer {
@@ -609,6 +652,22 @@ impl Router {
             return self.relay(now, peer, req);
         }
         let origin_host = req.find(code::ORIGIN_HOST, 0).and_then(|a| a.as_utf8().ok()).unwrap_or_default().to_string();
+        // A retransmission of a request held goes on to the duplicate check; a new one beyond the limit is refused
+        // without being recorded, so that its retransmission is a fresh try.
+        if self.incoming.len() >= self.config.max_incoming && !self.dup.contains(&origin_host, req.header.end_to_end) {
+            self.metrics[peer.0].too_busy += 1;
+            // One line when refusing starts, not one per request of a flood; the metric counts them all.
+            if !self.refusing {
+                self.refusing = true;
+                tracing::warn!(
+                    peer = peer.0,
+                    in_flight = self.incoming.len(),
+                    "requests in flight at the limit (max_incoming): new ones answered 3004 until some are answered"
+                );
+            }
+            self.error_answer(peer, &req, ResultCode::TOO_BUSY, "too many requests in flight on this node");
+            return self.pump(now, peer);
+        }
         match self.dup.check(now, &origin_host, req.header.end_to_end) {
             Seen::New => {}
             Seen::InProgress => {
@@ -626,6 +685,7 @@ impl Router {
                 return self.pump(now, peer);
             }
         }
+        self.refusing = false;
         let proxy_info = req.find_all(code::PROXY_INFO, 0).cloned().collect();
         self.incoming.insert((peer, req.header.hop_by_hop), Incoming { origin_host, proxy_info });
         self.out.push_back(RouterOutput::Request(peer, req));
@@ -758,7 +818,9 @@ impl Router {
 
     fn incoming_answer(&mut self, now: Instant, peer: PeerId, answer: Message) {
         let Some(key) = self.by_hop.get(&(peer, answer.header.hop_by_hop)).copied() else {
-            // RFC 6733 §6.2: an answer that matches no pending request is discarded.
+            // RFC 6733 §6.2: an answer that matches no pending request is discarded. (A late answer to a request
+            // failed over is one, hence debug.)
+            self.metrics[peer.0].answers_unmatched += 1;
             tracing::debug!(
                 peer = peer.0,
                 hop_by_hop = answer.header.hop_by_hop.0,

@@ -322,7 +322,7 @@ fn server() -> (Router, Instant, ConnId) {
     let mut ocs = LocalIdentity::charging_client("ocs1.ocs.example.net", "ocs.example.net", 1);
     ocs.applications = vec![Application::Auth(AppId::CREDIT_CONTROL)];
     let mut cfg = RouterConfig::new(ocs.clone(), vec![]);
-    cfg.accept_unknown_peers = true;
+    cfg.accept_peers = vec!["*".into()];
     let mut r = Router::new(cfg, vec![], Arc::new(Dictionary::builtin()), EndToEndIds::new(1, 0));
     let now = Instant::now();
     let conn = ConnId(1);
@@ -436,6 +436,7 @@ fn protocol_errors_are_answered_with_the_right_result_code() {
     stray.push(Avp::utf8(code::ORIGIN_REALM, "example.net"));
     r.handle_frame(now, conn, stray.encode().unwrap());
     assert!(r.poll_output().is_none());
+    assert_eq!(r.metrics(PeerId(0)).answers_unmatched, 1, "counted for the metrics");
 }
 
 #[test]
@@ -446,7 +447,7 @@ fn before_cer_anything_else_closes_and_unknown_peers_get_3010() {
     r.handle_accepted(ConnId(1));
     r.handle_frame(now, ConnId(1), client_ccr(1, 1).encode().unwrap());
     assert_eq!(r.poll_output(), Some(RouterOutput::Close(ConnId(1))));
-    // A CER from an identity we do not know, with accept_unknown_peers off: CEA 3010, then close.
+    // A CER from an identity we do not know, with no accept_peers pattern: CEA 3010, then close.
     r.handle_accepted(ConnId(2));
     let mut cer = Message::request(CommandCode::CAPABILITIES_EXCHANGE, AppId::COMMON);
     cer.avps = local().capability_avps();
@@ -458,13 +459,14 @@ fn before_cer_anything_else_closes_and_unknown_peers_get_3010() {
     r.handle_accepted(ConnId(3));
     r.handle_frame(now, ConnId(3), Bytes::from_static(&[1, 0, 0, 20, 0x80, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
     assert_eq!(r.poll_output(), Some(RouterOutput::Close(ConnId(3))));
+    assert_eq!(r.connections_refused(), 3, "each counted for the metrics");
 }
 
 #[test]
 fn requests_for_another_realm_are_relayed_with_route_record() {
     // A relay: clients in example.net, servers in ocs.example.net behind peer 0.
     let mut s = Sim::new(vec![route("ocs.example.net", 0, 1)], vec![remote("ocs1.ocs.example.net")]);
-    s.router.config.accept_unknown_peers = true;
+    s.router.config.accept_peers = vec!["*".into()];
     let conn = ConnId(100);
     s.router.handle_accepted(conn);
     let mut client = local();
@@ -490,4 +492,81 @@ fn requests_for_another_realm_are_relayed_with_route_record() {
         .expect("answer relayed back");
     assert_eq!(back.1.header.hop_by_hop, HopByHopId(4242), "the original Hop-by-Hop id restored");
     assert_eq!(back.1.result_code(), Some(ResultCode::SUCCESS));
+}
+
+#[test]
+fn accept_patterns_match_like_acl_wl() {
+    assert!(identity_matches("*", "anyone.example.net"));
+    assert!(identity_matches("*.clients.example.net", "as1.clients.example.net"));
+    assert!(identity_matches("*.clients.example.net", "AS1.Clients.Example.NET"), "identities compare caseless");
+    assert!(!identity_matches("*.clients.example.net", "clients.example.net"), "the suffix alone is not under it");
+    assert!(!identity_matches("*.clients.example.net", "evilclients.example.net"), "a label boundary is required");
+    assert!(identity_matches("ocs1.example.net", "OCS1.example.net"));
+    assert!(!identity_matches("ocs1.example.net", "ocs11.example.net"));
+}
+
+#[test]
+fn cer_from_a_pattern_is_accepted_and_others_get_3010() {
+    let mut cfg =
+        RouterConfig::new(LocalIdentity::charging_client("ocs1.ocs.example.net", "ocs.example.net", 1), vec![]);
+    cfg.accept_peers = vec!["*.clients.example.net".into()];
+    let mut r = Router::new(cfg, vec![], Arc::new(Dictionary::builtin()), EndToEndIds::new(1, 0));
+    let now = Instant::now();
+    for (conn, host, accepted) in [(1, "as1.clients.example.net", true), (2, "as1.example.net", false)] {
+        r.handle_accepted(ConnId(conn));
+        let mut id = local();
+        id.origin_host = host.into();
+        let mut cer = Message::request(CommandCode::CAPABILITIES_EXCHANGE, AppId::COMMON);
+        cer.avps = id.capability_avps();
+        r.handle_frame(now, ConnId(conn), cer.encode().unwrap());
+        let out: Vec<_> = std::iter::from_fn(|| r.poll_output()).collect();
+        let rc = out.iter().find_map(|o| match o {
+            RouterOutput::Send(c, m) if *c == ConnId(conn) => m.result_code(),
+            _ => None,
+        });
+        let want = if accepted { ResultCode::SUCCESS } else { ResultCode::UNKNOWN_PEER };
+        assert_eq!(rc, Some(want), "{host}: {out:?}");
+        assert_eq!(out.contains(&RouterOutput::Close(ConnId(conn))), !accepted, "{host}");
+    }
+    assert_eq!(r.connections_refused(), 1);
+}
+
+#[test]
+fn requests_beyond_max_incoming_get_3004_and_a_retransmission_is_a_fresh_try() {
+    let (mut r, now, conn) = server();
+    r.config.max_incoming = 2;
+    let mut delivered = Vec::new();
+    for e2e in 1..=2 {
+        r.handle_frame(now, conn, client_ccr(e2e, e2e).encode().unwrap());
+        let out: Vec<_> = std::iter::from_fn(|| r.poll_output()).collect();
+        let [RouterOutput::Request(peer, req)] = &out[..] else { panic!("{out:?}") };
+        delivered.push((*peer, req.clone()));
+    }
+    assert_eq!(r.in_flight(), 2);
+    // The third, while two are in process: 3004 with the E bit, Error-Message, same Hop-by-Hop id.
+    r.handle_frame(now, conn, client_ccr(3, 3).encode().unwrap());
+    let a = sent_answers(&mut r);
+    assert_eq!(a.len(), 1, "{a:?}");
+    assert_eq!(a[0].result_code(), Some(ResultCode::TOO_BUSY));
+    assert!(a[0].header.flags.is_error() && a[0].find(code::ERROR_MESSAGE, 0).is_some());
+    assert_eq!(a[0].header.hop_by_hop, HopByHopId(3));
+    // A retransmission of one in process is still a duplicate (dropped), not refused.
+    let mut again = client_ccr(1, 11);
+    again.header.flags = again.header.flags.with(CommandFlags::RETRANSMIT, true);
+    r.handle_frame(now, conn, again.encode().unwrap());
+    assert!(r.poll_output().is_none());
+    // Once one is answered, the refused request's retransmission is processed: it was not remembered.
+    let (peer, req) = &delivered[0];
+    let mut answer = Message::answer_to(req);
+    answer.push(Avp::u32(code::RESULT_CODE, 2001));
+    answer.push(Avp::utf8(code::ORIGIN_HOST, "ocs1.ocs.example.net"));
+    answer.push(Avp::utf8(code::ORIGIN_REALM, "ocs.example.net"));
+    r.answer_request(now, *peer, answer);
+    assert_eq!(sent_answers(&mut r).len(), 1);
+    let mut retry = client_ccr(3, 13);
+    retry.header.flags = retry.header.flags.with(CommandFlags::RETRANSMIT, true);
+    r.handle_frame(now, conn, retry.encode().unwrap());
+    assert!(matches!(r.poll_output(), Some(RouterOutput::Request(..))));
+    assert_eq!(r.metrics(*peer).too_busy, 1);
+    assert_eq!(r.metrics(*peer).errors_answered, 1);
 }

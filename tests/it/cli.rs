@@ -26,6 +26,9 @@ fn check_config_names_the_bad_key() {
         ("[node]\nid = \"n1\"\nwatchdgo = \"6s\"\n", "unknown field `watchdgo`"),
         ("[sip]\nt1 = \"1s\"\nt2 = \"500ms\"\n", "sip.t1"),
         ("[replication]\nlease_ttl = \"100ms\"\n", "replication.lease_ttl"),
+        ("[node]\naccept_peers = [\"*ocs.example.net\"]\n", "node.accept_peers"),
+        ("[node]\nhttp_token = \"short\"\n", "node.http_token"),
+        ("[limits]\nmax_sessions = 0\n", "limits"),
     ] {
         let path = dir.join("bad.toml");
         std::fs::write(&path, text).unwrap();
@@ -34,5 +37,24 @@ fn check_config_names_the_bad_key() {
         assert_eq!(out.status.code(), Some(2), "{err}");
         assert!(err.contains(says) && err.contains("bad.toml"), "{err}");
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn check_config_never_prints_the_http_token() {
+    let dir = std::env::temp_dir().join(format!("charging-ra-cli-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("node.toml");
+    std::fs::write(&path, "[node]\nhttp_token = \"file-token-0123456789\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_charging-ra"))
+        .arg("check-config")
+        .arg(&path)
+        .env("CHARGING_RA_HTTP_TOKEN", "env-token-0123456789abc")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(printed.contains("http_token = \"<set, not shown>\""), "{printed}");
+    assert!(!printed.contains("0123456789"), "{printed}");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -34,7 +34,7 @@ pub fn engine_config(host: &str, peers: &[(&str, SocketAddr, u32)], tx: Duration
     ro.ccfh = ccfh;
     let mut gx = AppSettings::new(OCS_REALM);
     gx.tx = tx;
-    EngineConfig { node, ro, gx, replication: None }
+    EngineConfig::new(node, ro, gx)
 }
 
 async fn engine_for(sim: &OcsServer, tx: Duration, ccfh: Ccfh) -> Engine {

@@ -10,27 +10,36 @@ use charging_ra::ocs::OcsConfig;
 use charging_ra::ocs::server::OcsServer;
 
 use crate::engine::{engine_config, sim};
-use crate::ocs::{http, json};
+use crate::ocs::{http, http_with_headers, json};
 use crate::stack::open;
 
-/// The simulator, an engine connected to it, and the HTTP front on that engine (its address).
-async fn front() -> (OcsServer, Engine, SocketAddr) {
-    let sim = sim(OcsConfig::default()).await;
+/// An engine on the simulator, configured by `f`, once its peer is open.
+async fn connected_engine(sim: &OcsServer, f: impl FnOnce(&mut charging_ra::api::EngineConfig)) -> Engine {
     let mut cfg = engine_config(
         "as1.test.localdomain",
         &[("ocs1.ocs.localdomain", sim.diameter_addr(), 1)],
         Duration::from_secs(5),
         Ccfh::Terminate,
     );
-    // Ro replicates only when asked (`replicate` in the body, or POST …/replicate).
-    let store = charging_ra::store::AnyStore::memory();
-    cfg.replication =
-        Some(charging_ra::api::ReplicationConfig::new(store, "c1", "n1", "aaa://as1.test.localdomain:3868"));
-    cfg.ro.replicate_by_default = false;
+    f(&mut cfg);
     let e = Engine::start(cfg).await.unwrap();
     while !e.node_status().await.is_some_and(|s| open(&s, 0)) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    e
+}
+
+/// The simulator, an engine connected to it, and the HTTP front on that engine (its address).
+async fn front() -> (OcsServer, Engine, SocketAddr) {
+    let sim = sim(OcsConfig::default()).await;
+    let e = connected_engine(&sim, |cfg| {
+        // Ro replicates only when asked (`replicate` in the body, or POST …/replicate).
+        let store = charging_ra::store::AnyStore::memory();
+        cfg.replication =
+            Some(charging_ra::api::ReplicationConfig::new(store, "c1", "n1", "aaa://as1.test.localdomain:3868"));
+        cfg.ro.replicate_by_default = false;
+    })
+    .await;
     // The server task ends with the test's runtime.
     let (addr, _task) = serve(e.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     (sim, e, addr)
@@ -161,4 +170,51 @@ async fn http_front_carries_gx_reports_and_ro_service_information_by_avp_name() 
     assert_eq!(c["clean"], true, "{c}");
     e.stop().await;
     sim.stop().await;
+}
+
+#[tokio::test]
+async fn http_front_with_a_token_and_max_sessions_refuses_clearly() {
+    let sim = sim(OcsConfig::default()).await;
+    let e = connected_engine(&sim, |cfg| cfg.max_sessions = 2).await;
+    let token = "s3cret-token-0123456789";
+    let app = charging_ra::api::http::with_bearer_token(charging_ra::api::http::router(e.clone()), Some(token.into()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, _task) = charging_ra::api::http::serve_router(app, listener).unwrap();
+    let open_body = r#"{"app": "ro", "subscriber": {"type": "msisdn", "data": "46701"}, "rating_groups": [{"rating_group": 10, "requested": {}}]}"#;
+    let auth = format!("Authorization: Bearer {token}\r\n");
+
+    // Health needs no token; everything else does, and says so.
+    assert_eq!(http_with_headers(addr, "GET", "/healthz", "", "").await.0, 200);
+    let (st, head, body) = http_with_headers(addr, "POST", "/v1/sessions", open_body, "").await;
+    assert_eq!(st, 401, "{body}");
+    assert!(head.contains("www-authenticate: bearer"), "{head}");
+    assert!(json(&body)["error"].as_str().unwrap().contains("http_token"), "{body}");
+    let (st, _, body) =
+        http_with_headers(addr, "GET", "/metrics", "", "Authorization: Bearer wrong-token-000000000\r\n").await;
+    assert_eq!((st, json(&body)["error"].as_str().unwrap()), (401, "wrong bearer token"));
+
+    // With it: two sessions, then 503 with the reason, counted; one ended, room again.
+    let mut sids = Vec::new();
+    for _ in 0..2 {
+        let (st, _, body) = http_with_headers(addr, "POST", "/v1/sessions", open_body, &auth).await;
+        assert_eq!(st, 201, "{body}");
+        sids.push(json(&body)["session_id"].as_str().unwrap().to_string());
+    }
+    let (st, _, body) = http_with_headers(addr, "POST", "/v1/sessions", open_body, &auth).await;
+    assert_eq!(st, 503, "{body}");
+    assert!(json(&body)["error"].as_str().unwrap().contains("maximum of 2 sessions"), "{body}");
+    let (st, _, metrics) = http_with_headers(addr, "GET", "/metrics", "", &auth).await;
+    assert_eq!(st, 200);
+    assert!(metrics.contains("charging_ra_sessions_refused_total 1"), "{metrics}");
+    let path = format!("/v1/sessions/{}", charging_ra::api::http::path_segment(&sids[0]));
+    assert_eq!(http_with_headers(addr, "DELETE", &path, "", &auth).await.0, 200);
+    assert_eq!(http_with_headers(addr, "POST", "/v1/sessions", open_body, &auth).await.0, 201);
+    // The Rust API says the same.
+    let rg = charging_ra::api::RatingGroupRequest {
+        rating_group: 10,
+        service_id: None,
+        requested: charging_ra::units::Units::default(),
+    };
+    let err = e.open_session(charging_ra::api::App::Ro, None, None, vec![rg]).await.unwrap_err();
+    assert!(matches!(err, charging_ra::api::ChargingError::Overloaded(_)), "{err:?}");
 }

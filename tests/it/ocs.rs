@@ -18,10 +18,22 @@ use crate::stack::{client_config, open, wait_for};
 
 /// A minimal HTTP/1.1 client: (status, body).
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let (status, _, body) = http_with_headers(addr, method, path, body.unwrap_or(""), "").await;
+    (status, body)
+}
+
+/// One exchange with extra request header lines (each ending in CRLF): the status, the head (lowercased) and the
+/// body.
+pub async fn http_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &str,
+) -> (u16, String, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let body = body.unwrap_or("");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await.unwrap();
@@ -29,8 +41,8 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>
     s.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out).into_owned();
     let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_default();
+    (status, head.to_ascii_lowercase(), body.to_string())
 }
 
 pub fn json(body: &str) -> serde_json::Value {

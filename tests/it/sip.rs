@@ -174,6 +174,11 @@ async fn bad_sip_gets_400_with_a_reason_and_an_unknown_dialog_481() {
     assert!(r.starts_with("SIP/2.0 400 Content-Length 99"), "{r}");
     let r = exchange(&sock, to, &format!("INVITE sip:b@y SIP/2.0\r\n{}\r\n", head("1 BYE", ""))).await.unwrap();
     assert!(r.starts_with("SIP/2.0 400 CSeq method BYE does not match INVITE"), "{r}");
+    let no_call_id: String =
+        head("1 INVITE", "").lines().filter(|l| !l.starts_with("Call-ID")).map(|l| format!("{l}\r\n")).collect();
+    // A response copies Call-ID (§8.2.6.2): without one nothing valid can be answered, so it is dropped.
+    let r = exchange(&sock, to, &format!("INVITE sip:b@y SIP/2.0\r\n{no_call_id}\r\n")).await;
+    assert_eq!(r, None, "no Call-ID: dropped");
     let r = exchange(&sock, to, &format!("INVITE  SIP/2.0\r\n{}\r\n", head("1 INVITE", ""))).await.unwrap();
     assert!(r.starts_with("SIP/2.0 400 Malformed Request-Line"), "{r}");
     assert_eq!(exchange(&sock, to, "\u{1}\u{2} garbage").await, None, "nothing to answer: dropped");

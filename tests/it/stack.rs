@@ -22,7 +22,7 @@ pub fn identity(host: &str, realm: &str, apps: &[Application]) -> LocalIdentity 
 /// A server node listening on an ephemeral loopback port, accepting any peer.
 pub fn server_config(host: &str) -> NodeConfig {
     let mut rc = RouterConfig::new(identity(host, OCS_REALM, &[Application::Auth(AppId::CREDIT_CONTROL)]), vec![]);
-    rc.accept_unknown_peers = true;
+    rc.accept_peers = vec!["*".into()];
     let mut tmpl = PeerConfig::new(rc.local.clone(), None, false);
     tmpl.watchdog_interval = Duration::from_secs(1);
     rc.accepted_peer = Some(tmpl);
