@@ -285,7 +285,13 @@ fn node(path: &Path, log_json: bool) -> anyhow::Result<ExitCode> {
         if config.replication.enabled {
             let store = AnyStore::open(&config.store, dir)
                 .await
-                .with_context(|| format!("opening the [store] of {}", path.display()))?;
+                .with_context(|| {
+                    format!(
+                        "opening the [store] of {} (a node does not start without its store; one lost while running \
+                         only pauses replication)",
+                        path.display()
+                    )
+                })?;
             let uri = match config.node.diameter_listen {
                 Some(a) => format!("aaa://{}:{}", config.node.origin_host, a.port()),
                 None => format!("aaa://{}", config.node.origin_host),

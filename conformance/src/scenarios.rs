@@ -192,6 +192,11 @@ pub(crate) fn all() -> Vec<Scenario> {
             "SQLite locked by another process: charging goes on, the backlog drains",
             store::sqlite_locked_then_catches_up,
         ),
+        scenario(
+            "store-sqlite-file-moved-then-catches-up",
+            "SQLite file moved away under a running node: detected and logged, charging goes on, the backlog drains once it is back",
+            store::sqlite_file_moved_then_catches_up,
+        ),
         // Failover.
         scenario(
             "failover-next-event-adopts",

@@ -328,10 +328,7 @@ impl ScyllaStore {
         let nodes = config.nodes.join(",");
         let ks = quote_ident(&config.keyspace);
         let unavailable = |what: &str, e: &dyn fmt::Display| StoreError::Unavailable {
-            reason: format!(
-                "ScyllaDB store at {nodes} (keyspace {}): {what}: {e}; sessions continue locally, replication paused",
-                config.keyspace
-            ),
+            reason: format!("ScyllaDB store at {nodes} (keyspace {}): {what}: {e}", config.keyspace),
             retry_after: Duration::from_secs(1),
         };
         let profile = ExecutionProfile::builder()

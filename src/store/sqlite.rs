@@ -17,6 +17,29 @@ use super::{Expect, Store, StoreError, Versioned, Write};
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    /// The file's (device, inode) when opened: SQLite goes on writing to a file deleted, moved or replaced under
+    /// it without an error, into a file no other node reads any more. Every operation checks the path still names
+    /// this file first.
+    file: Option<(u64, u64)>,
+}
+
+/// `path` still names the file opened as `file`; otherwise the store is unavailable, with the reason.
+fn same_file(path: &Path, file: Option<(u64, u64)>) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(file) = file else { return Ok(()) };
+    match std::fs::metadata(path) {
+        Ok(m) if (m.dev(), m.ino()) == file => Ok(()),
+        Ok(_) => Err(unavailable(
+            path,
+            "the database file was replaced under this node (another file is at its path now); nothing is written \
+             to either until the original is back or the node restarts",
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(unavailable(
+            path,
+            "the database file was deleted or moved under this node; nothing is written until it is back at its path",
+        )),
+        Err(e) => Err(unavailable(path, e)),
+    }
 }
 
 fn now_ms() -> i64 {
@@ -46,7 +69,20 @@ impl SqliteStore {
     /// Opens (creating if needed) the store at `path`. `busy_timeout` is how long a write waits for another
     /// process's write lock before the operation reports the store unavailable.
     pub fn open(path: &Path, busy_timeout: Duration) -> Result<SqliteStore, StoreError> {
-        let conn = Connection::open(path).map_err(|e| map_err(path, e))?;
+        let cannot_open = |e: rusqlite::Error| match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(f.code, rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly) =>
+            {
+                let hint = "the file and its directory must exist and be writable: SQLite writes -wal and -shm files \
+                            beside it";
+                StoreError::Unavailable {
+                    reason: format!("SQLite store {}: {e} ({hint})", path.display()),
+                    retry_after: Duration::from_secs(1),
+                }
+            }
+            _ => map_err(path, e),
+        };
+        let conn = Connection::open(path).map_err(cannot_open)?;
         conn.busy_timeout(busy_timeout).map_err(|e| map_err(path, e))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -60,8 +96,12 @@ impl SqliteStore {
              CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL);
              INSERT OR IGNORE INTO meta (id, seq) VALUES (0, 0);",
         )
-        .map_err(|e| map_err(path, e))?;
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf() })
+        .map_err(cannot_open)?;
+        let file = std::fs::metadata(path).ok().map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino())
+        });
+        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf(), file })
     }
 
     /// The file.
@@ -99,8 +139,9 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut Connection, &Path) -> Result<T, rusqlite::Error> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (conn, path) = (self.conn.clone(), self.path.clone());
+        let (conn, path, file) = (self.conn.clone(), self.path.clone(), self.file);
         tokio::task::spawn_blocking(move || {
+            same_file(&path, file)?;
             let mut c = conn.lock().expect("sqlite connection lock");
             f(&mut c, &path).map_err(|e| map_err(&path, e))
         })
@@ -124,8 +165,9 @@ impl Store for SqliteStore {
     }
 
     async fn batch(&self, writes: Vec<Write>) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
-        let (conn, path) = (self.conn.clone(), self.path.clone());
+        let (conn, path, file) = (self.conn.clone(), self.path.clone(), self.file);
         tokio::task::spawn_blocking(move || -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+            same_file(&path, file)?;
             let mut c = conn.lock().expect("sqlite connection lock");
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| map_err(&path, e))?;
             let now = now_ms();

@@ -58,3 +58,25 @@ fn check_config_never_prints_the_http_token() {
     assert!(!printed.contains("0123456789"), "{printed}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A node whose store cannot be reached at start says which store and that it does not start (a store lost while
+/// running only pauses replication: the conformance scenarios `store-*`).
+#[cfg(feature = "scylla")]
+#[test]
+fn a_node_without_its_store_at_start_says_so_and_exits() {
+    let dir = std::env::temp_dir().join(format!("charging-ra-cli-store-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("node.toml");
+    std::fs::write(
+        &path,
+        "[node]\nhttp_listen = \"127.0.0.1:0\"\n[replication]\nenabled = true\n\
+         [store]\ntype = \"scylla\"\n[store.scylla]\nnodes = [\"127.0.0.1:1\"]\nconnect_timeout = \"1s\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_charging-ra")).args(["node", "--config"]).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("127.0.0.1:1") && err.contains("unreachable"), "{err}");
+    assert!(err.contains("does not start without its store"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -60,3 +60,40 @@ pub(super) fn sqlite_locked_then_catches_up(ctx: &mut Ctx) -> Result<(), String>
     ensure(fresh == [0, 1, 2, 3, 4], "every number once, in order", &json!(fresh))?;
     ocs.clean().map(drop)
 }
+
+/// The database file moved away under a running node (an operator's mistake, a clean-up script): SQLite would go
+/// on writing into it under its new name, where no other node reads. The node must notice, say so, keep charging,
+/// hold the changes, and write them once the file is back.
+pub(super) fn sqlite_file_moved_then_catches_up(ctx: &mut Ctx) -> Result<(), String> {
+    if ctx.config.store != StoreKind::Sqlite {
+        return Err(format!("{SKIPPED}needs the SQLite store"));
+    }
+    let (ocs, node) = setup(ctx, "", |s| s.replicate = true)?;
+    let sid = node.open_ro("46700000203")?;
+    let path = ctx.store_path();
+    let aside = path.with_extension("aside");
+    std::fs::rename(&path, &aside).map_err(|e| e.to_string())?;
+    for secs in [5, 6, 7] {
+        let (s, b) = node.update(&sid, secs)?;
+        ensure(s == 200, "charging goes on while the file is away", &b)?;
+    }
+    let st = wait_for("the node to report the store down", Duration::from_secs(5), || {
+        node.status().ok().filter(|s| s["replication"]["store_down"] == true)
+    })?;
+    ensure(st["replication"]["backlog"].as_u64() > Some(0), "the changes are held", &st)?;
+    let log = std::fs::read_to_string(ctx.dir.join("n1.log")).unwrap_or_default();
+    ensure(log.contains("deleted or moved"), "the log says what happened to the file", &json!(log))?;
+    std::fs::rename(&aside, &path).map_err(|e| e.to_string())?;
+    wait_for("the backlog to drain", Duration::from_secs(10), || {
+        node.status().ok().filter(|s| s["replication"]["store_down"] == false && s["replication"]["backlog"] == 0)
+    })?;
+    // What the store holds is the session as it is now (its next request number is 4), not as it was.
+    let store = ctx.store()?;
+    let states = ctx.rt.block_on(store.scan_prefix("conformance/state/")).map_err(|e| e.to_string())?;
+    let text: Vec<String> = states.iter().map(|(_, v)| String::from_utf8_lossy(&v.value).into_owned()).collect();
+    ensure(text.len() == 1 && text[0].contains("\"next_number\":4"), "the state written is the latest", &json!(text))?;
+    node.terminate(&sid, 1)?;
+    let fresh = numbering(&requests(&ocs, &sid)?)?;
+    ensure(fresh == [0, 1, 2, 3, 4], "every number once, in order", &json!(fresh))?;
+    ocs.clean().map(drop)
+}
