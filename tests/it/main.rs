@@ -4,6 +4,7 @@ mod cli;
 mod codec;
 mod crosscheck;
 mod demo;
+mod deps;
 mod dict;
 mod engine;
 mod freediameter;
