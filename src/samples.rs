@@ -435,6 +435,82 @@ fn gx_samples(b: &B) -> Vec<(&'static str, Message)> {
     vec![("Gx CCR-I", ccr), ("Gx CCA-I", cca), ("Gx RAR", rar), ("Gx RAA", raa)]
 }
 
+/// A dictionary file of our own covering what the loader reads (the seed of the dictionary fuzzing): an application with a vendor, a command with both
+/// grammars, AVPs of several types, an Enumerated, Grouped AVPs naming each other (a cycle), and an override of a
+/// shipped AVP.
+pub const DICTIONARY: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<diameter>
+  <application id="16777999" type="auth" name="Fuzz App">
+    <vendor id="99999" name="Fuzz"/>
+    <command code="8388001" short="FZ" name="Fuzz-Command">
+      <request>
+        <rule avp="Session-Id" required="true" max="1"/>
+        <rule avp="Origin-Host" required="true" max="1"/>
+        <rule avp="Origin-Realm" required="true" max="1"/>
+        <rule avp="Fuzz-Group" required="false"/>
+      </request>
+      <answer>
+        <rule avp="Session-Id" required="true" max="1"/>
+        <rule avp="Result-Code" required="false" max="1"/>
+      </answer>
+    </command>
+    <avp name="Fuzz-Group" code="9001" must="V,M" may="P" must-not="-" may-encrypt="Y" vendor-id="99999">
+      <data type="Grouped">
+        <rule avp="Fuzz-Inner" required="false" max="2"/>
+        <rule avp="Fuzz-Kind" required="true" max="1"/>
+      </data>
+    </avp>
+    <avp name="Fuzz-Inner" code="9002" must="V" may="P" must-not="-" may-encrypt="Y" vendor-id="99999">
+      <data type="Grouped">
+        <rule avp="Fuzz-Group" required="false"/>
+        <rule avp="Fuzz-Address" required="false" max="1"/>
+      </data>
+    </avp>
+    <avp name="Fuzz-Kind" code="9003" must="V,M" may="P" must-not="-" may-encrypt="Y" vendor-id="99999">
+      <data type="Enumerated">
+        <item code="0" name="ZERO"/>
+        <item code="4294967295" name="BIG"/>
+      </data>
+    </avp>
+    <avp name="Fuzz-Address" code="9004" must="V" may="P" must-not="-" may-encrypt="N" vendor-id="99999">
+      <data type="Address"/>
+    </avp>
+    <avp name="Fuzz-Time" code="9005" must="V" may="P" must-not="M" may-encrypt="N" vendor-id="99999">
+      <data type="Time"/>
+    </avp>
+    <avp name="Rating-Group" code="432" must="M" may="P" must-not="V" may-encrypt="Y">
+      <data type="Unsigned32"/>
+    </avp>
+  </application>
+</diameter>
+"#;
+
+/// One body of each kind the HTTP front takes (route, JSON): the seeds of its fuzzing, valid as they are.
+pub fn http_bodies() -> Vec<(&'static str, &'static str)> {
+    vec![
+        (
+            "open",
+            r#"{"app": "ro", "subscriber": {"type": "msisdn", "data": "46701"}, "service_context": "32260@3gpp.org",
+        "rating_groups": [{"rating_group": 10, "service_id": 1, "requested": {"time": 60, "total_octets": 1000}}],
+        "convergence": "call-1", "replicate": true,
+        "avps": [{"name": "Service-Information", "value": [{"name": "IMS-Information", "value": [{"name": "Node-Functionality", "value": 0}]}]}]}"#,
+        ),
+        (
+            "update",
+            r#"{"used": [{"rating_group": 10, "used": {"time": 30}, "reporting_reason": 3}], "requested": [{"rating_group": 10, "requested": {}}],
+        "idempotency_key": "k1", "avps": [{"name": "Event-Trigger", "value": 13}, {"name": "Framed-IP-Address", "value": "10.0.0.1"}]}"#,
+        ),
+        (
+            "terminate",
+            r#"{"used": [{"rating_group": 10, "used": {"input_octets": 5, "output_octets": 7}}], "avps": [{"name": "Termination-Cause", "value": "DIAMETER_LOGOUT"}]}"#,
+        ),
+        (
+            "event",
+            r#"{"subscriber": {"type": "imsi", "data": "240011234567890"}, "requested_action": "direct_debiting", "requested": {"service_specific_units": 3}, "service_id": 7}"#,
+        ),
+    ]
+}
+
 /// SIP messages with the forms a parser must handle (compact headers, folding, comma-joined Vias and
 /// Record-Routes, a quoted comma, IPv6): seeds for the SIP fuzz targets and tests.
 pub fn sip() -> Vec<(&'static str, &'static str)> {

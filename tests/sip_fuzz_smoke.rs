@@ -28,31 +28,7 @@ const TOKENS: &[&str] = &[
 ];
 
 fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
-    let mut b = input.to_vec();
-    for _ in 0..1 + rng.below(4) {
-        if b.is_empty() {
-            b.push(b'x');
-        }
-        let at = rng.below(b.len());
-        match rng.below(6) {
-            0 => b[at] ^= 1 << rng.below(8),
-            1 => b[at] = rng.next() as u8,
-            2 => {
-                let t = TOKENS[rng.below(TOKENS.len())].as_bytes();
-                b.splice(at..at, t.iter().copied());
-            }
-            3 => b.truncate(at),
-            4 => {
-                let len = rng.below(40).min(b.len() - at);
-                let chunk = b[at..at + len].to_vec();
-                b.splice(at..at, chunk);
-            }
-            _ => {
-                b.remove(at);
-            }
-        }
-    }
-    b
+    rng::mutate(rng, input, TOKENS)
 }
 
 #[test]
