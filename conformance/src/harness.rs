@@ -98,16 +98,57 @@ pub const OCS_MATE_HOST: &str = "ocs2.ocs.localdomain";
 /// The realm requests are routed by.
 pub const OCS_REALM: &str = "ocs.localdomain";
 
+/// Where a process runs: its address, and the network namespace it is started in (`ip netns exec`), if any.
+#[derive(Clone, Debug)]
+pub struct Place {
+    /// The address it listens on.
+    pub ip: std::net::IpAddr,
+    /// The network namespace, made by the scenario.
+    pub netns: Option<String>,
+}
+
+impl Place {
+    /// Loopback of the test's own namespace.
+    pub fn loopback() -> Place {
+        Place { ip: std::net::Ipv4Addr::LOCALHOST.into(), netns: None }
+    }
+
+    /// A command for `program`, inside the namespace when there is one (`ip netns exec` execs it: same pid).
+    fn command(&self, program: &std::path::Path) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+}
+
 impl Ocs {
     /// Starts a simulator with this configuration (TOML, docs/ocs-sim.md).
     pub fn start(subject: Subject, binary: &std::path::Path, dir: &std::path::Path, toml: &str) -> Result<Ocs, String> {
+        Ocs::start_at(subject, binary, dir, toml, &Place::loopback())
+    }
+
+    /// [`Ocs::start`] at a place (real processes only).
+    pub fn start_at(
+        subject: Subject,
+        binary: &std::path::Path,
+        dir: &std::path::Path,
+        toml: &str,
+        place: &Place,
+    ) -> Result<Ocs, String> {
         match subject {
             Subject::Exec => {
                 let cfg = dir.join("ocs.toml");
                 std::fs::write(&cfg, toml).map_err(|e| e.to_string())?;
-                let mut child = Command::new(binary)
-                    .args(["ocs-sim", "--listen", "127.0.0.1:0", "--control", "127.0.0.1:0"])
-                    .args(["--mate-listen", "127.0.0.1:0", "--mate-host", OCS_MATE_HOST])
+                let any = format!("{}:0", place.ip);
+                let mut child = place
+                    .command(binary)
+                    .args(["ocs-sim", "--listen", &any, "--control", &any])
+                    .args(["--mate-listen", &any, "--mate-host", OCS_MATE_HOST])
                     .args(["--origin-host", OCS_HOST, "--origin-realm", OCS_REALM, "--config"])
                     .arg(&cfg)
                     .env("RUST_LOG", "warn")
@@ -220,8 +261,10 @@ pub struct NodeSpec {
     pub wait_open: bool,
     /// Its Diameter port (0: any), fixed when other nodes connect to it.
     pub diameter_port: u16,
-    /// Every member of its cluster: (node id, Diameter port); empty for a lone node.
-    pub cluster: Vec<(String, u16)>,
+    /// Every member of its cluster: (node id, Diameter address); empty for a lone node.
+    pub cluster: Vec<(String, SocketAddr)>,
+    /// Where it runs.
+    pub place: Place,
     /// Run the SIP B2BUA (on a port of its choosing, read from the ready line), sending leg B to this address.
     pub sip: Option<SocketAddr>,
 }
@@ -244,6 +287,7 @@ impl NodeSpec {
             diameter_port: 0,
             cluster: Vec::new(),
             sip: None,
+            place: Place::loopback(),
         }
     }
 
@@ -255,15 +299,16 @@ impl NodeSpec {
     fn toml(&self, store: &std::path::Path) -> String {
         let mut t = format!(
             "[node]\nid = \"{id}\"\norigin_host = \"{host}\"\norigin_realm = \"charging.localdomain\"\n\
-             diameter_listen = \"127.0.0.1:{port}\"\nhttp_listen = \"127.0.0.1:0\"\nwatchdog = \"{tw}ms\"\n\n",
+             diameter_listen = \"{ip}:{port}\"\nhttp_listen = \"{ip}:0\"\nwatchdog = \"{tw}ms\"\n\n",
+            ip = self.place.ip,
             id = self.id,
             host = self.origin_host(),
             port = self.diameter_port,
             tw = self.watchdog.as_millis()
         );
-        for (id, port) in &self.cluster {
+        for (id, addr) in &self.cluster {
             t += &format!(
-                "[[cluster.members]]\nid = \"{id}\"\norigin_host = \"{id}.charging.localdomain\"\naddress = \"127.0.0.1:{port}\"\n\n"
+                "[[cluster.members]]\nid = \"{id}\"\norigin_host = \"{id}.charging.localdomain\"\naddress = \"{addr}\"\n\n"
             );
         }
         for (host, addr, prio) in &self.peers {
@@ -292,7 +337,8 @@ impl NodeSpec {
         );
         if let Some(next_hop) = self.sip {
             t += &format!(
-                "\n[sip]\nenabled = true\nlisten = \"127.0.0.1:0\"\nnext_hop = \"{next_hop}\"\nquota = \"30s\"\n"
+                "\n[sip]\nenabled = true\nlisten = \"{}:0\"\nnext_hop = \"{next_hop}\"\nquota = \"30s\"\n",
+                self.place.ip
             );
         }
         t
@@ -326,7 +372,9 @@ impl Node {
                 let cfg = ctx.dir.join(format!("{}.toml", spec.id));
                 std::fs::write(&cfg, &toml).map_err(|e| e.to_string())?;
                 let log = std::fs::File::create(ctx.dir.join(format!("{}.log", spec.id))).map_err(|e| e.to_string())?;
-                let mut child = Command::new(&ctx.config.binary)
+                let mut child = spec
+                    .place
+                    .command(&ctx.config.binary)
                     .args(["node", "--config"])
                     .arg(&cfg)
                     .env("RUST_LOG", std::env::var("CONFORMANCE_NODE_LOG").unwrap_or_else(|_| "info".into()))
@@ -504,13 +552,17 @@ impl super::Ctx<'_> {
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?;
-        let members: Vec<(String, u16)> = ports.iter().enumerate().map(|(i, p)| (format!("n{}", i + 1), *p)).collect();
+        let members: Vec<(String, SocketAddr)> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("n{}", i + 1), SocketAddr::from(([127, 0, 0, 1], *p))))
+            .collect();
         Ok(members
             .iter()
-            .map(|(id, port)| {
+            .map(|(id, addr)| {
                 let mut spec = NodeSpec::new(id, ocs);
                 spec.replicate = true;
-                spec.diameter_port = *port;
+                spec.diameter_port = addr.port();
                 spec.cluster = members.clone();
                 // Links between nodes come up (and, after a loss, reopen) within a few seconds.
                 spec.watchdog = Duration::from_secs(1);

@@ -12,6 +12,7 @@ use super::{Ctx, Scenario, Subject};
 
 mod cc;
 mod failover;
+mod partition;
 mod peer;
 mod sip;
 mod store;
@@ -196,6 +197,17 @@ pub(crate) fn all() -> Vec<Scenario> {
             "store-sqlite-file-moved-then-catches-up",
             "SQLite file moved away under a running node: detected and logged, charging goes on, the backlog drains once it is back",
             store::sqlite_file_moved_then_catches_up,
+        ),
+        // Partitions.
+        scenario(
+            "partition-node-cut-from-ocs",
+            "Network namespaces: a node cut from the OCS (silent drops): CCFH for its request, the watchdog takes the peer down, other nodes unaffected; healed, it reopens and charges",
+            partition::node_cut_from_ocs,
+        ),
+        scenario(
+            "partition-nodes-cut-from-each-other",
+            "Network namespaces: two nodes cut from each other: no adoption of a live owner's session, 502 where it cannot be forwarded, charged once through the owner",
+            partition::nodes_cut_from_each_other,
         ),
         // Failover.
         scenario(
