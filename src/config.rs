@@ -188,7 +188,7 @@ impl SipSection {
 
 /// `[node]`: who this node is and where it listens. `CHARGING_RA_NODE_ID`, `CHARGING_RA_ORIGIN_HOST`,
 /// `CHARGING_RA_DIAMETER_LISTEN` and `CHARGING_RA_HTTP_LISTEN` override the values of the same name, so that the
-/// nodes of a cluster can share one file.
+/// nodes of a cluster can share one file; `CHARGING_RA_HTTP_TOKEN` sets `http_token`.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeSection {
