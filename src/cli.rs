@@ -77,6 +77,10 @@ enum Command {
         /// Replicate every session: off, memory, or sqlite (a fresh database file in the temporary directory).
         #[arg(long, default_value = "off")]
         replication: String,
+        /// Start transactions at this rate per second (open loop; latency counts from when each was due), for
+        /// latency at a given load; without it, as fast as the concurrency allows.
+        #[arg(long)]
+        rate: Option<f64>,
     },
     /// Run the OCS (Ro) and PCRF (Gx) simulator with its ledger and HTTP control API.
     /// Run a charging node: the credit-control engine with its HTTP front, connected to the configured OCS/PCRF
@@ -137,8 +141,9 @@ pub fn main() -> ExitCode {
             decode_pcap(&pcap, &dictionaries, config.as_deref())
         }
         Command::Decode { hex, file, dictionaries, config, .. } => decode(hex, file, &dictionaries, config.as_deref()),
-        Command::Load { ocs, realm, sessions, concurrency, updates, hold, duration, app, replication } => {
-            load(ocs, realm, sessions, concurrency, updates, hold, duration, &app, &replication)
+        Command::Load { ocs, realm, sessions, concurrency, updates, hold, duration, app, replication, rate } => {
+            let opts = LoadOptions { hold, duration, rate };
+            load(ocs, realm, sessions, concurrency, updates, opts, &app, &replication)
         }
         Command::CheckConfig { file } => check_config(&file),
         Command::Node { config, log_json } => node(&config, log_json),
@@ -334,6 +339,13 @@ fn node(path: &Path, log_json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `load`'s pacing options.
+struct LoadOptions {
+    hold: std::time::Duration,
+    duration: Option<std::time::Duration>,
+    rate: Option<f64>,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn load(
     ocs: std::net::SocketAddr,
@@ -341,11 +353,13 @@ fn load(
     sessions: u64,
     concurrency: usize,
     updates: u32,
-    hold: std::time::Duration,
-    duration: Option<std::time::Duration>,
+    LoadOptions { hold, duration, rate }: LoadOptions,
     app: &str,
     replication: &str,
 ) -> anyhow::Result<ExitCode> {
+    if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+        bail!("--rate must be a positive number of transactions per second");
+    }
     use charging_ra::api::App;
     use charging_ra::store::{AnyStore, SqliteStore};
     let app = match app {
@@ -365,8 +379,18 @@ fn load(
         }
         other => bail!("--replication {other:?}: use off, memory or sqlite"),
     };
-    let cfg =
-        charging_ra::load::LoadConfig { ocs, realm, sessions, concurrency, updates, hold, duration, app, replication };
+    let cfg = charging_ra::load::LoadConfig {
+        ocs,
+        realm,
+        sessions,
+        concurrency,
+        updates,
+        hold,
+        duration,
+        app,
+        replication,
+        rate,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = rt.block_on(charging_ra::load::run(cfg));
     if let Some(path) = db {

@@ -36,6 +36,10 @@ pub struct LoadConfig {
     pub app: App,
     /// Replicate every session to this store (write-ahead of each CCR, write-behind of the rest).
     pub replication: Option<crate::store::AnyStore>,
+    /// Start transactions at this many per second (open loop, for latency at a given load); `None`: as fast as
+    /// the concurrency allows. A transaction that comes due while its worker is still busy counts its latency from
+    /// when it was due, so a run that falls behind its rate shows it.
+    pub rate: Option<f64>,
 }
 
 /// What a run measured.
@@ -129,17 +133,34 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
     let deadline = cfg.duration.map(|d| started + d);
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
+    let tickets = Arc::new(AtomicU64::new(0));
     let shared = Arc::new(Mutex::new((Vec::<u32>::with_capacity(1 << 16), BTreeMap::<u32, u64>::new())));
     let progress = std::io::stderr().is_terminal();
     let mut workers = Vec::new();
     for _ in 0..cfg.concurrency.max(1) {
-        let (engine, next, done, shared, cfg) =
-            (engine.clone(), next.clone(), done.clone(), shared.clone(), cfg.clone());
+        let (engine, next, done, shared, cfg, tickets) =
+            (engine.clone(), next.clone(), done.clone(), shared.clone(), cfg.clone(), tickets.clone());
         workers.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut results: BTreeMap<u32, u64> = BTreeMap::new();
             let timed =
                 |lat: &mut Vec<u32>, t: Instant| lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+            // When the next transaction is due: now, or its slot in the run's schedule at `rate`.
+            let due = || {
+                let tickets = tickets.clone();
+                async move {
+                    let Some(rate) = cfg.rate else { return Instant::now() };
+                    let k = tickets.fetch_add(1, Ordering::Relaxed);
+                    let at = started + Duration::from_secs_f64(k as f64 / rate);
+                    if at <= Instant::now() {
+                        // Already due: the run is behind its schedule, and the wait since counts.
+                        return at;
+                    }
+                    // Early: sleep (tokio's timer wakes up to a millisecond late, which is not the engine's).
+                    tokio::time::sleep_until(at.into()).await;
+                    Instant::now()
+                }
+            };
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= cfg.sessions || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -151,7 +172,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
                 } else {
                     vec![]
                 };
-                let t = Instant::now();
+                let t = due().await;
                 let r = engine.open_session(cfg.app, subscriber, None, rgs).await;
                 timed(&mut lat, t);
                 *results.entry(result_of(&r)).or_default() += 1;
@@ -173,7 +194,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
                     }
-                    let t = Instant::now();
+                    let t = due().await;
                     let r = engine.update(&sid, used(1), vec![], None).await;
                     timed(&mut lat, t);
                     *results.entry(result_of(&r)).or_default() += 1;
@@ -186,7 +207,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
                     tokio::time::sleep(cfg.hold).await;
                 }
                 if alive && engine.session(&sid).await.is_some() {
-                    let t = Instant::now();
+                    let t = due().await;
                     let r = engine.terminate(&sid, used(1)).await;
                     timed(&mut lat, t);
                     *results.entry(result_of(&r)).or_default() += 1;

@@ -261,6 +261,7 @@ async fn load_driver_runs_sessions_and_prints_throughput_last() {
             duration: None,
             app: App::Ro,
             replication: replication.clone(),
+            rate: None,
         };
         let report = charging_ra::load::run(cfg).await.unwrap();
         assert_eq!(report.sessions, 300);
@@ -284,5 +285,22 @@ async fn load_driver_runs_sessions_and_prints_throughput_last() {
         }
         assert_eq!(report.store.is_some(), replicated);
     }
+    // Paced: 300 transactions at 1,000/s take at least 0.3 s, whatever the concurrency could do.
+    let cfg = charging_ra::load::LoadConfig {
+        ocs: sim.diameter_addr(),
+        realm: OCS_REALM.into(),
+        sessions: 100,
+        concurrency: 20,
+        updates: 1,
+        hold: Duration::ZERO,
+        duration: None,
+        app: App::Ro,
+        replication: None,
+        rate: Some(1000.0),
+    };
+    let report = charging_ra::load::run(cfg).await.unwrap();
+    assert_eq!(report.transactions, 300);
+    assert!(report.elapsed >= Duration::from_millis(298), "{:?}", report.elapsed);
+    assert!(report.throughput() <= 1010.0, "{}", report.summary());
     sim.stop().await;
 }
