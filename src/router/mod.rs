@@ -45,6 +45,9 @@ pub struct RouterConfig {
     pub accept_peers: Vec<String>,
     /// Template for peers created when an unknown identity is accepted.
     pub accepted_peer: Option<PeerConfig>,
+    /// Identities accepted by `accept_peers` are remembered (as peers) at most this many; a CER from one more new
+    /// identity gets 3010, so that a flood of made-up Origin-Hosts cannot grow the peer table without bound.
+    pub max_accepted_peers: usize,
     /// Decoder limits.
     pub limits: DecodeLimits,
     /// Requests pending an answer at most; beyond it new requests fail with 3004 (DIAMETER_TOO_BUSY).
@@ -68,6 +71,7 @@ impl RouterConfig {
             duplicate_capacity: 1 << 20,
             accept_peers: Vec::new(),
             accepted_peer: None,
+            max_accepted_peers: 4096,
             limits: DecodeLimits::default(),
             max_pending: 1 << 20,
             max_incoming: 10_000,
@@ -200,6 +204,8 @@ pub struct Router {
     incoming: HashMap<(PeerId, HopByHopId), Incoming>,
     /// New requests are being refused with 3004 (`max_incoming` reached).
     refusing: bool,
+    /// Peers from the configuration; those after them were accepted by `accept_peers`.
+    configured_peers: usize,
     /// Accepted connections closed before a peer was identified: not Diameter, not a CER first, an unknown peer.
     connections_refused: u64,
     dup: DuplicateCache,
@@ -221,6 +227,7 @@ impl Router {
             })
             .collect();
         Router {
+            configured_peers: peers.len(),
             metrics: vec![PeerMetrics::default(); peers.len()],
             peers,
             config,
@@ -529,7 +536,9 @@ impl Router {
         });
         let peer = match found {
             Some(i) => PeerId(i),
-            None if self.config.accept_peers.iter().any(|p| identity_matches(p, &host)) => {
+            None if self.config.accept_peers.iter().any(|p| identity_matches(p, &host))
+                && self.peers.len() - self.configured_peers < self.config.max_accepted_peers =>
+            {
                 let mut cfg = self
                     .config
                     .accepted_peer
@@ -542,7 +551,8 @@ impl Router {
                 PeerId(self.peers.len() - 1)
             }
             None => {
-                // RFC 6733 §5.3: a CER from an unknown peer gets 3010 DIAMETER_UNKNOWN_PEER.
+                // RFC 6733 §5.3: a CER from an unknown peer gets 3010 DIAMETER_UNKNOWN_PEER (and so does one more
+                // new identity once `max_accepted_peers` are remembered).
                 tracing::info!(conn = conn.0, origin_host = %host, "CER from an unknown peer refused (3010)");
                 self.connections_refused += 1;
                 let mut cea = Message::answer_to(&msg);

@@ -505,6 +505,22 @@ fn accept_patterns_match_like_acl_wl() {
     assert!(!identity_matches("ocs1.example.net", "ocs11.example.net"));
 }
 
+/// A CER from `host` on a new accepted connection: what the router does, and the Result-Code it answers with.
+fn cer_from(r: &mut Router, now: Instant, conn: u64, host: &str) -> (Vec<RouterOutput>, Option<ResultCode>) {
+    r.handle_accepted(ConnId(conn));
+    let mut id = local();
+    id.origin_host = host.into();
+    let mut cer = Message::request(CommandCode::CAPABILITIES_EXCHANGE, AppId::COMMON);
+    cer.avps = id.capability_avps();
+    r.handle_frame(now, ConnId(conn), cer.encode().unwrap());
+    let out: Vec<_> = std::iter::from_fn(|| r.poll_output()).collect();
+    let rc = out.iter().find_map(|o| match o {
+        RouterOutput::Send(c, m) if *c == ConnId(conn) => m.result_code(),
+        _ => None,
+    });
+    (out, rc)
+}
+
 #[test]
 fn cer_from_a_pattern_is_accepted_and_others_get_3010() {
     let mut cfg =
@@ -513,22 +529,18 @@ fn cer_from_a_pattern_is_accepted_and_others_get_3010() {
     let mut r = Router::new(cfg, vec![], Arc::new(Dictionary::builtin()), EndToEndIds::new(1, 0));
     let now = Instant::now();
     for (conn, host, accepted) in [(1, "as1.clients.example.net", true), (2, "as1.example.net", false)] {
-        r.handle_accepted(ConnId(conn));
-        let mut id = local();
-        id.origin_host = host.into();
-        let mut cer = Message::request(CommandCode::CAPABILITIES_EXCHANGE, AppId::COMMON);
-        cer.avps = id.capability_avps();
-        r.handle_frame(now, ConnId(conn), cer.encode().unwrap());
-        let out: Vec<_> = std::iter::from_fn(|| r.poll_output()).collect();
-        let rc = out.iter().find_map(|o| match o {
-            RouterOutput::Send(c, m) if *c == ConnId(conn) => m.result_code(),
-            _ => None,
-        });
+        let (out, rc) = cer_from(&mut r, now, conn, host);
         let want = if accepted { ResultCode::SUCCESS } else { ResultCode::UNKNOWN_PEER };
         assert_eq!(rc, Some(want), "{host}: {out:?}");
         assert_eq!(out.contains(&RouterOutput::Close(ConnId(conn))), !accepted, "{host}");
     }
     assert_eq!(r.connections_refused(), 1);
+    // Remembered accepted identities are bounded: one more new identity is refused, a known one still gets in.
+    r.config.max_accepted_peers = 1;
+    for (conn, host, accepted) in [(3, "as2.clients.example.net", false), (4, "as1.clients.example.net", true)] {
+        let (out, rc) = cer_from(&mut r, now, conn, host);
+        assert_eq!(rc == Some(ResultCode::UNKNOWN_PEER), !accepted, "{host}: {out:?}");
+    }
 }
 
 #[test]
