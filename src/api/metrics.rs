@@ -16,6 +16,13 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: impl In
     }
 }
 
+/// Writes metrics without labels, one family each: (name, help, value).
+fn unlabelled(out: &mut String, kind: &str, metrics: &[(&str, &str, u64)]) {
+    for &(name, help, v) in metrics {
+        family(out, name, kind, help, [(String::new(), v)]);
+    }
+}
+
 /// A label value with `\`, `"` and newlines escaped.
 fn esc(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
@@ -54,54 +61,52 @@ pub async fn render(engine: &Engine, sip: Option<&B2bua>) -> String {
     }
     family(&mut out, "diameter_messages_total", "counter", "Diameter messages by peer, direction and command.", msgs);
     family(&mut out, "diameter_answers_total", "counter", "Answers received, by peer and Result-Code.", answers);
-    family(
+    // Per-peer counters, one family each: (name, help, the counter).
+    type PeerCounter = (&'static str, &'static str, fn(&crate::router::PeerMetrics) -> u64);
+    let per_peer: [PeerCounter; 4] = [
+        ("diameter_failovers_total", "Requests moved off a peer to another (RFC 6733 §5.5.4, T flag).", |m| {
+            m.failovers
+        }),
+        (
+            "diameter_protocol_errors_answered_total",
+            "Protocol errors answered to a peer (3xxx/5xxx with Failed-AVP).",
+            |m| m.errors_answered,
+        ),
+        (
+            "diameter_too_busy_answered_total",
+            "Requests answered 3004 (DIAMETER_TOO_BUSY) because max_incoming requests were in flight.",
+            |m| m.too_busy,
+        ),
+        ("diameter_answers_unmatched_total", "Answers matching no pending request, discarded (RFC 6733 §6.2).", |m| {
+            m.answers_unmatched
+        }),
+    ];
+    for (metric, help, value) in per_peer {
+        let samples =
+            peers.iter().enumerate().map(|(i, p)| (format!("{{peer=\"{}\"}}", name(i, p)), value(&p.metrics)));
+        family(&mut out, metric, "counter", help, samples);
+    }
+    let node = |f: fn(&crate::node::NodeStatus) -> u64| status.as_ref().map_or(0, f);
+    unlabelled(
         &mut out,
-        "diameter_failovers_total",
-        "counter",
-        "Requests moved off a peer to another (RFC 6733 §5.5.4, T flag).",
-        peers.iter().enumerate().map(|(i, p)| (format!("{{peer=\"{}\"}}", name(i, p)), p.metrics.failovers)),
-    );
-    family(
-        &mut out,
-        "diameter_protocol_errors_answered_total",
-        "counter",
-        "Protocol errors answered to a peer (3xxx/5xxx with Failed-AVP).",
-        peers.iter().enumerate().map(|(i, p)| (format!("{{peer=\"{}\"}}", name(i, p)), p.metrics.errors_answered)),
-    );
-    family(
-        &mut out,
-        "diameter_pending_requests",
         "gauge",
-        "Requests waiting for their answer.",
-        [(String::new(), status.as_ref().map_or(0, |s| s.pending as u64))],
+        &[
+            ("diameter_pending_requests", "Requests waiting for their answer.", node(|s| s.pending as u64)),
+            (
+                "diameter_incoming_in_flight",
+                "Requests from peers being processed; at max_incoming new ones are answered 3004.",
+                node(|s| s.in_flight as u64),
+            ),
+        ],
     );
-    family(
+    unlabelled(
         &mut out,
-        "diameter_incoming_in_flight",
-        "gauge",
-        "Requests from peers being processed; at max_incoming new ones are answered 3004.",
-        [(String::new(), status.as_ref().map_or(0, |s| s.in_flight as u64))],
-    );
-    family(
-        &mut out,
-        "diameter_too_busy_answered_total",
         "counter",
-        "Requests answered 3004 (DIAMETER_TOO_BUSY) because max_incoming requests were in flight.",
-        peers.iter().enumerate().map(|(i, p)| (format!("{{peer=\"{}\"}}", name(i, p)), p.metrics.too_busy)),
-    );
-    family(
-        &mut out,
-        "diameter_answers_unmatched_total",
-        "counter",
-        "Answers matching no pending request, discarded (RFC 6733 §6.2).",
-        peers.iter().enumerate().map(|(i, p)| (format!("{{peer=\"{}\"}}", name(i, p)), p.metrics.answers_unmatched)),
-    );
-    family(
-        &mut out,
-        "diameter_connections_refused_total",
-        "counter",
-        "Accepted connections closed before a peer was identified: not Diameter, no CER first, unknown peer.",
-        [(String::new(), status.as_ref().map_or(0, |s| s.connections_refused))],
+        &[(
+            "diameter_connections_refused_total",
+            "Accepted connections closed before a peer was identified: not Diameter, no CER first, unknown peer.",
+            node(|s| s.connections_refused),
+        )],
     );
     let counts = engine.session_counts().await;
     family(
@@ -111,12 +116,11 @@ pub async fn render(engine: &Engine, sip: Option<&B2bua>) -> String {
         "Credit-control sessions held by this node, by application and RFC 4006 state.",
         counts.iter().map(|c| (format!("{{app=\"{}\",state=\"{}\"}}", c.app, esc(&c.state)), c.sessions)),
     );
-    family(
+    let refused = engine.sessions_refused();
+    unlabelled(
         &mut out,
-        "sessions_refused_total",
         "counter",
-        "New sessions refused because the node held max_sessions.",
-        [(String::new(), engine.sessions_refused())],
+        &[("sessions_refused_total", "New sessions refused because the node held max_sessions.", refused)],
     );
     if let Some(r) = engine.replication_stats().await {
         let gauges = [
@@ -124,9 +128,7 @@ pub async fn render(engine: &Engine, sip: Option<&B2bua>) -> String {
             ("replication_backlog", "Sessions waiting to be written to the store.", r.backlog),
             ("store_up", "Whether the store can be written now (1) or not (0).", u64::from(!r.store_down)),
         ];
-        for (n, help, v) in gauges {
-            family(&mut out, n, "gauge", help, [(String::new(), v)]);
-        }
+        unlabelled(&mut out, "gauge", &gauges);
         let counters = [
             ("store_batches_total", "Group commits written to the store.", r.batches),
             ("store_writes_total", "Records written to the store.", r.writes),
@@ -136,9 +138,7 @@ pub async fn render(engine: &Engine, sip: Option<&B2bua>) -> String {
             ("sessions_loaded_total", "Sessions loaded from the store (adopted or owned).", r.loaded),
             ("replication_refused_total", "Sessions not replicated (convergence name taken, backlog full).", r.refused),
         ];
-        for (n, help, v) in counters {
-            family(&mut out, n, "counter", help, [(String::new(), v)]);
-        }
+        unlabelled(&mut out, "counter", &counters);
         // A summary without quantiles: rate(sum) / rate(count) is the mean group-commit latency.
         let _ = writeln!(
             out,
@@ -157,7 +157,7 @@ pub async fn render(engine: &Engine, sip: Option<&B2bua>) -> String {
     if let Some(b) = sip
         && let Some(s) = b.stats().await
     {
-        family(&mut out, "sip_calls_active", "gauge", "SIP calls open now.", [(String::new(), s.active)]);
+        unlabelled(&mut out, "gauge", &[("sip_calls_active", "SIP calls open now.", s.active)]);
         let counters = [
             ("sip_calls_total", "SIP calls set up (INVITE received).", s.calls),
             ("sip_calls_answered_total", "SIP calls answered (confirmed).", s.answered),
@@ -170,9 +170,7 @@ pub async fn render(engine: &Engine, sip: Option<&B2bua>) -> String {
             ("sip_store_batches_total", "Store batches written for SIP calls.", s.store_writes),
             ("sip_malformed_total", "SIP messages that could not be parsed.", s.malformed),
         ];
-        for (n, help, v) in counters {
-            family(&mut out, n, "counter", help, [(String::new(), v)]);
-        }
+        unlabelled(&mut out, "counter", &counters);
     }
     out
 }

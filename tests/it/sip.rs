@@ -516,6 +516,16 @@ async fn metrics_expose_peers_sessions_and_calls() {
     assert!(text.contains("charging_ra_peer_up{peer=\"ocs1.ocs.localdomain\",state=\"IOpen\""), "{text}");
     assert!(text.contains("charging_ra_sip_calls_active 1"), "{text}");
     assert!(text.contains("# TYPE charging_ra_diameter_messages_total counter"), "{text}");
+    // The admission and bad-input counters (docs/hardening.md), zero on a quiet node.
+    for line in [
+        "charging_ra_diameter_too_busy_answered_total{peer=\"ocs1.ocs.localdomain\"} 0",
+        "charging_ra_diameter_answers_unmatched_total{peer=\"ocs1.ocs.localdomain\"} 0",
+        "charging_ra_diameter_incoming_in_flight 0",
+        "charging_ra_diameter_connections_refused_total 0",
+        "charging_ra_sessions_refused_total 0",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
     assert!(text.contains("charging_ra_sessions{app=\"ro\",state=\"Open\"} 1"), "{text}");
     assert!(text.contains("charging_ra_replication_sessions 1"), "{text}");
     assert!(text.contains("charging_ra_store_batch_seconds_count "), "{text}");
