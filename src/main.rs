@@ -5,6 +5,7 @@ mod cli;
 
 /// mimalloc instead of glibc's malloc: under load the engine allocates and frees many small buffers (messages,
 /// snapshots) across threads, where glibc's allocator took about a fifth of the CPU (BENCHMARKS.md, "Replication").
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
