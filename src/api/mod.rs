@@ -1261,16 +1261,21 @@ impl Driver {
 
     /// Hands a request to the router; its answer comes back as [`Net::Answer`].
     fn transmit(&self, sid: &str, o: Outgoing) {
-        let (node, tx, sid) = (self.node.clone(), self.net_tx.clone(), sid.to_string());
+        let (tx, sid) = (self.net_tx.clone(), sid.to_string());
         // The router waits longer than Tx: a late answer still counts (CCFH CONTINUE waits for it).
         let timeout = Some(Duration::from_secs(30));
-        tokio::spawn(async move {
-            let r = match o {
-                Outgoing::Send(msg) => node.request_via(msg, timeout, None).await,
-                Outgoing::Resend { request, avoid_host } => node.request_avoiding(request, timeout, avoid_host).await,
-            };
-            let _ = tx.send(Net::Answer(sid, r));
-        });
+        let (msg, avoid_host) = match o {
+            Outgoing::Send(msg) => (msg, None),
+            Outgoing::Resend { request, avoid_host } => (request, avoid_host),
+        };
+        self.node.request_then(
+            msg,
+            timeout,
+            avoid_host,
+            Box::new(move |r| {
+                let _ = tx.send(Net::Answer(sid, r));
+            }),
+        );
     }
 
     /// Carries out a session's outputs: sends requests (a replicated session's after their write-ahead), forwards

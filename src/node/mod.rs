@@ -172,8 +172,24 @@ impl NodeHandle {
         avoid: Option<String>,
     ) -> Result<Message, RequestError> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(Command::Request(request, timeout, via, avoid, tx)).map_err(|_| RequestError::Stopped)?;
+        self.commands
+            .send(Command::Request(request, timeout, via, avoid, Reply::Caller(tx)))
+            .map_err(|_| RequestError::Stopped)?;
         rx.await.map_err(|_| RequestError::Stopped)?
+    }
+
+    /// Sends a request without waiting: `then` receives its answer (or why there is none) on the node's task. This
+    /// is the engine's path: no task per request. `then` gets [`RequestError::Stopped`] if the node has stopped.
+    pub fn request_then(
+        &self,
+        request: Message,
+        timeout: Option<Duration>,
+        avoid_host: Option<String>,
+        then: AnswerSink,
+    ) {
+        // A command that cannot be sent is dropped, and its sink is told Stopped as it drops.
+        let _ =
+            self.commands.send(Command::Request(request, timeout, None, avoid_host, Reply::Sink(SinkOnce(Some(then)))));
     }
 
     /// See [`DiameterNode::disconnect_peer`].
@@ -234,13 +250,59 @@ pub struct NodeStatus {
 
 #[derive(Debug)]
 enum Command {
-    Request(Message, Option<Duration>, Option<PeerId>, Option<String>, oneshot::Sender<Result<Message, RequestError>>),
+    Request(Message, Option<Duration>, Option<PeerId>, Option<String>, Reply),
     DisconnectPeer(PeerId, DisconnectCause),
     ClosePeer(PeerId),
     Answer(PeerId, Message),
     Status(oneshot::Sender<NodeStatus>),
     Stop(DisconnectCause, oneshot::Sender<NodeStatus>),
 }
+
+/// Where a request's answer goes: a waiting caller, or a callback run on the node's task (no task of its own, so an
+/// answer costs one wake-up less).
+enum Reply {
+    Caller(oneshot::Sender<Result<Message, RequestError>>),
+    Sink(SinkOnce),
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Reply::Caller(_) => "Caller",
+            Reply::Sink(_) => "Sink",
+        })
+    }
+}
+
+impl Reply {
+    fn send(self, r: Result<Message, RequestError>) {
+        match self {
+            Reply::Caller(tx) => {
+                let _ = tx.send(r);
+            }
+            Reply::Sink(mut f) => {
+                if let Some(f) = f.0.take() {
+                    f(r)
+                }
+            }
+        }
+    }
+}
+
+/// A sink that is told [`RequestError::Stopped`] if it is dropped unanswered (the node stopped or was aborted), as a
+/// dropped oneshot tells a waiting caller.
+struct SinkOnce(Option<AnswerSink>);
+
+impl Drop for SinkOnce {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Err(RequestError::Stopped));
+        }
+    }
+}
+
+/// A callback that receives a request's answer, run on the node's task: it must not block (send it on a channel).
+pub type AnswerSink = Box<dyn FnOnce(Result<Message, RequestError>) + Send>;
 
 enum Event {
     Conn(ConnEvent),
@@ -424,7 +486,7 @@ struct Driver {
     router: Router,
     endpoints: Vec<PeerEndpoint>,
     conns: HashMap<ConnId, Connection>,
-    tokens: HashMap<RequestToken, oneshot::Sender<Result<Message, RequestError>>>,
+    tokens: HashMap<RequestToken, Reply>,
     next_token: RequestToken,
     events_tx: mpsc::UnboundedSender<Event>,
     conn_tx: mpsc::UnboundedSender<ConnEvent>,
@@ -559,13 +621,13 @@ impl Driver {
                     }
                 }
                 RouterOutput::Answer(token, msg) => {
-                    if let Some(tx) = self.tokens.remove(&token) {
-                        let _ = tx.send(Ok(msg));
+                    if let Some(reply) = self.tokens.remove(&token) {
+                        reply.send(Ok(msg));
                     }
                 }
                 RouterOutput::Failed { token, result_code, reason } => {
-                    if let Some(tx) = self.tokens.remove(&token) {
-                        let _ = tx.send(Err(RequestError::Failed { result_code, reason }));
+                    if let Some(reply) = self.tokens.remove(&token) {
+                        reply.send(Err(RequestError::Failed { result_code, reason }));
                     }
                 }
                 RouterOutput::Request(peer, request) => {
