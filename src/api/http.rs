@@ -81,6 +81,10 @@ pub struct OpenBody {
     /// Replicate from the start (the application's default when absent).
     #[serde(default)]
     pub replicate: Option<bool>,
+    /// The service reports its own usage after a RAR, an expired Validity-Time or an ASR (see
+    /// [`SessionOptions::reports_usage`]); false when absent.
+    #[serde(default)]
+    pub reports_usage: bool,
 }
 
 /// `POST /v1/sessions/{id}/updates`.
@@ -312,7 +316,7 @@ pub fn router_with(engine: Engine, sip: Option<crate::b2bua::B2bua>) -> axum::Ro
                     Ok(a) => a,
                     Err(why) => return error(StatusCode::BAD_REQUEST, why, None, None),
                 };
-                let options = SessionOptions { convergence: b.convergence, replicate: b.replicate };
+                let options = SessionOptions { convergence: b.convergence, replicate: b.replicate, reports_usage: b.reports_usage };
                 match e.open_session_with(b.app, b.subscriber, b.service_context, b.rating_groups, extra, options).await {
                     Ok(o) => (StatusCode::CREATED, Json(outcome_json(&o, e.origin_host()))).into_response(),
                     Err(err) => charging_error(err),

@@ -94,6 +94,12 @@ pub struct SessionOptions {
     pub convergence: Option<String>,
     /// Replicate from creation; `None` follows the application's `replicate_by_default`.
     pub replicate: Option<bool>,
+    /// The service reports its own usage: after a RAR, an expired Validity-Time or an ASR the engine sends the
+    /// service the event ([`CcEvent::ReAuthRequested`], [`CcEvent::ValidityExpired`], [`CcEvent::Aborted`]) and
+    /// waits up to Tx for its [`Engine::update`] or [`Engine::terminate`], which carries the used units, before
+    /// sending the CCR-U or CCR-T itself. Off: the engine sends it at once (reporting no usage the service has not
+    /// reported).
+    pub reports_usage: bool,
 }
 
 /// Which application a session uses.
@@ -995,6 +1001,7 @@ impl Driver {
                     rating_groups.iter().map(|r| (Some(r.rating_group), r.requested)).collect()
                 };
                 cc.attach(extra);
+                cc.service_reports_usage(options.reports_usage);
                 cc.start(now, &rgs, Some(0));
                 let mut entry = Entry::new(cc, Some(reply));
                 entry.chosen = options.convergence.is_some();

@@ -365,6 +365,8 @@ struct Call {
     dirty: bool,
     quota_at: Option<Instant>,
     reauthorizing: bool,
+    /// A re-authorization the server asked for (RAR, Validity-Time) while one was in flight: its Reporting-Reason.
+    reauthorize_next: Option<i32>,
 }
 
 impl Call {
@@ -545,6 +547,11 @@ fn contact_for(me: &str, transport: Transport) -> String {
 }
 
 const FORWARD_BRANCH: &str = "z9hG4bKfwd";
+
+/// Reporting-Reason values (TS 32.299 §7.2.175) of the CCR-Us a call makes.
+const REPORTING_REASON_QUOTA_EXHAUSTED: i32 = 3;
+const REPORTING_REASON_VALIDITY_TIME: i32 = 4;
+const REPORTING_REASON_FORCED_REAUTHORISATION: i32 = 7;
 
 impl Actor {
     async fn run(mut self, mut packets: mpsc::Receiver<Packet>, mut events: mpsc::UnboundedReceiver<Ev>) {
@@ -751,6 +758,7 @@ impl Actor {
             dirty: false,
             quota_at: None,
             reauthorizing: false,
+            reauthorize_next: None,
         };
         self.calls.insert(id, call);
         self.stats.calls += 1;
@@ -766,7 +774,7 @@ impl Actor {
                     service_id: None,
                     requested: Units { time: Some(c.quota.as_secs()), ..Units::default() },
                 }];
-                let options = SessionOptions { convergence: Some(conv), replicate: Some(false) };
+                let options = SessionOptions { convergence: Some(conv), replicate: Some(false), reports_usage: true };
                 let engine = self.engine.clone();
                 let ev = self.ev.clone();
                 tokio::spawn(async move {
@@ -1359,6 +1367,7 @@ impl Actor {
                 dirty: false,
                 quota_at: None,
                 reauthorizing: false,
+                reauthorize_next: None,
             },
         );
         self.stats.active += 1;
@@ -1699,6 +1708,14 @@ impl Actor {
 
     fn on_charging(&mut self, sid: String, event: CcEvent) {
         let id = self.by_ro.get(&sid).copied();
+        let reauthorize = match &event {
+            CcEvent::ReAuthRequested => Some(REPORTING_REASON_FORCED_REAUTHORISATION),
+            CcEvent::ValidityExpired { .. } => Some(REPORTING_REASON_VALIDITY_TIME),
+            _ => None,
+        };
+        if let (Some(reason), Some(id)) = (reauthorize, id) {
+            return self.reauthorize_now(id, reason);
+        }
         let end = match &event {
             CcEvent::Terminate { reason, .. } => Some(reason.clone()),
             CcEvent::Aborted => Some("aborted by the OCS (ASR)".into()),
@@ -1825,8 +1842,7 @@ impl Actor {
     fn quota_exhausted(&mut self, id: u64) {
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.quota_at = None;
-        let (Some(sid), Some(c)) = (call.app.ro_session.clone(), self.cfg.charging.clone()) else { return };
-        if call.reauthorizing {
+        if call.app.ro_session.is_none() || self.cfg.charging.is_none() || call.reauthorizing {
             return;
         }
         // The quota is used up: what was granted and not yet reported is what was used (a timer that fires late
@@ -1836,18 +1852,43 @@ impl Actor {
             // RFC 4006 §5.6.2 with TERMINATE: the final units are used; the service ends and the CCR-T reports them.
             return self.hang_up_reporting(id, "final units used", Some(secs));
         }
+        self.reauthorize(id, REPORTING_REASON_QUOTA_EXHAUSTED, secs);
+    }
+
+    /// The server asked for a re-authorization (RAR: RFC 4006 §5.5) or the grant's Validity-Time ran out (§5.1.2):
+    /// report the time used so far and ask for more. The engine leaves this CCR-U to the call
+    /// ([`SessionOptions::reports_usage`]), so it carries the call's real duration. One already in flight is
+    /// followed by this one when it is answered.
+    fn reauthorize_now(&mut self, id: u64, reason: i32) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        if call.reauthorizing {
+            call.reauthorize_next = Some(reason);
+            return;
+        }
+        let secs = if call.app.answered_at_ms == 0 { 0 } else { call.app.unreported_secs(wall_ms()) };
+        self.reauthorize(id, reason, secs);
+    }
+
+    /// CCR-U reporting `secs` with `reason` and asking for another quota.
+    fn reauthorize(&mut self, id: u64, reason: i32, secs: u64) {
+        let Some(call) = self.calls.get_mut(&id) else { return };
+        let (Some(sid), Some(c)) = (call.app.ro_session.clone(), self.cfg.charging.clone()) else { return };
         call.reauthorizing = true;
         let used = vec![UsedUnits {
             rating_group: c.rating_group,
             used: Units { time: Some(secs), ..Units::default() },
-            reporting_reason: Some(3),
+            reporting_reason: Some(reason),
         }];
         let rg = vec![RatingGroupRequest {
             rating_group: c.rating_group,
             service_id: None,
             requested: Units { time: Some(c.quota.as_secs()), ..Units::default() },
         }];
-        let key = format!("{}:{}", call.conv, call.app.reported_secs + secs);
+        // The quota's report is one per grant; the server's asks may repeat within a second.
+        let key = match reason {
+            REPORTING_REASON_QUOTA_EXHAUSTED => format!("{}:{}", call.conv, call.app.reported_secs + secs),
+            _ => format!("{}:{}:{reason}:{}", call.conv, call.app.reported_secs + secs, wall_ms()),
+        };
         let engine = self.engine.clone();
         let ev = self.ev.clone();
         call.app.reported_secs += secs;
@@ -1869,8 +1910,12 @@ impl Actor {
                 call.app.granted_secs = call.app.reported_secs + granted;
                 call.app.unmetered = o.ccfh.is_some();
                 call.app.final_units = Self::final_units(&o);
+                let next = call.reauthorize_next.take();
                 self.arm_quota(id);
                 self.mark_dirty(id);
+                if let Some(reason) = next {
+                    self.reauthorize_now(id, reason);
+                }
             }
             Ok(_) | Err(ChargingError::Refused { .. }) => self.hang_up(id, "credit control refused more time"),
             Err(ChargingError::Moved { .. }) => {

@@ -264,7 +264,27 @@ pub struct CcSession {
     last_event: Option<Message>,
     /// AVPs the service attached for its next request ([`CcSession::attach`]).
     attached: Vec<Avp>,
+    /// The service reports its own usage ([`CcSession::service_reports_usage`]).
+    service_reports: bool,
+    /// A report the server is owed, left to the service until the deadline.
+    owed: Option<(Instant, OwedReport)>,
     out: VecDeque<CcOutput>,
+}
+
+/// A request the client owes the server after a RAR, an expired Validity-Time or an ASR, when the service reports
+/// its own usage: the service makes it (with what it used) or, at the deadline, the session makes it itself.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum OwedReport {
+    /// CCR-U for these rating groups with this Reporting-Reason (RFC 4006 §5.5 re-authorization, §5.1.2
+    /// Validity-Time).
+    Reauthorize {
+        /// The rating groups to report and re-authorize.
+        rating_groups: Vec<Option<u32>>,
+        /// The Reporting-Reason (TS 32.299 §7.2.175).
+        reason: i32,
+    },
+    /// CCR-T (RFC 4006 §5.6: after an ASR the service ends and the client terminates the session).
+    Terminate,
 }
 
 impl CcSession {
@@ -289,7 +309,61 @@ impl CcSession {
             event_action: None,
             last_event: None,
             attached: Vec::new(),
+            service_reports: false,
+            owed: None,
             out: VecDeque::new(),
+        }
+    }
+
+    /// The service reports its own usage (a B2BUA timing its call). After a RAR, an expired Validity-Time or an
+    /// ASR the session then only tells the service ([`CcEvent::ReAuthRequested`], [`CcEvent::ValidityExpired`],
+    /// [`CcEvent::Aborted`]) and leaves the CCR-U or CCR-T to it, so the request carries what was really used. If
+    /// the service has not made it within Tx, the session sends it itself with what it knows. Without this (the
+    /// default) the session sends it at once, reporting the units the service has reported through
+    /// [`CcSession::update`] since.
+    pub fn service_reports_usage(&mut self, on: bool) {
+        self.service_reports = on;
+    }
+
+    /// The report the server is owed and the service has not made yet, with its deadline.
+    pub fn owed(&self) -> Option<&(Instant, OwedReport)> {
+        self.owed.as_ref()
+    }
+
+    /// Leaves a report to the service until Tx from now; a pending termination outranks a re-authorization.
+    fn owe(&mut self, now: Instant, report: OwedReport) {
+        let report = match (self.owed.take(), report) {
+            (Some((_, OwedReport::Terminate)), _) | (_, OwedReport::Terminate) => OwedReport::Terminate,
+            (
+                Some((_, OwedReport::Reauthorize { rating_groups: mut a, .. })),
+                OwedReport::Reauthorize { rating_groups, reason },
+            ) => {
+                for rg in rating_groups {
+                    if !a.contains(&rg) {
+                        a.push(rg);
+                    }
+                }
+                OwedReport::Reauthorize { rating_groups: a, reason }
+            }
+            (None, r) => r,
+        };
+        self.owed = Some((now + self.config.tx, report));
+    }
+
+    /// The service did not make the report it was left: the session makes it with the usage it knows.
+    fn pay_owed(&mut self, now: Instant) {
+        let Some((_, report)) = self.owed.take() else { return };
+        tracing::debug!(session = %self.session_id, ?report, "the service made no report within Tx: the session makes it");
+        match report {
+            OwedReport::Reauthorize { rating_groups, reason } => {
+                let used =
+                    rating_groups.iter().map(|rg| (*rg, self.quota(*rg).map(|q| q.used).unwrap_or_default())).collect();
+                self.update(now, used, rating_groups, Some(reason), None);
+            }
+            OwedReport::Terminate => {
+                let used = self.quotas.iter().map(|q| (q.rating_group, q.used)).collect();
+                self.terminate(now, used, None);
+            }
         }
     }
 
@@ -335,7 +409,12 @@ impl CcSession {
 
     /// The earliest timer: Tx, or a quota's Validity-Time or Quota-Holding-Time.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.quotas.iter().filter_map(Quota::deadline).chain(self.tx_deadline).min()
+        self.quotas
+            .iter()
+            .filter_map(Quota::deadline)
+            .chain(self.tx_deadline)
+            .chain(self.owed.as_ref().map(|(t, _)| *t))
+            .min()
     }
 
     // ---- the service's requests ------------------------------------------------------------------------
@@ -370,6 +449,12 @@ impl CcSession {
         reason: Option<i32>,
         tag: Option<u64>,
     ) {
+        if matches!(self.owed, Some((_, OwedReport::Terminate))) {
+            // Aborted by the server (ASR): only the CCR-T is left to send.
+            self.out.push_back(CcOutput::Dropped(tag));
+            return;
+        }
+        self.owed = None;
         let q = Queued::Update { used, requested, reason, tag, extra: std::mem::take(&mut self.attached) };
         match self.state {
             CcState::Open => self.run(now, q),
@@ -380,6 +465,7 @@ impl CcSession {
 
     /// The service ended: CCR-T with the final usage. Queued while a request is outstanding.
     pub fn terminate(&mut self, now: Instant, used: Vec<(Option<u32>, Units)>, tag: Option<u64>) {
+        self.owed = None;
         let q = Queued::Terminate { used, tag, extra: std::mem::take(&mut self.attached) };
         match self.state {
             CcState::Open => self.run(now, q),
@@ -550,6 +636,13 @@ impl CcSession {
         let rgs: Vec<Option<u32>> =
             if named.is_empty() { self.quotas.iter().map(|q| q.rating_group).collect() } else { named };
         // RFC 4006 §5.5: report usage of the rating groups asked for, with Reporting-Reason FORCED_REAUTHORISATION.
+        if self.service_reports {
+            self.owe(
+                now,
+                OwedReport::Reauthorize { rating_groups: rgs, reason: REPORTING_REASON_FORCED_REAUTHORISATION },
+            );
+            return raa;
+        }
         let used = rgs.iter().map(|rg| (*rg, self.quota(*rg).map(|q| q.used).unwrap_or_default())).collect();
         self.update(now, used, rgs, Some(REPORTING_REASON_FORCED_REAUTHORISATION), None);
         raa
@@ -569,14 +662,19 @@ impl CcSession {
                 result_code: None,
                 reason: "aborted by the server (ASR)".into(),
             }));
-            let used: Vec<(Option<u32>, Units)> = self.quotas.iter().map(|q| (q.rating_group, q.used)).collect();
             self.drop_queue();
-            self.terminate(now, used, None);
+            if self.service_reports {
+                // The service hangs up and its CCR-T reports what it used; the session sends one itself at Tx.
+                self.owe(now, OwedReport::Terminate);
+            } else {
+                let used: Vec<(Option<u32>, Units)> = self.quotas.iter().map(|q| (q.rating_group, q.used)).collect();
+                self.terminate(now, used, None);
+            }
         }
         asa
     }
 
-    /// Timers: Tx, Validity-Time, Quota-Holding-Time.
+    /// Timers: Tx, Validity-Time, Quota-Holding-Time, a report left to the service.
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.tx_deadline.is_some_and(|t| t <= now) {
             self.tx_deadline = None;
@@ -584,6 +682,9 @@ impl CcSession {
             let tag = self.outstanding_tag.take();
             self.tx_expired(now);
             self.settle(tag);
+        }
+        if self.owed.as_ref().is_some_and(|(t, _)| *t <= now) {
+            self.pay_owed(now);
         }
         let due: Vec<usize> =
             (0..self.quotas.len()).filter(|&i| self.quotas[i].deadline().is_some_and(|t| t <= now)).collect();
@@ -604,6 +705,9 @@ impl CcSession {
         }
         // RFC 4006 §5.1.2: an expired Validity-Time (or Quota-Holding-Time) re-authorizes the rating group with a
         // report of its usage.
+        if self.service_reports {
+            return self.owe(now, OwedReport::Reauthorize { rating_groups: rgs, reason });
+        }
         let used = rgs.iter().map(|rg| (*rg, self.quota(*rg).map(|q| q.used).unwrap_or_default())).collect();
         self.update(now, used, rgs, Some(reason), None);
     }
@@ -989,6 +1093,7 @@ impl CcSession {
 
     fn end(&mut self, _now: Instant) {
         self.state = CcState::Idle;
+        self.owed = None;
         self.drop_queue();
         self.outstanding = None;
         self.tx_deadline = None;

@@ -87,6 +87,11 @@ pub struct CcSnapshot {
     stored: Option<Encoded>,
     event_action: Option<RequestedAction>,
     last_event: Option<Encoded>,
+    /// Absent from records written before it existed: false, none.
+    #[serde(default)]
+    service_reports: bool,
+    #[serde(default)]
+    owed: Option<(u64, super::OwedReport)>,
 }
 
 /// Why a snapshot cannot be restored.
@@ -212,6 +217,8 @@ impl CcSession {
             stored: self.stored.as_ref().map(enc),
             event_action: self.event_action,
             last_event: self.last_event.as_ref().map(enc),
+            service_reports: self.service_reports,
+            owed: self.owed.as_ref().and_then(|(t, r)| Some((to_ms(Some(*t), now, wall_ms)?, r.clone()))),
         }
     }
 
@@ -265,6 +272,8 @@ impl CcSession {
         cc.stored = s.stored.as_ref().map(dec).transpose()?;
         cc.event_action = s.event_action;
         cc.last_event = s.last_event.as_ref().map(dec).transpose()?;
+        cc.service_reports = s.service_reports;
+        cc.owed = s.owed.as_ref().and_then(|(ms, r)| Some((from_ms(Some(*ms), now, wall_ms)?, r.clone())));
         Ok(cc)
     }
 

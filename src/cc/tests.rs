@@ -338,6 +338,84 @@ fn asr_answers_and_terminates_with_the_usage() {
     assert_eq!(h.s.state(), CcState::PendingT);
 }
 
+fn reporting_reason_and_used(m: &Message) -> (i32, Option<u64>) {
+    let mscc = m.find(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0).unwrap().grouped_avps().unwrap();
+    let usu = mscc.iter().find(|a| a.is(code::USED_SERVICE_UNIT, 0)).unwrap().grouped_avps().unwrap();
+    let reason = usu.iter().find(|a| a.is(872, 10415)).and_then(|a| a.as_i32().ok()).unwrap_or(-1);
+    let time = usu.iter().find(|a| a.is(code::CC_TIME, 0)).and_then(|a| a.as_u32().ok()).map(u64::from);
+    (reason, time)
+}
+
+#[test]
+fn a_service_that_reports_usage_makes_the_rar_s_ccr_u_or_the_session_does_at_tx() {
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.service_reports_usage(true);
+    h.open();
+    let rar = Message::request(CommandCode::RE_AUTH, AppId::CREDIT_CONTROL).with(Avp::utf8(code::SESSION_ID, "as1;1"));
+    assert_eq!(h.s.handle_rar(h.now, &rar).result_code(), Some(ResultCode::SUCCESS));
+    let (sent, ev) = h.drain();
+    assert!(sent.is_empty() && ev.contains(&CcEvent::ReAuthRequested), "left to the service: {sent:?}");
+    assert!(matches!(h.s.owed(), Some((_, OwedReport::Reauthorize { reason: 7, .. }))));
+    // The service reports what it used: its CCR-U settles the RAR.
+    h.s.update(h.now, vec![(Some(10), Units { time: Some(12), ..Default::default() })], vec![Some(10)], Some(7), None);
+    let u = h.one_request();
+    assert_eq!(reporting_reason_and_used(&u), (7, Some(12)));
+    assert!(h.s.owed().is_none());
+    h.s.handle_answer(h.now, &cca(&u, 2001, &[grant(10, 300, None, None)]));
+    h.drain();
+    // A service that does not act: at Tx the session sends the CCR-U itself.
+    h.s.handle_rar(h.now, &rar);
+    h.drain();
+    h.advance(TX - Duration::from_millis(1));
+    assert!(h.drain().0.is_empty());
+    h.advance(Duration::from_millis(1));
+    let own = h.one_request();
+    assert_eq!(rtype(&own), 2);
+    assert_eq!(reporting_reason_and_used(&own).0, 7);
+}
+
+#[test]
+fn a_service_that_reports_usage_ends_an_aborted_session_with_its_own_ccr_t() {
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.service_reports_usage(true);
+    h.open();
+    let asr =
+        Message::request(CommandCode::ABORT_SESSION, AppId::CREDIT_CONTROL).with(Avp::utf8(code::SESSION_ID, "as1;1"));
+    assert_eq!(h.s.handle_asr(h.now, &asr).result_code(), Some(ResultCode::SUCCESS));
+    let (sent, ev) = h.drain();
+    assert!(sent.is_empty() && ev.contains(&CcEvent::Aborted) && terminated(&ev));
+    // No more units after an abort: only the termination is left.
+    h.s.update(h.now, vec![], vec![Some(10)], None, Some(5));
+    assert!(matches!(h.s.poll_output(), Some(CcOutput::Dropped(Some(5)))));
+    // The owed report survives adoption.
+    let wall = 1_795_770_000_000;
+    let snap: CcSnapshot = serde_json::from_slice(&serde_json::to_vec(&h.s.snapshot(h.now, wall)).unwrap()).unwrap();
+    let later = Instant::now() + Duration::from_secs(1000);
+    let adopted = CcSession::restore(&snap, "as2.test.localdomain", later, wall + 2_000).unwrap();
+    assert_eq!(adopted.owed(), Some(&(later + TX - Duration::from_secs(2), OwedReport::Terminate)));
+    h.s.terminate(h.now, vec![(Some(10), Units { time: Some(31), ..Default::default() })], None);
+    let t = h.one_request();
+    assert_eq!(rtype(&t), 3);
+    assert_eq!(reporting_reason_and_used(&t), (2, Some(31)), "FINAL with the service's 31 s");
+    assert!(h.s.owed().is_none());
+}
+
+#[test]
+fn a_service_that_reports_usage_makes_the_validity_time_ccr_u() {
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.service_reports_usage(true);
+    h.s.start(h.now, &[(Some(10), Units::default())], None);
+    let i = h.one_request();
+    h.s.handle_answer(h.now, &cca(&i, 2001, &[grant(10, 300, Some(5), None)]));
+    h.drain();
+    h.advance(Duration::from_secs(5));
+    let (sent, ev) = h.drain();
+    assert!(sent.is_empty() && ev.contains(&CcEvent::ValidityExpired { rating_group: Some(10) }));
+    assert!(matches!(h.s.owed(), Some((_, OwedReport::Reauthorize { reason: 4, .. }))));
+    h.advance(TX);
+    assert_eq!(reporting_reason_and_used(&h.one_request()).0, 4, "the session's own, at Tx");
+}
+
 #[test]
 fn quota_holding_time_expiry_reports_with_reason_qht_and_thresholds_reach_the_service() {
     let mut h = H::new(Ccfh::Terminate);

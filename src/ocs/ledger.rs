@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::codec::{AppId, Message, code};
+use crate::codec::{AppId, Avp, Message, code};
 use crate::units::Units;
 
 /// Where a session is.
@@ -41,7 +41,17 @@ pub struct RequestRecord {
     pub result_code: Option<u32>,
     /// Answered from the cache (already processed), not charged again.
     pub duplicate: bool,
+    /// The usage it reported (Used-Service-Unit, in every Multiple-Services-Credit-Control and at the top level).
+    #[serde(skip_serializing_if = "Units::is_empty")]
+    pub used: Units,
+    /// The Reporting-Reason values it carried (TS 32.299 §7.2.175), in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reporting_reasons: Vec<i32>,
 }
+
+/// Reporting-Reason (TS 32.299 §7.2.175), 3GPP vendor.
+const REPORTING_REASON: u32 = 872;
+const TGPP: u32 = 10415;
 
 impl RequestRecord {
     pub(crate) fn of(req: &Message, at_ms: u64, result_code: Option<u32>, duplicate: bool) -> RequestRecord {
@@ -54,7 +64,27 @@ impl RequestRecord {
             at_ms,
             result_code,
             duplicate,
+            used: Units::default(),
+            reporting_reasons: Vec::new(),
         }
+        .with_usage(req)
+    }
+
+    fn with_usage(mut self, req: &Message) -> RequestRecord {
+        let msccs: Vec<Vec<Avp>> =
+            req.find_all(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0).filter_map(|m| m.grouped_avps().ok()).collect();
+        let top = req.avps.iter().filter(|a| a.is(code::USED_SERVICE_UNIT, 0));
+        for usu in top.chain(msccs.iter().flatten().filter(|a| a.is(code::USED_SERVICE_UNIT, 0))) {
+            self.used.add(&Units::from_grouped(usu));
+            let inner = usu.grouped_avps().unwrap_or_default();
+            self.reporting_reasons
+                .extend(inner.iter().filter(|a| a.is(REPORTING_REASON, TGPP)).filter_map(|a| a.as_i32().ok()));
+        }
+        for m in &msccs {
+            self.reporting_reasons
+                .extend(m.iter().filter(|a| a.is(REPORTING_REASON, TGPP)).filter_map(|a| a.as_i32().ok()));
+        }
+        self
     }
 }
 

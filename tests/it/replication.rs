@@ -242,7 +242,7 @@ async fn start_replicating_on_request_and_sessions_continue_through_a_store_outa
             None,
             vec![rg(10)],
             vec![],
-            SessionOptions { convergence: Some("call-42".into()), replicate: Some(true) },
+            SessionOptions { convergence: Some("call-42".into()), replicate: Some(true), ..Default::default() },
         )
         .await
         .unwrap();
@@ -337,7 +337,7 @@ async fn a_taken_convergence_name_is_not_hijacked_and_an_ended_session_stays_end
     let store = AnyStore::memory();
     let e = Engine::start(replicated(&sim, "n1", &store, QUICK_LEASE)).await.unwrap();
     connected(&e).await;
-    let named = |n: &str| SessionOptions { convergence: Some(n.into()), replicate: Some(true) };
+    let named = |n: &str| SessionOptions { convergence: Some(n.into()), replicate: Some(true), ..Default::default() };
     let a = e.open_session_with(App::Ro, msisdn("46708"), None, vec![rg(10)], vec![], named("call-1")).await.unwrap();
     assert_eq!(a.convergence.as_deref(), Some("call-1"));
     // A second session asking for the same name goes on, unreplicated; nothing of it points at call-1.

@@ -354,6 +354,79 @@ async fn an_asr_hangs_up_both_legs() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let s = &ro_sessions(&sim)[0];
     assert_eq!(types(s).last().map(String::as_str), Some("termination"), "CCR-T after the ASA");
+    let ccr_t = s["requests"].as_array().unwrap().last().unwrap();
+    let used = ccr_t["used"]["time"].as_u64();
+    assert!(matches!(used, Some(1..=2)), "the CCR-T reports the half second the call lasted: {ccr_t}");
+    assert_eq!(sim.ledger_json()["check"]["clean"], true);
+}
+
+/// The first Ro session's id, once the simulator has it.
+async fn first_session(sim: &charging_ra::ocs::server::OcsServer) -> String {
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(s) = ro_sessions(sim).first() {
+            return s["session_id"].as_str().unwrap().to_string();
+        }
+        assert!(tokio::time::Instant::now() < end, "no Ro session");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The CCR-Us of a session that carried `reason`, as (used seconds, reasons).
+fn updates_with_reason(s: &serde_json::Value, reason: i64) -> Vec<serde_json::Value> {
+    s["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["request_type"] == "update")
+        .filter(|r| r["reporting_reasons"].as_array().is_some_and(|a| a.iter().any(|x| x.as_i64() == Some(reason))))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn a_rar_is_answered_by_a_ccr_u_reporting_the_time_used() {
+    let mut ocs = OcsConfig::default();
+    ocs.ro.rating_groups.push(rating_group(30));
+    let (sim, b2bua, uac, callee, _) = charged_setup(ocs, "r1").await;
+    let plan = plan(callee, b2bua.local_addr(), Duration::from_millis(3000), false, None);
+    let call = tokio::spawn(async move { uac.call(&plan).await });
+    let sid = first_session(&sim).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let body = serde_json::json!({ "session_id": sid }).to_string();
+    let (status, _) = crate::ocs::http(sim.control_addr().unwrap(), "POST", "/v1/rar", Some(&body)).await;
+    assert_eq!(status, 200);
+    let report = call.await.unwrap();
+    assert_eq!((report.invite, report.bye), (200, Some(200)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = &ro_sessions(&sim)[0];
+    // RFC 4006 §5.5: RAA, then CCR-U with Reporting-Reason FORCED_REAUTHORISATION (7) and the usage so far.
+    let forced = updates_with_reason(s, 7);
+    assert_eq!(forced.len(), 1, "one CCR-U for the RAR: {s}");
+    assert!(matches!(forced[0]["used"]["time"].as_u64(), Some(1..=2)), "the 1.5 s used by then: {}", forced[0]);
+    let used = s["rating_groups"]["100"]["reported_used"]["time"].as_u64().unwrap();
+    assert!((3..=4).contains(&used), "3 s reported over the CCR-U and the CCR-T, once: {used}");
+    assert_eq!(sim.ledger_json()["check"]["clean"], true);
+}
+
+#[tokio::test]
+async fn an_expired_validity_time_reauthorizes_with_the_time_used() {
+    let mut ocs = OcsConfig::default();
+    let mut rg = rating_group(30);
+    rg.validity_time = Duration::from_secs(1);
+    ocs.ro.rating_groups.push(rg);
+    let (sim, b2bua, uac, callee, _) = charged_setup(ocs, "v1").await;
+    let plan = plan(callee, b2bua.local_addr(), Duration::from_millis(2500), false, None);
+    let report = uac.call(&plan).await;
+    assert_eq!((report.invite, report.bye), (200, Some(200)));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = &ro_sessions(&sim)[0];
+    // RFC 4006 §5.1.2: Validity-Time over, CCR-U with Reporting-Reason VALIDITY_TIME (4) and the usage.
+    let expired = updates_with_reason(s, 4);
+    assert!(!expired.is_empty(), "a CCR-U when the 1 s Validity-Time ran out: {s}");
+    assert!(expired.iter().all(|u| u["used"]["time"].as_u64().is_some_and(|t| t >= 1)), "{expired:?}");
+    let used = s["rating_groups"]["100"]["reported_used"]["time"].as_u64().unwrap();
+    assert!((3..=4).contains(&used), "2.5 s reported over the CCR-Us and the CCR-T, once: {used}");
     assert_eq!(sim.ledger_json()["check"]["clean"], true);
 }
 

@@ -468,6 +468,9 @@ pub(super) fn asr_after_failover(ctx: &mut Ctx) -> Result<(), String> {
         wait_for("the CCR-T", Duration::from_secs(5), || ocs.check().ok().filter(|c| c["sessions"]["terminated"] == 1));
     let (reqs, _, s) = the_call(&ocs)?;
     ensure(reqs.last() == Some(&("termination".into(), "n2".into())), "CCR-T from the adopter", &s)?;
+    // The adopter's B2BUA ends the call and its CCR-T carries the call's time (over a second by the ASR).
+    let used = s["requests"].as_array().and_then(|r| r.last()).and_then(|r| r["used"]["time"].as_u64());
+    ensure(used.is_some_and(|t| t >= 1), "the CCR-T reports the time the call lasted", &s)?;
     let st = sip_stats(&n2)?;
     ensure(st["adopted"] == 1, "n2 adopted the call with its Ro session", &st)?;
     ocs.clean()?;
