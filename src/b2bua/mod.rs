@@ -1629,7 +1629,9 @@ impl Actor {
                     ttl: None,
                 });
             }
-            self.stats.store_writes += 1;
+            // The state goes first and alone, conditional on this node's version, so a node fenced by an adopter
+            // deletes nothing; then the rest: two batches.
+            self.stats.store_writes += 1 + u64::from(state.is_some());
             tokio::spawn(async move {
                 if let Some(state) = state {
                     match own.store().batch(vec![state]).await.map(|mut r| r.swap_remove(0)) {
@@ -1821,9 +1823,15 @@ impl Actor {
                         .map(|(_, (id, _))| *id)
                         .collect();
                     for id in ids {
-                        if self.calls.get(&id).is_some_and(|c| c.phase == Phase::Answered) {
-                            self.hang_up(id, "no ACK");
-                        }
+                        let Some(call) = self.calls.get_mut(&id).filter(|c| c.phase == Phase::Answered) else {
+                            continue;
+                        };
+                        // Leg B's 2xx waits for leg A's ACK to be relayed; §13.2.2.4: it is ACKed all the same
+                        // before the BYE that ends the call.
+                        let cseq = call.rec.b_invite_cseq;
+                        let ack = call.rec.b.request("ACK", Some(cseq));
+                        self.send_in_dialog(id, Side::B, ack, Purpose::Bye);
+                        self.hang_up(id, "no ACK");
                     }
                 }
             }

@@ -42,6 +42,11 @@ pub struct UasCounters {
     pub refreshed: AtomicU64,
     /// BYEs received.
     pub byes: AtomicU64,
+    /// The highest CSeq number of an in-dialog request (after a failover, the adopter's are the stored ones plus
+    /// its gap).
+    pub highest_cseq: AtomicU64,
+    /// In-dialog requests refused 500 for a CSeq below the dialog's last (RFC 3261 §12.2.2).
+    pub out_of_order: AtomicU64,
 }
 
 /// Runs a UAS on `socket` until the task is aborted.
@@ -49,6 +54,7 @@ pub async fn run_uas(socket: UdpSocket, counters: Arc<UasCounters>) {
     let local = socket.local_addr().expect("bound");
     let mut buf = vec![0u8; 65536];
     let mut tags: HashMap<String, String> = HashMap::new();
+    let mut remote_cseq: HashMap<String, u32> = HashMap::new();
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else { continue };
         let Ok(m) = Message::parse(&buf[..n]) else { continue };
@@ -71,6 +77,20 @@ pub async fn run_uas(socket: UdpSocket, counters: Arc<UasCounters>) {
             }
             let _ = socket.try_send_to(&r.to_bytes(), dest);
         };
+        let cseq = m.cseq().map_or(0, |(n, _)| n);
+        if m.to_tag().is_some() {
+            // §12.2.2: a request with a CSeq below the dialog's remote sequence number is out of order.
+            let last = remote_cseq.entry(m.call_id().to_string()).or_insert(0);
+            if cseq < *last {
+                counters.out_of_order.fetch_add(1, Ordering::Relaxed);
+                reply(500, "Server Internal Error", false);
+                continue;
+            }
+            *last = cseq;
+            counters.highest_cseq.fetch_max(u64::from(cseq), Ordering::Relaxed);
+        } else {
+            remote_cseq.insert(m.call_id().to_string(), cseq);
+        }
         match m.method() {
             "INVITE" if m.to_tag().is_none() => {
                 reply(180, "Ringing", false);
@@ -85,6 +105,7 @@ pub async fn run_uas(socket: UdpSocket, counters: Arc<UasCounters>) {
                 reply(200, "OK", false);
                 counters.byes.fetch_add(1, Ordering::Relaxed);
                 tags.remove(m.call_id());
+                remote_cseq.remove(m.call_id());
             }
             _ => reply(200, "OK", false),
         }

@@ -819,7 +819,6 @@ impl CcSession {
     }
 
     fn session_answer(&mut self, now: Instant, a: &Message, rc: ResultCode) {
-        let was = self.state;
         match rc {
             rc if rc.is_success() => {
                 self.apply_grants(now, a);
@@ -844,7 +843,11 @@ impl CcSession {
                 }));
                 self.end(now);
             }
-            ResultCode::CREDIT_LIMIT_REACHED if was == CcState::PendingI => {
+            // 4012 at command level (RFC 4006 §9.1: the end user's account cannot cover the service) denies the
+            // service on a CCA-I or a CCA-U alike, whatever CCFH says: CCFH governs failing to get an answer, not a
+            // refusal (with CONTINUE the service would otherwise go on free). A failed CCA-U ends the session at the
+            // server too (RFC 4006 §7): no CCR-T follows.
+            ResultCode::CREDIT_LIMIT_REACHED => {
                 self.out.push_back(CcOutput::Event(CcEvent::Terminate {
                     result_code: Some(rc),
                     reason: "4012 credit limit reached".into(),

@@ -338,6 +338,19 @@ fn asr_answers_and_terminates_with_the_usage() {
     assert_eq!(h.s.state(), CcState::PendingT);
 }
 
+#[test]
+fn a_4012_on_a_ccr_u_ends_the_service_even_with_ccfh_continue() {
+    let mut h = H::new(Ccfh::Continue);
+    h.open();
+    h.s.update(h.now, vec![(Some(10), Units { time: Some(300), ..Default::default() })], vec![Some(10)], Some(3), None);
+    let u = h.one_request();
+    h.s.handle_answer(h.now, &cca(&u, 4012, &[]));
+    let (sent, ev) = h.drain();
+    assert!(terminated(&ev) && !continued(&ev), "no free service after the credit ran out: {ev:?}");
+    assert!(sent.is_empty(), "the server ended the session with its failed CCA-U: no CCR-T");
+    assert_eq!(h.s.state(), CcState::Idle);
+}
+
 fn reporting_reason_and_used(m: &Message) -> (i32, Option<u64>) {
     let mscc = m.find(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0).unwrap().grouped_avps().unwrap();
     let usu = mscc.iter().find(|a| a.is(code::USED_SERVICE_UNIT, 0)).unwrap().grouped_avps().unwrap();

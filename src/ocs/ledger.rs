@@ -47,6 +47,9 @@ pub struct RequestRecord {
     /// The Reporting-Reason values it carried (TS 32.299 §7.2.175), in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub reporting_reasons: Vec<i32>,
+    /// Its Service-Context-Id (RFC 4006 §8.42), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_context_id: Option<String>,
 }
 
 /// Reporting-Reason (TS 32.299 §7.2.175), 3GPP vendor.
@@ -66,6 +69,10 @@ impl RequestRecord {
             duplicate,
             used: Units::default(),
             reporting_reasons: Vec::new(),
+            service_context_id: req
+                .find(code::SERVICE_CONTEXT_ID, 0)
+                .and_then(|a| a.as_utf8().ok())
+                .map(str::to_string),
         }
         .with_usage(req)
     }

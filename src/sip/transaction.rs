@@ -559,6 +559,130 @@ mod tests {
         Dest { transport: Transport::Udp, addr: "127.0.0.1:5070".parse().unwrap() }
     }
 
+    fn tcp() -> Dest {
+        Dest { transport: Transport::Tcp, addr: "127.0.0.1:5070".parse().unwrap() }
+    }
+
+    fn bye(branch: &str) -> Message {
+        let text = format!(
+            "BYE sip:b@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch}\r\n\
+             From: <sip:a@x>;tag=1\r\nTo: <sip:b@y>;tag=2\r\nCall-ID: c1\r\nCSeq: 2 BYE\r\nMax-Forwards: 70\r\n\r\n"
+        );
+        Message::parse(text.as_bytes()).unwrap()
+    }
+
+    /// Runs every timer to the end: (ms after `t0` of each resend, the timeout's ms if one fired).
+    fn run_out(t: &mut Transactions, t0: Instant) -> (Vec<u128>, Option<u128>) {
+        let (mut resends, mut timeout) = (Vec::new(), None);
+        while let Some(at) = t.poll_timeout() {
+            for f in t.handle_timeout(at) {
+                match f {
+                    Fired::Resend(..) => resends.push((at - t0).as_millis()),
+                    Fired::Timeout(_) => timeout = Some((at - t0).as_millis()),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        (resends, timeout)
+    }
+
+    #[test]
+    fn client_non_invite_retransmits_with_timer_e_capped_at_t2_and_times_out_with_timer_f() {
+        let mut t = Transactions::new(Timers::default());
+        let t0 = Instant::now();
+        t.send(t0, bye("z9hG4bKe1"), udp());
+        let (resends, timeout) = run_out(&mut t, t0);
+        // §17.1.2.2: Timer E starts at T1 and doubles up to T2 (4 s); Timer F fires at 64·T1.
+        assert_eq!(resends[..5], [500, 1500, 3500, 7500, 11500]);
+        assert!(resends.windows(2).skip(3).all(|w| w[1] - w[0] == 4000), "{resends:?}");
+        assert_eq!(timeout, Some(32_000));
+        assert_eq!(t.len(), (0, 0, 0));
+        // A provisional response sets the interval to T2 at once (Proceeding).
+        let mut t = Transactions::new(Timers::default());
+        let req = bye("z9hG4bKe2");
+        t.send(t0, req.clone(), udp());
+        t.on_response(t0, &req.response(100, "Trying", None));
+        let (resends, timeout) = run_out(&mut t, t0);
+        assert_eq!(resends[0], 500, "the resend armed before the 100 still runs");
+        assert!(resends.windows(2).all(|w| w[1] - w[0] == 4000), "then every T2: {resends:?}");
+        assert_eq!(timeout, Some(32_000));
+    }
+
+    #[test]
+    fn client_non_invite_absorbs_the_final_response_for_timer_k_over_udp_only() {
+        for (dest, k) in [(udp(), Duration::from_secs(5)), (tcp(), Duration::ZERO)] {
+            let mut t = Transactions::new(Timers::default());
+            let t0 = Instant::now();
+            let req = bye("z9hG4bKk1");
+            let (key, _) = t.send(t0, req.clone(), dest);
+            let ok = req.response(200, "OK", Some("2"));
+            assert_eq!(t.on_response(t0, &ok).0, ResponseEvent::Deliver(key));
+            assert_eq!(t.on_response(t0, &ok).0, ResponseEvent::Absorbed, "a retransmitted 200 is absorbed");
+            t.handle_timeout(t0 + k);
+            assert_eq!(t.len(), (0, 0, 0), "Timer K ({k:?}) ended it");
+            assert_eq!(t.on_response(t0 + k, &ok).0, ResponseEvent::Stray);
+        }
+    }
+
+    #[test]
+    fn client_invite_absorbs_non_2xx_retransmissions_for_timer_d_over_udp_only() {
+        for (dest, d) in [(udp(), Duration::from_secs(32)), (tcp(), Duration::ZERO)] {
+            let mut t = Transactions::new(Timers::default());
+            let t0 = Instant::now();
+            let inv = invite("z9hG4bKd1");
+            t.send(t0, inv.clone(), dest);
+            let busy = inv.response(486, "Busy Here", Some("x"));
+            assert!(t.on_response(t0, &busy).1.is_some(), "ACKed");
+            if d > Duration::ZERO {
+                t.handle_timeout(t0 + d - Duration::from_millis(1));
+                let (ev, ack) = t.on_response(t0 + d - Duration::from_millis(1), &busy);
+                assert_eq!(ev, ResponseEvent::Absorbed);
+                assert!(ack.is_some(), "a retransmitted 486 is ACKed again");
+            }
+            t.handle_timeout(t0 + d);
+            assert_eq!(t.len(), (0, 0, 0), "Timer D ({d:?}) ended it");
+        }
+    }
+
+    #[test]
+    fn server_invite_resends_its_final_response_with_timer_g_until_timer_h() {
+        let mut t = Transactions::new(Timers::default());
+        let t0 = Instant::now();
+        let inv = invite("z9hG4bKh1");
+        let Incoming::New(key) = t.on_request(t0, &inv, udp()) else { panic!() };
+        t.respond(t0, &key, &inv.response(486, "Busy Here", Some("t")));
+        let (resends, timeout) = run_out(&mut t, t0);
+        // §17.2.1: Timer G from T1 doubling to T2; Timer H (64·T1) ends the wait for the ACK.
+        assert_eq!(resends[..4], [500, 1500, 3500, 7500]);
+        assert!(resends.windows(2).skip(3).all(|w| w[1] - w[0] == 4000), "{resends:?}");
+        assert!(*resends.last().unwrap() < 32_000);
+        assert_eq!(timeout, None);
+        assert_eq!(t.len(), (0, 0, 0), "Timer H ended it");
+        // Over TCP nothing is resent.
+        let mut t = Transactions::new(Timers::default());
+        let Incoming::New(key) = t.on_request(t0, &inv, tcp()) else { panic!() };
+        t.respond(t0, &key, &inv.response(486, "Busy Here", Some("t")));
+        assert_eq!(run_out(&mut t, t0).0, Vec::<u128>::new());
+    }
+
+    #[test]
+    fn server_non_invite_answers_retransmissions_for_timer_j_over_udp_only() {
+        for (dest, j) in [(udp(), Duration::from_secs(32)), (tcp(), Duration::ZERO)] {
+            let mut t = Transactions::new(Timers::default());
+            let t0 = Instant::now();
+            let req = bye("z9hG4bKj1");
+            let Incoming::New(key) = t.on_request(t0, &req, dest) else { panic!() };
+            t.respond(t0, &key, &req.response(200, "OK", None));
+            if j > Duration::ZERO {
+                let again = t.on_request(t0 + j - Duration::from_millis(1), &req, dest);
+                assert!(matches!(again, Incoming::Retransmission(Some(_))), "the 200 again: {again:?}");
+            }
+            t.handle_timeout(t0 + j);
+            assert_eq!(t.len(), (0, 0, 0), "Timer J ({j:?}) ended it");
+            assert!(matches!(t.on_request(t0 + j, &req, dest), Incoming::New(_)), "then it is new");
+        }
+    }
+
     fn invite(branch: &str) -> Message {
         let text = format!(
             "INVITE sip:b@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch={branch}\r\n\

@@ -186,6 +186,132 @@ async fn bad_sip_gets_400_with_a_reason_and_an_unknown_dialog_481() {
     assert!(r.starts_with("SIP/2.0 200 "), "still alive after the bad input: {r}");
 }
 
+/// Receives SIP messages on `sock` until one matches, within `within`.
+async fn recv_until(
+    sock: &UdpSocket,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&charging_ra::sip::message::Message) -> bool,
+) -> (charging_ra::sip::message::Message, SocketAddr) {
+    let end = tokio::time::Instant::now() + within;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let left = end.saturating_duration_since(tokio::time::Instant::now());
+        let Ok(Ok((n, from))) = tokio::time::timeout(left, sock.recv_from(&mut buf)).await else {
+            panic!("no {what} within {within:?}");
+        };
+        let m = charging_ra::sip::message::Message::parse(&buf[..n]).unwrap();
+        if pred(&m) {
+            return (m, from);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_caller_that_never_acks_gets_a_bye_and_leg_b_is_acked_before_its_bye() {
+    let sim = sim(OcsConfig::default()).await;
+    let engine = Engine::start(node_config(&sim, "k1", None, free_port().await)).await.unwrap();
+    let callee = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = b2bua_config("127.0.0.1:0".parse().unwrap(), callee.local_addr().unwrap());
+    // 64·T1 = 640 ms: the 2xx is resent until then and the call given up (§13.3.1.4).
+    cfg.timers.t1 = Duration::from_millis(10);
+    let b2bua = B2bua::start(cfg, engine).await.unwrap();
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = caller.local_addr().unwrap();
+    let invite = format!(
+        "INVITE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKna{n}\r\nFrom: <sip:a@x>;tag=a1\r\n\
+         To: <sip:bob@y>\r\nCall-ID: noack-{n}\r\nCSeq: 1 INVITE\r\nContact: <sip:a@{me}>\r\nMax-Forwards: 70\r\n\
+         Content-Length: 0\r\n\r\n",
+        n = rand_suffix()
+    );
+    caller.send_to(invite.as_bytes(), b2bua.local_addr()).await.unwrap();
+    let (leg_b, from) =
+        recv_until(&callee, Duration::from_secs(3), "INVITE on leg B", |m| m.method() == "INVITE").await;
+    let mut ok = leg_b.response(200, "OK", Some("b1"));
+    ok.push("Contact", format!("<sip:bob@{}>", callee.local_addr().unwrap()));
+    callee.send_to(&ok.to_bytes(), from).await.unwrap();
+    recv_until(&caller, Duration::from_secs(3), "200 to the caller", |m| m.code() == 200).await;
+    // The caller never ACKs.
+    let (ack, _) = recv_until(&callee, Duration::from_secs(5), "ACK on leg B", |m| m.method() != "INVITE").await;
+    assert_eq!(ack.method(), "ACK", "leg B's 2xx is ACKed first");
+    assert_eq!(ack.header("CSeq"), leg_b.header("CSeq").map(|c| c.replace("INVITE", "ACK")).as_deref());
+    let (bye, from) = recv_until(&callee, Duration::from_secs(3), "BYE on leg B", |m| m.method() == "BYE").await;
+    callee.send_to(&bye.response(200, "OK", None).to_bytes(), from).await.unwrap();
+    let (bye, from) = recv_until(&caller, Duration::from_secs(3), "BYE to the caller", |m| m.method() == "BYE").await;
+    caller.send_to(&bye.response(200, "OK", None).to_bytes(), from).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_step_by_step_trying_early_dialog_update_and_the_ims_service_context() {
+    use charging_ra::sip::message::Message;
+    let sim = sim(OcsConfig::default()).await;
+    let store = AnyStore::memory();
+    let binding = SipBinding::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let engine = Engine::start(node_config(&sim, "s1", Some(&store), binding.local_addr())).await.unwrap();
+    connected(&engine).await;
+    let callee = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b2bua =
+        B2bua::start_on(binding, b2bua_config("127.0.0.1:0".parse().unwrap(), callee.local_addr().unwrap()), engine)
+            .await;
+    let node = b2bua.local_addr();
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = caller.local_addr().unwrap();
+    let n = rand_suffix();
+    let in_dialog = |method: &str, cseq: u32, uri: &str, to: &str| {
+        format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKsx{n}{cseq}{method}\r\n\
+             From: <sip:a@x>;tag=a1\r\nTo: {to}\r\nCall-ID: steps-{n}\r\nCSeq: {cseq} {method}\r\n\
+             Contact: <sip:a@{me}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    caller.send_to(in_dialog("INVITE", 1, "sip:bob@127.0.0.1", "<sip:bob@y>").as_bytes(), node).await.unwrap();
+    // §17.2.1: the B2BUA answers 100 Trying before anything else (leg B needs the CCA-I first).
+    let (first, _) = recv_until(&caller, Duration::from_secs(2), "a response", |m| !m.is_request()).await;
+    assert_eq!(first.code(), 100, "100 Trying first");
+    let (leg_b, from) =
+        recv_until(&callee, Duration::from_secs(3), "INVITE on leg B", |m| m.method() == "INVITE").await;
+    let contact = format!("<sip:bob@{}>", callee.local_addr().unwrap());
+    let answer = |m: &Message, code: u16, reason: &str| {
+        let mut r = m.response(code, reason, Some("b1"));
+        r.push("Contact", contact.clone());
+        r.to_bytes()
+    };
+    callee.send_to(&answer(&leg_b, 180, "Ringing"), from).await.unwrap();
+    recv_until(&caller, Duration::from_secs(2), "180 relayed", |m| m.code() == 180).await;
+    // An early dialog is not replicated: it has nothing an adopter could carry on (no ACKed 2xx, and the caller
+    // would retransmit its INVITE to the same node).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(store.scan_prefix("sipc/proto/sip/").await.unwrap().is_empty(), "early dialog written");
+    callee.send_to(&answer(&leg_b, 200, "OK"), from).await.unwrap();
+    let (ok, _) = recv_until(&caller, Duration::from_secs(2), "200 relayed", |m| m.code() == 200).await;
+    let to = ok.header("To").unwrap().to_string();
+    let target = ok.header("Contact").unwrap().trim_matches(|c| c == '<' || c == '>').to_string();
+    caller.send_to(in_dialog("ACK", 1, &target, &to).as_bytes(), node).await.unwrap();
+    recv_until(&callee, Duration::from_secs(2), "ACK on leg B", |m| m.method() == "ACK").await;
+    let end = tokio::time::Instant::now() + Duration::from_secs(3);
+    while store.scan_prefix("sipc/proto/sip/").await.unwrap().len() < 2 {
+        assert!(tokio::time::Instant::now() < end, "the confirmed call's two legs were never written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // UPDATE (RFC 3311) is relayed leg to leg like a re-INVITE.
+    caller.send_to(in_dialog("UPDATE", 2, &target, &to).as_bytes(), node).await.unwrap();
+    let (update, from) = recv_until(&callee, Duration::from_secs(2), "UPDATE on leg B", |m| m.is_request()).await;
+    assert_eq!(update.method(), "UPDATE");
+    callee.send_to(&answer(&update, 200, "OK"), from).await.unwrap();
+    let (r, _) = recv_until(&caller, Duration::from_secs(2), "the UPDATE's 200", |m| !m.is_request()).await;
+    assert_eq!((r.code(), r.header("CSeq")), (200, Some("2 UPDATE")));
+    caller.send_to(in_dialog("BYE", 3, &target, &to).as_bytes(), node).await.unwrap();
+    let (bye, from) = recv_until(&callee, Duration::from_secs(2), "BYE on leg B", |m| m.is_request()).await;
+    assert_eq!(bye.method(), "BYE");
+    callee.send_to(&bye.response(200, "OK", None).to_bytes(), from).await.unwrap();
+    recv_until(&caller, Duration::from_secs(2), "the BYE's 200", |m| m.code() == 200).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let s = &ro_sessions(&sim)[0];
+    assert_eq!(types(s), ["initial", "termination"]);
+    assert_eq!(s["requests"][0]["service_context_id"], "32260@3gpp.org", "IMS charging (TS 32.260)");
+    assert!(store.scan_prefix("sipc/proto/sip/").await.unwrap().is_empty(), "records deleted at the end");
+}
+
 fn rand_suffix() -> u64 {
     use std::sync::atomic::AtomicU64;
     static N: AtomicU64 = AtomicU64::new(0);
@@ -200,6 +326,16 @@ struct Crashable {
 
 /// A call set up through n1 (on a runtime of its own), n1 torn down, the re-INVITE and BYE sent to n2.
 async fn failover_call(mode: DialogReplication) -> (OcsServer, AnyStore, charging_ra::b2bua::SipStats) {
+    let (sim, store, n2, _) = two_node_call(mode, true).await;
+    (sim, store, n2)
+}
+
+/// A call set up through n1 whose in-dialog requests (a re-INVITE, the BYE) go to n2; n1 is killed once the call is
+/// replicated when `kill`. The simulator, the store and both nodes' statistics (n1's only when it lives).
+async fn two_node_call(
+    mode: DialogReplication,
+    kill: bool,
+) -> (OcsServer, AnyStore, charging_ra::b2bua::SipStats, Option<charging_ra::b2bua::SipStats>) {
     let sim = sim(OcsConfig::default()).await;
     let store = AnyStore::memory();
     let (callee, counters) = uas().await;
@@ -233,13 +369,43 @@ async fn failover_call(mode: DialogReplication) -> (OcsServer, AnyStore, chargin
         assert!(tokio::time::Instant::now() < end, "the call's legs were never written");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    n1.rt.take().unwrap().shutdown_background();
+    if kill {
+        n1.rt.take().unwrap().shutdown_background();
+    }
     let report = call.await.unwrap();
     assert_eq!(report, charging_ra::b2bua::ua::CallReport { invite: 200, reinvite: Some(200), bye: Some(200) });
     assert_eq!(counters.refreshed.load(Ordering::Relaxed), 1, "the re-INVITE reached the callee through n2");
     byes(&counters, 1).await;
+    assert_eq!(counters.out_of_order.load(Ordering::Relaxed), 0, "leg B's CSeq never went back");
+    if kill {
+        // The adopter bumped leg B's local CSeq by the gap (100): its re-INVITE and BYE are numbered above any
+        // request the dead node may have sent unrecorded.
+        assert!(counters.highest_cseq.load(Ordering::Relaxed) > 100, "{counters:?}");
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    (sim, store, n2.stats().await.unwrap())
+    let n1_stats = match n1.rt.take() {
+        Some(rt) => {
+            let stats = n1.b2bua.stats().await;
+            rt.shutdown_background();
+            stats
+        }
+        None => None,
+    };
+    (sim, store, n2.stats().await.unwrap(), n1_stats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mid_dialog_request_at_another_node_goes_to_the_live_owner() {
+    let (sim, store, n2, n1) = two_node_call(DialogReplication::ConfirmedDialog, false).await;
+    let n1 = n1.unwrap();
+    assert_eq!((n2.adopted, n2.forwarded), (0, 2), "n2 forwarded the re-INVITE and the BYE to n1: {n2:?}");
+    assert_eq!((n1.answered, n1.ended, n1.adopted), (1, 1, 0), "n1 carried its call to the end: {n1:?}");
+    let sessions = ro_sessions(&sim);
+    assert_eq!(types(&sessions[0]), ["initial", "termination"]);
+    let t = &sessions[0]["requests"][1];
+    assert!(t["origin_host"].as_str().unwrap().starts_with("n1."), "CCR-T from the owner: {t}");
+    assert_eq!(sim.ledger_json()["check"]["clean"], true, "{}", sim.ledger_json()["check"]);
+    assert!(store.scan_prefix("sipc/proto/sip/").await.unwrap().is_empty(), "records left");
 }
 
 fn with_mode(mut c: B2buaConfig, mode: DialogReplication) -> B2buaConfig {
@@ -329,6 +495,36 @@ async fn final_units_end_the_call_on_both_legs() {
     assert_eq!(types(s), ["initial", "termination"], "no CCR-U asking for more after the final units");
     assert_eq!(s["rating_groups"]["100"]["reported_used"]["time"].as_u64(), Some(2));
     assert_eq!(sim.ledger_json()["check"]["clean"], true);
+}
+
+#[tokio::test]
+async fn a_4012_on_a_mid_call_ccr_u_ends_the_call_on_both_legs() {
+    use charging_ra::ocs::config::{FaultAction, FaultRule};
+    let mut ocs = OcsConfig::default();
+    ocs.ro.rating_groups.push(rating_group(1));
+    // The credit runs out at the first re-authorization.
+    ocs.faults.push(FaultRule {
+        subscriber: None,
+        session_id: None,
+        command: Some("CCR".into()),
+        request_type: Some("update".into()),
+        request_number: None,
+        retransmission: None,
+        times: None,
+        action: FaultAction::ResultCode(4012),
+    });
+    let (sim, b2bua, uac, callee, counters) = charged_setup(ocs, "c1").await;
+    let plan = plan(callee, b2bua.local_addr(), Duration::from_secs(10), false, None);
+    let started = std::time::Instant::now();
+    let report = uac.call(&plan).await;
+    assert_eq!((report.invite, report.bye), (200, Some(0)), "the B2BUA hung up on the caller");
+    assert!(started.elapsed() < Duration::from_secs(4), "at the first CCR-U: {:?}", started.elapsed());
+    byes(&counters, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = &ro_sessions(&sim)[0];
+    // RFC 4006 §7: a failed CCA-U ends the session at both ends; no CCR-T follows.
+    assert_eq!(types(s), ["initial", "update"]);
+    assert_eq!(s["requests"][1]["result_code"], 4012);
 }
 
 #[tokio::test]
