@@ -22,8 +22,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// With no set-up: an OCS simulator pair and three nodes on loopback sharing a temporary SQLite store, a few
-    /// hundred Ro and Gx sessions, one node killed with SIGKILL, the sessions carried on and ended through the
-    /// survivors, and the OCS ledger checked (the exit status says whether it is clean).
+    /// hundred Ro and Gx sessions and a few SIP calls (the project's own user agents), one node killed with
+    /// SIGKILL, the sessions and calls carried on and ended through the survivors, and the OCS ledger checked (the
+    /// exit status says whether it is clean).
     Demo,
     /// Decode one Diameter message given as hex (spaces, colons and newlines ignored), or read from a file of
     /// raw bytes, and print it with dictionary names; bad bytes get the Result-Code a peer would answer.
@@ -82,7 +83,6 @@ enum Command {
         #[arg(long)]
         rate: Option<f64>,
     },
-    /// Run the OCS (Ro) and PCRF (Gx) simulator with its ledger and HTTP control API.
     /// Run a charging node: the credit-control engine with its HTTP front, connected to the configured OCS/PCRF
     /// peers, replicating sessions to the configured store. Prints `ready node=… diameter=… http=…` on standard
     /// output once serving; SIGTERM or Ctrl-C stops it gracefully (pending writes flushed, lease given up).
@@ -100,6 +100,7 @@ enum Command {
         /// The configuration file.
         file: std::path::PathBuf,
     },
+    /// Run the OCS (Ro) and PCRF (Gx) simulator with its ledger and HTTP control API.
     OcsSim {
         /// Diameter listening address.
         #[arg(long, default_value = "127.0.0.1:3868")]
@@ -255,20 +256,39 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
 }
 
 fn node(path: &Path, log_json: bool) -> anyhow::Result<ExitCode> {
-    use charging_ra::store::AnyStore;
     let mut config = Config::load(path)?;
     config.apply_env(path)?;
     init_logging_with(log_json || config.log.format == charging_ra::config::LogFormat::Json, &config.log.level);
     let dir = path.parent().unwrap_or(Path::new("."));
     let dictionary = std::sync::Arc::new(config.dictionary(dir)?);
-    let rt = tokio::runtime::Builder::new_multi_thread().thread_name(config.node.id.clone()).enable_all().build()?;
-    rt.block_on(async move {
+    let id = config.node.id.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread().thread_name(id.clone()).enable_all().build()?;
+    // The node's own future runs on a thread named after the node too, not on `main`: every log line, the start
+    // and stop lines included, names the node that wrote it.
+    let (path, dir) = (path.to_path_buf(), dir.to_path_buf());
+    let run = move || rt.block_on(node_main(config, dictionary, path, dir));
+    std::thread::Builder::new()
+        .name(id)
+        .spawn(run)
+        .context("starting the node's thread")?
+        .join()
+        .map_err(|_| anyhow::anyhow!("the node's thread panicked"))?
+}
+
+async fn node_main(
+    config: Config,
+    dictionary: std::sync::Arc<charging_ra::dict::Dictionary>,
+    path: std::path::PathBuf,
+    dir: std::path::PathBuf,
+) -> anyhow::Result<ExitCode> {
+    use charging_ra::store::AnyStore;
+    {
         let mut engine_config = config.engine_config(dictionary);
         // The HTTP front is bound first: the lease carries its address, where other nodes forward calls.
         let listener = match config.node.http_listen {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("HTTP front on {addr}"))?,
-            ),
+            Some(addr) => {
+                Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("HTTP front on {addr}"))?)
+            }
             None => None,
         };
         let http_bound = listener.as_ref().and_then(|l| l.local_addr().ok());
@@ -288,15 +308,13 @@ fn node(path: &Path, log_json: bool) -> anyhow::Result<ExitCode> {
         };
         let sip_bound = sip_binding.as_ref().map(|b| b.local_addr());
         if config.replication.enabled {
-            let store = AnyStore::open(&config.store, dir)
-                .await
-                .with_context(|| {
-                    format!(
-                        "opening the [store] of {} (a node does not start without its store; one lost while running \
+            let store = AnyStore::open(&config.store, &dir).await.with_context(|| {
+                format!(
+                    "opening the [store] of {} (a node does not start without its store; one lost while running \
                          only pauses replication)",
-                        path.display()
-                    )
-                })?;
+                    path.display()
+                )
+            })?;
             let uri = match config.node.diameter_listen {
                 Some(a) => format!("aaa://{}:{}", config.node.origin_host, a.port()),
                 None => format!("aaa://{}", config.node.origin_host),
@@ -336,7 +354,7 @@ fn node(path: &Path, log_json: bool) -> anyhow::Result<ExitCode> {
         }
         engine.stop().await;
         Ok(ExitCode::SUCCESS)
-    })
+    }
 }
 
 /// `load`'s pacing options.

@@ -1,7 +1,5 @@
 //! The configuration file (TOML): serde model with `deny_unknown_fields`, so a misspelt key is an error that
-//! names it. `config.example.toml` documents every option with its default; a test parses it.
-//!
-//! Later parts of the system (peers, applications, replication, store, SIP, HTTP) add their sections here.
+//! names it. `config.example.toml` documents every option with its default; a test parses it and finds the defaults.
 
 use std::path::{Path, PathBuf};
 
@@ -526,7 +524,7 @@ pub struct DictionariesConfig {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config {path}: {source}")]
+    #[error("cannot read config {path}")]
     Read {
         /// The file.
         path: PathBuf,

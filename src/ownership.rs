@@ -217,7 +217,7 @@ impl<S: Store> Ownership<S> {
                     match self.store.put(&ck, replication::encode(&record), Expect::Version(expect_version), ttl).await
                     {
                         Ok(version) => {
-                            tracing::info!(convergence = %proto.associated, from = %conv.owner, epoch = record.epoch, "session adopted");
+                            tracing::debug!(convergence = %proto.associated, from = %conv.owner, epoch = record.epoch, "ownership taken over");
                             return Ok(Resolution::Owned {
                                 convergence: proto.associated,
                                 epoch: record.epoch,

@@ -289,6 +289,7 @@ pub fn router_with(engine: Engine, sip: Option<crate::b2bua::B2bua>) -> axum::Ro
                             "state": format!("{:?}", p.state),
                             "watchdog": format!("{:?}", p.watchdog),
                             "available": p.available,
+                            "pending": p.pending,
                         })
                     })
                     .collect();
@@ -298,6 +299,8 @@ pub fn router_with(engine: Engine, sip: Option<crate::b2bua::B2bua>) -> axum::Ro
                     "peers_open": open,
                     "peers": peers,
                     "pending": status.map(|s| s.pending),
+                    "requests_proxied": e.requests_proxied(),
+                    "calls_forwarded": e.calls_forwarded(),
                     "replication": e.replication_stats().await,
                 }))
             }),
@@ -395,7 +398,7 @@ pub fn router_with(engine: Engine, sip: Option<crate::b2bua::B2bua>) -> axum::Ro
             let why = format!("{method} is not allowed on {}; see docs/embedding.md", uri.path());
             error(StatusCode::METHOD_NOT_ALLOWED, why, None, None)
         })
-        .layer(axum::middleware::from_fn(forward_to_owner))
+        .layer(axum::middleware::from_fn_with_state(engine.clone(), forward_to_owner))
         .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .with_state(engine)
         .merge(more)
@@ -406,7 +409,11 @@ const FORWARDED: &str = "x-charging-ra-forwarded";
 
 /// A call for a session another live node owns (the engine says 421 with the owner's HTTP front) is forwarded to
 /// that node once, and its answer returned as is: the service may call any node of the cluster.
-async fn forward_to_owner(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+async fn forward_to_owner(
+    State(engine): State<Engine>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     let forwarded = req.headers().contains_key(FORWARDED);
     let (method, uri) = (req.method().clone(), req.uri().clone());
     // The cluster's fronts share one token: the one this call was let in with goes along.
@@ -424,6 +431,9 @@ async fn forward_to_owner(req: axum::extract::Request, next: axum::middleware::N
     let owner =
         serde_json::from_slice::<Value>(&rbytes).ok().and_then(|v| v["owner_http"].as_str().map(str::to_string));
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    if owner.is_some() {
+        engine.note_forwarded();
+    }
     match owner {
         Some(owner) => match forward(owner.clone(), method.to_string(), path.to_string(), body, auth).await {
             Ok((status, answer)) => {

@@ -39,12 +39,42 @@ pub async fn render(engine: &Engine, sip: Option<&B2bua>) -> String {
         "peer_up",
         "gauge",
         "Whether the Diameter peer is open and available for requests (1) or not (0).",
-        peers.iter().enumerate().map(|(i, p)| {
-            (
-                format!("{{peer=\"{}\",state=\"{:?}\",watchdog=\"{:?}\"}}", name(i, p), p.state, p.watchdog),
-                u64::from(p.available),
-            )
-        }),
+        peers.iter().enumerate().map(|(i, p)| (format!("{{peer=\"{}\"}}", name(i, p)), u64::from(p.available))),
+    );
+    // States as one series per state, 1 for the current one: a state change moves a 1, it starts no new series.
+    let one_hot = |labels: &dyn Fn(usize, &crate::node::PeerStatus) -> String,
+                   now: &dyn Fn(&crate::node::PeerStatus) -> &'static str,
+                   all: &[&'static str]| {
+        let mut v = Vec::new();
+        for (i, p) in peers.iter().enumerate() {
+            for s in all {
+                v.push((format!("{{{},state=\"{s}\"}}", labels(i, p)), u64::from(now(p) == *s)));
+            }
+        }
+        v
+    };
+    let peer_label = |i: usize, p: &crate::node::PeerStatus| format!("peer=\"{}\"", name(i, p));
+    family(
+        &mut out,
+        "diameter_peer_state",
+        "gauge",
+        "The peer's RFC 6733 §5.6 state: 1 for the current one.",
+        one_hot(&peer_label, &|p| crate::peer::state_name(p.state), crate::peer::STATE_NAMES),
+    );
+    family(
+        &mut out,
+        "diameter_peer_watchdog",
+        "gauge",
+        "The peer's RFC 3539 watchdog state (okay, suspect, reopen; none when closed): 1 for the current one.",
+        one_hot(&peer_label, &|p| crate::peer::watchdog_name(p.state, p.watchdog), crate::peer::WATCHDOG_NAMES),
+    );
+    let pending = peers.iter().enumerate().map(|(i, p)| (format!("{{peer=\"{}\"}}", name(i, p)), p.pending as u64));
+    family(
+        &mut out,
+        "diameter_peer_pending_requests",
+        "gauge",
+        "Requests sent to the peer awaiting their answer.",
+        pending,
     );
     let mut msgs = Vec::new();
     let mut answers = Vec::new();
@@ -120,7 +150,19 @@ pub async fn render(engine: &Engine, sip: Option<&B2bua>) -> String {
     unlabelled(
         &mut out,
         "counter",
-        &[("sessions_refused_total", "New sessions refused because the node held max_sessions.", refused)],
+        &[
+            ("sessions_refused_total", "New sessions refused because the node held max_sessions.", refused),
+            (
+                "diameter_requests_proxied_total",
+                "RAR/ASR for a session another live node owns, proxied to it.",
+                engine.requests_proxied(),
+            ),
+            (
+                "http_calls_forwarded_total",
+                "HTTP calls for a session another live node owns, forwarded to it.",
+                engine.calls_forwarded(),
+            ),
+        ],
     );
     if let Some(r) = engine.replication_stats().await {
         let gauges = [

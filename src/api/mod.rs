@@ -436,8 +436,19 @@ pub struct Engine {
     owned_node: Arc<tokio::sync::Mutex<Option<DiameterNode>>>,
     /// The lease heartbeat and the ownership API, when replicating.
     lease: Option<Lease>,
+    /// Counters for metrics, shared with the engine's task and the HTTP front.
+    counters: Arc<Counters>,
+}
+
+/// Node-wide counters kept outside the engine's task, so the metrics read them without a round trip.
+#[derive(Debug, Default)]
+struct Counters {
     /// New sessions refused at `max_sessions`.
-    refused: Arc<AtomicU64>,
+    refused: AtomicU64,
+    /// Requests from the server (RAR, ASR) for a session a live node owns, proxied to it.
+    proxied: AtomicU64,
+    /// HTTP calls for a session a live node owns, forwarded to its front.
+    forwarded: AtomicU64,
 }
 
 /// The ownership API and the heartbeat task renewing this node's lease.
@@ -531,7 +542,7 @@ impl Engine {
             }
             None => None,
         };
-        let refused = Arc::new(AtomicU64::new(0));
+        let counters = Arc::new(Counters::default());
         let driver = Driver {
             repl,
             loading: HashMap::new(),
@@ -551,7 +562,7 @@ impl Engine {
             boot: (boot, since_epoch.subsec_micros()),
             counter: Arc::new(AtomicU64::new(0)),
             max_sessions: config.max_sessions,
-            refused: refused.clone(),
+            counters: counters.clone(),
             refusing: false,
         };
         tokio::spawn(driver.run(cmd_rx, net_rx, incoming));
@@ -562,7 +573,7 @@ impl Engine {
             node: handle,
             owned_node: Arc::new(tokio::sync::Mutex::new(Some(node))),
             lease,
-            refused,
+            counters,
         })
     }
 
@@ -665,7 +676,22 @@ impl Engine {
 
     /// New sessions refused because the node held `max_sessions` (for metrics).
     pub fn sessions_refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
+        self.counters.refused.load(Ordering::Relaxed)
+    }
+
+    /// Requests from the server (RAR, ASR) proxied to the live node that owns their session (for metrics).
+    pub fn requests_proxied(&self) -> u64 {
+        self.counters.proxied.load(Ordering::Relaxed)
+    }
+
+    /// HTTP calls forwarded to the live node that owns their session (for metrics).
+    pub fn calls_forwarded(&self) -> u64 {
+        self.counters.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Counts an HTTP call forwarded to the session's owner.
+    pub(crate) fn note_forwarded(&self) {
+        self.counters.forwarded.fetch_add(1, Ordering::Relaxed);
     }
 
     /// How many sessions this node holds, by application and state (for metrics).
@@ -876,7 +902,7 @@ struct Driver {
     boot: (u64, u32),
     counter: Arc<AtomicU64>,
     max_sessions: usize,
-    refused: Arc<AtomicU64>,
+    counters: Arc<Counters>,
     /// Refusing new sessions at `max_sessions` (logged once per episode).
     refusing: bool,
 }
@@ -934,7 +960,7 @@ impl Driver {
             }
             return None;
         }
-        self.refused.fetch_add(1, Ordering::Relaxed);
+        self.counters.refused.fetch_add(1, Ordering::Relaxed);
         if !self.refusing {
             self.refusing = true;
             tracing::warn!(max_sessions = self.max_sessions, "max_sessions held: new sessions refused until some end");
@@ -1203,6 +1229,9 @@ impl Driver {
     fn server_request(&mut self, req: IncomingRequest) {
         let now = Instant::now();
         let sid = req.request.session_id().unwrap_or_default().to_string();
+        // What happens to a session off the CCR/CCA path (a server's request, adoption, a timer) is logged inside a
+        // `session` span, so every line of it names the session. The hot path has no span: it logs nothing at info.
+        let _span = tracing::info_span!("session", id = %sid).entered();
         if !self.sessions.contains_key(&sid)
             && !sid.is_empty()
             && let Some(repl) = &self.repl
@@ -1248,7 +1277,8 @@ impl Driver {
                 }
                 continue;
             }
-            tracing::info!(session = %sid, "a dead node's timer fired here: adopting the session");
+            let _span = tracing::info_span!("session", id = %sid).entered();
+            tracing::info!("a dead node's timer fired here: adopting the session");
             self.load(sid, Deferred::Timer);
         }
         let due: Vec<String> = self.timers.iter().take_while(|(t, _)| *t <= now).map(|(_, s)| s.clone()).collect();
@@ -1393,6 +1423,8 @@ impl Driver {
     /// A session came back from the store (or did not): master it here and run the work that waited for it.
     fn loaded(&mut self, sid: String, result: Result<replica::Loaded, replica::LoadError>) {
         let now = Instant::now();
+        let convergence = result.as_ref().map(|l| l.convergence.as_str()).unwrap_or_default();
+        let _span = tracing::info_span!("session", id = %sid, convergence).entered();
         let work = self.loading.remove(&sid).unwrap_or_default();
         let Some(repl) = &mut self.repl else { return };
         repl.armed.remove(&sid);
@@ -1402,8 +1434,8 @@ impl Driver {
                     repl.stats.loaded += 1;
                     if let Some(from) = &l.adopted_from {
                         repl.stats.adopted += 1;
-                        tracing::info!(session = %sid, convergence = %l.convergence, from = %from, epoch = l.epoch,
-                            state = ?cc.state(), in_flight = cc.outstanding().is_some(), "adopted session");
+                        tracing::info!(from = %from, epoch = l.epoch, state = ?cc.state(),
+                            in_flight = cc.outstanding().is_some(), "session adopted");
                     } else {
                         tracing::debug!(session = %sid, written_by = %l.written_by, "session loaded from the store");
                     }
@@ -1504,6 +1536,7 @@ impl Driver {
             let answer = self.error_answer(&req.request, ResultCode::LOOP_DETECTED, Some("proxy loop between nodes"));
             return req.answer(answer);
         }
+        self.counters.proxied.fetch_add(1, Ordering::Relaxed);
         let mut m = req.request.clone();
         let origin = m.find(code::ORIGIN_HOST, 0).and_then(|a| a.as_utf8().ok()).map(str::to_string);
         let from = req.peer_identity.clone().or(origin).unwrap_or_default();

@@ -16,6 +16,47 @@
 //!
 //! Requests the service makes while one is outstanding are queued and sent in order once the answer is in:
 //! never two requests of one session in flight, so CC-Request-Numbers reach the server in order.
+//!
+//! Driving one session by hand, as the engine does (the clock is whatever `now` the caller passes):
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use charging_ra::cc::{CcConfig, CcEvent, CcOutput, CcSession, CcState, Ccfh, Ddfh};
+//! use charging_ra::codec::{AppId, Avp, Message, code};
+//! use charging_ra::units::Units;
+//!
+//! let config = CcConfig {
+//!     application: AppId::CREDIT_CONTROL,
+//!     origin_host: "as1.ims.example.net".into(),
+//!     origin_realm: "ims.example.net".into(),
+//!     destination_realm: "ocs.example.net".into(),
+//!     destination_host: None,
+//!     service_context_id: "32260@3gpp.org".into(),
+//!     tx: Duration::from_secs(10),
+//!     ccfh: Ccfh::Terminate,
+//!     ddfh: Ddfh::TerminateOrBuffer,
+//!     subscription: Some((0, "46701234567".into())),
+//! };
+//! let now = Instant::now();
+//! let mut s = CcSession::new(config, "as1.ims.example.net;1;1".into());
+//! s.start(now, &[(Some(100), Units { time: Some(60), ..Units::default() })], None);
+//! let Some(CcOutput::Send(ccr)) = s.poll_output() else { panic!("a CCR-I to send") };
+//! assert_eq!(s.state(), CcState::PendingI);
+//!
+//! // The server grants 60 s on rating group 100.
+//! let mut cca = Message::answer_to(&ccr);
+//! cca.push(Avp::u32(code::RESULT_CODE, 2001));
+//! cca.push(ccr.find(code::CC_REQUEST_TYPE, 0).unwrap().clone());
+//! cca.push(ccr.find(code::CC_REQUEST_NUMBER, 0).unwrap().clone());
+//! let gsu = Avp::grouped(code::GRANTED_SERVICE_UNIT, &[Avp::u32(code::CC_TIME, 60)]);
+//! cca.push(Avp::grouped(code::MULTIPLE_SERVICES_CREDIT_CONTROL, &[gsu, Avp::u32(code::RATING_GROUP, 100)]));
+//! assert!(s.handle_answer(now, &cca));
+//! assert_eq!(s.state(), CcState::Open);
+//! let granted = std::iter::from_fn(|| s.poll_output()).any(|o| {
+//!     matches!(o, CcOutput::Event(CcEvent::Granted { rating_group: Some(100), units, .. }) if units.time == Some(60))
+//! });
+//! assert!(granted);
+//! ```
 
 mod quota;
 mod snapshot;

@@ -1,7 +1,7 @@
 //! Diameter wire codec (RFC 6733 §3, §4): bytes to [`Message`] and back.
 //!
 //! Sans-IO and dictionary-free. Decoding a message parses the header and the top-level AVP headers only; each
-//! [`Avp`] keeps its payload as a slice of the frame's [`Bytes`] (no copy). Grouped payloads are parsed on demand
+//! [`Avp`] keeps its payload as a slice of the frame's [`Bytes`](bytes::Bytes) (no copy). Grouped payloads are parsed on demand
 //! ([`Avp::grouped`]), so no input can drive the decoder into deep recursion, and unknown AVPs, commands and
 //! applications decode like any other and are re-encoded byte for byte. Typed views of payloads are in
 //! [`value`]; validation against a dictionary (M-bit, formats, grammars) is in [`crate::dict`].
@@ -9,6 +9,24 @@
 //! Every length is checked against its container before it is used, allocation grows with the input and never
 //! with a length field, and every failure is a [`DecodeError`] that maps to the Result-Code RFC 6733 §7.1 asks for,
 //! with the ids needed to answer it.
+//!
+//! ```
+//! use charging_ra::codec::{AppId, Avp, CommandCode, Message, code};
+//!
+//! let ccr = Message::request(CommandCode::CREDIT_CONTROL, AppId::CREDIT_CONTROL)
+//!     .with(Avp::utf8(code::SESSION_ID, "as1.ims.example.net;1;1"))
+//!     .with(Avp::u32(code::CC_REQUEST_NUMBER, 0));
+//! let bytes = ccr.encode().unwrap();
+//! let back = Message::decode(bytes.clone()).unwrap();
+//! assert_eq!(back.session_id(), Some("as1.ims.example.net;1;1"));
+//! assert_eq!(back.encode().unwrap(), bytes, "re-encoded byte for byte");
+//!
+//! // An AVP whose length runs past the message: DIAMETER_INVALID_AVP_LENGTH (RFC 6733 §7.1.5).
+//! let mut bad = bytes.to_vec();
+//! bad[20 + 7] = 200;
+//! let err = Message::decode(bad.into()).unwrap_err();
+//! assert_eq!(err.result_code().0, 5014);
+//! ```
 
 mod avp;
 mod error;

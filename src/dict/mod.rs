@@ -225,7 +225,7 @@ pub struct ApplicationDef {
 #[non_exhaustive]
 pub enum DictError {
     /// The file is not well-formed XML.
-    #[error("dictionary {file}: not well-formed XML: {source}")]
+    #[error("dictionary {file}: not well-formed XML")]
     Xml {
         /// The file.
         file: String,

@@ -78,7 +78,7 @@ impl NodeConfig {
 #[non_exhaustive]
 pub enum NodeError {
     /// A listening address could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -231,6 +231,8 @@ pub struct PeerStatus {
     pub watchdog: Watchdog,
     /// Whether requests are sent to it.
     pub available: bool,
+    /// Requests sent to it and waiting for their answer.
+    pub pending: usize,
     /// Its counters.
     pub metrics: PeerMetrics,
 }
@@ -589,6 +591,7 @@ impl Driver {
     }
 
     fn status(&self) -> NodeStatus {
+        let pending = self.router.pending_by_peer();
         let peers = self
             .router
             .peers()
@@ -599,6 +602,7 @@ impl Driver {
                 state: p.state(),
                 watchdog: p.watchdog(),
                 available: p.is_available(),
+                pending: pending.get(i).copied().unwrap_or(0),
                 metrics: self.router.metrics(PeerId(i)).clone(),
             })
             .collect();
@@ -651,7 +655,8 @@ impl Driver {
                     }
                 }
                 RouterOutput::PeerEvent(peer, ev) => match ev {
-                    PeerEvent::Available => tracing::info!(peer = peer.0, "peer available"),
+                    // The router's "peer state" line has said it at info.
+                    PeerEvent::Available => tracing::debug!(peer = peer.0, "peer available"),
                     PeerEvent::Unavailable => {
                         tracing::warn!(peer = peer.0, "peer unavailable; pending requests fail over")
                     }

@@ -263,7 +263,7 @@ pub enum OcsServerError {
     #[error(transparent)]
     Node(#[from] NodeError),
     /// The control API's address.
-    #[error("cannot listen for the control API on {addr}: {source}")]
+    #[error("cannot listen for the control API on {addr}")]
     Control {
         /// The address.
         addr: SocketAddr,

@@ -148,6 +148,28 @@ pub enum PeerState {
     Closing,
 }
 
+/// The label of each [`PeerState`] in metrics (RFC 6733 §5.6 names, snake case), in declaration order.
+pub const STATE_NAMES: &[&str] =
+    &["closed", "wait_conn_ack", "wait_i_cea", "wait_conn_ack_elect", "wait_returns", "r_open", "i_open", "closing"];
+
+/// The metrics label of a [`PeerState`] (one of [`STATE_NAMES`]).
+pub fn state_name(s: PeerState) -> &'static str {
+    STATE_NAMES[s as usize]
+}
+
+/// The labels of the RFC 3539 §3.4 watchdog states in metrics.
+pub const WATCHDOG_NAMES: &[&str] = &["okay", "suspect", "reopen", "down"];
+
+/// The metrics label of a peer's watchdog: its state while the connection is open, DOWN otherwise (RFC 3539 §3.4).
+pub fn watchdog_name(state: PeerState, w: Watchdog) -> &'static str {
+    match (state, w) {
+        (PeerState::ROpen | PeerState::IOpen, Watchdog::Okay) => "okay",
+        (PeerState::ROpen | PeerState::IOpen, Watchdog::Suspect) => "suspect",
+        (PeerState::ROpen | PeerState::IOpen, Watchdog::Reopen { .. }) => "reopen",
+        _ => "down",
+    }
+}
+
 /// RFC 3539 §3.4 watchdog states while a connection is open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Watchdog {

@@ -426,3 +426,15 @@ fn end_to_end_ids_carry_the_start_time_in_the_high_bits() {
     assert_eq!((a.0 & 0xfffff, b.0 & 0xfffff, c.0 & 0xfffff), (0xffffe, 0xfffff, 0));
     assert_eq!(c.0 >> 20, 0x234, "the counter wraps inside its 20 bits");
 }
+
+#[test]
+fn metrics_name_every_state() {
+    assert_eq!(state_name(PeerState::Closed), "closed");
+    assert_eq!(state_name(PeerState::WaitReturns), "wait_returns");
+    assert_eq!(state_name(PeerState::ROpen), "r_open");
+    assert_eq!(state_name(PeerState::Closing), "closing");
+    assert_eq!(STATE_NAMES.len(), PeerState::Closing as usize + 1);
+    assert_eq!(watchdog_name(PeerState::IOpen, Watchdog::Suspect), "suspect");
+    assert_eq!(watchdog_name(PeerState::Closed, Watchdog::Okay), "down", "a closed peer's watchdog is DOWN");
+    assert!(WATCHDOG_NAMES.contains(&watchdog_name(PeerState::ROpen, Watchdog::Reopen { answered: 1 })));
+}

@@ -263,6 +263,18 @@ impl Router {
         self.requests.len()
     }
 
+    /// Requests waiting for an answer, by the peer each was last sent to (index: [`PeerId`]). One pass over the
+    /// pending table: for status and metrics, not the hot path.
+    pub fn pending_by_peer(&self) -> Vec<usize> {
+        let mut counts = vec![0; self.peers.len()];
+        for p in self.requests.values() {
+            if let Some(n) = p.tried.last().and_then(|peer| counts.get_mut(peer.0)) {
+                *n += 1;
+            }
+        }
+        counts
+    }
+
     /// Requests from peers handed to the application and not answered yet.
     pub fn in_flight(&self) -> usize {
         self.incoming.len()
@@ -498,9 +510,11 @@ impl Router {
                 }
                 PeerOutput::Restarted => self.out.push_back(RouterOutput::PeerEvent(peer, PeerEvent::Restarted)),
                 PeerOutput::StateChanged(from, to) => {
-                    // One line at info per connection opened or lost; the steps in between at debug.
+                    // One line at info per connection opened or lost; the steps in between, and a connection attempt
+                    // that failed (retried every reconnect interval while the peer is down), at debug.
                     let identity = self.peers[peer.0].identity().unwrap_or("?");
-                    if matches!(to, PeerState::IOpen | PeerState::ROpen | PeerState::Closed) {
+                    let was_open = matches!(from, PeerState::IOpen | PeerState::ROpen | PeerState::Closing);
+                    if matches!(to, PeerState::IOpen | PeerState::ROpen) || (to == PeerState::Closed && was_open) {
                         tracing::info!(peer = peer.0, identity, ?from, ?to, "peer state");
                     } else {
                         tracing::debug!(peer = peer.0, identity, ?from, ?to, "peer state");

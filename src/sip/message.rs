@@ -5,6 +5,25 @@
 //! into one entry each, Content-Length framing (§18.3, §20.14). Header values are kept as text; the few that the
 //! B2BUA reads (Via, CSeq, From/To tags, name-addr URIs) have accessors. Anything malformed is a [`ParseError`]
 //! that says why and carries what is needed to answer it with 400 (§8.2.6) when that is possible.
+//!
+//! ```
+//! use charging_ra::sip::message::Message;
+//!
+//! // Compact header names, a folded line and two Via values in one header.
+//! let text = "BYE sip:bob@192.0.2.2 SIP/2.0\r\n\
+//!             v: SIP/2.0/UDP 192.0.2.9;branch=z9hG4bKp1, SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKa1\r\n\
+//!             f: <sip:alice@example.net>;tag=a1\r\nt: <sip:bob@example.net>\r\n ;tag=b1\r\n\
+//!             i: call-1\r\nCSeq: 2 BYE\r\nl: 0\r\n\r\n";
+//! let bye = Message::parse(text.as_bytes()).unwrap();
+//! assert_eq!((bye.method(), bye.call_id(), bye.to_tag()), ("BYE", "call-1", Some("b1")));
+//! assert_eq!(bye.top_via().unwrap().branch.as_deref(), Some("z9hG4bKp1"));
+//! let ok = bye.response(200, "OK", None);
+//! assert!(ok.to_bytes().starts_with(b"SIP/2.0 200 OK\r\n"));
+//!
+//! // Malformed input is an error that says why, never a panic.
+//! let err = Message::parse(b"BYE sip:bob@192.0.2.2 SIP/2.0\r\ni: c\r\n\r\n").unwrap_err();
+//! assert!(err.to_string().contains("Via"), "{err}");
+//! ```
 
 use std::fmt::Write as _;
 

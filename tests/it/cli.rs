@@ -80,3 +80,98 @@ fn a_node_without_its_store_at_start_says_so_and_exits() {
     assert!(err.contains("does not start without its store"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn environment_overrides_set_the_per_node_values_and_bad_ones_are_named() {
+    let dir = std::env::temp_dir().join(format!("charging-ra-cli-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("shared.toml");
+    std::fs::write(&path, "[node]\nid = \"n1\"\n").unwrap();
+    let run = |vars: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_charging-ra"));
+        c.arg("check-config").arg(&path);
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let out = run(&[
+        ("CHARGING_RA_NODE_ID", "n7"),
+        ("CHARGING_RA_ORIGIN_HOST", "n7.charging.example.net"),
+        ("CHARGING_RA_DIAMETER_LISTEN", "127.0.0.1:3977"),
+        ("CHARGING_RA_HTTP_LISTEN", "127.0.0.1:8077"),
+        ("CHARGING_RA_SIP_LISTEN", "127.0.0.1:5077"),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = charging_ra::config::Config::parse(&String::from_utf8(out.stdout).unwrap(), &path).unwrap();
+    assert_eq!(printed.node.id, "n7");
+    assert_eq!(printed.node.origin_host, "n7.charging.example.net");
+    assert_eq!(printed.node.diameter_listen, Some("127.0.0.1:3977".parse().unwrap()));
+    assert_eq!(printed.node.http_listen, Some("127.0.0.1:8077".parse().unwrap()));
+    assert_eq!(printed.sip.listen, "127.0.0.1:5077".parse().unwrap());
+    let out = run(&[("CHARGING_RA_DIAMETER_LISTEN", "not-an-address")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("CHARGING_RA_DIAMETER_LISTEN"), "names the variable: {err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A pcap of raw IPv4 (link type 101) carrying `payload` in one TCP segment to port 3868.
+fn raw_ip_capture(payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    for v in [0xa1b2_c3d4u32.to_le_bytes().to_vec(), 2u16.to_le_bytes().to_vec(), 4u16.to_le_bytes().to_vec()] {
+        f.extend(v);
+    }
+    f.extend([0u8; 8]);
+    f.extend(65535u32.to_le_bytes());
+    f.extend(101u32.to_le_bytes());
+    let total = (40 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0];
+    ip.extend(total.to_be_bytes());
+    ip.extend([0, 0, 0x40, 0, 64, 6, 0, 0, 192, 0, 2, 1, 192, 0, 2, 2]);
+    ip.extend(41000u16.to_be_bytes());
+    ip.extend(3868u16.to_be_bytes());
+    ip.extend(1u32.to_be_bytes());
+    ip.extend([0, 0, 0, 0, 0x50, 0x18, 0x20, 0, 0, 0, 0, 0]);
+    ip.extend_from_slice(payload);
+    f.extend([0u8; 8]);
+    f.extend((ip.len() as u32).to_le_bytes());
+    f.extend((ip.len() as u32).to_le_bytes());
+    f.extend(ip);
+    f
+}
+
+#[test]
+fn decode_reads_hex_and_captures_and_names_what_is_wrong() {
+    let dict = charging_ra::dict::Dictionary::builtin();
+    let ccr = charging_ra::samples::ro_ccr_update(&dict).encode().unwrap();
+    let hex: String = ccr.iter().map(|b| format!("{b:02x}")).collect();
+    let decode =
+        |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_charging-ra")).arg("decode").args(args).output().unwrap();
+    let out = decode(&[&hex]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("Credit-Control-Request") && text.contains("Multiple-Services-Credit-Control"), "{text}");
+    let dir = std::env::temp_dir().join(format!("charging-ra-cli-decode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pcap = dir.join("one.pcap");
+    std::fs::write(&pcap, raw_ip_capture(&ccr)).unwrap();
+    let out = decode(&["--pcap", &pcap.display().to_string()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("192.0.2.1:41000") && text.contains("Credit-Control-Request"), "{text}");
+    // A broken AVP length: the Result-Code a peer would answer (RFC 6733 §7.1.5: 5014 DIAMETER_INVALID_AVP_LENGTH).
+    let mut bad = ccr.to_vec();
+    bad[20 + 5..20 + 8].copy_from_slice(&[0, 0, 3]);
+    let hex: String = bad.iter().map(|b| format!("{b:02x}")).collect();
+    let out = decode(&[&hex]);
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && all.contains("5014"), "{all}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn version_names_the_release() {
+    let out = Command::new(env!("CARGO_BIN_EXE_charging-ra")).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("charging-ra {}", env!("CARGO_PKG_VERSION")));
+}

@@ -782,7 +782,17 @@ async fn metrics_expose_peers_sessions_and_calls() {
         let (name, value) = line.rsplit_once(' ').unwrap();
         assert!(value.parse::<f64>().is_ok() && name.starts_with("charging_ra_"), "exposition format: {line}");
     }
-    assert!(text.contains("charging_ra_peer_up{peer=\"ocs1.ocs.localdomain\",state=\"IOpen\""), "{text}");
+    assert!(text.contains("charging_ra_peer_up{peer=\"ocs1.ocs.localdomain\"} 1"), "{text}");
+    let peer_state = "charging_ra_diameter_peer_state{peer=\"ocs1.ocs.localdomain\",state=";
+    assert!(text.contains(&format!("{peer_state}\"i_open\"}} 1")), "{text}");
+    assert!(text.contains(&format!("{peer_state}\"closed\"}} 0")), "a series per state: {text}");
+    assert!(
+        text.contains("charging_ra_diameter_peer_watchdog{peer=\"ocs1.ocs.localdomain\",state=\"okay\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("charging_ra_diameter_peer_pending_requests{peer=\"ocs1.ocs.localdomain\"} "), "{text}");
+    assert!(text.contains("charging_ra_diameter_requests_proxied_total 0"), "{text}");
+    assert!(text.contains("charging_ra_http_calls_forwarded_total 0"), "{text}");
     assert!(text.contains("charging_ra_sip_calls_active 1"), "{text}");
     assert!(text.contains("# TYPE charging_ra_diameter_messages_total counter"), "{text}");
     // The admission and bad-input counters (docs/hardening.md), zero on a quiet node.

@@ -135,6 +135,13 @@ pub(super) fn rar_proxied_to_live_owner(ctx: &mut Ctx) -> Result<(), String> {
     let (s, b) = ocs.rar(json!({"session_id": sid, "rating_groups": [10], "via": N2}))?;
     ensure(s == 200 && b["result_code"] == 2001 && b["answered_by"] == N1, "RAA 2001 from the owner, via n2", &b)?;
     sent_by(&ocs, &sid, "update", N1)?;
+    // n2 counts both: the GET it forwarded over HTTP, the RAR it proxied over Diameter.
+    let st = nodes[1].status()?;
+    ensure(
+        st["requests_proxied"] == 1 && st["calls_forwarded"] == 1,
+        "n2 counted the proxied RAR and the forwarded GET",
+        &st,
+    )?;
     nodes[0].terminate(&sid, 0)?;
     numbering(&requests(&ocs, &sid)?)?;
     ocs.clean().map(drop)
