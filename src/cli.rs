@@ -244,6 +244,12 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let dictionary = config.dictionary(dir)?;
     print!("{}", toml::to_string_pretty(&config).context("printing the configuration")?);
+    // TOML has no null: an option left unset is absent above. Name them, so the output is the whole picture.
+    let mut unset = Vec::new();
+    unset_paths(&serde_json::to_value(&config).context("printing the configuration")?, String::new(), &mut unset);
+    if !unset.is_empty() {
+        println!("\n# Not set (no default; config.example.toml says what each does): {}", unset.join(", "));
+    }
     eprintln!(
         "{}: valid ({} peers, replication {}, SIP {}, dictionary of {} AVPs)",
         path.display(),
@@ -253,6 +259,25 @@ fn check_config(path: &Path) -> anyhow::Result<ExitCode> {
         dictionary.avps().len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The dotted paths of the null values in `v` (options left unset), tables' and arrays' included.
+fn unset_paths(v: &serde_json::Value, at: String, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Null => out.push(at),
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let path = if at.is_empty() { k.clone() } else { format!("{at}.{k}") };
+                unset_paths(v, path, out);
+            }
+        }
+        serde_json::Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                unset_paths(v, format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn node(path: &Path, log_json: bool) -> anyhow::Result<ExitCode> {

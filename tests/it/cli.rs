@@ -16,6 +16,8 @@ fn check_config_prints_the_effective_configuration() {
     let again = charging_ra::config::Config::parse(&printed, std::path::Path::new("printed")).unwrap();
     assert_eq!(again, charging_ra::config::Config::default(), "the example is the defaults, printed in full");
     assert!(printed.contains("[sip]") && printed.contains("t1 = \"500ms\""), "{printed}");
+    let unset = printed.lines().find(|l| l.starts_with("# Not set")).unwrap_or_default();
+    assert!(unset.contains("node.diameter_listen") && unset.contains("sip.next_hop"), "unset options named: {printed}");
 }
 
 #[test]

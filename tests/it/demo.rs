@@ -19,3 +19,40 @@ fn the_demo_kills_a_node_and_the_ledger_stays_clean() {
     assert!(text.contains("n1's calls adopted by n2: 10"), "{text}");
     assert_eq!(text.trim_end().lines().last(), Some("ledger check: clean"), "{text}");
 }
+
+/// Ctrl-C (SIGINT to the demo alone, as when it runs outside a terminal's process group) stops its processes and
+/// removes its directory.
+#[test]
+fn an_interrupted_demo_leaves_no_process_or_file_behind() {
+    use std::io::BufRead;
+    let mut demo = std::process::Command::new(env!("CARGO_BIN_EXE_charging-ra"))
+        .arg("demo")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let dir = format!("charging-ra-demo-{}", demo.id());
+    let mut lines = std::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+    let up = lines.by_ref().map_while(Result::ok).find(|l| l.contains("nodes n1, n2, n3 up"));
+    assert!(up.is_some(), "the demo never started its nodes");
+    let ps = std::process::Command::new("ps").args(["-eo", "pid=,ppid="]).output().unwrap();
+    let children: Vec<String> = String::from_utf8_lossy(&ps.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(char::is_whitespace).map(|(a, b)| (a.trim().to_string(), b.trim().to_string())))
+        .filter(|(_, ppid)| *ppid == demo.id().to_string())
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(children.len(), 4, "the simulator and three nodes: {children:?}");
+    let status = std::process::Command::new("kill").arg("-INT").arg(demo.id().to_string()).status().unwrap();
+    assert!(status.success());
+    assert_eq!(demo.wait().unwrap().code(), Some(130), "interrupted");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    // Gone, or a zombie waiting for whoever inherited it to reap it (a container's init may never).
+    let alive = |pid: &String| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')))
+    };
+    let left: Vec<&String> = children.iter().filter(|p| alive(p)).collect();
+    assert!(left.is_empty(), "processes left: {left:?}");
+    assert!(!std::env::temp_dir().join(&dir).exists(), "{dir} left");
+}
