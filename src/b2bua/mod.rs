@@ -367,6 +367,8 @@ struct Call {
     reauthorizing: bool,
     /// A re-authorization the server asked for (RAR, Validity-Time) while one was in flight: its Reporting-Reason.
     reauthorize_next: Option<i32>,
+    /// Seconds the CCR-U in flight reports: counted as reported, and given back if it is not answered 2001.
+    reporting_secs: u64,
 }
 
 impl Call {
@@ -550,7 +552,6 @@ const FORWARD_BRANCH: &str = "z9hG4bKfwd";
 
 /// Reporting-Reason values (TS 32.299 §7.2.175) of the CCR-Us a call makes.
 const REPORTING_REASON_QUOTA_EXHAUSTED: i32 = 3;
-const REPORTING_REASON_VALIDITY_TIME: i32 = 4;
 const REPORTING_REASON_FORCED_REAUTHORISATION: i32 = 7;
 
 impl Actor {
@@ -759,6 +760,7 @@ impl Actor {
             quota_at: None,
             reauthorizing: false,
             reauthorize_next: None,
+            reporting_secs: 0,
         };
         self.calls.insert(id, call);
         self.stats.calls += 1;
@@ -1368,6 +1370,7 @@ impl Actor {
                 quota_at: None,
                 reauthorizing: false,
                 reauthorize_next: None,
+                reporting_secs: 0,
             },
         );
         self.stats.active += 1;
@@ -1712,7 +1715,7 @@ impl Actor {
         let id = self.by_ro.get(&sid).copied();
         let reauthorize = match &event {
             CcEvent::ReAuthRequested => Some(REPORTING_REASON_FORCED_REAUTHORISATION),
-            CcEvent::ValidityExpired { .. } => Some(REPORTING_REASON_VALIDITY_TIME),
+            CcEvent::ValidityExpired { reporting_reason, .. } => Some(*reporting_reason),
             _ => None,
         };
         if let (Some(reason), Some(id)) = (reauthorize, id) {
@@ -1900,6 +1903,7 @@ impl Actor {
         let engine = self.engine.clone();
         let ev = self.ev.clone();
         call.app.reported_secs += secs;
+        call.reporting_secs = secs;
         tokio::spawn(async move {
             let r = engine.update(&sid, used, rg, Some(key)).await;
             let _ = ev.send(Ev::Reauthorized(id, r));
@@ -1909,6 +1913,13 @@ impl Actor {
     fn on_reauthorized(&mut self, id: u64, r: Result<Outcome, ChargingError>) {
         let Some(call) = self.calls.get_mut(&id) else { return };
         call.reauthorizing = false;
+        let next = call.reauthorize_next.take();
+        let secs = std::mem::take(&mut call.reporting_secs);
+        if !matches!(&r, Ok(o) if o.result_code.is_none_or(|c| c == 2001)) {
+            // Not reported after all (refused, dropped after an ASR, failed): the CCR-T that ends the call reports
+            // these seconds instead.
+            call.app.reported_secs -= secs;
+        }
         match r {
             Ok(o) if o.result_code.is_none_or(|c| c == 2001) => {
                 let granted = Self::granted_secs(&o);
@@ -1918,7 +1929,6 @@ impl Actor {
                 call.app.granted_secs = call.app.reported_secs + granted;
                 call.app.unmetered = o.ccfh.is_some();
                 call.app.final_units = Self::final_units(&o);
-                let next = call.reauthorize_next.take();
                 self.arm_quota(id);
                 self.mark_dirty(id);
                 if let Some(reason) = next {

@@ -208,10 +208,13 @@ pub enum CcEvent {
     ReAuthRequested,
     /// The server aborted the session (ASR); the CCR-T follows.
     Aborted,
-    /// A Validity-Time expired; the CCR-U re-authorizing the rating group follows.
+    /// A Validity-Time (or Quota-Holding-Time) expired; the CCR-U re-authorizing the rating group follows.
     ValidityExpired {
         /// The rating group.
         rating_group: Option<u32>,
+        /// The Reporting-Reason its report carries (TS 32.299 §7.2.175): 4 VALIDITY_TIME, or 1 QHT when the quota
+        /// sat unused for its Quota-Holding-Time.
+        reporting_reason: i32,
     },
     /// Gx: rules installed or removed, triggers armed (the answer or RAR carrying them).
     PolicyUpdate(Message),
@@ -371,24 +374,31 @@ impl CcSession {
         self.owed.as_ref()
     }
 
-    /// Leaves a report to the service until Tx from now; a pending termination outranks a re-authorization.
+    /// Leaves a report to the service until Tx from now (or the earlier deadline of one already owed); a pending
+    /// termination outranks a re-authorization, and merged re-authorizations keep the first Reporting-Reason.
     fn owe(&mut self, now: Instant, report: OwedReport) {
-        let report = match (self.owed.take(), report) {
-            (Some((_, OwedReport::Terminate)), _) | (_, OwedReport::Terminate) => OwedReport::Terminate,
-            (
-                Some((_, OwedReport::Reauthorize { rating_groups: mut a, .. })),
-                OwedReport::Reauthorize { rating_groups, reason },
-            ) => {
-                for rg in rating_groups {
-                    if !a.contains(&rg) {
-                        a.push(rg);
+        let mut deadline = now + self.config.tx;
+        let report = match self.owed.take() {
+            None => report,
+            Some((earlier, owed)) => {
+                deadline = deadline.min(earlier);
+                match (owed, report) {
+                    (OwedReport::Terminate, _) | (_, OwedReport::Terminate) => OwedReport::Terminate,
+                    (
+                        OwedReport::Reauthorize { rating_groups: mut a, reason },
+                        OwedReport::Reauthorize { rating_groups, .. },
+                    ) => {
+                        for rg in rating_groups {
+                            if !a.contains(&rg) {
+                                a.push(rg);
+                            }
+                        }
+                        OwedReport::Reauthorize { rating_groups: a, reason }
                     }
                 }
-                OwedReport::Reauthorize { rating_groups: a, reason }
             }
-            (None, r) => r,
         };
-        self.owed = Some((now + self.config.tx, report));
+        self.owed = Some((deadline, report));
     }
 
     /// The service did not make the report it was left: the session makes it with the usage it knows.
@@ -491,11 +501,19 @@ impl CcSession {
         tag: Option<u64>,
     ) {
         if matches!(self.owed, Some((_, OwedReport::Terminate))) {
-            // Aborted by the server (ASR): only the CCR-T is left to send.
+            // Aborted by the server (ASR): only the CCR-T is left to send. What was attached for this update goes
+            // with it.
+            self.attached.clear();
             self.out.push_back(CcOutput::Dropped(tag));
             return;
         }
-        self.owed = None;
+        // An owed re-authorization is settled for the rating groups this update reports or asks for.
+        if let Some((_, OwedReport::Reauthorize { rating_groups, .. })) = &mut self.owed {
+            rating_groups.retain(|rg| !used.iter().any(|(u, _)| u == rg) && !requested.contains(rg));
+            if rating_groups.is_empty() {
+                self.owed = None;
+            }
+        }
         let q = Queued::Update { used, requested, reason, tag, extra: std::mem::take(&mut self.attached) };
         match self.state {
             CcState::Open => self.run(now, q),
@@ -703,8 +721,21 @@ impl CcSession {
                 result_code: None,
                 reason: "aborted by the server (ASR)".into(),
             }));
-            self.drop_queue();
-            if self.service_reports {
+            // Updates queued behind the outstanding request go; a termination the service already asked for stays,
+            // with the usage it reports.
+            let queued = std::mem::take(&mut self.queue);
+            let mut terminating = self.state == CcState::PendingT;
+            for q in queued {
+                if matches!(q, Queued::Terminate { .. }) {
+                    terminating = true;
+                    self.queue.push_back(q);
+                } else {
+                    self.out.push_back(CcOutput::Dropped(q.tag()));
+                }
+            }
+            if terminating {
+                // The CCR-T is on its way already.
+            } else if self.service_reports {
                 // The service hangs up and its CCR-T reports what it used; the session sends one itself at Tx.
                 self.owe(now, OwedReport::Terminate);
             } else {
@@ -737,12 +768,15 @@ impl CcSession {
         let mut reason = REPORTING_REASON_VALIDITY_TIME;
         for i in due {
             let q = &mut self.quotas[i];
-            if q.holding_expired(now) {
+            let reporting_reason =
+                if q.holding_expired(now) { REPORTING_REASON_QHT } else { REPORTING_REASON_VALIDITY_TIME };
+            if reporting_reason == REPORTING_REASON_QHT {
                 reason = REPORTING_REASON_QHT;
             }
             q.clear_timers();
             rgs.push(q.rating_group);
-            self.out.push_back(CcOutput::Event(CcEvent::ValidityExpired { rating_group: q.rating_group }));
+            let ev = CcEvent::ValidityExpired { rating_group: q.rating_group, reporting_reason };
+            self.out.push_back(CcOutput::Event(ev));
         }
         // RFC 4006 §5.1.2: an expired Validity-Time (or Quota-Holding-Time) re-authorizes the rating group with a
         // report of its usage.

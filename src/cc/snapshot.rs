@@ -16,8 +16,13 @@ use super::{CcConfig, CcSession, CcState, Ccfh, Ddfh, FinalUnit, Queued, Quota, 
 use crate::codec::{AppId, Avp, Message};
 use crate::units::Units;
 
-/// The snapshot format this release writes.
-pub const SNAPSHOT_FORMAT: u32 = 1;
+/// The newest snapshot format this release writes and reads.
+pub const SNAPSHOT_FORMAT: u32 = 2;
+
+/// The format of snapshots that need none of format 2's additions, so a release that reads only format 1 can still
+/// adopt them during a rolling upgrade. Format 2 adds the service reporting its own usage and the report it owes
+/// (`service_reports`, `owed`): a release that ignored them would never send an owed CCR-T, so it must refuse them.
+const FORMAT_1: u32 = 1;
 
 /// A quota with absolute deadlines.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,7 +182,7 @@ impl CcSession {
     pub fn snapshot(&self, now: Instant, wall_ms: u64) -> CcSnapshot {
         let c = &self.config;
         CcSnapshot {
-            format: SNAPSHOT_FORMAT,
+            format: if self.service_reports || self.owed.is_some() { SNAPSHOT_FORMAT } else { FORMAT_1 },
             session_id: self.session_id.clone(),
             application: c.application.0,
             origin_host: c.origin_host.clone(),

@@ -414,6 +414,98 @@ fn a_service_that_reports_usage_ends_an_aborted_session_with_its_own_ccr_t() {
 }
 
 #[test]
+fn after_an_asr_the_session_sends_its_own_ccr_t_at_tx_if_the_service_does_not() {
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.service_reports_usage(true);
+    h.open();
+    let asr =
+        Message::request(CommandCode::ABORT_SESSION, AppId::CREDIT_CONTROL).with(Avp::utf8(code::SESSION_ID, "as1;1"));
+    h.s.handle_asr(h.now, &asr);
+    h.drain();
+    // A later RAR does not push the deadline back.
+    h.advance(TX / 2);
+    let rar = Message::request(CommandCode::RE_AUTH, AppId::CREDIT_CONTROL).with(Avp::utf8(code::SESSION_ID, "as1;1"));
+    h.s.handle_rar(h.now, &rar);
+    h.drain();
+    h.advance(TX / 2);
+    let t = h.one_request();
+    assert_eq!(rtype(&t), 3, "the CCR-T at Tx after the ASR");
+    assert!(h.s.owed().is_none());
+}
+
+#[test]
+fn an_asr_keeps_the_ccr_t_the_service_queued() {
+    for reports in [true, false] {
+        let mut h = H::new(Ccfh::Terminate);
+        h.s.service_reports_usage(reports);
+        h.open();
+        h.s.update(
+            h.now,
+            vec![(Some(10), Units { time: Some(5), ..Default::default() })],
+            vec![Some(10)],
+            None,
+            Some(1),
+        );
+        let u = h.one_request();
+        // The caller hangs up while the CCR-U is out: the CCR-T with its 7 s waits behind it. Then the ASR.
+        h.s.terminate(h.now, vec![(Some(10), Units { time: Some(7), ..Default::default() })], Some(2));
+        let asr = Message::request(CommandCode::ABORT_SESSION, AppId::CREDIT_CONTROL)
+            .with(Avp::utf8(code::SESSION_ID, "as1;1"));
+        h.s.handle_asr(h.now, &asr);
+        assert!(h.drain().0.is_empty());
+        assert!(h.s.owed().is_none(), "nothing owed: the CCR-T is queued");
+        h.s.handle_answer(h.now, &cca(&u, 2001, &[grant(10, 300, None, None)]));
+        let t = h.one_request();
+        assert_eq!(rtype(&t), 3);
+        assert_eq!(reporting_reason_and_used(&t), (2, Some(7)), "the service's usage, reports={reports}");
+    }
+}
+
+#[test]
+fn an_update_settles_only_the_rating_groups_it_covers() {
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.service_reports_usage(true);
+    h.s.start(h.now, &[(Some(10), Units::default()), (Some(20), Units::default())], None);
+    let i = h.one_request();
+    h.s.handle_answer(h.now, &cca(&i, 2001, &[grant(10, 300, None, None), grant(20, 300, None, None)]));
+    h.drain();
+    let rar = Message::request(CommandCode::RE_AUTH, AppId::CREDIT_CONTROL).with(Avp::utf8(code::SESSION_ID, "as1;1"));
+    h.s.handle_rar(h.now, &rar);
+    h.drain();
+    h.s.update(h.now, vec![(Some(10), Units { time: Some(3), ..Default::default() })], vec![Some(10)], Some(7), None);
+    assert!(
+        matches!(h.s.owed(), Some((_, OwedReport::Reauthorize { rating_groups, .. })) if rating_groups == &[Some(20)]),
+        "rating group 20 is still owed: {:?}",
+        h.s.owed()
+    );
+    // An update after an ASR is dropped with what was attached to it.
+    let asr =
+        Message::request(CommandCode::ABORT_SESSION, AppId::CREDIT_CONTROL).with(Avp::utf8(code::SESSION_ID, "as1;1"));
+    let u = h.one_request();
+    h.s.handle_answer(h.now, &cca(&u, 2001, &[grant(10, 300, None, None)]));
+    h.drain();
+    h.s.handle_asr(h.now, &asr);
+    h.drain();
+    h.s.attach(vec![Avp::u32(code::RATING_GROUP, 99)]);
+    h.s.update(h.now, vec![], vec![Some(10)], None, None);
+    h.s.terminate(h.now, vec![], None);
+    let t = h.one_request();
+    assert!(t.find(code::RATING_GROUP, 0).is_none(), "the dropped update's AVPs stay out of the CCR-T");
+}
+
+#[test]
+fn a_snapshot_needs_format_2_only_for_what_format_1_cannot_say() {
+    let wall = 1_795_770_000_000;
+    let mut h = H::new(Ccfh::Terminate);
+    h.open();
+    let v = serde_json::to_value(h.s.snapshot(h.now, wall)).unwrap();
+    assert_eq!(v["format"], 1, "a release that reads format 1 still adopts it");
+    h.s.service_reports_usage(true);
+    let v = serde_json::to_value(h.s.snapshot(h.now, wall)).unwrap();
+    assert_eq!(v["format"], 2);
+}
+
+#[test]
 fn a_service_that_reports_usage_makes_the_validity_time_ccr_u() {
     let mut h = H::new(Ccfh::Terminate);
     h.s.service_reports_usage(true);
@@ -423,7 +515,8 @@ fn a_service_that_reports_usage_makes_the_validity_time_ccr_u() {
     h.drain();
     h.advance(Duration::from_secs(5));
     let (sent, ev) = h.drain();
-    assert!(sent.is_empty() && ev.contains(&CcEvent::ValidityExpired { rating_group: Some(10) }));
+    let expired = CcEvent::ValidityExpired { rating_group: Some(10), reporting_reason: 4 };
+    assert!(sent.is_empty() && ev.contains(&expired), "{ev:?}");
     assert!(matches!(h.s.owed(), Some((_, OwedReport::Reauthorize { reason: 4, .. }))));
     h.advance(TX);
     assert_eq!(reporting_reason_and_used(&h.one_request()).0, 4, "the session's own, at Tx");
@@ -465,7 +558,7 @@ fn validity_time_expiry_reauthorizes_the_rating_group() {
     assert!(h.drain().0.is_empty());
     h.advance(Duration::from_secs(1));
     let (sent, ev) = h.drain();
-    assert!(ev.contains(&CcEvent::ValidityExpired { rating_group: Some(10) }));
+    assert!(ev.contains(&CcEvent::ValidityExpired { rating_group: Some(10), reporting_reason: 4 }));
     assert_eq!(rtype(&sent[0]), 2);
     let mscc = sent[0].find(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0).unwrap().grouped_avps().unwrap();
     assert!(mscc.iter().any(|a| a.is(code::REQUESTED_SERVICE_UNIT, 0)));

@@ -69,9 +69,10 @@ pub struct AppData {
 }
 
 impl AppData {
-    /// When the quota runs out (wall-clock ms), if the call is metered.
+    /// When the quota runs out (wall-clock ms), if the call is metered and answered (time runs from the answer).
     pub fn quota_deadline_ms(&self) -> Option<u64> {
-        (!self.unmetered && self.ro_session.is_some()).then(|| self.answered_at_ms + self.granted_secs * 1000)
+        (!self.unmetered && self.ro_session.is_some() && self.answered_at_ms != 0)
+            .then(|| self.answered_at_ms + self.granted_secs * 1000)
     }
 
     /// Seconds used and not yet reported at `now_ms` (a started second counts).

@@ -312,6 +312,42 @@ async fn a_call_step_by_step_trying_early_dialog_update_and_the_ims_service_cont
     assert!(store.scan_prefix("sipc/proto/sip/").await.unwrap().is_empty(), "records deleted at the end");
 }
 
+#[tokio::test]
+async fn a_rar_while_the_callee_rings_reports_nothing_and_starts_no_quota_timer() {
+    let mut ocs = OcsConfig::default();
+    ocs.ro.rating_groups.push(rating_group(30));
+    let sim = sim(ocs).await;
+    let engine = Engine::start(node_config(&sim, "rr1", None, free_port().await)).await.unwrap();
+    connected(&engine).await;
+    let callee = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b2bua =
+        B2bua::start(b2bua_config("127.0.0.1:0".parse().unwrap(), callee.local_addr().unwrap()), engine).await.unwrap();
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = caller.local_addr().unwrap();
+    let n = rand_suffix();
+    let invite = format!(
+        "INVITE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKrr{n}\r\nFrom: <sip:a@x>;tag=a1\r\n\
+         To: <sip:bob@y>\r\nCall-ID: ring-{n}\r\nCSeq: 1 INVITE\r\nContact: <sip:a@{me}>\r\nMax-Forwards: 70\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    caller.send_to(invite.as_bytes(), b2bua.local_addr()).await.unwrap();
+    let (leg_b, from) =
+        recv_until(&callee, Duration::from_secs(3), "INVITE on leg B", |m| m.method() == "INVITE").await;
+    let ringing = leg_b.response(180, "Ringing", Some("b1"));
+    callee.send_to(&ringing.to_bytes(), from).await.unwrap();
+    let sid = first_session(&sim).await;
+    let body = serde_json::json!({ "session_id": sid }).to_string();
+    let (status, _) = crate::ocs::http(sim.control_addr().unwrap(), "POST", "/v1/rar", Some(&body)).await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = &ro_sessions(&sim)[0];
+    let updates: Vec<&serde_json::Value> =
+        s["requests"].as_array().unwrap().iter().filter(|r| r["request_type"] == "update").collect();
+    assert_eq!(updates.len(), 1, "one CCR-U for the RAR, no quota loop while ringing: {s}");
+    assert_eq!(updates[0]["used"]["time"], 0, "nothing used before the answer");
+    assert_eq!(updates[0]["reporting_reasons"][0], 7);
+}
+
 fn rand_suffix() -> u64 {
     use std::sync::atomic::AtomicU64;
     static N: AtomicU64 = AtomicU64::new(0);
