@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::api::{App, AppSettings, ChargingError, Engine, EngineConfig, RatingGroupRequest, Subscriber, UsedUnits};
+use crate::api::{
+    App, AppSettings, ChargingError, Engine, EngineConfig, Outcome, RatingGroupRequest, Subscriber, UsedUnits,
+};
 use crate::codec::{AppId, VendorId};
 use crate::node::{NodeConfig, PeerEndpoint};
 use crate::peer::{Application, LocalIdentity, PeerConfig};
@@ -176,8 +178,8 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
                 let r = engine.open_session(cfg.app, subscriber, None, rgs).await;
                 timed(&mut lat, t);
                 *results.entry(result_of(&r)).or_default() += 1;
-                let Ok(o) = r else { continue };
-                let sid = o.session_id;
+                // Only the Session-Id is kept: the rest of the outcome would count as the node's memory per session.
+                let Ok(Outcome { session_id: sid, .. }) = r else { continue };
                 let used = |secs| {
                     if cfg.app == App::Ro {
                         vec![UsedUnits {

@@ -440,6 +440,24 @@ pub struct Engine {
     counters: Arc<Counters>,
 }
 
+/// Names many sessions share (Origin-Host, realms, Service-Context-Ids): one allocation each, shared by reference
+/// count. At most 256 are kept; a name beyond them is allocated per session.
+#[derive(Default)]
+struct Names(std::collections::HashSet<Arc<str>>);
+
+impl Names {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.0.get(name) {
+            return n.clone();
+        }
+        let n: Arc<str> = name.into();
+        if self.0.len() < 256 {
+            self.0.insert(n.clone());
+        }
+        n
+    }
+}
+
 /// Node-wide counters kept outside the engine's task, so the metrics read them without a round trip.
 #[derive(Debug, Default)]
 struct Counters {
@@ -463,7 +481,8 @@ struct Waiter {
 struct Entry {
     cc: CcSession,
     /// The callers waiting, by the tag their request carries in the session machine.
-    waiters: HashMap<u64, Waiter>,
+    /// A small vector, not a map: one waiter at a time is the rule, and an empty one holds no memory.
+    waiters: Vec<(u64, Waiter)>,
     next_tag: u64,
     /// Events collected since the last answer, for the outcome.
     collected: Vec<CcEvent>,
@@ -553,6 +572,7 @@ impl Engine {
             origin_realm,
             node: handle.clone(),
             sessions: HashMap::new(),
+            names: Names::default(),
             timers: BTreeSet::new(),
             net_tx,
             subscribers: Vec::new(),
@@ -790,10 +810,7 @@ impl Engine {
 
 impl Entry {
     fn new(cc: CcSession, reply: Option<oneshot::Sender<Result<Outcome, ChargingError>>>) -> Entry {
-        let mut waiters = HashMap::new();
-        if let Some(reply) = reply {
-            waiters.insert(0, Waiter { reply: Some(reply), key: None });
-        }
+        let waiters = reply.map(|reply| vec![(0, Waiter { reply: Some(reply), key: None })]).unwrap_or_default();
         Entry {
             cc,
             waiters,
@@ -811,7 +828,7 @@ impl Entry {
 
     /// Fails every caller waiting on this session.
     fn fail_all(&mut self, err: &ChargingError) {
-        for (_, w) in self.waiters.drain() {
+        for (_, w) in self.waiters.drain(..) {
             if let Some(reply) = w.reply {
                 let _ = reply.send(Err(err.clone()));
             }
@@ -823,17 +840,27 @@ impl Entry {
         }
     }
 
+    /// The waiter of this tag, removed; the vector's memory goes with the last one.
+    fn take_waiter(&mut self, tag: u64) -> Option<Waiter> {
+        let i = self.waiters.iter().position(|(t, _)| *t == tag)?;
+        let (_, w) = self.waiters.swap_remove(i);
+        if self.waiters.is_empty() {
+            self.waiters = Vec::new();
+        }
+        Some(w)
+    }
+
     fn waiter(&mut self, w: Waiter) -> u64 {
         let tag = self.next_tag;
         self.next_tag += 1;
-        self.waiters.insert(tag, w);
+        self.waiters.push((tag, w));
         tag
     }
 
     /// A request is settled: the events since the previous one and its answer are its outcome.
     fn settle(&mut self, sid: &str, tag: Option<u64>, dropped: bool) {
         if dropped {
-            if let Some(reply) = tag.and_then(|t| self.waiters.remove(&t)).and_then(|w| w.reply) {
+            if let Some(reply) = tag.and_then(|t| self.take_waiter(t)).and_then(|w| w.reply) {
                 let state = self.cc.state();
                 let _ = reply.send(Err(ChargingError::WrongState {
                     session_id: sid.into(),
@@ -845,7 +872,7 @@ impl Entry {
         }
         let events = std::mem::take(&mut self.collected);
         let answer = self.last_answer.take();
-        let Some(w) = tag.and_then(|t| self.waiters.remove(&t)) else {
+        let Some(w) = tag.and_then(|t| self.take_waiter(t)) else {
             // After adoption the first request to settle is the one the previous owner had sent: its caller's
             // idempotency key gets its outcome, so that call retried here is answered without a second report.
             if let (None, Some(k)) = (tag, self.resumed_key.take()) {
@@ -885,6 +912,8 @@ impl Entry {
 struct Driver {
     /// Replication, when configured.
     repl: Option<Repl>,
+    /// Names the sessions' configurations share.
+    names: Names,
     /// Sessions being looked up in the store, with the work waiting for them.
     loading: HashMap<String, Vec<Deferred>>,
     /// Callers of a flush, with the number of completed batches that answers them.
@@ -894,7 +923,9 @@ struct Driver {
     origin_host: String,
     origin_realm: String,
     node: NodeHandle,
-    sessions: HashMap<String, Entry>,
+    /// Boxed: the table then holds a pointer per session, not a whole entry (with the table's spare room, that
+    /// was over 800 octets per session).
+    sessions: HashMap<String, Box<Entry>>,
     timers: BTreeSet<(Instant, String)>,
     net_tx: mpsc::UnboundedSender<Net>,
     subscribers: Vec<mpsc::UnboundedSender<SessionEvent>>,
@@ -974,20 +1005,21 @@ impl Driver {
     }
 
     fn cc_config(
-        &self,
+        &mut self,
         app: App,
         subscriber: Option<&Subscriber>,
         service_context: Option<String>,
     ) -> Result<CcConfig, ChargingError> {
         let s = if app == App::Ro { &self.ro } else { &self.gx };
         let subscription = subscriber.map(|s| s.type_value().map(|t| (t, s.data.clone()))).transpose()?;
+        let names = &mut self.names;
         Ok(CcConfig {
             application: if app == App::Ro { AppId::CREDIT_CONTROL } else { AppId::GX },
-            origin_host: self.origin_host.clone(),
-            origin_realm: self.origin_realm.clone(),
-            destination_realm: s.destination_realm.clone(),
+            origin_host: names.get(&self.origin_host),
+            origin_realm: names.get(&self.origin_realm),
+            destination_realm: names.get(&s.destination_realm),
             destination_host: s.destination_host.clone(),
-            service_context_id: service_context.unwrap_or_else(|| s.service_context_id.clone()),
+            service_context_id: names.get(service_context.as_deref().unwrap_or(&s.service_context_id)),
             tx: s.tx,
             ccfh: s.ccfh,
             ddfh: s.ddfh,
@@ -1044,7 +1076,7 @@ impl Driver {
                         entry.replica = Some(Replica::new(convergence, entry.chosen));
                     }
                 }
-                self.sessions.insert(sid.clone(), entry);
+                self.sessions.insert(sid.clone(), Box::new(entry));
                 self.pump(&sid);
             }
             Cmd::Update { session_id, extra, used, requested, key, reply } => {
@@ -1064,7 +1096,7 @@ impl Driver {
                         e.resumed_key = None;
                         return;
                     }
-                    let w = e.waiters.remove(&tag).expect("just added");
+                    let w = e.take_waiter(tag).expect("just added");
                     if let Some(r) = w.reply {
                         let _ = r.send(Err(ChargingError::Invalid("the retried call raced its own request".into())));
                     }
@@ -1117,7 +1149,7 @@ impl Driver {
                 let sid = self.session_id();
                 let mut cc = CcSession::new(cfg, sid.clone());
                 cc.event(now, action, requested, service_id, Some(0));
-                self.sessions.insert(sid.clone(), Entry::new(cc, Some(reply)));
+                self.sessions.insert(sid.clone(), Box::new(Entry::new(cc, Some(reply))));
                 self.pump(&sid);
             }
             Cmd::View { session_id, reply } => {
@@ -1378,6 +1410,9 @@ impl Driver {
             }
             e.deadline = deadline;
         }
+        if e.cc.outstanding().is_none() {
+            e.cc.release_idle_buffers();
+        }
         let ended = e.cc.state() == CcState::Idle && e.waiters.is_empty() && !e.cc.has_stored();
         if let (Some(r), Some(repl)) = (&mut e.replica, &mut self.repl) {
             if ended && r.held.is_empty() {
@@ -1456,7 +1491,7 @@ impl Driver {
                         .map(|old| crate::replication::keys::deadline(&repl.cfg.cluster, old, &sid));
                     entry.convergence = Some(r.convergence.clone());
                     entry.replica = Some(r);
-                    self.sessions.insert(sid.clone(), entry);
+                    self.sessions.insert(sid.clone(), Box::new(entry));
                     self.pump(&sid);
                     for w in work {
                         match w {
@@ -1585,7 +1620,7 @@ impl Driver {
             r.flush_at = None;
             let in_flight_key =
                 e.cc.outstanding_tag()
-                    .and_then(|t| e.waiters.get(&t))
+                    .and_then(|t| e.waiters.iter().find(|(k, _)| *k == t).map(|(_, w)| w))
                     .and_then(|w| w.key.as_deref())
                     .or(e.resumed_key.as_deref());
             let (kind, records, w) = repl.writes(&sid, r, Some((&e.cc, &e.done, in_flight_key)), now);
@@ -1835,7 +1870,7 @@ impl Driver {
         // Its held requests are dropped with it: the adopter answers for the session now. The callers waiting
         // learn who that is (so the HTTP front can forward their call, which reached the OCS from nowhere).
         let callers: Vec<oneshot::Sender<Result<Outcome, ChargingError>>> =
-            e.waiters.drain().filter_map(|(_, w)| w.reply).collect();
+            e.waiters.drain(..).filter_map(|(_, w)| w.reply).collect();
         let moved = ChargingError::Moved { session_id: sid.to_string(), owner: None, uri: None, http: None };
         e.fail_all(&moved);
         if callers.is_empty() {
@@ -1965,7 +2000,8 @@ fn is_conflict(e: &StoreError) -> bool {
 }
 
 fn outcome(sid: &str, cc: &CcSession, answer: Option<&Message>, events: &[CcEvent]) -> Outcome {
-    let mut granted = Vec::new();
+    let grants = events.iter().filter(|e| matches!(e, CcEvent::Granted { .. } | CcEvent::Denied { .. })).count();
+    let mut granted = Vec::with_capacity(grants);
     let mut ccfh = None;
     let mut policy = None;
     for ev in events {

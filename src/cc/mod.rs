@@ -62,6 +62,7 @@ mod quota;
 mod snapshot;
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use quota::{FinalUnit, Quota};
@@ -122,16 +123,17 @@ impl RequestedAction {
 pub struct CcConfig {
     /// Ro (4) or Gx (16777238).
     pub application: AppId,
-    /// Our Origin-Host.
-    pub origin_host: String,
+    /// Our Origin-Host. The names every session of a node shares are reference-counted (`"x".into()` makes one),
+    /// so a session does not carry copies of them.
+    pub origin_host: Arc<str>,
     /// Our Origin-Realm.
-    pub origin_realm: String,
+    pub origin_realm: Arc<str>,
     /// The server's realm.
-    pub destination_realm: String,
+    pub destination_realm: Arc<str>,
     /// The server's host, once known (the answers' Origin-Host replaces it: RFC 4006 §5.1).
     pub destination_host: Option<String>,
     /// Service-Context-Id (Ro), e.g. `32260@3gpp.org` for IMS.
-    pub service_context_id: String,
+    pub service_context_id: Arc<str>,
     /// Tx: how long to wait for an answer before CCFH/DDFH decide (RFC 4006 §13: 10 s suggested).
     pub tx: Duration,
     /// CCFH until the server says otherwise.
@@ -456,6 +458,18 @@ impl CcSession {
     /// The next output.
     pub fn poll_output(&mut self) -> Option<CcOutput> {
         self.out.pop_front()
+    }
+
+    /// Gives back the memory of buffers that are empty (outputs, queued requests): a session that waits for its
+    /// service, usually for minutes, then holds none. The driver calls it once the outputs are drained and no
+    /// request is outstanding.
+    pub fn release_idle_buffers(&mut self) {
+        if self.out.is_empty() {
+            self.out = VecDeque::new();
+        }
+        if self.queue.is_empty() {
+            self.queue = VecDeque::new();
+        }
     }
 
     /// The earliest timer: Tx, or a quota's Validity-Time or Quota-Holding-Time.
@@ -888,7 +902,9 @@ impl CcSession {
             self.failover_supported = f == 1;
         }
         // RFC 4006 §5.1: later requests go to the host that answered.
-        if let Some(h) = a.find(code::ORIGIN_HOST, 0).and_then(|x| x.as_utf8().ok()) {
+        if let Some(h) = a.find(code::ORIGIN_HOST, 0).and_then(|x| x.as_utf8().ok())
+            && self.config.destination_host.as_deref() != Some(h)
+        {
             self.config.destination_host = Some(h.to_string());
         }
     }
@@ -978,6 +994,9 @@ impl CcSession {
         let idx = match self.quotas.iter().position(|q| q.rating_group == rg) {
             Some(i) => i,
             None => {
+                // Exactly one more: a session holds its quotas for its life, and a Vec's first growth is room for
+                // four (over 800 octets unused per session with one rating group).
+                self.quotas.reserve_exact(1);
                 self.quotas.push(Quota::new(rg));
                 self.quotas.len() - 1
             }

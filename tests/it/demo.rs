@@ -38,7 +38,10 @@ fn an_interrupted_demo_leaves_no_process_or_file_behind() {
     let ps = std::process::Command::new("ps").args(["-eo", "pid=,ppid="]).output().unwrap();
     let children: Vec<String> = String::from_utf8_lossy(&ps.stdout)
         .lines()
-        .filter_map(|l| l.split_once(char::is_whitespace).map(|(a, b)| (a.trim().to_string(), b.trim().to_string())))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.to_string(), f.next()?.to_string()))
+        })
         .filter(|(_, ppid)| *ppid == demo.id().to_string())
         .map(|(pid, _)| pid)
         .collect();
