@@ -3,7 +3,9 @@
 # `charging-ra load` through the embedded engine, one connection, 100 sessions outstanding, CCR-I + 3 CCR-U + CCR-T
 # per session. RUNS runs of each replication mode, interleaved, then one paced run of each at half its median peak.
 # Prints a Markdown table; a run whose answers are not all 2001 fails the script (a dead simulator answers nothing,
-# fast).
+# fast). The simulator's ledger is reset before every run: it keeps every session it served, and a ledger millions
+# of sessions long slows the simulator, which would depress whichever run comes late. THREADS (default 1) is the
+# load's worker threads: the simulator runs on one thread, so on a 2-CPU machine each process gets one CPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --quiet --bin charging-ra
@@ -11,15 +13,25 @@ bin=./target/release/charging-ra
 port=${PORT:-39874}
 runs=${RUNS:-3}
 sessions=${SESSIONS:-40000}
+threads=${THREADS:-1}
 tx=$((sessions * 5))
-$bin ocs-sim --listen 127.0.0.1:$port 2>/dev/null >/dev/null &
+ctl=$((port + 1))
+$bin ocs-sim --listen 127.0.0.1:$port --control 127.0.0.1:$ctl 2>/dev/null >/dev/null &
 sim=$!
 trap 'kill $sim 2>/dev/null || true' EXIT
 sleep 1
 
+reset() { # empties the simulator's ledger (POST /v1/reset on its control port)
+  exec 3<>"/dev/tcp/127.0.0.1/$ctl"
+  printf 'POST /v1/reset HTTP/1.1\r\nHost: bench\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' >&3
+  cat <&3 >/dev/null
+  exec 3<&-
+}
+
 one() { # mode, sessions, [rate]
   local out
-  out=$($bin load --ocs 127.0.0.1:$port --sessions "$2" --concurrency 100 --updates 3 --replication "$1" ${3:+--rate $3} 2>&1)
+  reset
+  out=$($bin load --ocs 127.0.0.1:$port --sessions "$2" --concurrency 100 --updates 3 --replication "$1" --threads "$threads" ${3:+--rate $3} 2>&1)
   if ! grep -q "^results: 2001: $(($2 * 5))\$" <<<"$out"; then
     echo "run $1 failed: $out" >&2
     exit 1
@@ -56,4 +68,4 @@ for m in off memory sqlite; do
   echo "| $m | $(cut -d' ' -f1 <<<"$rows" | paste -sd/ | sed 's#/# / #g') tx/s | **$med**$cost | $(cut -d' ' -f2 <<<"$row") / $(cut -d' ' -f3 <<<"$row") µs | $(cut -d' ' -f4 <<<"$row") | $rate tx/s: $(cut -d' ' -f2 <<<"$paced") / $(cut -d' ' -f3 <<<"$paced") µs |"
 done
 echo
-echo "($runs runs of $tx transactions per mode; $(date -u +%F); $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
+echo "($runs runs of $tx transactions per mode, load on $threads worker thread(s); $(date -u +%F); $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"

@@ -82,6 +82,10 @@ enum Command {
         /// latency at a given load; without it, as fast as the concurrency allows.
         #[arg(long)]
         rate: Option<f64>,
+        /// Worker threads of the load's runtime (the engine runs in it too); default: one per CPU. On a small
+        /// machine shared with the simulator, 1 avoids the tasks' wake-ups crossing threads (BENCHMARKS.md).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Run a charging node: the credit-control engine with its HTTP front, connected to the configured OCS/PCRF
     /// peers, replicating sessions to the configured store. Prints `ready node=… diameter=… http=…` on standard
@@ -142,8 +146,20 @@ pub fn main() -> ExitCode {
             decode_pcap(&pcap, &dictionaries, config.as_deref())
         }
         Command::Decode { hex, file, dictionaries, config, .. } => decode(hex, file, &dictionaries, config.as_deref()),
-        Command::Load { ocs, realm, sessions, concurrency, updates, hold, duration, app, replication, rate } => {
-            let opts = LoadOptions { hold, duration, rate };
+        Command::Load {
+            ocs,
+            realm,
+            sessions,
+            concurrency,
+            updates,
+            hold,
+            duration,
+            app,
+            replication,
+            rate,
+            threads,
+        } => {
+            let opts = LoadOptions { hold, duration, rate, threads };
             load(ocs, realm, sessions, concurrency, updates, opts, &app, &replication)
         }
         Command::CheckConfig { file } => check_config(&file),
@@ -382,11 +398,12 @@ async fn node_main(
     }
 }
 
-/// `load`'s pacing options.
+/// `load`'s pacing and runtime options.
 struct LoadOptions {
     hold: std::time::Duration,
     duration: Option<std::time::Duration>,
     rate: Option<f64>,
+    threads: Option<usize>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -396,7 +413,7 @@ fn load(
     sessions: u64,
     concurrency: usize,
     updates: u32,
-    LoadOptions { hold, duration, rate }: LoadOptions,
+    LoadOptions { hold, duration, rate, threads }: LoadOptions,
     app: &str,
     replication: &str,
 ) -> anyhow::Result<ExitCode> {
@@ -434,7 +451,12 @@ fn load(
         replication,
         rate,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        rt.worker_threads(n);
+    }
+    let rt = rt.enable_all().build()?;
     let report = rt.block_on(charging_ra::load::run(cfg));
     if let Some(path) = db {
         for suffix in ["", "-wal", "-shm"] {
