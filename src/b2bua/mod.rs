@@ -1918,7 +1918,7 @@ impl Actor {
         if !matches!(&r, Ok(o) if o.result_code.is_none_or(|c| c == 2001)) {
             // Not reported after all (refused, dropped after an ASR, failed): the CCR-T that ends the call reports
             // these seconds instead.
-            call.app.reported_secs -= secs;
+            call.app.reported_secs = call.app.reported_secs.saturating_sub(secs);
         }
         match r {
             Ok(o) if o.result_code.is_none_or(|c| c == 2001) => {
