@@ -303,7 +303,11 @@ fn node(path: &Path, log_json: bool) -> anyhow::Result<ExitCode> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let dictionary = std::sync::Arc::new(config.dictionary(dir)?);
     let id = config.node.id.clone();
-    let rt = tokio::runtime::Builder::new_multi_thread().thread_name(id.clone()).enable_all().build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.node.worker_threads {
+        rt.worker_threads(n);
+    }
+    let rt = rt.thread_name(id.clone()).enable_all().build()?;
     // The node's own future runs on a thread named after the node too, not on `main`: every log line, the start
     // and stop lines included, names the node that wrote it.
     let (path, dir) = (path.to_path_buf(), dir.to_path_buf());

@@ -213,6 +213,10 @@ pub struct NodeSection {
     /// the front binds to loopback. `CHARGING_RA_HTTP_TOKEN` sets it without writing it in a file.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "redacted")]
     pub http_token: Option<String>,
+    /// Worker threads of the node's runtime; none: one per CPU. The engine's work is a chain of tasks that wake one
+    /// another; on a machine shared with other busy processes, fewer threads than CPUs saves cross-thread wake-ups
+    /// (BENCHMARKS.md, "threads").
+    pub worker_threads: Option<usize>,
 }
 
 const TOKEN_RULE: &str = "must be at least 16 characters, without spaces";
@@ -242,6 +246,7 @@ impl Default for NodeSection {
             watchdog: std::time::Duration::from_secs(30),
             accept_peers: Vec::new(),
             http_token: None,
+            worker_threads: None,
         }
     }
 }
@@ -571,6 +576,9 @@ impl Config {
         }
         if config.node.watchdog < std::time::Duration::from_secs(1) {
             return Err(invalid("node.watchdog", "must be at least 1s (RFC 3539 recommends 30s, at least 6s)"));
+        }
+        if config.node.worker_threads == Some(0) {
+            return Err(invalid("node.worker_threads", "must be at least 1 (or left out: one per CPU)"));
         }
         for p in &config.node.accept_peers {
             let name = p.strip_prefix("*.").unwrap_or(p);

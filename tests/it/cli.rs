@@ -31,6 +31,7 @@ fn check_config_names_the_bad_key() {
         ("[node]\naccept_peers = [\"*ocs.example.net\"]\n", "node.accept_peers"),
         ("[node]\nhttp_token = \"short\"\n", "node.http_token"),
         ("[limits]\nmax_sessions = 0\n", "limits"),
+        ("[node]\nworker_threads = 0\n", "node.worker_threads"),
     ] {
         let path = dir.join("bad.toml");
         std::fs::write(&path, text).unwrap();
