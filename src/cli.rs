@@ -50,43 +50,7 @@ enum Command {
     },
     /// Run credit-control sessions (CCR-I, K CCR-U, CCR-T) through the embedded engine against an OCS or PCRF;
     /// the last line printed is `throughput: N tx/s`.
-    Load {
-        /// The OCS / PCRF address.
-        #[arg(long)]
-        ocs: std::net::SocketAddr,
-        /// Its realm (Destination-Realm).
-        #[arg(long, default_value = "localdomain")]
-        realm: String,
-        /// Sessions in all.
-        #[arg(long, default_value_t = 1000)]
-        sessions: u64,
-        /// Sessions at once.
-        #[arg(long, default_value_t = 100)]
-        concurrency: usize,
-        /// CCR-U per session.
-        #[arg(long, default_value_t = 1)]
-        updates: u32,
-        /// How long each session stays open before its CCR-T (e.g. 2s); RAR/ASR are answered meanwhile.
-        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
-        hold: std::time::Duration,
-        /// Stop after this long, terminating open sessions.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        duration: Option<std::time::Duration>,
-        /// ro or gx.
-        #[arg(long, default_value = "ro")]
-        app: String,
-        /// Replicate every session: off, memory, or sqlite (a fresh database file in the temporary directory).
-        #[arg(long, default_value = "off")]
-        replication: String,
-        /// Start transactions at this rate per second (open loop; latency counts from when each was due), for
-        /// latency at a given load; without it, as fast as the concurrency allows.
-        #[arg(long)]
-        rate: Option<f64>,
-        /// Worker threads of the load's runtime (the engine runs in it too); default: one per CPU. On a small
-        /// machine shared with the simulator, 1 avoids the tasks' wake-ups crossing threads (BENCHMARKS.md).
-        #[arg(long)]
-        threads: Option<usize>,
-    },
+    Load(LoadArgs),
     /// Run a charging node: the credit-control engine with its HTTP front, connected to the configured OCS/PCRF
     /// peers, replicating sessions to the configured store. Prints `ready node=… diameter=… http=…` on standard
     /// output once serving; SIGTERM or Ctrl-C stops it gracefully (pending writes flushed, lease given up).
@@ -146,22 +110,7 @@ pub fn main() -> ExitCode {
             decode_pcap(&pcap, &dictionaries, config.as_deref())
         }
         Command::Decode { hex, file, dictionaries, config, .. } => decode(hex, file, &dictionaries, config.as_deref()),
-        Command::Load {
-            ocs,
-            realm,
-            sessions,
-            concurrency,
-            updates,
-            hold,
-            duration,
-            app,
-            replication,
-            rate,
-            threads,
-        } => {
-            let opts = LoadOptions { hold, duration, rate, threads };
-            load(ocs, realm, sessions, concurrency, updates, opts, &app, &replication)
-        }
+        Command::Load(args) => load(args),
         Command::CheckConfig { file } => check_config(&file),
         Command::Node { config, log_json } => node(&config, log_json),
         Command::OcsSim {
@@ -402,37 +351,60 @@ async fn node_main(
     }
 }
 
-/// `load`'s pacing and runtime options.
-struct LoadOptions {
+/// `load`'s arguments.
+#[derive(clap::Args, Debug)]
+struct LoadArgs {
+    /// The OCS / PCRF address.
+    #[arg(long)]
+    ocs: std::net::SocketAddr,
+    /// Its realm (Destination-Realm).
+    #[arg(long, default_value = "localdomain")]
+    realm: String,
+    /// Sessions in all.
+    #[arg(long, default_value_t = 1000)]
+    sessions: u64,
+    /// Sessions at once.
+    #[arg(long, default_value_t = 100)]
+    concurrency: usize,
+    /// CCR-U per session.
+    #[arg(long, default_value_t = 1)]
+    updates: u32,
+    /// How long each session stays open before its CCR-T (e.g. 2s); RAR/ASR are answered meanwhile.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
     hold: std::time::Duration,
+    /// Stop after this long, terminating open sessions.
+    #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<std::time::Duration>,
+    /// ro or gx.
+    #[arg(long, default_value = "ro")]
+    app: String,
+    /// Replicate every session: off, memory, or sqlite (a fresh database file in the temporary directory).
+    #[arg(long, default_value = "off")]
+    replication: String,
+    /// Start transactions at this rate per second (open loop; latency counts from when each was due), for
+    /// latency at a given load; without it, as fast as the concurrency allows.
+    #[arg(long)]
     rate: Option<f64>,
+    /// Worker threads of the load's runtime (the engine runs in it too); default: one per CPU. On a small
+    /// machine shared with the simulator, 1 avoids the tasks' wake-ups crossing threads (BENCHMARKS.md).
+    #[arg(long)]
     threads: Option<usize>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn load(
-    ocs: std::net::SocketAddr,
-    realm: String,
-    sessions: u64,
-    concurrency: usize,
-    updates: u32,
-    LoadOptions { hold, duration, rate, threads }: LoadOptions,
-    app: &str,
-    replication: &str,
-) -> anyhow::Result<ExitCode> {
+fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
+    let LoadArgs { ocs, realm, sessions, concurrency, updates, hold, duration, app, replication, rate, threads } = args;
     if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         bail!("--rate must be a positive number of transactions per second");
     }
     use charging_ra::api::App;
     use charging_ra::store::{AnyStore, SqliteStore};
-    let app = match app {
+    let app = match app.as_str() {
         "ro" => App::Ro,
         "gx" => App::Gx,
         other => bail!("--app {other:?}: use ro or gx"),
     };
     let mut db = None;
-    let replication = match replication {
+    let replication = match replication.as_str() {
         "off" => None,
         "memory" => Some(AnyStore::memory()),
         "sqlite" => {
