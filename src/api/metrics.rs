@@ -42,31 +42,28 @@ pub async fn render(engine: &Engine, sip: Option<&B2bua>) -> String {
         peers.iter().enumerate().map(|(i, p)| (format!("{{peer=\"{}\"}}", name(i, p)), u64::from(p.available))),
     );
     // States as one series per state, 1 for the current one: a state change moves a 1, it starts no new series.
-    let one_hot = |labels: &dyn Fn(usize, &crate::node::PeerStatus) -> String,
-                   now: &dyn Fn(&crate::node::PeerStatus) -> &'static str,
-                   all: &[&'static str]| {
+    let one_hot = |now: fn(&crate::node::PeerStatus) -> &'static str, all: &[&'static str]| {
         let mut v = Vec::new();
         for (i, p) in peers.iter().enumerate() {
             for s in all {
-                v.push((format!("{{{},state=\"{s}\"}}", labels(i, p)), u64::from(now(p) == *s)));
+                v.push((format!("{{peer=\"{}\",state=\"{s}\"}}", name(i, p)), u64::from(now(p) == *s)));
             }
         }
         v
     };
-    let peer_label = |i: usize, p: &crate::node::PeerStatus| format!("peer=\"{}\"", name(i, p));
     family(
         &mut out,
         "diameter_peer_state",
         "gauge",
         "The peer's RFC 6733 §5.6 state: 1 for the current one.",
-        one_hot(&peer_label, &|p| crate::peer::state_name(p.state), crate::peer::STATE_NAMES),
+        one_hot(|p| crate::peer::state_name(p.state), crate::peer::STATE_NAMES),
     );
     family(
         &mut out,
         "diameter_peer_watchdog",
         "gauge",
-        "The peer's RFC 3539 watchdog state (okay, suspect, reopen; none when closed): 1 for the current one.",
-        one_hot(&peer_label, &|p| crate::peer::watchdog_name(p.state, p.watchdog), crate::peer::WATCHDOG_NAMES),
+        "The peer's RFC 3539 watchdog state (okay, suspect, reopen; down when not open): 1 for the current one.",
+        one_hot(|p| crate::peer::watchdog_name(p.state, p.watchdog), crate::peer::WATCHDOG_NAMES),
     );
     let pending = peers.iter().enumerate().map(|(i, p)| (format!("{{peer=\"{}\"}}", name(i, p)), p.pending as u64));
     family(

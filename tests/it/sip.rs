@@ -218,13 +218,7 @@ async fn a_caller_that_never_acks_gets_a_bye_and_leg_b_is_acked_before_its_bye()
     let b2bua = B2bua::start(cfg, engine).await.unwrap();
     let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let me = caller.local_addr().unwrap();
-    let invite = format!(
-        "INVITE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKna{n}\r\nFrom: <sip:a@x>;tag=a1\r\n\
-         To: <sip:bob@y>\r\nCall-ID: noack-{n}\r\nCSeq: 1 INVITE\r\nContact: <sip:a@{me}>\r\nMax-Forwards: 70\r\n\
-         Content-Length: 0\r\n\r\n",
-        n = rand_suffix()
-    );
-    caller.send_to(invite.as_bytes(), b2bua.local_addr()).await.unwrap();
+    caller.send_to(raw_invite(me).as_bytes(), b2bua.local_addr()).await.unwrap();
     let (leg_b, from) =
         recv_until(&callee, Duration::from_secs(3), "INVITE on leg B", |m| m.method() == "INVITE").await;
     let mut ok = leg_b.response(200, "OK", Some("b1"));
@@ -324,13 +318,7 @@ async fn a_rar_while_the_callee_rings_reports_nothing_and_starts_no_quota_timer(
         B2bua::start(b2bua_config("127.0.0.1:0".parse().unwrap(), callee.local_addr().unwrap()), engine).await.unwrap();
     let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let me = caller.local_addr().unwrap();
-    let n = rand_suffix();
-    let invite = format!(
-        "INVITE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKrr{n}\r\nFrom: <sip:a@x>;tag=a1\r\n\
-         To: <sip:bob@y>\r\nCall-ID: ring-{n}\r\nCSeq: 1 INVITE\r\nContact: <sip:a@{me}>\r\nMax-Forwards: 70\r\n\
-         Content-Length: 0\r\n\r\n"
-    );
-    caller.send_to(invite.as_bytes(), b2bua.local_addr()).await.unwrap();
+    caller.send_to(raw_invite(me).as_bytes(), b2bua.local_addr()).await.unwrap();
     let (leg_b, from) =
         recv_until(&callee, Duration::from_secs(3), "INVITE on leg B", |m| m.method() == "INVITE").await;
     let ringing = leg_b.response(180, "Ringing", Some("b1"));
@@ -346,6 +334,16 @@ async fn a_rar_while_the_callee_rings_reports_nothing_and_starts_no_quota_timer(
     assert_eq!(updates.len(), 1, "one CCR-U for the RAR, no quota loop while ringing: {s}");
     assert_eq!(updates[0]["used"]["time"], 0, "nothing used before the answer");
     assert_eq!(updates[0]["reporting_reasons"][0], 7);
+}
+
+/// An initial INVITE from a caller at `me`, with a fresh Call-ID and branch.
+fn raw_invite(me: SocketAddr) -> String {
+    let n = rand_suffix();
+    format!(
+        "INVITE sip:bob@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKin{n}\r\nFrom: <sip:a@x>;tag=a1\r\n\
+         To: <sip:bob@y>\r\nCall-ID: raw-{n}\r\nCSeq: 1 INVITE\r\nContact: <sip:a@{me}>\r\nMax-Forwards: 70\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
 }
 
 fn rand_suffix() -> u64 {
@@ -568,14 +566,7 @@ async fn an_asr_hangs_up_both_legs() {
     let (sim, b2bua, uac, callee, counters) = charged_setup(OcsConfig::default(), "a1").await;
     let plan = plan(callee, b2bua.local_addr(), Duration::from_secs(10), false, None);
     let call = tokio::spawn(async move { uac.call(&plan).await });
-    let end = tokio::time::Instant::now() + Duration::from_secs(5);
-    let sid = loop {
-        if let Some(s) = ro_sessions(&sim).first() {
-            break s["session_id"].as_str().unwrap().to_string();
-        }
-        assert!(tokio::time::Instant::now() < end, "no Ro session");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let sid = first_session(&sim).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let body = serde_json::json!({ "session_id": sid }).to_string();
     let (status, _) = crate::ocs::http(sim.control_addr().unwrap(), "POST", "/v1/asr", Some(&body)).await;

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Side-by-side runs of `charging-ra load` variants against one simulator, interleaved (BENCHMARKS.md, "third
+# measurement"). Usage: bench/compare.sh MODE RUNS "BIN [load args]" ["BIN [load args]" ...]
+# Each variant is a binary and extra load arguments, e.g. "target/release/charging-ra --threads 1"; two builds are
+# compared by passing two binaries. The simulator (the first variant's binary) is emptied before each run unless
+# RESET=0, which lets its ledger grow across runs as it did before 2026-11-27's third measurement. A run whose
+# answers are not all 2001 fails the script.
+set -euo pipefail
+mode=$1 runs=$2
+shift 2
+sessions=${SESSIONS:-40000}
+port=${PORT:-39884}
+ctl=$((port + 1))
+read -r -a first <<<"$1"
+"${first[0]}" ocs-sim --listen 127.0.0.1:$port --control 127.0.0.1:$ctl >/dev/null 2>&1 &
+sim=$!
+trap 'kill $sim 2>/dev/null || true' EXIT
+sleep 1
+
+reset() {
+  exec 3<>"/dev/tcp/127.0.0.1/$ctl"
+  printf 'POST /v1/reset HTTP/1.1\r\nHost: bench\r\nContent-Length: 0\r\nConnection: close\r\n\r\n' >&3
+  cat <&3 >/dev/null
+  exec 3<&-
+}
+
+for r in $(seq "$runs"); do
+  for variant in "$@"; do
+    read -r -a v <<<"$variant"
+    [ "${RESET:-1}" = 0 ] || reset
+    out=$("${v[@]:0:1}" load --ocs 127.0.0.1:$port --sessions "$sessions" --concurrency 100 --updates 3 \
+      --replication "$mode" "${v[@]:1}" 2>&1)
+    grep -q "^results: 2001: $((sessions * 5))\$" <<<"$out" || { echo "run failed: $variant: $out" >&2; exit 1; }
+    echo "run $r | $variant | $(sed -n 's/^throughput: //p' <<<"$out") | $(sed -n 's/^latency: //p' <<<"$out")"
+  done
+done
