@@ -1627,10 +1627,10 @@ impl Driver {
             r.in_flight = true;
             let carries_state = records.contains(&replica::Rec::State);
             // The session's earliest deadline as a hint for survivors, written with the state that holds it.
-            let hint =
-                e.cc.poll_timeout().map(|t| replica::wall_ms() + t.saturating_duration_since(now).as_millis() as u64);
+            let wall = replica::wall_ms();
+            let hint = e.cc.poll_timeout().map(|t| wall + t.saturating_duration_since(now).as_millis() as u64);
             let mut extra = Vec::new();
-            if carries_state && hint != r.hint_ms {
+            if carries_state && replica::hint_stale(r.hint_ms, hint, wall) {
                 extra.push(repl.hint_write(&sid, hint));
                 r.hint_ms = hint;
             }

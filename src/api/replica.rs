@@ -320,6 +320,23 @@ pub(super) fn wall_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Whether the timer hint written for survivors (`written`, wall ms) must be written again now that the session's
+/// earliest deadline is `deadline` (`None`: no timer).
+///
+/// A hint only tells a survivor when to load a dead owner's session: loading adopts it and re-arms its timers from
+/// their deadlines in the state. A hint earlier than the deadline is therefore harmless (the session is adopted a
+/// little early and its timer fires on time), and only a hint later than the deadline, or one already past (which
+/// would have a survivor adopt the session as soon as the owner dies), is rewritten. A session's deadline moves later
+/// with each request (its Tx) and each grant (Validity-Time): an earlier hint that is still ahead stays, which saves
+/// a record per CCR.
+pub(super) fn hint_stale(written: Option<u64>, deadline: Option<u64>, wall: u64) -> bool {
+    match (written, deadline) {
+        (None, None) => false,
+        (None, Some(_)) => true,
+        (Some(w), d) => w <= wall || d.is_some_and(|d| d < w),
+    }
+}
+
 /// The protocol key of a Diameter session's state under its convergence name.
 fn state_key(cluster: &str, convergence: &str, sid: &str) -> String {
     keys::state(cluster, convergence, &format!("diameter/{sid}"))
@@ -662,4 +679,25 @@ pub(super) async fn load(
         }
     }
     Err(LoadError::Store("the session's state kept changing during adoption".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hint_stale;
+
+    #[test]
+    fn a_hint_is_rewritten_only_when_late_or_past() {
+        let now = 1_000_000;
+        // First deadline: written.
+        assert!(hint_stale(None, Some(now + 5_000), now));
+        assert!(!hint_stale(None, None, now));
+        // The deadline moves later (the next request's Tx, a new Validity-Time): the earlier hint stays.
+        assert!(!hint_stale(Some(now + 5_000), Some(now + 60_000), now));
+        assert!(!hint_stale(Some(now + 5_000), None, now));
+        // Earlier than the hint: a survivor would fire late, so it is rewritten.
+        assert!(hint_stale(Some(now + 5_000), Some(now + 1_000), now));
+        // A hint already past would have survivors adopt at once: rewritten (or removed) with the next state.
+        assert!(hint_stale(Some(now), Some(now + 60_000), now));
+        assert!(hint_stale(Some(now - 1), None, now));
+    }
 }
