@@ -353,10 +353,18 @@ async fn node_main(
 
 /// `load`'s arguments.
 #[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["ocs", "nodes"])))]
 struct LoadArgs {
-    /// The OCS / PCRF address.
+    /// The OCS / PCRF address: sessions run through an engine embedded in the load process.
     #[arg(long)]
-    ocs: std::net::SocketAddr,
+    ocs: Option<std::net::SocketAddr>,
+    /// Instead of --ocs: drive running nodes through their HTTP fronts (comma-separated `http://host:port` or
+    /// `host:port`); each session stays on one node, and moves to the next when its node cannot be reached.
+    #[arg(long, value_delimiter = ',')]
+    nodes: Vec<String>,
+    /// The bearer token of the nodes' fronts (`[node] http_token`); default: $CHARGING_RA_HTTP_TOKEN.
+    #[arg(long, requires = "nodes")]
+    token: Option<String>,
     /// Its realm (Destination-Realm).
     #[arg(long, default_value = "localdomain")]
     realm: String,
@@ -392,7 +400,21 @@ struct LoadArgs {
 }
 
 fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
-    let LoadArgs { ocs, realm, sessions, concurrency, updates, hold, duration, app, replication, rate, threads } = args;
+    let LoadArgs {
+        ocs,
+        nodes,
+        token,
+        realm,
+        sessions,
+        concurrency,
+        updates,
+        hold,
+        duration,
+        app,
+        replication,
+        rate,
+        threads,
+    } = args;
     if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         bail!("--rate must be a positive number of transactions per second");
     }
@@ -415,18 +437,29 @@ fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
         }
         other => bail!("--replication {other:?}: use off, memory or sqlite"),
     };
-    let cfg = charging_ra::load::LoadConfig {
-        ocs,
-        realm,
-        sessions,
-        concurrency,
-        updates,
-        hold,
-        duration,
-        app,
-        replication,
-        rate,
+    let target = match ocs {
+        Some(ocs) => charging_ra::load::Target::Embedded { ocs, realm, replication },
+        None => {
+            anyhow::ensure!(
+                replication.is_none(),
+                "--replication is for the embedded engine (--ocs); nodes replicate as their configuration says"
+            );
+            let nodes = nodes
+                .iter()
+                .map(|n| {
+                    use std::net::ToSocketAddrs;
+                    let a = n.strip_prefix("http://").unwrap_or(n).trim_end_matches('/');
+                    let why = |e: &dyn std::fmt::Display| {
+                        anyhow::anyhow!("--nodes {n:?}: {e} (give host:port or http://host:port)")
+                    };
+                    a.to_socket_addrs().map_err(|e| why(&e))?.next().ok_or_else(|| why(&"no address"))
+                })
+                .collect::<anyhow::Result<Vec<std::net::SocketAddr>>>()?;
+            let token = token.or_else(|| std::env::var("CHARGING_RA_HTTP_TOKEN").ok());
+            charging_ra::load::Target::Fronts { nodes, token }
+        }
     };
+    let cfg = charging_ra::load::LoadConfig { target, sessions, concurrency, updates, hold, duration, app, rate };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
 use crate::api::{
     App, AppSettings, ChargingError, Engine, EngineConfig, Outcome, RatingGroupRequest, Subscriber, UsedUnits,
 };
@@ -17,13 +20,35 @@ use crate::peer::{Application, LocalIdentity, PeerConfig};
 use crate::router::{PeerId, Route, RouterConfig};
 use crate::units::Units;
 
+/// Where a run's sessions go.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Through an engine embedded in the load process, straight to the OCS or PCRF.
+    Embedded {
+        /// The OCS or PCRF.
+        ocs: SocketAddr,
+        /// Its realm (Destination-Realm).
+        realm: String,
+        /// Replicate every session to this store (write-ahead of each CCR, write-behind of the rest).
+        replication: Option<crate::store::AnyStore>,
+    },
+    /// Through the HTTP fronts of running nodes (`charging-ra node`), which talk to their own peers and replicate
+    /// as configured. Session `n` opens on node `n mod N` and its later calls go to the same node; when a node
+    /// cannot be reached, the call and the session's later calls go to the next one (its updates carry
+    /// idempotency keys, so a retried update charges once). Keep-alive connections, one per worker and node.
+    Fronts {
+        /// The nodes' HTTP fronts.
+        nodes: Vec<SocketAddr>,
+        /// The bearer token the fronts require (`[node] http_token`), if any.
+        token: Option<String>,
+    },
+}
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct LoadConfig {
-    /// The OCS or PCRF.
-    pub ocs: SocketAddr,
-    /// Its realm (Destination-Realm).
-    pub realm: String,
+    /// Where the sessions go.
+    pub target: Target,
     /// Sessions in all.
     pub sessions: u64,
     /// Sessions at once.
@@ -36,12 +61,27 @@ pub struct LoadConfig {
     pub duration: Option<Duration>,
     /// Ro or Gx.
     pub app: App,
-    /// Replicate every session to this store (write-ahead of each CCR, write-behind of the rest).
-    pub replication: Option<crate::store::AnyStore>,
     /// Start transactions at this many per second (open loop, for latency at a given load); `None`: as fast as
     /// the concurrency allows. A transaction that comes due while its worker is still busy counts its latency from
     /// when it was due, so a run that falls behind its rate shows it.
     pub rate: Option<f64>,
+}
+
+impl LoadConfig {
+    /// A run of `sessions` sessions of `updates` CCR-U each, 100 at a time, against the OCS at `ocs` (realm
+    /// `localdomain`, Ro, no replication, no hold, unpaced).
+    pub fn embedded(ocs: SocketAddr, sessions: u64, updates: u32) -> LoadConfig {
+        LoadConfig {
+            target: Target::Embedded { ocs, realm: "localdomain".into(), replication: None },
+            sessions,
+            concurrency: 100,
+            updates,
+            hold: Duration::ZERO,
+            duration: None,
+            app: App::Ro,
+            rate: None,
+        }
+    }
 }
 
 /// What a run measured.
@@ -57,8 +97,11 @@ pub struct LoadReport {
     pub latency_us: [u64; 4],
     /// Wall time of the run.
     pub elapsed: Duration,
-    /// Replication: records written and group commits made, when on.
+    /// Replication: records written and group commits made, when on (through fronts: the nodes' sums).
     pub store: Option<(u64, u64)>,
+    /// Through fronts: calls answered with an HTTP error that carried no Result-Code, by status (404 for a
+    /// session the cluster lost, 502, 503…). They also count under Result-Code 0.
+    pub http_errors: BTreeMap<u16, u64>,
 }
 
 impl LoadReport {
@@ -79,8 +122,14 @@ impl LoadReport {
             ),
             None => String::new(),
         };
+        let http = if self.http_errors.is_empty() {
+            String::new()
+        } else {
+            let e: Vec<String> = self.http_errors.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+            format!("http errors: {}\n", e.join(", "))
+        };
         format!(
-            "sessions: {}\ntransactions: {} in {:.2} s\nresults: {}\nlatency: p50 {p50} us, p90 {p90} us, p99 {p99} us, max {max} us\n{store}throughput: {:.0} tx/s\n",
+            "sessions: {}\ntransactions: {} in {:.2} s\nresults: {}\n{http}latency: p50 {p50} us, p90 {p90} us, p99 {p99} us, max {max} us\n{store}throughput: {:.0} tx/s\n",
             self.sessions,
             self.transactions,
             self.elapsed.as_secs_f64(),
@@ -91,7 +140,7 @@ impl LoadReport {
 }
 
 /// The engine configuration for a load run: one peer, every realm routed to it.
-pub fn engine_config(cfg: &LoadConfig) -> EngineConfig {
+pub fn engine_config(ocs: SocketAddr, realm: &str, replication: Option<crate::store::AnyStore>) -> EngineConfig {
     let mut local = LocalIdentity::charging_client("load.localdomain", "localdomain", 0);
     local.applications =
         vec![Application::Auth(AppId::CREDIT_CONTROL), Application::VendorAuth(VendorId::TGPP, AppId::GX)];
@@ -100,53 +149,50 @@ pub fn engine_config(cfg: &LoadConfig) -> EngineConfig {
     router.answer_timeout = Duration::from_secs(30);
     let mut peer = PeerConfig::new(local, None, true);
     peer.reconnect_initial = Duration::from_millis(200);
-    let node = NodeConfig::new(
-        router,
-        vec![PeerEndpoint { config: peer, address: Some(cfg.ocs), tls: false, server_name: None }],
-    );
-    let replication = cfg
-        .replication
-        .clone()
+    let node =
+        NodeConfig::new(router, vec![PeerEndpoint { config: peer, address: Some(ocs), tls: false, server_name: None }]);
+    let replication = replication
         .map(|store| crate::api::ReplicationConfig::new(store, "load", "load", "aaa://load.localdomain:3868"));
-    let mut engine = EngineConfig::new(node, AppSettings::new(&cfg.realm), AppSettings::new(&cfg.realm));
+    let mut engine = EngineConfig::new(node, AppSettings::new(realm), AppSettings::new(realm));
     engine.replication = replication;
     engine
 }
 
-fn result_of(r: &Result<crate::api::Outcome, ChargingError>) -> u32 {
-    match r {
-        Ok(o) => o.result_code.unwrap_or(0),
-        Err(ChargingError::Refused { result_code, .. }) => result_code.unwrap_or(0),
-        Err(_) => 0,
-    }
-}
-
 /// Runs the load and returns what it measured.
 pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> {
-    let engine = Engine::start(engine_config(&cfg)).await?;
-    let ready = Instant::now() + Duration::from_secs(10);
-    while !engine.node_status().await.is_some_and(|s| s.peers.first().is_some_and(|p| p.available)) {
-        if Instant::now() > ready {
-            break;
+    let engine = match &cfg.target {
+        Target::Embedded { ocs, realm, replication } => {
+            let engine = Engine::start(engine_config(*ocs, realm, replication.clone())).await?;
+            let ready = Instant::now() + Duration::from_secs(10);
+            while !engine.node_status().await.is_some_and(|s| s.peers.first().is_some_and(|p| p.available)) {
+                if Instant::now() > ready {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Some(engine)
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        Target::Fronts { .. } => None,
+    };
+    let fronts_before = fronts_store(&cfg.target).await;
     let started = Instant::now();
     let deadline = cfg.duration.map(|d| started + d);
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let tickets = Arc::new(AtomicU64::new(0));
-    let shared = Arc::new(Mutex::new((Vec::<u32>::with_capacity(1 << 16), BTreeMap::<u32, u64>::new())));
+    let shared = Arc::new(Mutex::new(Tally::default()));
     let progress = std::io::stderr().is_terminal();
     let mut workers = Vec::new();
     for _ in 0..cfg.concurrency.max(1) {
-        let (engine, next, done, shared, cfg, tickets) =
-            (engine.clone(), next.clone(), done.clone(), shared.clone(), cfg.clone(), tickets.clone());
+        let mut client = match (&engine, &cfg.target) {
+            (Some(e), _) => Client::Engine(e.clone()),
+            (None, Target::Fronts { nodes, token }) => Client::Fronts(Fronts::new(nodes, token.as_deref())),
+            (None, Target::Embedded { .. }) => unreachable!("an embedded run has its engine"),
+        };
+        let (next, done, shared, cfg, tickets) =
+            (next.clone(), done.clone(), shared.clone(), cfg.clone(), tickets.clone());
         workers.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut results: BTreeMap<u32, u64> = BTreeMap::new();
-            let timed =
-                |lat: &mut Vec<u32>, t: Instant| lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+            let mut tally = Tally::default();
             // When the next transaction is due: now, or its slot in the run's schedule at `rate`.
             let due = || {
                 let tickets = tickets.clone();
@@ -168,39 +214,21 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
                 if n >= cfg.sessions || deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
-                let subscriber = Some(Subscriber { kind: "msisdn".into(), data: format!("4670{n:07}") });
-                let rgs = if cfg.app == App::Ro {
-                    vec![RatingGroupRequest { rating_group: 10, service_id: None, requested: Units::default() }]
-                } else {
-                    vec![]
-                };
                 let t = due().await;
-                let r = engine.open_session(cfg.app, subscriber, None, rgs).await;
-                timed(&mut lat, t);
-                *results.entry(result_of(&r)).or_default() += 1;
+                let (step, sid) = client.open(n, cfg.app).await;
+                tally.add(t, step);
                 // Only the Session-Id is kept: the rest of the outcome would count as the node's memory per session.
-                let Ok(Outcome { session_id: sid, .. }) = r else { continue };
-                let used = |secs| {
-                    if cfg.app == App::Ro {
-                        vec![UsedUnits {
-                            rating_group: 10,
-                            used: Units { time: Some(secs), ..Units::default() },
-                            reporting_reason: None,
-                        }]
-                    } else {
-                        vec![]
-                    }
-                };
+                let Some(sid) = sid else { continue };
                 let mut alive = true;
-                for _ in 0..cfg.updates {
+                for k in 0..cfg.updates {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
                     }
                     let t = due().await;
-                    let r = engine.update(&sid, used(1), vec![], None).await;
-                    timed(&mut lat, t);
-                    *results.entry(result_of(&r)).or_default() += 1;
-                    if r.is_err() {
+                    let step = client.update(&sid, n, k, cfg.app).await;
+                    let ok = step.ok;
+                    tally.add(t, step);
+                    if !ok {
                         alive = false;
                         break;
                     }
@@ -208,22 +236,18 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
                 if !cfg.hold.is_zero() {
                     tokio::time::sleep(cfg.hold).await;
                 }
-                if alive && engine.session(&sid).await.is_some() {
+                if alive && client.still_open(&sid).await {
                     let t = due().await;
-                    let r = engine.terminate(&sid, used(1)).await;
-                    timed(&mut lat, t);
-                    *results.entry(result_of(&r)).or_default() += 1;
+                    let step = client.terminate(&sid, n, cfg.app).await;
+                    tally.add(t, step);
                 }
+                client.finish(n);
                 let d = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if progress && d % 1000 == 0 {
                     let _ = write!(std::io::stderr(), "\rsessions done: {d}");
                 }
             }
-            let mut s = shared.lock().expect("load stats");
-            s.0.extend(lat);
-            for (k, v) in results {
-                *s.1.entry(k).or_default() += v;
-            }
+            shared.lock().expect("load stats").merge(tally);
         }));
     }
     for w in workers {
@@ -233,9 +257,14 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
     if progress {
         let _ = writeln!(std::io::stderr());
     }
-    let store = engine.replication_stats().await.map(|s| (s.writes, s.batches));
-    engine.stop().await;
-    let (mut lat, results) = std::mem::take(&mut *shared.lock().expect("load stats"));
+    let store = match &engine {
+        Some(e) => e.replication_stats().await.map(|s| (s.writes, s.batches)),
+        None => store_delta(&fronts_before, &fronts_store(&cfg.target).await),
+    };
+    if let Some(e) = engine {
+        e.stop().await;
+    }
+    let Tally { mut lat, results, http_errors } = std::mem::take(&mut *shared.lock().expect("load stats"));
     lat.sort_unstable();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0) as u64
@@ -247,5 +276,353 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
         latency_us: [pct(0.5), pct(0.9), pct(0.99), lat.last().copied().unwrap_or(0) as u64],
         elapsed,
         store,
+        http_errors,
+    })
+}
+
+/// What one worker measured.
+#[derive(Default)]
+struct Tally {
+    lat: Vec<u32>,
+    results: BTreeMap<u32, u64>,
+    http_errors: BTreeMap<u16, u64>,
+}
+
+impl Tally {
+    /// One transaction, due at `t`, ended now.
+    fn add(&mut self, t: Instant, step: Step) {
+        self.lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        *self.results.entry(step.result_code).or_default() += 1;
+        if let Some(status) = step.http_error {
+            *self.http_errors.entry(status).or_default() += 1;
+        }
+    }
+
+    fn merge(&mut self, other: Tally) {
+        self.lat.extend(other.lat);
+        for (k, v) in other.results {
+            *self.results.entry(k).or_default() += v;
+        }
+        for (k, v) in other.http_errors {
+            *self.http_errors.entry(k).or_default() += v;
+        }
+    }
+}
+
+/// One transaction's result: its Result-Code (0: none), whether the session goes on, and the HTTP status of a
+/// front's error answer without a Result-Code.
+struct Step {
+    result_code: u32,
+    ok: bool,
+    http_error: Option<u16>,
+}
+
+impl Step {
+    fn of(r: &Result<Outcome, ChargingError>) -> Step {
+        let result_code = match r {
+            Ok(o) => o.result_code.unwrap_or(0),
+            Err(ChargingError::Refused { result_code, .. }) => result_code.unwrap_or(0),
+            Err(_) => 0,
+        };
+        Step { result_code, ok: r.is_ok(), http_error: None }
+    }
+}
+
+fn rating_groups(app: App) -> Vec<RatingGroupRequest> {
+    match app {
+        App::Ro => vec![RatingGroupRequest { rating_group: 10, service_id: None, requested: Units::default() }],
+        App::Gx => vec![],
+    }
+}
+
+/// One second used in rating group 10 (Ro); nothing for Gx.
+fn used(app: App) -> Vec<UsedUnits> {
+    match app {
+        App::Ro => vec![UsedUnits {
+            rating_group: 10,
+            used: Units { time: Some(1), ..Units::default() },
+            reporting_reason: None,
+        }],
+        App::Gx => vec![],
+    }
+}
+
+fn subscriber(n: u64) -> Subscriber {
+    Subscriber { kind: "msisdn".into(), data: format!("4670{n:07}") }
+}
+
+/// How a worker makes its calls.
+enum Client {
+    Engine(Engine),
+    Fronts(Fronts),
+}
+
+impl Client {
+    async fn open(&mut self, n: u64, app: App) -> (Step, Option<String>) {
+        match self {
+            Client::Engine(e) => {
+                let r = e.open_session(app, Some(subscriber(n)), None, rating_groups(app)).await;
+                let step = Step::of(&r);
+                (step, r.ok().map(|o| o.session_id))
+            }
+            Client::Fronts(f) => {
+                let body =
+                    serde_json::json!({ "app": app, "subscriber": subscriber(n), "rating_groups": rating_groups(app) });
+                // Nothing is retried on another node once sent: that could open the session twice.
+                let (step, answer) = f.call(n, "POST", "/v1/sessions", &body, false).await;
+                let sid = answer.and_then(|a| a["session_id"].as_str().map(str::to_string));
+                (Step { ok: sid.is_some(), ..step }, sid)
+            }
+        }
+    }
+
+    async fn update(&mut self, sid: &str, n: u64, k: u32, app: App) -> Step {
+        match self {
+            Client::Engine(e) => Step::of(&e.update(sid, used(app), vec![], None).await),
+            Client::Fronts(f) => {
+                let body = serde_json::json!({ "used": used(app), "idempotency_key": format!("load-{n}-{k}") });
+                let path = format!("/v1/sessions/{}/updates", crate::api::http::path_segment(sid));
+                f.call(n, "POST", &path, &body, true).await.0
+            }
+        }
+    }
+
+    /// Whether the session is still open here (the server may have ended it during the hold). A front is not
+    /// asked: its DELETE says so.
+    async fn still_open(&self, sid: &str) -> bool {
+        match self {
+            Client::Engine(e) => e.session(sid).await.is_some(),
+            Client::Fronts(_) => true,
+        }
+    }
+
+    /// Session `n` is over.
+    fn finish(&mut self, n: u64) {
+        if let Client::Fronts(f) = self {
+            f.moved.remove(&n);
+        }
+    }
+
+    async fn terminate(&mut self, sid: &str, n: u64, app: App) -> Step {
+        match self {
+            Client::Engine(e) => Step::of(&e.terminate(sid, used(app)).await),
+            Client::Fronts(f) => {
+                let body = serde_json::json!({ "used": used(app) });
+                let path = format!("/v1/sessions/{}", crate::api::http::path_segment(sid));
+                f.call(n, "DELETE", &path, &body, true).await.0
+            }
+        }
+    }
+}
+
+/// A worker's keep-alive connections to the nodes' HTTP fronts, and which node each of its sessions moved to.
+struct Fronts {
+    nodes: Arc<[SocketAddr]>,
+    conns: Vec<Option<HttpConn>>,
+    authorization: Option<String>,
+    /// Sessions whose node could not be reached: the node they moved to (by session number).
+    moved: std::collections::HashMap<u64, usize>,
+}
+
+impl Fronts {
+    fn new(nodes: &[SocketAddr], token: Option<&str>) -> Fronts {
+        Fronts {
+            nodes: nodes.into(),
+            conns: nodes.iter().map(|_| None).collect(),
+            authorization: token.map(|t| format!("Bearer {t}")),
+            moved: Default::default(),
+        }
+    }
+
+    /// One call for session `n`, on its node. When the node cannot be reached (no connection), or, with `retry`,
+    /// when the exchange failed before any answer, the call goes to the next node, and the session's later calls
+    /// with it. With `retry` (calls with an idempotency key, and terminations), a call that no node could take, or
+    /// that a node answered 502 (the session's owner does not answer: it has died and its lease has not run out
+    /// yet) or 503, is made again every 100 ms for up to [`RETRY_FOR`], as a service riding out a node's death
+    /// would. The answer's body comes back when the status is 2xx.
+    async fn call(
+        &mut self,
+        n: u64,
+        method: &str,
+        path: &str,
+        body: &serde_json::Value,
+        retry: bool,
+    ) -> (Step, Option<serde_json::Value>) {
+        let body = body.to_string();
+        let give_up = Instant::now() + RETRY_FOR;
+        loop {
+            let (step, answer) = self.call_once(n, method, path, &body, retry).await;
+            let again = matches!(step.http_error, None | Some(502) | Some(503)) && answer.is_none();
+            if !retry || !again || Instant::now() >= give_up {
+                return (step, answer);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// One try of [`Fronts::call`] over the nodes, from the session's own.
+    async fn call_once(
+        &mut self,
+        n: u64,
+        method: &str,
+        path: &str,
+        body: &str,
+        retry: bool,
+    ) -> (Step, Option<serde_json::Value>) {
+        let count = self.nodes.len();
+        let home = self.moved.get(&n).copied().unwrap_or((n % count as u64) as usize);
+        for i in 0..count {
+            let at = (home + i) % count;
+            let (status, answer) = match self.exchange(at, method, path, body).await {
+                Ok(a) => a,
+                Err(Failure::Unreachable) => continue,
+                Err(Failure::Lost) if retry => continue,
+                Err(Failure::Lost) => break,
+            };
+            if at != home {
+                self.moved.insert(n, at);
+            }
+            let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+            let result_code = answer["result_code"].as_u64().unwrap_or(0) as u32;
+            let ok = (200..300).contains(&status);
+            let http_error = (!ok && result_code == 0).then_some(status);
+            let step = Step { result_code, ok, http_error };
+            return (step, ok.then_some(answer));
+        }
+        (Step { result_code: 0, ok: false, http_error: None }, None)
+    }
+
+    /// One request and its answer on node `at`'s connection, made or remade as needed: a kept-alive connection the
+    /// node has closed is remade once.
+    async fn exchange(&mut self, at: usize, method: &str, path: &str, body: &str) -> Result<(u16, Vec<u8>), Failure> {
+        let addr = self.nodes[at];
+        for fresh in [false, true] {
+            if fresh || self.conns[at].is_none() {
+                let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
+                    Ok(Ok(s)) => s,
+                    _ => return Err(Failure::Unreachable),
+                };
+                let _ = stream.set_nodelay(true);
+                self.conns[at] = Some(HttpConn { io: BufReader::new(stream) });
+            }
+            let conn = self.conns[at].as_mut().expect("connected");
+            match conn.exchange(addr, method, path, body, self.authorization.as_deref()).await {
+                Ok((status, answer, close)) => {
+                    if close {
+                        // The node closes it after this answer: the next call makes a new one.
+                        self.conns[at] = None;
+                    }
+                    return Ok((status, answer));
+                }
+                Err(answered_nothing) => {
+                    self.conns[at] = None;
+                    if !answered_nothing || fresh {
+                        return Err(Failure::Lost);
+                    }
+                }
+            }
+        }
+        Err(Failure::Lost)
+    }
+}
+
+/// How long a call that no node can take now is tried again: longer than a lease (2 s by default), so that a dead
+/// node's sessions are adopted by a survivor within it.
+const RETRY_FOR: Duration = Duration::from_secs(5);
+
+/// Why an exchange with a front failed.
+enum Failure {
+    /// No connection could be made: nothing was sent.
+    Unreachable,
+    /// The connection failed during the exchange: the request may have been served.
+    Lost,
+}
+
+/// A keep-alive HTTP/1.1 connection to a front.
+struct HttpConn {
+    io: BufReader<TcpStream>,
+}
+
+impl HttpConn {
+    /// One request and its answer (status, body, and whether the node closes the connection after it). The error
+    /// says whether nothing at all came back (the node closed the connection while it was idle: the request may be
+    /// sent again on a new one).
+    async fn exchange(
+        &mut self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        body: &str,
+        authorization: Option<&str>,
+    ) -> Result<(u16, Vec<u8>, bool), bool> {
+        let auth = authorization.map(|a| format!("Authorization: {a}\r\n")).unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}\r\n",
+            body.len()
+        );
+        let mut out = head.into_bytes();
+        out.extend_from_slice(body.as_bytes());
+        let answer = async {
+            self.io.get_mut().write_all(&out).await.map_err(|_| true)?;
+            let mut line = String::new();
+            if self.io.read_line(&mut line).await.map_err(|_| true)? == 0 {
+                return Err(true);
+            }
+            let status: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or(false)?;
+            let (mut length, mut close) = (0usize, false);
+            loop {
+                line.clear();
+                if self.io.read_line(&mut line).await.map_err(|_| false)? == 0 {
+                    return Err(false);
+                }
+                let header = line.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = header.split_once(':') {
+                    let value = value.trim();
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.parse().map_err(|_| false)?;
+                    } else if name.eq_ignore_ascii_case("connection") && value.eq_ignore_ascii_case("close") {
+                        close = true;
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            self.io.read_exact(&mut body).await.map_err(|_| false)?;
+            Ok((status, body, close))
+        };
+        match tokio::time::timeout(Duration::from_secs(30), answer).await {
+            Ok(r) => r,
+            Err(_) => Err(false),
+        }
+    }
+}
+
+/// Each node's replication counters (records written, group commits), read from its `/v1/status`; `None` for a
+/// node that does not answer or does not replicate.
+async fn fronts_store(target: &Target) -> Vec<Option<(u64, u64)>> {
+    let Target::Fronts { nodes, token } = target else { return Vec::new() };
+    let mut f = Fronts::new(nodes, token.as_deref());
+    let mut all = Vec::new();
+    for i in 0..nodes.len() {
+        let read = f.exchange(i, "GET", "/v1/status", "").await.ok().and_then(|(status, body)| {
+            let v: serde_json::Value = serde_json::from_slice(&body).ok().filter(|_| status == 200)?;
+            Some((v["replication"]["writes"].as_u64()?, v["replication"]["batches"].as_u64()?))
+        });
+        all.push(read);
+    }
+    all
+}
+
+/// What the nodes wrote between two readings: the sum over the nodes read both times (a node restarted meanwhile
+/// counts from zero); `None` when no node was.
+fn store_delta(before: &[Option<(u64, u64)>], after: &[Option<(u64, u64)>]) -> Option<(u64, u64)> {
+    let both: Vec<_> = before.iter().zip(after).filter_map(|(a, b)| a.zip(*b)).collect();
+    (!both.is_empty()).then(|| {
+        both.iter().fold((0, 0), |(w, c), ((w0, c0), (w1, c1))| {
+            let since = |v0: u64, v1: u64| if v1 >= v0 { v1 - v0 } else { v1 };
+            (w + since(*w0, *w1), c + since(*c0, *c1))
+        })
     })
 }

@@ -178,3 +178,21 @@ fn version_names_the_release() {
     let out = Command::new(env!("CARGO_BIN_EXE_charging-ra")).arg("--version").output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("charging-ra {}", env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn load_needs_one_target_and_names_what_is_wrong() {
+    let load = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_charging-ra")).arg("load").args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, err) = load(&[]);
+    assert!(!ok && err.contains("--ocs") && err.contains("--nodes"), "{err}");
+    let (ok, err) = load(&["--ocs", "127.0.0.1:1", "--nodes", "127.0.0.1:2"]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
+    let (ok, err) = load(&["--nodes", "http://127.0.0.1:2", "--replication", "memory"]);
+    assert!(!ok && err.contains("nodes replicate as their configuration says"), "{err}");
+    let (ok, err) = load(&["--nodes", "http://no-such-node.invalid:8080"]);
+    assert!(!ok && err.contains("\"http://no-such-node.invalid:8080\""), "{err}");
+    let (ok, err) = load(&["--nodes", "127.0.0.1"]);
+    assert!(!ok && err.contains("host:port"), "{err}");
+}

@@ -246,22 +246,20 @@ async fn engine_event_charging_and_idempotent_updates() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_driver_runs_sessions_and_prints_throughput_last() {
+    use charging_ra::load::{LoadConfig, Target};
     let sim = sim(OcsConfig::default()).await;
     // Without replication, then with every session replicated to a memory store: the same sessions, the same
     // clean ledger, and the store writes counted.
     for (round, replication) in [None, Some(charging_ra::store::AnyStore::memory())].into_iter().enumerate() {
         let replicated = replication.is_some();
         let cfg = charging_ra::load::LoadConfig {
-            ocs: sim.diameter_addr(),
-            realm: OCS_REALM.into(),
-            sessions: 300,
+            target: Target::Embedded {
+                ocs: sim.diameter_addr(),
+                realm: OCS_REALM.into(),
+                replication: replication.clone(),
+            },
             concurrency: 20,
-            updates: 2,
-            hold: Duration::ZERO,
-            duration: None,
-            app: App::Ro,
-            replication: replication.clone(),
-            rate: None,
+            ..LoadConfig::embedded(sim.diameter_addr(), 300, 2)
         };
         let report = charging_ra::load::run(cfg).await.unwrap();
         assert_eq!(report.sessions, 300);
@@ -287,17 +285,11 @@ async fn load_driver_runs_sessions_and_prints_throughput_last() {
         assert_eq!(report.store.is_some(), replicated);
     }
     // Paced: 300 transactions at 1,000/s take at least 0.3 s, whatever the concurrency could do.
-    let cfg = charging_ra::load::LoadConfig {
-        ocs: sim.diameter_addr(),
-        realm: OCS_REALM.into(),
-        sessions: 100,
+    let cfg = LoadConfig {
+        target: Target::Embedded { ocs: sim.diameter_addr(), realm: OCS_REALM.into(), replication: None },
         concurrency: 20,
-        updates: 1,
-        hold: Duration::ZERO,
-        duration: None,
-        app: App::Ro,
-        replication: None,
         rate: Some(1000.0),
+        ..LoadConfig::embedded(sim.diameter_addr(), 100, 1)
     };
     let report = charging_ra::load::run(cfg).await.unwrap();
     assert_eq!(report.transactions, 300);

@@ -218,3 +218,56 @@ async fn http_front_with_a_token_and_max_sessions_refuses_clearly() {
     let err = e.open_session(charging_ra::api::App::Ro, None, None, vec![rg]).await.unwrap_err();
     assert!(matches!(err, charging_ra::api::ChargingError::Overloaded(_)), "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_drives_a_cluster_through_its_fronts_and_moves_on_from_a_dead_node() {
+    use charging_ra::load::{LoadConfig, Target};
+    let sim = sim(OcsConfig::default()).await;
+    let store = charging_ra::store::AnyStore::memory();
+    let mut nodes = Vec::new();
+    // A front that is not there: the sessions it would get go to the next node.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut fronts = vec![dead];
+    for (i, host) in ["as1.test.localdomain", "as2.test.localdomain"].into_iter().enumerate() {
+        let mut cfg = engine_config(
+            host,
+            &[("ocs1.ocs.localdomain", sim.diameter_addr(), 1)],
+            Duration::from_secs(5),
+            Ccfh::Terminate,
+        );
+        let id = format!("n{}", i + 1);
+        cfg.replication =
+            Some(charging_ra::api::ReplicationConfig::new(store.clone(), "c1", &id, &format!("aaa://{host}:3868")));
+        let e = Engine::start(cfg).await.unwrap();
+        while !e.node_status().await.is_some_and(|s| open(&s, 0)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (addr, task) = serve(e.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        fronts.push(addr);
+        nodes.push((e, task));
+    }
+    let cfg = LoadConfig {
+        target: Target::Fronts { nodes: fronts, token: None },
+        concurrency: 6,
+        ..LoadConfig::embedded(sim.diameter_addr(), 60, 2)
+    };
+    let report = charging_ra::load::run(cfg).await.unwrap();
+    let summary = report.summary();
+    assert_eq!(report.sessions, 60, "{summary}");
+    assert_eq!(report.results.get(&2001), Some(&240), "{summary}");
+    assert!(report.http_errors.is_empty(), "{summary}");
+    // The records both nodes wrote, read from their /v1/status before and after.
+    let (writes, _) = report.store.expect("the nodes' replication counters");
+    assert!(writes >= 60 * 11, "{summary}");
+    for (e, _) in &nodes {
+        let s = e.replication_stats().await.unwrap();
+        assert!(s.writes > 0 && s.writes < writes, "each node carried a share: {s:?}");
+    }
+    let c = crate::engine::check(&sim).await;
+    assert_eq!(c["clean"], true, "{c}");
+    assert_eq!(c["sessions"]["terminated"], 60);
+    for (e, _) in nodes {
+        e.stop().await;
+    }
+    sim.stop().await;
+}
