@@ -21,6 +21,51 @@ pub struct SqliteStore {
     /// it without an error, into a file no other node reads any more. Every operation checks the path still names
     /// this file first.
     file: Option<(u64, u64)>,
+    /// Stops the background checkpointer when the last clone goes.
+    _checkpointer: Arc<Checkpointer>,
+}
+
+/// How often the background checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// The WAL size (pages) at which a committing writer checkpoints itself, as SQLite does by default at 1,000 pages:
+/// only a fallback here, for when the background checkpointer falls behind.
+const WRITER_CHECKPOINT_PAGES: u32 = 16_000;
+
+/// A thread that checkpoints the WAL (PASSIVE: it never blocks writers or readers) every [`CHECKPOINT_EVERY`],
+/// on its own connection. By default SQLite has the transaction that grows the WAL past 1,000 pages do it, inside
+/// its commit; under a steady write load that is every few dozen group commits, and the commit that draws it waits
+/// for the copy (and, with `synchronous = NORMAL`, for its fsyncs). Several processes on one file each run one;
+/// when two overlap, one finds the checkpoint busy and waits for the next period.
+#[derive(Debug)]
+struct Checkpointer {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Checkpointer {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, path) = (stop.clone(), path.to_path_buf());
+        let spawned = std::thread::Builder::new().name("sqlite-checkpoint".into()).spawn(move || {
+            let Ok(conn) = Connection::open(&path) else { return };
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(CHECKPOINT_EVERY);
+                // Busy (another process checkpointing) or failing: the next period tries again, and the writers'
+                // own checkpoint at WRITER_CHECKPOINT_PAGES bounds the WAL meanwhile.
+                let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "no background checkpointer: writers checkpoint the WAL themselves");
+        }
+        Checkpointer { stop }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// `path` still names the file opened as `file`; otherwise the store is unavailable, with the reason.
@@ -84,6 +129,7 @@ impl SqliteStore {
         };
         let conn = Connection::open(path).map_err(cannot_open)?;
         conn.busy_timeout(busy_timeout).map_err(|e| map_err(path, e))?;
+        conn.pragma_update(None, "wal_autocheckpoint", WRITER_CHECKPOINT_PAGES).map_err(cannot_open)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
@@ -101,7 +147,13 @@ impl SqliteStore {
             use std::os::unix::fs::MetadataExt;
             (m.dev(), m.ino())
         });
-        Ok(SqliteStore { conn: Arc::new(Mutex::new(conn)), path: path.to_path_buf(), file })
+        let checkpointer = Arc::new(Checkpointer::start(path));
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path: path.to_path_buf(),
+            file,
+            _checkpointer: checkpointer,
+        })
     }
 
     /// The file.

@@ -117,6 +117,28 @@ async fn contract_sqlite() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_wal_is_checkpointed_in_the_background_and_stays_small() {
+    // Writers checkpoint themselves only past 16,000 pages (64 MB of WAL); the background checkpointer keeps the
+    // WAL far below that. 32 MB of records, written in batches over about a second and a half: the WAL file is
+    // reused from its start after each checkpoint, so it stays near what 100 ms of writes need.
+    let dir = crate::wire::tempdir("store-wal");
+    let path = dir.join("store.db");
+    let store = SqliteStore::open(&path, Duration::from_secs(5)).unwrap();
+    let value = Bytes::from(vec![b'x'; 1000]);
+    for round in 0..64 {
+        let writes = (0..500)
+            .map(|i| Write { key: format!("k{round}-{i}"), value: Some(value.clone()), expect: Expect::Any, ttl: None })
+            .collect();
+        assert!(store.batch(writes).await.unwrap().iter().all(Result::is_ok));
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let wal = std::fs::metadata(dir.join("store.db-wal")).unwrap().len();
+    assert!(wal < 16 << 20, "the WAL grew to {wal} bytes for 32 MB written");
+    drop(store);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn contract_sqlite_unreachable_says_where_and_what_happens() {
     let err = SqliteStore::open(std::path::Path::new("/nonexistent-dir/charging-ra/store.db"), Duration::from_secs(1))
