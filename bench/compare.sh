@@ -31,6 +31,7 @@ for r in $(seq "$runs"); do
     out=$("${v[@]:0:1}" load --ocs 127.0.0.1:$port --sessions "$sessions" --concurrency 100 --updates 3 \
       --replication "$mode" "${v[@]:1}" 2>&1)
     grep -q "^results: 2001: $((sessions * 5))\$" <<<"$out" || { echo "run failed: $variant: $out" >&2; exit 1; }
-    echo "run $r | $variant | $(sed -n 's/^throughput: //p' <<<"$out") | $(sed -n 's/^latency: //p' <<<"$out")"
+    cpu=$(sed -n 's/^cpu: .*, \([0-9.]*\) us per transaction/\1 us CPU per tx/p' <<<"$out")
+    echo "run $r | $variant | $(sed -n 's/^throughput: //p' <<<"$out") | ${cpu:--} | $(sed -n 's/^latency: //p' <<<"$out")"
   done
 done

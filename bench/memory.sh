@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Memory per open session (BENCHMARKS.md): `load` opens 100,000 sessions at 5,000 per second and holds them; the
-# load process's VmRSS at 1 s (its 100,000 worker tasks exist, no session yet) is subtracted from its VmRSS at 25 s
-# (every session open), divided by 100,000. Usage: bench/memory.sh [BIN] [off|memory|sqlite]
+# Memory per open session (BENCHMARKS.md): `load` opens 100,000 sessions at 5,000 per second and holds them. The
+# load process's VmRSS at 1 s (its 100,000 worker tasks exist, a few thousand sessions are open) is subtracted from
+# its VmRSS at 25 s (every session open), and divided by the sessions opened in between, as the simulator's ledger
+# counts them. Usage: bench/memory.sh [BIN] [off|memory|sqlite]
 set -euo pipefail
 bin=${1:-target/release/charging-ra}
 mode=${2:-off}
 port=${PORT:-39894}
-"$bin" ocs-sim --listen 127.0.0.1:$port >/dev/null 2>&1 &
+ctl=$((port + 1))
+"$bin" ocs-sim --listen 127.0.0.1:$port --control 127.0.0.1:$ctl >/dev/null 2>&1 &
 sim=$!
 trap 'kill $sim 2>/dev/null || true' EXIT
 sleep 1
@@ -15,11 +17,17 @@ out=$(mktemp)
   --replication "$mode" >"$out" 2>&1 &
 load=$!
 rss() { awk '/VmRSS/ {print $2}' "/proc/$load/status"; }
+opened() { # sessions open at the simulator
+  exec 3<>"/dev/tcp/127.0.0.1/$ctl"
+  printf 'GET /v1/ledger/check HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n' >&3
+  sed -n 's/.*"open":\([0-9]*\).*/\1/p' <&3
+  exec 3<&-
+}
 sleep 1
-start=$(rss)
+start=$(rss) n0=$(opened)
 sleep 24
-open=$(rss)
+open=$(rss) n1=$(opened)
 wait $load
 grep -q '^results: 2001: 200000$' "$out" || { echo "run failed: $(cat "$out")" >&2; exit 1; }
 rm -f "$out"
-echo "$mode: RSS ${start} kB at start, ${open} kB with 100,000 open: $(((open - start) * 1024 / 100000)) B per session"
+echo "$mode: RSS ${start} kB with $n0 sessions open, ${open} kB with $n1: $(((open - start) * 1024 / (n1 - n0))) B per session"

@@ -53,14 +53,73 @@ async fn measure<S: Store>(name: &str, store: Arc<S>, n: u64) {
         }
     }
     let grouped = (rounds * 100) as f64 / t0.elapsed().as_secs_f64();
-    println!("| {name} | {put:.0} | {get:.0} | {cas:.0} | {create:.0} | {grouped:.0} |");
+    let sessions = sessions(&*store, n).await;
+    println!("| {name} | {put:.0} | {get:.0} | {cas:.0} | {create:.0} | {grouped:.0} | {sessions:.0} |");
+}
+
+/// Records per second when the batches are shaped like the engine's (docs/replication.md): 100 sessions at a time,
+/// each created (convergence, protocol and a 1 KB state record, absent before, and a timer hint), its state
+/// written four times more (each conditional on its version), then deleted (conditional) with its hint; one batch
+/// per step for all 100, 12 records per session.
+async fn sessions<S: Store>(store: &S, n: u64) -> f64 {
+    let small = Bytes::from(vec![b's'; 110]);
+    let state = Bytes::from(vec![b'x'; 1000]);
+    let hint = Bytes::from_static(b"1798000000000");
+    let rounds = (n / 1200).max(1);
+    let mut records = 0u64;
+    let t = Instant::now();
+    for round in 0..rounds {
+        let key = |kind: &str, i: u64| format!("{kind}/{round}-{i}");
+        let write = |key: String, value: Option<Bytes>, expect| Write { key, value, expect, ttl: None };
+        let created: Vec<Write> = (0..100)
+            .flat_map(|i| {
+                [
+                    write(key("conv", i), Some(small.clone()), Expect::Absent),
+                    write(key("proto", i), Some(small.clone()), Expect::Absent),
+                    write(key("state", i), Some(state.clone()), Expect::Absent),
+                    write(key("deadline", i), Some(hint.clone()), Expect::Any),
+                ]
+            })
+            .collect();
+        records += created.len() as u64;
+        let out = store.batch(created).await.unwrap();
+        let v = |i: u64, r: usize| *out[i as usize * 4 + r].as_ref().unwrap();
+        let (conv, proto, mut st): (Vec<u64>, Vec<u64>, Vec<u64>) = (
+            (0..100).map(|i| v(i, 0)).collect(),
+            (0..100).map(|i| v(i, 1)).collect(),
+            (0..100).map(|i| v(i, 2)).collect(),
+        );
+        for _ in 0..4 {
+            let w: Vec<Write> = (0..100)
+                .map(|i| write(key("state", i), Some(state.clone()), Expect::Version(st[i as usize])))
+                .collect();
+            records += w.len() as u64;
+            st = store.batch(w).await.unwrap().into_iter().map(Result::unwrap).collect();
+        }
+        let deleted: Vec<Write> = (0..100)
+            .flat_map(|i| {
+                let i = i as usize;
+                [
+                    write(key("conv", i as u64), None, Expect::Version(conv[i])),
+                    write(key("proto", i as u64), None, Expect::Version(proto[i])),
+                    write(key("state", i as u64), None, Expect::Version(st[i])),
+                    write(key("deadline", i as u64), None, Expect::Any),
+                ]
+            })
+            .collect();
+        records += deleted.len() as u64;
+        assert!(store.batch(deleted).await.unwrap().iter().all(Result::is_ok));
+    }
+    records as f64 / t.elapsed().as_secs_f64()
 }
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
-        println!("| backend | put/s | get/s | CAS/s | create (IF NOT EXISTS)/s | CAS in batches of 100 /s |");
-        println!("|---|---|---|---|---|---|");
+        println!(
+            "| backend | put/s | get/s | CAS/s | create (IF NOT EXISTS)/s | CAS in batches of 100 /s | session-shaped batches, records/s |"
+        );
+        println!("|---|---|---|---|---|---|---|");
         measure("memory", Arc::new(MemoryStore::new()), 200_000).await;
         let dir = std::env::temp_dir().join(format!("charging-ra-store-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -99,6 +99,11 @@ pub struct LoadReport {
     pub elapsed: Duration,
     /// Replication: records written and group commits made, when on (through fronts: the nodes' sums).
     pub store: Option<(u64, u64)>,
+    /// Replication, embedded: the mean time of a group commit, from its hand-off to the store to its answer.
+    pub commit_mean: Option<Duration>,
+    /// CPU time the load process used during the run (its engine included; Linux only), `None` through fronts:
+    /// what a transaction costs, which a busy or shared machine changes much less than it changes throughput.
+    pub cpu: Option<Duration>,
     /// Through fronts: calls answered with an HTTP error that carried no Result-Code, by status (404 for a
     /// session the cluster lost, 502, 503…). They also count under Result-Code 0.
     pub http_errors: BTreeMap<u16, u64>,
@@ -116,9 +121,10 @@ impl LoadReport {
         let [p50, p90, p99, max] = self.latency_us;
         let store = match self.store {
             Some((writes, batches)) => format!(
-                "store: {writes} records written in {batches} group commits, {:.2} per session, {:.2} per transaction\n",
+                "store: {writes} records written in {batches} group commits, {:.2} per session, {:.2} per transaction{}\n",
                 writes as f64 / self.sessions.max(1) as f64,
-                writes as f64 / self.transactions.max(1) as f64
+                writes as f64 / self.transactions.max(1) as f64,
+                self.commit_mean.map(|d| format!(", {} us per group commit", d.as_micros())).unwrap_or_default()
             ),
             None => String::new(),
         };
@@ -128,8 +134,16 @@ impl LoadReport {
             let e: Vec<String> = self.http_errors.iter().map(|(s, n)| format!("{s}: {n}")).collect();
             format!("http errors: {}\n", e.join(", "))
         };
+        let cpu = match self.cpu {
+            Some(cpu) => format!(
+                "cpu: {:.2} s, {:.1} us per transaction\n",
+                cpu.as_secs_f64(),
+                cpu.as_secs_f64() * 1e6 / self.transactions.max(1) as f64
+            ),
+            None => String::new(),
+        };
         format!(
-            "sessions: {}\ntransactions: {} in {:.2} s\nresults: {}\n{http}latency: p50 {p50} us, p90 {p90} us, p99 {p99} us, max {max} us\n{store}throughput: {:.0} tx/s\n",
+            "sessions: {}\ntransactions: {} in {:.2} s\nresults: {}\n{http}{cpu}latency: p50 {p50} us, p90 {p90} us, p99 {p99} us, max {max} us\n{store}throughput: {:.0} tx/s\n",
             self.sessions,
             self.transactions,
             self.elapsed.as_secs_f64(),
@@ -175,6 +189,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
         Target::Fronts { .. } => None,
     };
     let fronts_before = fronts_store(&cfg.target).await;
+    let cpu_before = engine.as_ref().and_then(|_| process_cpu());
     let started = Instant::now();
     let deadline = cfg.duration.map(|d| started + d);
     let next = Arc::new(AtomicU64::new(0));
@@ -192,7 +207,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
         let (next, done, shared, cfg, tickets) =
             (next.clone(), done.clone(), shared.clone(), cfg.clone(), tickets.clone());
         workers.push(tokio::spawn(async move {
-            let mut tally = Tally::default();
+            let mut tally = Tally::for_sessions_of(cfg.updates);
             // When the next transaction is due: now, or its slot in the run's schedule at `rate`.
             let due = || {
                 let tickets = tickets.clone();
@@ -254,11 +269,17 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
         let _ = w.await;
     }
     let elapsed = started.elapsed();
+    let cpu = cpu_before.zip(process_cpu()).map(|(a, b)| b.saturating_sub(a));
     if progress {
         let _ = writeln!(std::io::stderr());
     }
-    let store = match &engine {
-        Some(e) => e.replication_stats().await.map(|s| (s.writes, s.batches)),
+    let stats = match &engine {
+        Some(e) => e.replication_stats().await,
+        None => None,
+    };
+    let commit_mean = stats.as_ref().map(|s| Duration::from_micros(s.batch_time_us / s.batches_done.max(1)));
+    let store = match &stats {
+        Some(s) => Some((s.writes, s.batches)),
         None => store_delta(&fronts_before, &fronts_store(&cfg.target).await),
     };
     if let Some(e) = engine {
@@ -272,40 +293,67 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
     Ok(LoadReport {
         sessions: done.load(Ordering::Relaxed),
         transactions: lat.len() as u64,
-        results,
+        results: results.into_iter().collect(),
         latency_us: [pct(0.5), pct(0.9), pct(0.99), lat.last().copied().unwrap_or(0) as u64],
         elapsed,
         store,
-        http_errors,
+        commit_mean,
+        cpu,
+        http_errors: http_errors.into_iter().collect(),
     })
 }
 
-/// What one worker measured.
+/// The CPU time this process has used (user and system, all threads), from `/proc/self/stat`, in the kernel's
+/// clock ticks of 10 ms; `None` where there is no such file.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The fields after the command name (which may hold spaces), from the third: utime and stime are the 14th
+    // and 15th (proc(5)).
+    let mut f = stat.rsplit_once(')')?.1.split_whitespace().skip(11);
+    let ticks = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// What one worker measured. Its room is made when the worker starts, so that a memory measurement made while
+/// sessions are open (bench/memory.sh) does not count the load's own bookkeeping as the engine's.
 #[derive(Default)]
 struct Tally {
     lat: Vec<u32>,
-    results: BTreeMap<u32, u64>,
-    http_errors: BTreeMap<u16, u64>,
+    results: Vec<(u32, u64)>,
+    http_errors: Vec<(u16, u64)>,
 }
 
 impl Tally {
+    /// Room for one session's transactions and two Result-Codes.
+    fn for_sessions_of(updates: u32) -> Tally {
+        Tally { lat: Vec::with_capacity(updates as usize + 2), results: Vec::with_capacity(2), http_errors: Vec::new() }
+    }
+
     /// One transaction, due at `t`, ended now.
     fn add(&mut self, t: Instant, step: Step) {
         self.lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
-        *self.results.entry(step.result_code).or_default() += 1;
+        count(&mut self.results, step.result_code, 1);
         if let Some(status) = step.http_error {
-            *self.http_errors.entry(status).or_default() += 1;
+            count(&mut self.http_errors, status, 1);
         }
     }
 
     fn merge(&mut self, other: Tally) {
         self.lat.extend(other.lat);
         for (k, v) in other.results {
-            *self.results.entry(k).or_default() += v;
+            count(&mut self.results, k, v);
         }
         for (k, v) in other.http_errors {
-            *self.http_errors.entry(k).or_default() += v;
+            count(&mut self.http_errors, k, v);
         }
+    }
+}
+
+/// Adds `n` to `key`'s count in a short list.
+fn count<K: PartialEq>(counts: &mut Vec<(K, u64)>, key: K, n: u64) {
+    match counts.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, c)) => *c += n,
+        None => counts.push((key, n)),
     }
 }
 
