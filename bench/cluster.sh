@@ -15,7 +15,7 @@ kill_at=${KILL_AT:-3}
 concurrency=${CONCURRENCY:-60}
 dir=$(mktemp -d)
 pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$dir"' EXIT
+trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
 
 http() { # method, port, path: prints the body
   exec 3<>"/dev/tcp/127.0.0.1/$2"

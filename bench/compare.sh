@@ -14,7 +14,7 @@ ctl=$((port + 1))
 read -r -a first <<<"$1"
 "${first[0]}" ocs-sim --listen 127.0.0.1:$port --control 127.0.0.1:$ctl >/dev/null 2>&1 &
 sim=$!
-trap 'kill $sim 2>/dev/null || true' EXIT
+trap 'kill $sim 2>/dev/null; wait $sim 2>/dev/null || true' EXIT
 sleep 1
 
 reset() {

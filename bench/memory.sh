@@ -10,7 +10,8 @@ port=${PORT:-39894}
 ctl=$((port + 1))
 "$bin" ocs-sim --listen 127.0.0.1:$port --control 127.0.0.1:$ctl >/dev/null 2>&1 &
 sim=$!
-trap 'kill $sim 2>/dev/null || true' EXIT
+# The next run's simulator binds the same port: this one must be gone first.
+trap 'kill $sim 2>/dev/null; wait $sim 2>/dev/null || true' EXIT
 sleep 1
 out=$(mktemp)
 "$bin" load --ocs 127.0.0.1:$port --sessions 100000 --concurrency 100000 --updates 0 --hold 30s --rate 5000 \

@@ -7,6 +7,6 @@ cargo build --release --quiet --bin charging-ra --example ocs_load
 port=${PORT:-39868}
 ./target/release/charging-ra ocs-sim --listen 127.0.0.1:$port --origin-host ocs.localdomain --origin-realm localdomain 2>/dev/null &
 sim=$!
-trap 'kill $sim 2>/dev/null || true' EXIT
+trap 'kill $sim 2>/dev/null; wait $sim 2>/dev/null || true' EXIT
 sleep 0.5
 ./target/release/examples/ocs_load --ocs 127.0.0.1:$port --sessions "${SESSIONS:-100}" --duration "${DURATION:-10}"

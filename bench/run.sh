@@ -18,7 +18,7 @@ tx=$((sessions * 5))
 ctl=$((port + 1))
 $bin ocs-sim --listen 127.0.0.1:$port --control 127.0.0.1:$ctl 2>/dev/null >/dev/null &
 sim=$!
-trap 'kill $sim 2>/dev/null || true' EXIT
+trap 'kill $sim 2>/dev/null; wait $sim 2>/dev/null || true' EXIT
 sleep 1
 
 reset() { # empties the simulator's ledger (POST /v1/reset on its control port)
@@ -41,7 +41,8 @@ one() { # mode, sessions, [rate]
   p50=$(sed -n 's/^latency: p50 \([0-9]*\) us.*/\1/p' <<<"$out")
   p99=$(sed -n 's/.*p99 \([0-9]*\) us.*/\1/p' <<<"$out")
   w=$(sed -n 's/^store: .* \([0-9.]*\) per session.*/\1/p' <<<"$out")
-  echo "$t $p50 $p99 ${w:--}"
+  c=$(sed -n 's/^cpu: .*, \([0-9.]*\) us per transaction/\1/p' <<<"$out")
+  echo "$t $p50 $p99 ${w:--} ${c:--}"
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -53,9 +54,9 @@ for r in $(seq "$runs"); do
   done
 done
 
-echo "| replication | throughput (runs) | median | p50 / p99 of the median run | records per session | paced at half: rate, p50 / p99 |"
-echo "|---|---|---|---|---|---|"
-off_median=0
+echo "| replication | throughput (runs) | median | p50 / p99 of the median run | records per session | CPU per transaction (median) | paced at half: rate, p50 / p99 |"
+echo "|---|---|---|---|---|---|---|"
+off_median=0 off_cpu=0
 for m in off memory sqlite; do
   rows=$(printf '%s' "${all[$m]}" | sed '/^$/d')
   med=$(cut -d' ' -f1 <<<"$rows" | median)
@@ -63,9 +64,13 @@ for m in off memory sqlite; do
   row=$(awk -v t="$med" '$1 == t {print; exit}' <<<"$rows")
   cost=""
   [ "$m" != off ] && cost=" ($(awk -v a="$med" -v b="$off_median" 'BEGIN {printf "%+.0f%%", (a - b) * 100 / b}'))"
+  cpu=$(cut -d' ' -f5 <<<"$rows" | median)
+  [ "$m" = off ] && off_cpu=$cpu
+  cpu_cost=""
+  [ "$m" != off ] && cpu_cost=" ($(awk -v a="$cpu" -v b="$off_cpu" 'BEGIN {printf "%+.0f%%", (a - b) * 100 / b}'))"
   rate=$((med / 2))
   paced=$(one $m $((sessions / 2)) $rate)
-  echo "| $m | $(cut -d' ' -f1 <<<"$rows" | paste -sd/ | sed 's#/# / #g') tx/s | **$med**$cost | $(cut -d' ' -f2 <<<"$row") / $(cut -d' ' -f3 <<<"$row") µs | $(cut -d' ' -f4 <<<"$row") | $rate tx/s: $(cut -d' ' -f2 <<<"$paced") / $(cut -d' ' -f3 <<<"$paced") µs |"
+  echo "| $m | $(cut -d' ' -f1 <<<"$rows" | paste -sd/ | sed 's#/# / #g') tx/s | **$med**$cost | $(cut -d' ' -f2 <<<"$row") / $(cut -d' ' -f3 <<<"$row") µs | $(cut -d' ' -f4 <<<"$row") | $cpu µs$cpu_cost | $rate tx/s: $(cut -d' ' -f2 <<<"$paced") / $(cut -d' ' -f3 <<<"$paced") µs |"
 done
 echo
 echo "($runs runs of $tx transactions per mode, load on $threads worker thread(s); $(date -u +%F); $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"

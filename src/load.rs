@@ -107,6 +107,9 @@ pub struct LoadReport {
     /// Through fronts: calls answered with an HTTP error that carried no Result-Code, by status (404 for a
     /// session the cluster lost, 502, 503…). They also count under Result-Code 0.
     pub http_errors: BTreeMap<u16, u64>,
+    /// Transactions that got no Result-Code, by why (the engine's error, or no node answering); they also count
+    /// under Result-Code 0.
+    pub failures: BTreeMap<String, u64>,
 }
 
 impl LoadReport {
@@ -134,6 +137,12 @@ impl LoadReport {
             let e: Vec<String> = self.http_errors.iter().map(|(s, n)| format!("{s}: {n}")).collect();
             format!("http errors: {}\n", e.join(", "))
         };
+        let failures = if self.failures.is_empty() {
+            String::new()
+        } else {
+            let e: Vec<String> = self.failures.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+            format!("without a Result-Code: {}\n", e.join(", "))
+        };
         let cpu = match self.cpu {
             Some(cpu) => format!(
                 "cpu: {:.2} s, {:.1} us per transaction\n",
@@ -143,7 +152,7 @@ impl LoadReport {
             None => String::new(),
         };
         format!(
-            "sessions: {}\ntransactions: {} in {:.2} s\nresults: {}\n{http}{cpu}latency: p50 {p50} us, p90 {p90} us, p99 {p99} us, max {max} us\n{store}throughput: {:.0} tx/s\n",
+            "sessions: {}\ntransactions: {} in {:.2} s\nresults: {}\n{failures}{http}{cpu}latency: p50 {p50} us, p90 {p90} us, p99 {p99} us, max {max} us\n{store}throughput: {:.0} tx/s\n",
             self.sessions,
             self.transactions,
             self.elapsed.as_secs_f64(),
@@ -172,15 +181,27 @@ pub fn engine_config(ocs: SocketAddr, realm: &str, replication: Option<crate::st
     engine
 }
 
+/// Why a run could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The embedded engine could not start.
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+    /// The OCS or PCRF did not complete CER/CEA in time: every transaction would fail, and measure nothing.
+    #[error("the OCS/PCRF at {0} did not open a connection within 10 s (CER/CEA); is it running there?")]
+    PeerNotOpen(SocketAddr),
+}
+
 /// Runs the load and returns what it measured.
-pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> {
+pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
     let engine = match &cfg.target {
         Target::Embedded { ocs, realm, replication } => {
             let engine = Engine::start(engine_config(*ocs, realm, replication.clone())).await?;
             let ready = Instant::now() + Duration::from_secs(10);
             while !engine.node_status().await.is_some_and(|s| s.peers.first().is_some_and(|p| p.available)) {
                 if Instant::now() > ready {
-                    break;
+                    engine.stop().await;
+                    return Err(LoadError::PeerNotOpen(*ocs));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -285,7 +306,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
     if let Some(e) = engine {
         e.stop().await;
     }
-    let Tally { mut lat, results, http_errors } = std::mem::take(&mut *shared.lock().expect("load stats"));
+    let Tally { mut lat, results, http_errors, failures } = std::mem::take(&mut *shared.lock().expect("load stats"));
     lat.sort_unstable();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0) as u64
@@ -300,6 +321,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, crate::node::NodeError> 
         commit_mean,
         cpu,
         http_errors: http_errors.into_iter().collect(),
+        failures: failures.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
     })
 }
 
@@ -321,12 +343,18 @@ struct Tally {
     lat: Vec<u32>,
     results: Vec<(u32, u64)>,
     http_errors: Vec<(u16, u64)>,
+    failures: Vec<(&'static str, u64)>,
 }
 
 impl Tally {
     /// Room for one session's transactions and two Result-Codes.
     fn for_sessions_of(updates: u32) -> Tally {
-        Tally { lat: Vec::with_capacity(updates as usize + 2), results: Vec::with_capacity(2), http_errors: Vec::new() }
+        Tally {
+            lat: Vec::with_capacity(updates as usize + 2),
+            results: Vec::with_capacity(2),
+            http_errors: Vec::new(),
+            failures: Vec::new(),
+        }
     }
 
     /// One transaction, due at `t`, ended now.
@@ -335,6 +363,9 @@ impl Tally {
         count(&mut self.results, step.result_code, 1);
         if let Some(status) = step.http_error {
             count(&mut self.http_errors, status, 1);
+        }
+        if let Some(why) = step.failure {
+            count(&mut self.failures, why, 1);
         }
     }
 
@@ -345,6 +376,9 @@ impl Tally {
         }
         for (k, v) in other.http_errors {
             count(&mut self.http_errors, k, v);
+        }
+        for (k, v) in other.failures {
+            count(&mut self.failures, k, v);
         }
     }
 }
@@ -363,6 +397,8 @@ struct Step {
     result_code: u32,
     ok: bool,
     http_error: Option<u16>,
+    /// Embedded: what the engine said when it gave no Result-Code.
+    failure: Option<&'static str>,
 }
 
 impl Step {
@@ -372,7 +408,18 @@ impl Step {
             Err(ChargingError::Refused { result_code, .. }) => result_code.unwrap_or(0),
             Err(_) => 0,
         };
-        Step { result_code, ok: r.is_ok(), http_error: None }
+        let failure = match r {
+            Ok(_) | Err(ChargingError::Refused { result_code: Some(_), .. }) => None,
+            Err(ChargingError::Refused { .. }) => Some("refused without an answer"),
+            Err(ChargingError::UnknownSession(_)) => Some("unknown session"),
+            Err(ChargingError::WrongState { .. }) => Some("wrong state"),
+            Err(ChargingError::Invalid(_)) => Some("invalid"),
+            Err(ChargingError::Moved { .. }) => Some("owned by another node"),
+            Err(ChargingError::Overloaded(_)) => Some("overloaded"),
+            Err(ChargingError::StoreUnavailable(_)) => Some("store unavailable"),
+            Err(ChargingError::Stopped) => Some("engine stopped"),
+        };
+        Step { result_code, ok: r.is_ok(), http_error: None, failure }
     }
 }
 
@@ -534,10 +581,10 @@ impl Fronts {
             let result_code = answer["result_code"].as_u64().unwrap_or(0) as u32;
             let ok = (200..300).contains(&status);
             let http_error = (!ok && result_code == 0).then_some(status);
-            let step = Step { result_code, ok, http_error };
+            let step = Step { result_code, ok, http_error, failure: None };
             return (step, ok.then_some(answer));
         }
-        (Step { result_code: 0, ok: false, http_error: None }, None)
+        (Step { result_code: 0, ok: false, http_error: None, failure: Some("no node answered") }, None)
     }
 
     /// One request and its answer on node `at`'s connection, made or remade as needed: a kept-alive connection the
