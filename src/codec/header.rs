@@ -132,19 +132,56 @@ impl Header {
 
     /// The conventional short name of the command and direction (`CCR`, `CEA`, …) or `cmd-<code>-R/A`.
     pub fn short_name(&self) -> String {
-        let base = match self.code.0 {
-            257 => "CE",
-            258 => "RA",
-            271 => "AC",
-            272 => "CC",
-            274 => "AS",
-            275 => "ST",
-            280 => "DW",
-            282 => "DP",
-            other => {
-                return format!("cmd-{other}-{}", if self.flags.is_request() { 'R' } else { 'A' });
-            }
+        match self.known_short_name() {
+            Some(name) => name.to_string(),
+            None => format!("cmd-{}-{}", self.code.0, if self.flags.is_request() { 'R' } else { 'A' }),
+        }
+    }
+
+    /// [`Header::short_name`] of the base and credit-control commands, without allocating (the router counts every
+    /// message by it).
+    pub fn known_short_name(&self) -> Option<&'static str> {
+        let request = self.flags.is_request();
+        Some(match (self.code.0, request) {
+            (257, true) => "CER",
+            (257, false) => "CEA",
+            (258, true) => "RAR",
+            (258, false) => "RAA",
+            (271, true) => "ACR",
+            (271, false) => "ACA",
+            (272, true) => "CCR",
+            (272, false) => "CCA",
+            (274, true) => "ASR",
+            (274, false) => "ASA",
+            (275, true) => "STR",
+            (275, false) => "STA",
+            (280, true) => "DWR",
+            (280, false) => "DWA",
+            (282, true) => "DPR",
+            (282, false) => "DPA",
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_of_known_and_other_commands() {
+        let h = |code, flags| Header {
+            flags: CommandFlags(flags),
+            code: CommandCode(code),
+            application_id: AppId(4),
+            hop_by_hop: HopByHopId(1),
+            end_to_end: EndToEndId(1),
         };
-        format!("{base}{}", if self.flags.is_request() { 'R' } else { 'A' })
+        assert_eq!(h(272, CommandFlags::REQUEST).short_name(), "CCR");
+        assert_eq!(h(272, 0).known_short_name(), Some("CCA"));
+        assert_eq!(h(258, CommandFlags::REQUEST | CommandFlags::PROXIABLE).short_name(), "RAR");
+        assert_eq!(h(280, 0).short_name(), "DWA");
+        assert_eq!(h(8388620, CommandFlags::REQUEST).known_short_name(), None);
+        assert_eq!(h(8388620, CommandFlags::REQUEST).short_name(), "cmd-8388620-R");
     }
 }

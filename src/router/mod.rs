@@ -960,11 +960,11 @@ impl Router {
     }
 
     fn count_in(&mut self, peer: PeerId, m: &Message) {
-        *self.metrics[peer.0].messages_in.entry(m.header.short_name()).or_default() += 1;
+        count_message(&mut self.metrics[peer.0].messages_in, m);
     }
 
     fn count_out(&mut self, peer: PeerId, m: &Message) {
-        *self.metrics[peer.0].messages_out.entry(m.header.short_name()).or_default() += 1;
+        count_message(&mut self.metrics[peer.0].messages_out, m);
     }
 }
 
@@ -985,3 +985,16 @@ fn redirect_key(usage: u32, req: &Message) -> Option<String> {
 
 #[cfg(test)]
 mod tests;
+
+/// Counts a message by its command's short name; a name already counted costs no allocation.
+fn count_message(counts: &mut BTreeMap<String, u64>, m: &Message) {
+    match m.header.known_short_name() {
+        Some(name) => match counts.get_mut(name) {
+            Some(n) => *n += 1,
+            None => {
+                counts.insert(name.to_string(), 1);
+            }
+        },
+        None => *counts.entry(m.header.short_name()).or_default() += 1,
+    }
+}
