@@ -1,0 +1,111 @@
+//! Engine hot paths, sans I/O: `cargo bench --bench engine`. Results are in BENCHMARKS.md.
+//!
+//! - `cc/update-cycle`: one CCR-U/CCA of an open Ro session through the RFC 4006 machine (`CcSession`): the
+//!   service's update, the request built and encoded, the answer (built here as a server would) handled, the
+//!   outputs drained. What the engine's task does per transaction, without the network.
+//! - `snapshot/encode`: what a write-ahead adds per CCR: the session's snapshot, with its request in flight, as the
+//!   JSON record the store keeps.
+//! - `snapshot/restore`: what an adopter does with it: the record parsed and the machine rebuilt.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+use charging_ra::cc::{CcConfig, CcOutput, CcSession, CcSnapshot, Ccfh, Ddfh};
+use charging_ra::codec::{AppId, Avp, Message, code};
+use charging_ra::units::Units;
+
+fn config() -> CcConfig {
+    CcConfig {
+        application: AppId::CREDIT_CONTROL,
+        origin_host: "as1.ims.example.net".into(),
+        origin_realm: "ims.example.net".into(),
+        destination_realm: "ocs.example.net".into(),
+        destination_host: None,
+        service_context_id: "32260@3gpp.org".into(),
+        tx: Duration::from_secs(10),
+        ccfh: Ccfh::Terminate,
+        ddfh: Ddfh::TerminateOrBuffer,
+        subscription: Some((0, "46701234567".into())),
+    }
+}
+
+/// The server's answer: 2001 with 300 s more on rating group 10.
+fn cca(ccr: &Message) -> Message {
+    let mut a = Message::answer_to(ccr);
+    a.push(Avp::utf8(code::ORIGIN_HOST, "ocs1.ocs.example.net"))
+        .push(Avp::utf8(code::ORIGIN_REALM, "ocs.example.net"))
+        .push(Avp::u32(code::RESULT_CODE, 2001));
+    for c in [code::CC_REQUEST_TYPE, code::CC_REQUEST_NUMBER] {
+        a.push(ccr.find(c, 0).expect("in every CCR").clone());
+    }
+    let gsu = Avp::grouped(code::GRANTED_SERVICE_UNIT, &[Avp::u32(code::CC_TIME, 300)]);
+    a.push(Avp::grouped(
+        code::MULTIPLE_SERVICES_CREDIT_CONTROL,
+        &[gsu, Avp::u32(code::RATING_GROUP, 10), Avp::u32(code::RESULT_CODE, 2001)],
+    ));
+    a
+}
+
+/// The request the machine has to send, if any; every other output drained.
+fn sent(s: &mut CcSession) -> Option<Message> {
+    let mut out = None;
+    while let Some(o) = s.poll_output() {
+        if let CcOutput::Send(m) = o {
+            out = Some(m);
+        }
+    }
+    out
+}
+
+/// An open session (CCR-I answered).
+fn open(now: Instant) -> CcSession {
+    let mut s = CcSession::new(config(), "as1.ims.example.net;1798000000;1;a0e20".into());
+    s.start(now, &[(Some(10), Units::default())], None);
+    let ccr = sent(&mut s).expect("CCR-I");
+    assert!(s.handle_answer(now, &cca(&ccr)));
+    sent(&mut s);
+    s
+}
+
+fn used() -> Vec<(Option<u32>, Units)> {
+    vec![(Some(10), Units { time: Some(1), ..Units::default() })]
+}
+
+fn engine(c: &mut Criterion) {
+    let now = Instant::now();
+    let mut g = c.benchmark_group("engine");
+    g.throughput(Throughput::Elements(1));
+
+    let mut s = open(now);
+    g.bench_function("cc/update-cycle", |b| {
+        b.iter(|| {
+            s.update(now, used(), vec![], None, None);
+            let ccr = sent(&mut s).expect("CCR-U");
+            black_box(ccr.encode().expect("encodes"));
+            assert!(s.handle_answer(now, &cca(&ccr)));
+            sent(&mut s);
+        })
+    });
+
+    // A write-ahead's snapshot: the CCR-U is in flight.
+    let mut s = open(now);
+    s.update(now, used(), vec![], None, None);
+    let _ccr = sent(&mut s).expect("CCR-U");
+    let wall = 1_798_000_000_000;
+    let record = serde_json::to_vec(&s.snapshot(now, wall)).unwrap();
+    g.bench_function(format!("snapshot/encode ({} octets of JSON)", record.len()), |b| {
+        b.iter(|| black_box(serde_json::to_vec(&s.snapshot(now, wall)).unwrap()))
+    });
+    g.bench_function("snapshot/restore", |b| {
+        b.iter(|| {
+            let snap: CcSnapshot = serde_json::from_slice(&record).unwrap();
+            black_box(CcSession::restore(&snap, "as2.ims.example.net", now, wall).unwrap())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, engine);
+criterion_main!(benches);
