@@ -379,6 +379,11 @@ enum Cmd {
     Flush {
         reply: oneshot::Sender<()>,
     },
+    /// Stop driving sessions (a graceful stop, after the flush): no timer fires, nothing more is written, every
+    /// later call is answered `Stopped`. The sessions are left in the store as they are, for survivors to adopt.
+    Halt {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 impl Cmd {
@@ -413,7 +418,7 @@ enum Net {
     /// A session's records were read back after an uncertain write.
     Resynced(String, Result<replica::Resync, StoreError>),
     /// Dead nodes' timers this node is to arm: (Session-Id, deadline in wall ms).
-    Foreign(Result<Vec<(String, u64)>, StoreError>),
+    Foreign(Result<replica::HintScan, StoreError>),
 }
 
 /// Work for a session being loaded from the store, done once it is here.
@@ -584,6 +589,7 @@ impl Engine {
             max_sessions: config.max_sessions,
             counters: counters.clone(),
             refusing: false,
+            halted: false,
         };
         tokio::spawn(driver.run(cmd_rx, net_rx, incoming));
         Ok(Engine {
@@ -795,6 +801,11 @@ impl Engine {
             // What write-behind still holds goes to the store first, so that whoever adopts these sessions sees
             // them as they are now (a graceful stop loses nothing; a crash loses at most `write_delay`).
             let _ = self.call(|reply| Cmd::Flush { reply }).await;
+            // Then nothing more happens to the sessions here: with the lease given up, a survivor may adopt any of
+            // them at once, and a timer firing here (a CCR-U that cannot leave, CCFH ending the session and
+            // deleting its records) would undo the adoption. Nor do the failures of the requests DPR leaves
+            // unanswered reach them.
+            let _ = self.call(|reply| Cmd::Halt { reply }).await;
             node.stop(crate::peer::DisconnectCause::Rebooting).await;
             // Give the lease up: survivors adopt this node's sessions on their next event instead of waiting
             // for the lease to run out.
@@ -936,6 +947,8 @@ struct Driver {
     counters: Arc<Counters>,
     /// Refusing new sessions at `max_sessions` (logged once per episode).
     refusing: bool,
+    /// Halted by a graceful stop: the run loop ends.
+    halted: bool,
 }
 
 impl Driver {
@@ -964,6 +977,12 @@ impl Driver {
                 Some(req) = incoming.recv() => self.server_request(req),
                 _ = sleep_until(next) => self.timeouts(),
                 _ = scan.tick(), if self.repl.is_some() => self.scan_hints(),
+            }
+            if self.halted {
+                // The sessions, their timers and the callers waiting on them go with the driver: callers get
+                // `Stopped`, and the store keeps each session as the flush wrote it.
+                tracing::info!(sessions = self.sessions.len(), "engine halted; sessions left to the cluster");
+                break;
             }
             self.write_batch();
             if !self.flushing.is_empty() {
@@ -1203,6 +1222,10 @@ impl Driver {
                 });
                 r.waiters.push(reply);
                 repl.write_now(&session_id, r);
+            }
+            Cmd::Halt { reply } => {
+                self.halted = true;
+                let _ = reply.send(());
             }
             Cmd::Flush { reply } => match &mut self.repl {
                 Some(repl) if !repl.down(now) => {
@@ -1948,15 +1971,18 @@ impl Driver {
     }
 
     /// Arms the dead nodes' timers this node was chosen for.
-    fn foreign(&mut self, found: Result<Vec<(String, u64)>, StoreError>) {
+    fn foreign(&mut self, found: Result<replica::HintScan, StoreError>) {
         let now = Instant::now();
         let Some(repl) = &mut self.repl else { return };
         repl.scanning = false;
-        repl.scans += 1;
         let found = match found {
             Ok(f) => f,
+            // The first scan (which also reads this node's previous incarnation's hints) is made again.
             Err(e) => return tracing::debug!(error = %e, "scanning dead nodes' timers failed; next period"),
         };
+        repl.scans += 1;
+        (repl.watched, repl.hints_scanned, repl.hints_live) = (found.watched, found.scanned, found.live);
+        let found = found.mine;
         let wall = replica::wall_ms();
         for (sid, ms) in found {
             if self.sessions.contains_key(&sid) || self.loading.contains_key(&sid) || !repl.armed.insert(sid.clone()) {

@@ -285,6 +285,21 @@ impl From<StoreError> for LoadError {
     }
 }
 
+/// What a scan of timer hints found.
+#[derive(Debug)]
+pub(super) struct HintScan {
+    /// The sessions whose timers this node arms, with their deadlines (wall ms).
+    pub mine: Vec<(String, u64)>,
+    /// The nodes to watch from now on ([`Repl::watched`]).
+    pub watched: HashSet<String>,
+    /// [`Repl::hints_scanned`] and [`Repl::hints_live`] from now on.
+    pub scanned: HashSet<String>,
+    pub live: Vec<String>,
+}
+
+/// Every this many scans of timer hints, every gone node's hints are read again.
+pub(super) const FULL_HINT_SCAN_EVERY: u64 = 20;
+
 /// The replication side of the engine's driver.
 pub(super) struct Repl {
     pub cfg: ReplicationConfig,
@@ -299,6 +314,18 @@ pub(super) struct Repl {
     pub scanning: bool,
     /// Scans done (the first also takes this node's previous incarnation's hints).
     pub scans: u64,
+    /// The other nodes whose timer hints are read whenever they are not alive: every node seen alive (a graceful
+    /// stop deletes the lease, and the store forgets an expired one after a while, so a lease cannot be counted
+    /// on to say a node is dead), and every node that had hints when this one started. A node that is not alive
+    /// and has no hints left is forgotten until it is seen again.
+    pub watched: HashSet<String>,
+    /// The nodes gone whose hints have been read since the live nodes were last `hints_live`: a node that is gone
+    /// writes no new hints, so its hints are read again only when the live nodes change (the rendezvous choice
+    /// moves), when it comes back and goes again, or every [`FULL_HINT_SCAN_EVERY`] scans (a timer armed here
+    /// whose adoption failed is armed again then).
+    pub hints_scanned: HashSet<String>,
+    /// The live nodes (sorted) when `hints_scanned` was filled.
+    pub hints_live: Vec<String>,
     /// Write-behind schedule.
     pub flushes: BTreeSet<(Instant, String)>,
     /// Ended sessions whose records are to be deleted.
@@ -363,6 +390,9 @@ impl Repl {
             armed: HashSet::new(),
             scanning: false,
             scans: 0,
+            watched: HashSet::new(),
+            hints_scanned: HashSet::new(),
+            hints_live: Vec::new(),
             flushes: BTreeSet::new(),
             ending: HashMap::new(),
             deleting: HashSet::new(),
@@ -554,21 +584,50 @@ impl Repl {
         }
     }
 
-    /// Scans the timer hints of dead nodes (and, on the first scan, of this node's previous incarnation) and returns
-    /// those this node must arm: the sessions whose rendezvous choice among the live nodes is this node.
-    pub fn scan_hints(&self) -> impl std::future::Future<Output = Result<Vec<(String, u64)>, StoreError>> + use<> {
+    /// Scans the timer hints of the nodes that are not alive (dead by their lease, or watched and gone: see
+    /// [`Repl::watched`]) and, on the first scan, of this node's previous incarnation. Returns those this node must
+    /// arm (the sessions whose rendezvous choice among the live nodes is this node) and the nodes to watch next.
+    pub fn scan_hints(&self) -> impl std::future::Future<Output = Result<HintScan, StoreError>> + use<> {
         let (store, cluster, me, first) =
             (self.cfg.store.clone(), self.cfg.cluster.clone(), self.cfg.node_id.clone(), self.scans == 0);
-        let own = self.own.clone();
+        let (own, mut watched) = (self.own.clone(), self.watched.clone());
+        let full = self.scans.is_multiple_of(FULL_HINT_SCAN_EVERY);
+        let (mut scanned, scanned_live) = (self.hints_scanned.clone(), self.hints_live.clone());
         async move {
-            let (live, mut dead) = own.members().await?;
+            let (live, dead) = own.members().await?;
+            let mut sorted_live = live.clone();
+            sorted_live.sort();
+            if full || sorted_live != scanned_live {
+                scanned.clear();
+            }
+            let root = format!("{cluster}/deadline/");
             if first {
-                dead.push(me.clone());
+                // The nodes that had hints before this one started: some may have no lease left to say so.
+                for (key, _) in store.scan_prefix(&root).await? {
+                    if let Some(node) = key[root.len()..].split('/').next() {
+                        watched.insert(node.to_string());
+                    }
+                }
+            }
+            watched.extend(dead);
+            watched.remove(&me);
+            let gone: Vec<String> = watched.iter().filter(|n| !live.contains(n)).cloned().collect();
+            // A node seen alive since it was scanned is read again when it next goes.
+            scanned.retain(|n| gone.contains(n));
+            let mut scan: Vec<String> = gone.into_iter().filter(|n| !scanned.contains(n)).collect();
+            if first {
+                scan.push(me.clone());
             }
             let mut mine = Vec::new();
-            for node in dead {
-                let prefix = format!("{cluster}/deadline/{node}/");
-                for (key, v) in store.scan_prefix(&prefix).await? {
+            for node in scan {
+                let prefix = format!("{root}{node}/");
+                let found = store.scan_prefix(&prefix).await?;
+                if found.is_empty() {
+                    watched.remove(&node);
+                } else if node != me {
+                    scanned.insert(node.clone());
+                }
+                for (key, v) in found {
                     let sid = &key[prefix.len()..];
                     let Some(ms) = std::str::from_utf8(&v.value).ok().and_then(|t| t.parse().ok()) else { continue };
                     // This node's previous incarnation's sessions are nobody else's to look after: it is alive.
@@ -577,7 +636,8 @@ impl Repl {
                     }
                 }
             }
-            Ok(mine)
+            watched.extend(live.into_iter().filter(|n| *n != me));
+            Ok(HintScan { mine, watched, scanned, live: sorted_live })
         }
     }
 

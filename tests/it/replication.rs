@@ -364,3 +364,40 @@ async fn a_taken_convergence_name_is_not_hijacked_and_an_ended_session_stays_end
     assert_eq!((c["clean"].as_bool(), c["sessions"]["terminated"].as_u64()), (Some(true), Some(2)), "{c}");
     e.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gracefully_stopped_nodes_timers_fire_on_a_survivor() {
+    // A graceful stop gives the lease up: the store then has no lease saying the node is dead, yet its sessions'
+    // timers must still fire somewhere. The survivor remembers the nodes it saw alive, and scans their timer hints
+    // once they are gone.
+    let mut ocs = OcsConfig::default();
+    ocs.ro.default_rating_group.validity_time = Duration::from_secs(1);
+    let sim = sim(ocs).await;
+    let store = AnyStore::memory();
+    let a = Engine::start(replicated(&sim, "n1", &store, QUICK_LEASE)).await.unwrap();
+    let b = Engine::start(replicated(&sim, "n2", &store, QUICK_LEASE)).await.unwrap();
+    connected(&a).await;
+    connected(&b).await;
+    // n2 has seen n1's lease.
+    tokio::time::sleep(QUICK_LEASE.0 * 3).await;
+    let sid = a.open_session(App::Ro, msisdn("46702"), None, vec![rg(10)]).await.unwrap().session_id;
+    a.stop().await;
+    // A stopped engine drives its sessions no more: calls are refused, and its own copy of the timer does not fire
+    // (it would find no peer, and CCFH TERMINATE would end the session and delete what n2 is to adopt).
+    assert!(matches!(a.update(&sid, vec![used(10, 1)], vec![], None).await, Err(ChargingError::Stopped)));
+    // Nobody calls: the grant's Validity-Time runs out, and n2 adopts the session and sends the CCR-U.
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !ledger_numbers(&sim, &sid).await.to_string().contains("n2.test.localdomain") {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "the Validity-Time never fired: {}",
+            ledger_numbers(&sim, &sid).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(records(&store, "proto/diameter").await, 1, "n1 left the session's records alone");
+    b.terminate(&sid, vec![used(10, 1)]).await.unwrap();
+    let c = check(&sim).await;
+    assert_eq!(c["clean"], true, "{c}");
+    b.stop().await;
+}
