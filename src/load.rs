@@ -547,7 +547,8 @@ impl Fronts {
         let give_up = Instant::now() + RETRY_FOR;
         loop {
             let (step, answer) = self.call_once(n, method, path, &body, retry).await;
-            let again = matches!(step.http_error, None | Some(502) | Some(503)) && answer.is_none();
+            // A refusal with a Result-Code (4012…) is an answer, not something to try again.
+            let again = answer.is_none() && (step.failure.is_some() || matches!(step.http_error, Some(502 | 503)));
             if !retry || !again || Instant::now() >= give_up {
                 return (step, answer);
             }
@@ -591,10 +592,13 @@ impl Fronts {
     /// node has closed is remade once.
     async fn exchange(&mut self, at: usize, method: &str, path: &str, body: &str) -> Result<(u16, Vec<u8>), Failure> {
         let addr = self.nodes[at];
+        // Whether the request went out on a connection that then failed: if so, it may have been served.
+        let mut sent = false;
         for fresh in [false, true] {
             if fresh || self.conns[at].is_none() {
                 let stream = match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
                     Ok(Ok(s)) => s,
+                    _ if sent => return Err(Failure::Lost),
                     _ => return Err(Failure::Unreachable),
                 };
                 let _ = stream.set_nodelay(true);
@@ -611,6 +615,7 @@ impl Fronts {
                 }
                 Err(answered_nothing) => {
                     self.conns[at] = None;
+                    sent = true;
                     if !answered_nothing || fresh {
                         return Err(Failure::Lost);
                     }

@@ -228,23 +228,10 @@ async fn load_drives_a_cluster_through_its_fronts_and_moves_on_from_a_dead_node(
     // A front that is not there: the sessions it would get go to the next node.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let mut fronts = vec![dead];
-    for (i, host) in ["as1.test.localdomain", "as2.test.localdomain"].into_iter().enumerate() {
-        let mut cfg = engine_config(
-            host,
-            &[("ocs1.ocs.localdomain", sim.diameter_addr(), 1)],
-            Duration::from_secs(5),
-            Ccfh::Terminate,
-        );
-        let id = format!("n{}", i + 1);
-        cfg.replication =
-            Some(charging_ra::api::ReplicationConfig::new(store.clone(), "c1", &id, &format!("aaa://{host}:3868")));
-        let e = Engine::start(cfg).await.unwrap();
-        while !e.node_status().await.is_some_and(|s| open(&s, 0)) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let (addr, task) = serve(e.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    for i in 1..=2 {
+        let (e, addr) = clustered_front(&sim, &store, i).await;
         fronts.push(addr);
-        nodes.push((e, task));
+        nodes.push(e);
     }
     let cfg = LoadConfig {
         target: Target::Fronts { nodes: fronts, token: None },
@@ -259,15 +246,71 @@ async fn load_drives_a_cluster_through_its_fronts_and_moves_on_from_a_dead_node(
     // The records both nodes wrote, read from their /v1/status before and after.
     let (writes, _) = report.store.expect("the nodes' replication counters");
     assert!(writes >= 60 * 11, "{summary}");
-    for (e, _) in &nodes {
+    for e in &nodes {
         let s = e.replication_stats().await.unwrap();
         assert!(s.writes > 0 && s.writes < writes, "each node carried a share: {s:?}");
     }
     let c = crate::engine::check(&sim).await;
     assert_eq!(c["clean"], true, "{c}");
     assert_eq!(c["sessions"]["terminated"], 60);
-    for (e, _) in nodes {
+    for e in nodes {
         e.stop().await;
     }
+    sim.stop().await;
+}
+
+/// Node `i` of cluster c1 on `store`, connected to the simulator, and its HTTP front (served until the test's
+/// runtime ends).
+async fn clustered_front(sim: &OcsServer, store: &charging_ra::store::AnyStore, i: usize) -> (Engine, SocketAddr) {
+    let host = format!("as{i}.test.localdomain");
+    let mut cfg = engine_config(
+        &host,
+        &[("ocs1.ocs.localdomain", sim.diameter_addr(), 1)],
+        Duration::from_secs(5),
+        Ccfh::Terminate,
+    );
+    let (id, uri) = (format!("n{i}"), format!("aaa://{host}:3868"));
+    cfg.replication = Some(charging_ra::api::ReplicationConfig::new(store.clone(), "c1", &id, &uri));
+    let e = Engine::start(cfg).await.unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !e.node_status().await.is_some_and(|s| open(&s, 0)) {
+        assert!(tokio::time::Instant::now() < end, "{host} never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (addr, _task) = serve(e.clone(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    (e, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_through_fronts_does_not_retry_a_refusal() {
+    use charging_ra::load::{LoadConfig, Target};
+    use charging_ra::ocs::config::{FaultAction, FaultRule};
+    // The OCS refuses every update with 4012: an answer, which the load counts and does not try again (a retry
+    // is for a node that died, answered 502 or 503, or did not answer at all).
+    let mut ocs = OcsConfig::default();
+    ocs.faults = vec![FaultRule {
+        subscriber: None,
+        session_id: None,
+        command: Some("CCR".into()),
+        request_type: Some("update".into()),
+        request_number: None,
+        retransmission: None,
+        times: None,
+        action: FaultAction::ResultCode(4012),
+    }];
+    let sim = sim(ocs).await;
+    let store = charging_ra::store::AnyStore::memory();
+    let (e, front) = clustered_front(&sim, &store, 1).await;
+    let cfg = LoadConfig {
+        target: Target::Fronts { nodes: vec![front], token: None },
+        concurrency: 5,
+        ..LoadConfig::embedded(sim.diameter_addr(), 10, 2)
+    };
+    let report = charging_ra::load::run(cfg).await.unwrap();
+    let summary = report.summary();
+    assert_eq!(report.results.get(&2001), Some(&10), "{summary}");
+    assert_eq!(report.results.get(&4012), Some(&10), "one refused update per session, then it ends: {summary}");
+    assert!(report.elapsed < Duration::from_secs(2), "refusals were retried: {summary}");
+    e.stop().await;
     sim.stop().await;
 }
