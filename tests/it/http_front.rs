@@ -287,17 +287,19 @@ async fn load_through_fronts_does_not_retry_a_refusal() {
     use charging_ra::ocs::config::{FaultAction, FaultRule};
     // The OCS refuses every update with 4012: an answer, which the load counts and does not try again (a retry
     // is for a node that died, answered 502 or 503, or did not answer at all).
-    let mut ocs = OcsConfig::default();
-    ocs.faults = vec![FaultRule {
-        subscriber: None,
-        session_id: None,
-        command: Some("CCR".into()),
-        request_type: Some("update".into()),
-        request_number: None,
-        retransmission: None,
-        times: None,
-        action: FaultAction::ResultCode(4012),
-    }];
+    let ocs = OcsConfig {
+        faults: vec![FaultRule {
+            subscriber: None,
+            session_id: None,
+            command: Some("CCR".into()),
+            request_type: Some("update".into()),
+            request_number: None,
+            retransmission: None,
+            times: None,
+            action: FaultAction::ResultCode(4012),
+        }],
+        ..OcsConfig::default()
+    };
     let sim = sim(ocs).await;
     let store = charging_ra::store::AnyStore::memory();
     let (e, front) = clustered_front(&sim, &store, 1).await;
