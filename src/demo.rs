@@ -55,8 +55,21 @@ fn start(cluster: &mut Cluster, args: &[&str], log: &str) -> anyhow::Result<Vec<
     reader.read_line(&mut line)?;
     // Keep draining standard output, so that the process never blocks on it.
     std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    anyhow::ensure!(line.starts_with("ready "), "{} did not start (see {log}): {line:?}", args[0]);
-    Ok(line.split_whitespace().skip(1).filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect())
+    ready_fields(&line).ok_or_else(|| anyhow::anyhow!("{} did not start (see {log}): {line:?}", args[0]))
+}
+
+/// The fields of the `ready k=v …` line that `charging-ra node` and `ocs-sim` print on standard output once they
+/// serve (`ready node=n1 diameter=127.0.0.1:3868 http=127.0.0.1:8080 sip=none`); `None` for any other line.
+///
+/// ```
+/// use charging_ra::demo::ready_fields;
+/// let f = ready_fields("ready node=n1 http=127.0.0.1:8080\n").unwrap();
+/// assert_eq!(f, [("node".to_string(), "n1".to_string()), ("http".into(), "127.0.0.1:8080".into())]);
+/// assert!(ready_fields("charging-ra: the store cannot be opened").is_none());
+/// ```
+pub fn ready_fields(line: &str) -> Option<Vec<(String, String)>> {
+    let rest = line.strip_prefix("ready ")?;
+    Some(rest.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect())
 }
 
 fn addr(fields: &[(String, String)], key: &str) -> anyhow::Result<SocketAddr> {

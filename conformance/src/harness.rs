@@ -48,10 +48,7 @@ fn ready_line(child: &mut Child, what: &str) -> Result<Vec<(String, String)>, St
         let _ = std::io::copy(&mut r, &mut std::io::sink());
     });
     let line = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| format!("{what} printed no ready line"))?;
-    if !line.starts_with("ready ") {
-        return Err(format!("{what} did not start: {line:?}"));
-    }
-    Ok(line.split_whitespace().skip(1).filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect())
+    charging_ra::demo::ready_fields(&line).ok_or_else(|| format!("{what} did not start: {line:?}"))
 }
 
 fn field(fields: &[(String, String)], key: &str) -> Result<SocketAddr, String> {
