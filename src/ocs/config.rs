@@ -254,6 +254,23 @@ pub struct FaultRule {
     pub action: FaultAction,
 }
 
+impl FaultRule {
+    /// A rule that matches every request and does `action`; narrow it with the other fields
+    /// (`FaultRule { request_type: Some("update".into()), ..FaultRule::always(FaultAction::ResultCode(4012)) }`).
+    pub fn always(action: FaultAction) -> FaultRule {
+        FaultRule {
+            subscriber: None,
+            session_id: None,
+            command: None,
+            request_type: None,
+            request_number: None,
+            retransmission: None,
+            times: None,
+            action,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

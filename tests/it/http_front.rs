@@ -289,14 +289,9 @@ async fn load_through_fronts_does_not_retry_a_refusal() {
     // is for a node that died, answered 502 or 503, or did not answer at all).
     let ocs = OcsConfig {
         faults: vec![FaultRule {
-            subscriber: None,
-            session_id: None,
             command: Some("CCR".into()),
             request_type: Some("update".into()),
-            request_number: None,
-            retransmission: None,
-            times: None,
-            action: FaultAction::ResultCode(4012),
+            ..FaultRule::always(FaultAction::ResultCode(4012))
         }],
         ..OcsConfig::default()
     };

@@ -538,14 +538,9 @@ async fn a_4012_on_a_mid_call_ccr_u_ends_the_call_on_both_legs() {
     ocs.ro.rating_groups.push(rating_group(1));
     // The credit runs out at the first re-authorization.
     ocs.faults.push(FaultRule {
-        subscriber: None,
-        session_id: None,
         command: Some("CCR".into()),
         request_type: Some("update".into()),
-        request_number: None,
-        retransmission: None,
-        times: None,
-        action: FaultAction::ResultCode(4012),
+        ..FaultRule::always(FaultAction::ResultCode(4012))
     });
     let (sim, b2bua, uac, callee, counters) = charged_setup(ocs, "c1").await;
     let plan = plan(callee, b2bua.local_addr(), Duration::from_secs(10), false, None);
