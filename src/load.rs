@@ -120,7 +120,6 @@ impl LoadReport {
 
     /// The summary; the last line is `throughput: N tx/s`.
     pub fn summary(&self) -> String {
-        let results: Vec<String> = self.results.iter().map(|(rc, n)| format!("{rc}: {n}")).collect();
         let [p50, p90, p99, max] = self.latency_us;
         let store = match self.store {
             Some((writes, batches)) => format!(
@@ -131,18 +130,12 @@ impl LoadReport {
             ),
             None => String::new(),
         };
-        let http = if self.http_errors.is_empty() {
-            String::new()
-        } else {
-            let e: Vec<String> = self.http_errors.iter().map(|(s, n)| format!("{s}: {n}")).collect();
-            format!("http errors: {}\n", e.join(", "))
+        // `label: k: n, k: n` on a line of its own, or nothing when there is nothing to count.
+        let line = |label: &str, counts: String| {
+            if counts.is_empty() { String::new() } else { format!("{label}: {counts}\n") }
         };
-        let failures = if self.failures.is_empty() {
-            String::new()
-        } else {
-            let e: Vec<String> = self.failures.iter().map(|(s, n)| format!("{s}: {n}")).collect();
-            format!("without a Result-Code: {}\n", e.join(", "))
-        };
+        let http = line("http errors", counts(&self.http_errors));
+        let failures = line("without a Result-Code", counts(&self.failures));
         let cpu = match self.cpu {
             Some(cpu) => format!(
                 "cpu: {:.2} s, {:.1} us per transaction\n",
@@ -156,10 +149,15 @@ impl LoadReport {
             self.sessions,
             self.transactions,
             self.elapsed.as_secs_f64(),
-            if results.is_empty() { "none".into() } else { results.join(", ") },
+            if self.results.is_empty() { "none".into() } else { counts(&self.results) },
             self.throughput()
         )
     }
+}
+
+/// `k: n, k: n` in the map's order.
+fn counts<K: std::fmt::Display>(map: &BTreeMap<K, u64>) -> String {
+    map.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", ")
 }
 
 /// The engine configuration for a load run: one peer, every realm routed to it.
