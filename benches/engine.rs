@@ -4,7 +4,7 @@
 //!   service's update, the request built and encoded, the answer (built here as a server would) handled, the
 //!   outputs drained. What the engine's task does per transaction, without the network.
 //! - `snapshot/encode`: what a write-ahead adds per CCR: the session's snapshot, with its request in flight, as the
-//!   JSON record the store keeps.
+//!   state record the store keeps, in each encoding (`[replication] state_encoding`).
 //! - `snapshot/restore`: what an adopter does with it: the record parsed and the machine rebuilt.
 
 use std::hint::black_box;
@@ -14,6 +14,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use charging_ra::cc::{CcConfig, CcOutput, CcSession, CcSnapshot, Ccfh, Ddfh};
 use charging_ra::codec::{AppId, Avp, Message, code};
+use charging_ra::replication::{self, FORMAT, StateEncoding, StateRecord};
 use charging_ra::units::Units;
 
 fn config() -> CcConfig {
@@ -94,16 +95,24 @@ fn engine(c: &mut Criterion) {
     s.update(now, used(), vec![], None, None);
     let _ccr = sent(&mut s).expect("CCR-U");
     let wall = 1_798_000_000_000;
-    let record = serde_json::to_vec(&s.snapshot(now, wall)).unwrap();
-    g.bench_function(format!("snapshot/encode ({} octets of JSON)", record.len()), |b| {
-        b.iter(|| black_box(serde_json::to_vec(&s.snapshot(now, wall)).unwrap()))
-    });
-    g.bench_function("snapshot/restore", |b| {
-        b.iter(|| {
-            let snap: CcSnapshot = serde_json::from_slice(&record).unwrap();
-            black_box(CcSession::restore(&snap, "as2.ims.example.net", now, wall).unwrap())
-        })
-    });
+    let record = |s: &CcSession| StateRecord {
+        format: FORMAT,
+        written_by_epoch: 1,
+        written_by: "node-1".into(),
+        state: s.snapshot(now, wall),
+    };
+    for (name, encoding) in [("json", StateEncoding::Json), ("binary", StateEncoding::Binary)] {
+        let bytes = replication::encode_state(&record(&s), encoding);
+        g.bench_function(format!("snapshot/encode {name} ({} octets)", bytes.len()), |b| {
+            b.iter(|| black_box(replication::encode_state(&record(&s), encoding)))
+        });
+        g.bench_function(format!("snapshot/restore {name}"), |b| {
+            b.iter(|| {
+                let r: StateRecord<CcSnapshot> = replication::decode(&bytes).unwrap();
+                black_box(CcSession::restore(&r.state, "as2.ims.example.net", now, wall).unwrap())
+            })
+        });
+    }
     g.finish();
 }
 

@@ -62,6 +62,15 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Print the records of a SQLite store whose keys start with a prefix, one per line: key, version, and the
+    /// record as JSON (binary state records decoded). Reads while nodes run; writes nothing.
+    DumpStore {
+        /// The SQLite file (`[store] path`).
+        file: std::path::PathBuf,
+        /// Only keys starting with this (e.g. `default/state/`); all by default.
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
     /// Check a configuration file (syntax, unknown keys, ranges, dictionaries) and print the effective
     /// configuration: every default filled in and the CHARGING_RA_* environment overrides applied.
     CheckConfig {
@@ -112,6 +121,7 @@ pub fn main() -> ExitCode {
         Command::Decode { hex, file, dictionaries, config, .. } => decode(hex, file, &dictionaries, config.as_deref()),
         Command::Load(args) => load(args),
         Command::CheckConfig { file } => check_config(&file),
+        Command::DumpStore { file, prefix } => dump_store(&file, &prefix),
         Command::Node { config, log_json } => node(&config, log_json),
         Command::OcsSim {
             listen,
@@ -389,6 +399,9 @@ struct LoadArgs {
     /// Replicate every session: off, memory, or sqlite (a fresh database file in the temporary directory).
     #[arg(long, default_value = "off")]
     replication: String,
+    /// How replicated session state is written: binary or json (`[replication] state_encoding`).
+    #[arg(long, default_value = "binary")]
+    state_encoding: String,
     /// Start transactions at this rate per second (open loop; latency counts from when each was due), for
     /// latency at a given load; without it, as fast as the concurrency allows.
     #[arg(long)]
@@ -412,6 +425,7 @@ fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
         duration,
         app,
         replication,
+        state_encoding,
         rate,
         threads,
     } = args;
@@ -424,6 +438,11 @@ fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
         "ro" => App::Ro,
         "gx" => App::Gx,
         other => bail!("--app {other:?}: use ro or gx"),
+    };
+    let state_encoding = match state_encoding.as_str() {
+        "binary" => charging_ra::replication::StateEncoding::Binary,
+        "json" => charging_ra::replication::StateEncoding::Json,
+        other => bail!("--state-encoding {other:?}: use binary or json"),
     };
     let mut db = None;
     let replication = match replication.as_str() {
@@ -438,7 +457,7 @@ fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
         other => bail!("--replication {other:?}: use off, memory or sqlite"),
     };
     let target = match ocs {
-        Some(ocs) => charging_ra::load::Target::Embedded { ocs, realm, replication },
+        Some(ocs) => charging_ra::load::Target::Embedded { ocs, realm, replication, state_encoding },
         None => {
             anyhow::ensure!(
                 replication.is_none(),
@@ -622,4 +641,23 @@ fn decode_samples() -> anyhow::Result<ExitCode> {
 
 fn demo() -> anyhow::Result<ExitCode> {
     Ok(if charging_ra::demo::run()? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn dump_store(file: &std::path::Path, prefix: &str) -> anyhow::Result<ExitCode> {
+    use charging_ra::store::Store;
+    anyhow::ensure!(file.exists(), "{}: no such file", file.display());
+    let store = charging_ra::store::SqliteStore::open(file, std::time::Duration::from_secs(5))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let records = rt.block_on(store.scan_prefix(prefix))?;
+    let mut out = std::io::stdout().lock();
+    let mut unreadable = 0;
+    for (key, v) in records {
+        use std::io::Write;
+        let json = charging_ra::api::record_json(&v.value).unwrap_or_else(|e| {
+            unreadable += 1;
+            serde_json::json!({ "unreadable": e.to_string() })
+        });
+        writeln!(out, "{key} {} {json}", v.version)?;
+    }
+    Ok(if unreadable == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -376,6 +376,9 @@ pub struct ReplicationSection {
     pub record_ttl: std::time::Duration,
     /// Most sessions waiting to be written while the store is unreachable.
     pub backlog_limit: usize,
+    /// How credit-control session state is written: `binary` (the default) or `json`, which releases before binary
+    /// state records need to adopt sessions (docs/replication.md, "Rolling upgrades").
+    pub state_encoding: crate::replication::StateEncoding,
     /// Per application: replicate sessions from creation (else only after `start_replicating`).
     pub replicate_by_default: ReplicateByDefault,
 }
@@ -429,6 +432,7 @@ impl ReplicationSection {
         r.lease_ttl = self.lease_ttl;
         r.record_ttl = self.record_ttl;
         r.backlog_limit = self.backlog_limit;
+        r.state_encoding = self.state_encoding;
         r
     }
 }
@@ -443,6 +447,7 @@ impl Default for ReplicationSection {
             lease_ttl: std::time::Duration::from_secs(2),
             record_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
             backlog_limit: 100_000,
+            state_encoding: crate::replication::StateEncoding::default(),
             replicate_by_default: ReplicateByDefault::default(),
         }
     }

@@ -31,6 +31,8 @@ pub enum Target {
         realm: String,
         /// Replicate every session to this store (write-ahead of each CCR, write-behind of the rest).
         replication: Option<crate::store::AnyStore>,
+        /// How the session state records are written.
+        state_encoding: crate::replication::StateEncoding,
     },
     /// Through the HTTP fronts of running nodes (`charging-ra node`), which talk to their own peers and replicate
     /// as configured. Session `n` opens on node `n mod N` and its later calls go to the same node; when a node
@@ -72,7 +74,12 @@ impl LoadConfig {
     /// `localdomain`, Ro, no replication, no hold, unpaced).
     pub fn embedded(ocs: SocketAddr, sessions: u64, updates: u32) -> LoadConfig {
         LoadConfig {
-            target: Target::Embedded { ocs, realm: "localdomain".into(), replication: None },
+            target: Target::Embedded {
+                ocs,
+                realm: "localdomain".into(),
+                replication: None,
+                state_encoding: Default::default(),
+            },
             sessions,
             concurrency: 100,
             updates,
@@ -161,7 +168,12 @@ fn counts<K: std::fmt::Display>(map: &BTreeMap<K, u64>) -> String {
 }
 
 /// The engine configuration for a load run: one peer, every realm routed to it.
-pub fn engine_config(ocs: SocketAddr, realm: &str, replication: Option<crate::store::AnyStore>) -> EngineConfig {
+pub fn engine_config(
+    ocs: SocketAddr,
+    realm: &str,
+    replication: Option<crate::store::AnyStore>,
+    state_encoding: crate::replication::StateEncoding,
+) -> EngineConfig {
     let mut local = LocalIdentity::charging_client("load.localdomain", "localdomain", 0);
     local.applications =
         vec![Application::Auth(AppId::CREDIT_CONTROL), Application::VendorAuth(VendorId::TGPP, AppId::GX)];
@@ -172,8 +184,11 @@ pub fn engine_config(ocs: SocketAddr, realm: &str, replication: Option<crate::st
     peer.reconnect_initial = Duration::from_millis(200);
     let node =
         NodeConfig::new(router, vec![PeerEndpoint { config: peer, address: Some(ocs), tls: false, server_name: None }]);
-    let replication = replication
-        .map(|store| crate::api::ReplicationConfig::new(store, "load", "load", "aaa://load.localdomain:3868"));
+    let replication = replication.map(|store| {
+        let mut r = crate::api::ReplicationConfig::new(store, "load", "load", "aaa://load.localdomain:3868");
+        r.state_encoding = state_encoding;
+        r
+    });
     let mut engine = EngineConfig::new(node, AppSettings::new(realm), AppSettings::new(realm));
     engine.replication = replication;
     engine
@@ -193,8 +208,8 @@ pub enum LoadError {
 /// Runs the load and returns what it measured.
 pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
     let engine = match &cfg.target {
-        Target::Embedded { ocs, realm, replication } => {
-            let engine = Engine::start(engine_config(*ocs, realm, replication.clone())).await?;
+        Target::Embedded { ocs, realm, replication, state_encoding } => {
+            let engine = Engine::start(engine_config(*ocs, realm, replication.clone(), *state_encoding)).await?;
             let ready = Instant::now() + Duration::from_secs(10);
             while !engine.node_status().await.is_some_and(|s| s.peers.first().is_some_and(|p| p.available)) {
                 if Instant::now() > ready {

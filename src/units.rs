@@ -54,28 +54,63 @@ const UNIT_VALUE: u32 = 445;
 const VALUE_DIGITS: u32 = 447;
 const EXPONENT: u32 = 429;
 
-/// An amount of each kind; absent kinds are "none given".
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// An amount of each kind; absent kinds are "none given". In JSON, the kinds given, by name; in a binary record,
+/// all six in order ([`crate::replication::StateEncoding::Binary`]: a positional format cannot leave one out).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Units {
     /// Seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<u64>,
     /// Octets both ways.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_octets: Option<u64>,
     /// Octets from the user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_octets: Option<u64>,
     /// Octets to the user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_octets: Option<u64>,
     /// Service-specific units (events, messages…).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub units: Option<u64>,
     /// Money, in hundredths of the currency unit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub money: Option<u64>,
+}
+
+/// The JSON shape of [`Units`] (serde's remote derive: the compiler checks it names the same fields).
+#[derive(Deserialize, Serialize)]
+#[serde(remote = "Units", deny_unknown_fields)]
+struct UnitsJson {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    total_octets: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    input_octets: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    output_octets: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    units: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    money: Option<u64>,
+}
+
+type UnitsTuple = (Option<u64>, Option<u64>, Option<u64>, Option<u64>, Option<u64>, Option<u64>);
+
+impl Serialize for Units {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            UnitsJson::serialize(self, s)
+        } else {
+            (self.time, self.total_octets, self.input_octets, self.output_octets, self.units, self.money).serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Units {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            UnitsJson::deserialize(d)
+        } else {
+            let (time, total_octets, input_octets, output_octets, units, money) = UnitsTuple::deserialize(d)?;
+            Ok(Units { time, total_octets, input_octets, output_octets, units, money })
+        }
+    }
 }
 
 impl Units {

@@ -10,7 +10,7 @@ pub mod http;
 pub mod metrics;
 mod replica;
 
-pub use replica::{ReplicationConfig, ReplicationStats};
+pub use replica::{ReplicationConfig, ReplicationStats, record_json};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -1471,9 +1471,10 @@ impl Driver {
             return waiting.push(work);
         }
         self.loading.insert(sid.clone(), vec![work]);
-        let (own, ttl, tx) = (repl.own.clone(), repl.cfg.record_ttl, self.net_tx.clone());
+        let (own, ttl, encoding, tx) =
+            (repl.own.clone(), repl.cfg.record_ttl, repl.cfg.state_encoding, self.net_tx.clone());
         tokio::spawn(async move {
-            let r = replica::load(own, sid.clone(), ttl).await;
+            let r = replica::load(own, sid.clone(), ttl, encoding).await;
             let _ = tx.send(Net::Loaded(sid, Box::new(r)));
         });
     }

@@ -30,7 +30,9 @@ use super::{ChargingError, Outcome};
 use crate::cc::{CcSession, CcSnapshot};
 use crate::codec::Message;
 use crate::ownership::{Ownership, OwnershipError, Resolution};
-use crate::replication::{self, ConvergenceRecord, FORMAT, NodeIdentity, ProtocolRecord, StateRecord, keys};
+use crate::replication::{
+    self, ConvergenceRecord, FORMAT, NodeIdentity, ProtocolRecord, StateEncoding, StateRecord, keys,
+};
 use crate::store::{AnyStore, Expect, Store, StoreError, Write};
 
 /// How an engine replicates (`[replication]` and `[store]` in the config).
@@ -58,6 +60,8 @@ pub struct ReplicationConfig {
     pub record_ttl: Duration,
     /// Most sessions waiting to be written while the store is unreachable.
     pub backlog_limit: usize,
+    /// How session state records are written.
+    pub state_encoding: StateEncoding,
 }
 
 impl ReplicationConfig {
@@ -76,6 +80,7 @@ impl ReplicationConfig {
             lease_ttl: Duration::from_secs(2),
             record_ttl: Duration::from_secs(7 * 24 * 3600),
             backlog_limit: 100_000,
+            state_encoding: StateEncoding::default(),
         }
     }
 }
@@ -238,12 +243,23 @@ pub(super) struct Resync {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(super) struct SessionState {
     pub cc: CcSnapshot,
-    #[serde(default)]
+    /// [`Outcome`] leaves empty fields out of its JSON (the HTTP front's), so a binary record holds it as JSON.
+    #[serde(default, with = "replication::json_in_binary")]
     pub done: Vec<(String, Outcome)>,
     /// The idempotency key of the call whose request is in flight: the same call retried on the adopter waits for
     /// that request's (resent) answer instead of reporting its usage a second time.
     #[serde(default)]
     pub in_flight_key: Option<String>,
+}
+
+/// Any record of the store as JSON, whichever way it was written: a binary credit-control state record is decoded
+/// to the JSON it would have been (`charging-ra dump-store`, tests). Refuses what no release wrote, or a newer one.
+pub fn record_json(bytes: &[u8]) -> Result<serde_json::Value, replication::RecordError> {
+    if bytes.first() == Some(&replication::BINARY_MARKER) {
+        let r: StateRecord<SessionState> = replication::decode(bytes)?;
+        return serde_json::to_value(&r).map_err(|e| replication::RecordError::Unreadable(e.to_string()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| replication::RecordError::Unreadable(e.to_string()))
 }
 
 /// A session as loaded from the store by [`load`].
@@ -567,7 +583,7 @@ impl Repl {
         recs.push(Rec::State);
         writes.push(Write {
             key: key(Rec::State),
-            value: Some(replication::encode(&state)),
+            value: Some(replication::encode_state(&state, self.cfg.state_encoding)),
             expect: expect(Rec::State),
             ttl,
         });
@@ -668,8 +684,7 @@ impl Repl {
                 ours.push((Rec::Proto, mine.then_some(v.version)));
             }
             if let Some(v) = store.get(&state_key(&cluster, &convergence, &sid)).await? {
-                let s: StateRecord<serde_json::Value> =
-                    replication::decode(&v.value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let s = replication::decode_state_header(&v.value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let mine = s.written_by == me.node && s.written_by_epoch == epoch;
                 foreign |= !mine;
                 ours.push((Rec::State, mine.then_some(v.version)));
@@ -685,6 +700,7 @@ pub(super) async fn load(
     own: Arc<Ownership<AnyStore>>,
     sid: String,
     record_ttl: Duration,
+    encoding: StateEncoding,
 ) -> Result<Loaded, LoadError> {
     let cluster = own.cluster().to_string();
     let (convergence, epoch, conv_version, proto_version, adopted_from) =
@@ -719,7 +735,8 @@ pub(super) async fn load(
         }
         rec.written_by_epoch = epoch;
         rec.written_by = own.me().node.clone();
-        match own.store().put(&skey, replication::encode(&rec), Expect::Version(v.version), Some(record_ttl)).await {
+        let stamped = replication::encode_state(&rec, encoding);
+        match own.store().put(&skey, stamped, Expect::Version(v.version), Some(record_ttl)).await {
             Ok(state_version) => {
                 let state = rec.state;
                 return Ok(Loaded {
@@ -743,7 +760,72 @@ pub(super) async fn load(
 
 #[cfg(test)]
 mod tests {
-    use super::hint_stale;
+    use super::{SessionState, hint_stale};
+    use crate::api::{EventResult, Grant, Outcome, Policy};
+    use crate::cc::{CcConfig, CcSession, CcState, FinalUnit};
+    use crate::replication::{self, FORMAT, StateEncoding, StateRecord};
+
+    #[test]
+    fn idempotency_outcomes_read_back_from_either_encoding() {
+        // Outcome leaves empty fields out of its JSON; inside a binary record it travels as JSON, so both the
+        // sparse and the full shapes must come back whole.
+        let cfg = CcConfig {
+            application: crate::codec::AppId::CREDIT_CONTROL,
+            origin_host: "as1.example.net".into(),
+            origin_realm: "example.net".into(),
+            destination_realm: "ocs.example.net".into(),
+            destination_host: None,
+            service_context_id: "32260@3gpp.org".into(),
+            tx: std::time::Duration::from_secs(10),
+            ccfh: crate::cc::Ccfh::Terminate,
+            ddfh: crate::cc::Ddfh::TerminateOrBuffer,
+            subscription: None,
+        };
+        let cc = CcSession::new(cfg, "as1;7".into()).snapshot(std::time::Instant::now(), 1_795_770_000_000);
+        let sparse = Outcome {
+            session_id: "as1;7".into(),
+            result_code: None,
+            granted: vec![],
+            ccfh: None,
+            state: CcState::PendingU,
+            convergence: None,
+            policy: None,
+            event: None,
+        };
+        let full = Outcome {
+            result_code: Some(2001),
+            granted: vec![Grant {
+                rating_group: Some(10),
+                granted: crate::units::Units { time: Some(300), ..Default::default() },
+                validity_time: Some(60),
+                threshold: crate::units::Units { time: Some(30), ..Default::default() },
+                final_unit: Some(FinalUnit::RestrictAccess(vec!["walled-garden".into()])),
+                result_code: 2001,
+            }],
+            ccfh: Some("CCFH CONTINUE after Tx".into()),
+            state: CcState::Open,
+            convergence: Some("call-7".into()),
+            policy: Some(Policy {
+                rules_installed: vec!["r1".into()],
+                rules_removed: vec![],
+                event_triggers: vec![13],
+            }),
+            event: Some(EventResult { check_balance_result: Some(0), cost: Some(-5), granted: None }),
+            ..sparse.clone()
+        };
+        let state = SessionState {
+            cc,
+            done: vec![("k1".into(), sparse), ("k2".into(), full)],
+            in_flight_key: Some("k3".into()),
+        };
+        let record = StateRecord { format: FORMAT, written_by_epoch: 2, written_by: "node-b".into(), state };
+        let want = serde_json::to_value(&record).unwrap();
+        for encoding in [StateEncoding::Json, StateEncoding::Binary] {
+            let bytes = replication::encode_state(&record, encoding);
+            let back: StateRecord<SessionState> = replication::decode(&bytes).unwrap();
+            assert_eq!(serde_json::to_value(&back).unwrap(), want, "{encoding:?}");
+        }
+    }
 
     #[test]
     fn a_hint_is_rewritten_only_when_late_or_past() {

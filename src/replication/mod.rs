@@ -147,20 +147,152 @@ pub enum RecordError {
         /// The format found.
         found: u32,
     },
+    /// A binary record written by a newer release.
+    #[error("binary record layout {found} is newer than this release reads ({BINARY_LAYOUT}); upgrade this node")]
+    TooNewLayout {
+        /// The layout found.
+        found: u8,
+    },
 }
 
-/// Encodes a record (JSON: readable in the store, tolerant of added fields across releases).
+/// Encodes a record as JSON: readable in the store, tolerant of added fields across releases. Every record but a
+/// credit-control session's state is written so; that one is the hot path's ([`encode_state`]).
 pub fn encode<T: Serialize>(record: &T) -> bytes::Bytes {
     bytes::Bytes::from(serde_json::to_vec(record).expect("records serialize"))
 }
 
-/// Decodes a record and checks its format.
+/// How state records are written (`[replication] state_encoding`). Readers take both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateEncoding {
+    /// Positional binary: [`BINARY_MARKER`], [`BINARY_LAYOUT`], then the record in postcard's wire format (stable
+    /// since postcard 1.0). About half the size of JSON and a fraction of its encoding time: no field names, no
+    /// escaping, messages as raw bytes instead of base64.
+    #[default]
+    Binary,
+    /// JSON, readable with `sqlite3`. Releases before binary state records read only this: a cluster that still
+    /// runs one sets it until every node is upgraded.
+    Json,
+}
+
+/// The first byte of a binary record. No JSON text starts with it (JSON starts with `{` or whitespace), so a reader
+/// tells the two apart from the first byte.
+pub const BINARY_MARKER: u8 = 0xB7;
+
+/// The layout of binary records this release writes, and the newest it reads: the record's types as this release
+/// defines them, field by field in order. Binary records have no field names, so adding, removing or reordering a
+/// field anywhere inside a state record is a new layout, and a reader refuses layouts newer than its own.
+pub const BINARY_LAYOUT: u8 = 1;
+
+/// Encodes a state record the given way.
+pub fn encode_state<T: Serialize>(record: &StateRecord<T>, encoding: StateEncoding) -> bytes::Bytes {
+    match encoding {
+        StateEncoding::Json => encode(record),
+        StateEncoding::Binary => {
+            let mut out = Vec::with_capacity(512);
+            out.extend_from_slice(&[BINARY_MARKER, BINARY_LAYOUT]);
+            bytes::Bytes::from(postcard::to_extend(record, out).expect("records serialize"))
+        }
+    }
+}
+
+/// The binary body of a record, after its marker and layout; `None` for JSON.
+fn binary_body(bytes: &[u8]) -> Result<Option<&[u8]>, RecordError> {
+    match bytes {
+        [BINARY_MARKER, layout, body @ ..] if *layout <= BINARY_LAYOUT => Ok(Some(body)),
+        [BINARY_MARKER, layout, ..] => Err(RecordError::TooNewLayout { found: *layout }),
+        [BINARY_MARKER] => Err(RecordError::Unreadable("a binary record with no layout".into())),
+        _ => Ok(None),
+    }
+}
+
+/// Decodes a record, JSON or binary, and checks its format.
 pub fn decode<T: for<'de> Deserialize<'de> + Formatted>(bytes: &[u8]) -> Result<T, RecordError> {
-    let r: T = serde_json::from_slice(bytes).map_err(|e| RecordError::Unreadable(e.to_string()))?;
+    let r: T = match binary_body(bytes)? {
+        Some(body) => postcard::from_bytes(body).map_err(|e| RecordError::Unreadable(format!("binary record: {e}")))?,
+        None => serde_json::from_slice(bytes).map_err(|e| RecordError::Unreadable(e.to_string()))?,
+    };
     if r.format() > FORMAT {
         return Err(RecordError::TooNew { found: r.format() });
     }
     Ok(r)
+}
+
+/// What every state record starts with: who wrote it, at which epoch. Read without the snapshot (which may be of a
+/// protocol this node does not know).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct StateHeader {
+    /// Record format.
+    pub format: u32,
+    /// The writer's epoch of the convergence record.
+    pub written_by_epoch: u64,
+    /// The writer's node id.
+    pub written_by: String,
+}
+
+/// Reads the header of a state record, JSON or binary.
+pub fn decode_state_header(bytes: &[u8]) -> Result<StateHeader, RecordError> {
+    let h: StateHeader = match binary_body(bytes)? {
+        // The header's fields are the record's first three, in the same order: the rest is left unread.
+        Some(body) => {
+            postcard::take_from_bytes(body).map_err(|e| RecordError::Unreadable(format!("binary record: {e}")))?.0
+        }
+        None => serde_json::from_slice(bytes).map_err(|e| RecordError::Unreadable(e.to_string()))?,
+    };
+    if h.format > FORMAT {
+        return Err(RecordError::TooNew { found: h.format });
+    }
+    Ok(h)
+}
+
+/// For a field whose type writes JSON its own way (fields left out when empty, which a positional format cannot
+/// read back): JSON text inside a binary record, the type as is in a JSON one.
+pub mod json_in_binary {
+    use serde::{Deserializer, Serialize, Serializer, de::DeserializeOwned};
+
+    /// Serializes `v`.
+    pub fn serialize<T: Serialize, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            v.serialize(s)
+        } else {
+            s.serialize_bytes(&serde_json::to_vec(v).map_err(serde::ser::Error::custom)?)
+        }
+    }
+
+    /// Deserializes what [`serialize`] wrote.
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        if d.is_human_readable() {
+            T::deserialize(d)
+        } else {
+            serde_json::from_slice(&super::byte_buf(d)?).map_err(serde::de::Error::custom)
+        }
+    }
+}
+
+/// Reads bytes a binary serializer wrote with `serialize_bytes`, in one piece (serde reads a `Vec<u8>` as a
+/// sequence of numbers, one call per byte).
+pub fn byte_buf<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    struct Buf;
+    impl<'de> serde::de::Visitor<'de> for Buf {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("bytes")
+        }
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+            Ok(v)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+            while let Some(b) = seq.next_element()? {
+                v.push(b);
+            }
+            Ok(v)
+        }
+    }
+    d.deserialize_byte_buf(Buf)
 }
 
 /// Records with a format field.

@@ -257,6 +257,7 @@ async fn load_driver_runs_sessions_and_prints_throughput_last() {
                 ocs: sim.diameter_addr(),
                 realm: OCS_REALM.into(),
                 replication: replication.clone(),
+                state_encoding: Default::default(),
             },
             concurrency: 20,
             ..LoadConfig::embedded(sim.diameter_addr(), 300, 2)
@@ -286,7 +287,12 @@ async fn load_driver_runs_sessions_and_prints_throughput_last() {
     }
     // Paced: 300 transactions at 1,000/s take at least 0.3 s, whatever the concurrency could do.
     let cfg = LoadConfig {
-        target: Target::Embedded { ocs: sim.diameter_addr(), realm: OCS_REALM.into(), replication: None },
+        target: Target::Embedded {
+            ocs: sim.diameter_addr(),
+            realm: OCS_REALM.into(),
+            replication: None,
+            state_encoding: Default::default(),
+        },
         concurrency: 20,
         rate: Some(1000.0),
         ..LoadConfig::embedded(sim.diameter_addr(), 100, 1)

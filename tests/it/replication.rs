@@ -272,8 +272,19 @@ async fn start_replicating_on_request_and_sessions_continue_through_a_store_outa
     }
     let states = store.scan_prefix(&format!("{CLUSTER}/state/")).await.unwrap();
     let mine = states.iter().find(|(k, _)| k.ends_with(&sid)).expect("state record");
-    let rec: serde_json::Value = serde_json::from_slice(&mine.1.value).unwrap();
+    assert_eq!(mine.1.value.first(), Some(&charging_ra::replication::BINARY_MARKER), "binary by default");
+    let rec = charging_ra::api::record_json(&mine.1.value).unwrap();
     assert_eq!(rec["state"]["cc"]["next_number"], 4, "{rec}");
+    // An operator reads the same with `charging-ra dump-store`, while the node runs.
+    let dump = std::process::Command::new(env!("CARGO_BIN_EXE_charging-ra"))
+        .args(["dump-store", path.to_str().unwrap(), "--prefix", &format!("{CLUSTER}/state/")])
+        .output()
+        .unwrap();
+    assert!(dump.status.success(), "{dump:?}");
+    let line = String::from_utf8(dump.stdout).unwrap();
+    let line = line.lines().find(|l| l.contains(&sid)).expect("the session's state in the dump").to_string();
+    let json: serde_json::Value = serde_json::from_str(line.splitn(3, ' ').nth(2).unwrap()).unwrap();
+    assert_eq!(json, rec);
     e.terminate(&sid, vec![]).await.unwrap();
     e.terminate(&other.session_id, vec![]).await.unwrap();
     assert_eq!(check(&sim).await["clean"], true);

@@ -90,8 +90,10 @@ pub(super) fn sqlite_file_moved_then_catches_up(ctx: &mut Ctx) -> Result<(), Str
     // What the store holds is the session as it is now (its next request number is 4), not as it was.
     let store = ctx.store()?;
     let states = ctx.rt.block_on(store.scan_prefix("conformance/state/")).map_err(|e| e.to_string())?;
-    let text: Vec<String> = states.iter().map(|(_, v)| String::from_utf8_lossy(&v.value).into_owned()).collect();
-    ensure(text.len() == 1 && text[0].contains("\"next_number\":4"), "the state written is the latest", &json!(text))?;
+    let recs: Vec<_> = states.iter().map(|(_, v)| charging_ra::api::record_json(&v.value)).collect::<Result<_, _>>();
+    let recs = recs.map_err(|e| e.to_string())?;
+    let latest = recs.len() == 1 && recs[0]["state"]["cc"]["next_number"] == 4;
+    ensure(latest, "the state written is the latest", &json!(recs))?;
     node.terminate(&sid, 1)?;
     let fresh = numbering(&requests(&ocs, &sid)?)?;
     ensure(fresh == [0, 1, 2, 3, 4], "every number once, in order", &json!(fresh))?;
