@@ -90,7 +90,7 @@ pub(super) fn sqlite_file_moved_then_catches_up(ctx: &mut Ctx) -> Result<(), Str
     // What the store holds is the session as it is now (its next request number is 4), not as it was.
     let store = ctx.store()?;
     let states = ctx.rt.block_on(store.scan_prefix("conformance/state/")).map_err(|e| e.to_string())?;
-    let recs: Vec<_> = states.iter().map(|(_, v)| charging_ra::api::record_json(&v.value)).collect::<Result<_, _>>();
+    let recs: Result<Vec<_>, _> = states.iter().map(|(_, v)| charging_ra::api::record_json(&v.value)).collect();
     let recs = recs.map_err(|e| e.to_string())?;
     let latest = recs.len() == 1 && recs[0]["state"]["cc"]["next_number"] == 4;
     ensure(latest, "the state written is the latest", &json!(recs))?;
