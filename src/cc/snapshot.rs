@@ -46,7 +46,7 @@ enum QueuedSnapshot {
 /// Encoded Diameter bytes: raw in a binary record, base64 text in a JSON one (a JSON array of numbers would triple a
 /// snapshot's size and its encoding time).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Encoded(Vec<u8>);
+pub struct Encoded(Bytes);
 
 impl Serialize for Encoded {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -72,10 +72,11 @@ impl<'de> Deserialize<'de> for Encoded {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use base64::Engine;
         if !d.is_human_readable() {
-            return crate::replication::byte_buf(d).map(Encoded);
+            return crate::replication::byte_buf(d).map(|v| Encoded(v.into()));
         }
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map(Encoded).map_err(serde::de::Error::custom)
+        let b64 = base64::engine::general_purpose::STANDARD;
+        b64.decode(text.as_bytes()).map(|v| Encoded(v.into())).map_err(serde::de::Error::custom)
     }
 }
 
@@ -136,11 +137,11 @@ fn from_ms(ms: Option<u64>, now: Instant, wall_ms: u64) -> Option<Instant> {
 }
 
 fn enc(m: &Message) -> Encoded {
-    Encoded(m.encode().map(|b| b.to_vec()).unwrap_or_default())
+    Encoded(m.encode().unwrap_or_default())
 }
 
 fn dec(b: &Encoded) -> Result<Message, SnapshotError> {
-    Message::decode(Bytes::copy_from_slice(&b.0)).map_err(|e| SnapshotError::BadMessage(e.to_string()))
+    Message::decode(b.0.clone()).map_err(|e| SnapshotError::BadMessage(e.to_string()))
 }
 
 fn enc_avps(avps: &[Avp]) -> Vec<Encoded> {
@@ -148,7 +149,7 @@ fn enc_avps(avps: &[Avp]) -> Vec<Encoded> {
         .map(|a| {
             let mut b = bytes::BytesMut::new();
             a.encode_into(&mut b);
-            Encoded(b.to_vec())
+            Encoded(b.freeze())
         })
         .collect()
 }
@@ -157,7 +158,7 @@ fn dec_avps(list: &[Encoded]) -> Result<Vec<Avp>, SnapshotError> {
     list.iter()
         .map(|b| {
             // A wrapper whose payload is the AVP's bytes lets the bounded Grouped parser read it back.
-            let wrapper = Avp::mandatory(0, Bytes::copy_from_slice(&b.0));
+            let wrapper = Avp::mandatory(0, b.0.clone());
             wrapper
                 .grouped_avps()
                 .map_err(|e| SnapshotError::BadMessage(e.to_string()))?

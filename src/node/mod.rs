@@ -2,7 +2,7 @@
 //! timers and the application's requests. One task owns the router; connection tasks and the application talk
 //! to it through channels, so every protocol decision stays in the deterministic core.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -401,8 +401,8 @@ impl DiameterNode {
         let driver = Driver {
             router,
             endpoints: config.peers.clone(),
-            conns: HashMap::new(),
-            tokens: HashMap::new(),
+            conns: FxHashMap::default(),
+            tokens: FxHashMap::default(),
             next_token: 1,
             events_tx,
             conn_tx,
@@ -487,8 +487,9 @@ impl DiameterNode {
 struct Driver {
     router: Router,
     endpoints: Vec<PeerEndpoint>,
-    conns: HashMap<ConnId, Connection>,
-    tokens: HashMap<RequestToken, Reply>,
+    // Keyed by identifiers this node makes: FxHash.
+    conns: FxHashMap<ConnId, Connection>,
+    tokens: FxHashMap<RequestToken, Reply>,
     next_token: RequestToken,
     events_tx: mpsc::UnboundedSender<Event>,
     conn_tx: mpsc::UnboundedSender<ConnEvent>,

@@ -10,6 +10,8 @@ mod dup;
 mod realm;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -196,10 +198,12 @@ pub struct Router {
     metrics: Vec<PeerMetrics>,
     table: RealmTable,
     /// Connections and the peer they belong to; `None` until the CER names it.
-    conns: HashMap<ConnId, Option<PeerId>>,
+    // FxHash for the tables keyed by identifiers this node makes (connections, request ids, the Hop-by-Hop ids of
+    // its own requests); SipHash for `incoming`, keyed by what peers send.
+    conns: FxHashMap<ConnId, Option<PeerId>>,
     next_key: u64,
-    requests: HashMap<u64, Pending>,
-    by_hop: HashMap<(PeerId, HopByHopId), u64>,
+    requests: FxHashMap<u64, Pending>,
+    by_hop: FxHashMap<(PeerId, HopByHopId), u64>,
     deadlines: BTreeMap<(Instant, u64), ()>,
     incoming: HashMap<(PeerId, HopByHopId), Incoming>,
     /// New requests are being refused with 3004 (`max_incoming` reached).
@@ -234,10 +238,10 @@ impl Router {
             dict,
             e2e,
             table,
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             next_key: 1,
-            requests: HashMap::new(),
-            by_hop: HashMap::new(),
+            requests: FxHashMap::default(),
+            by_hop: FxHashMap::default(),
             deadlines: BTreeMap::new(),
             incoming: HashMap::new(),
             refusing: false,
