@@ -1640,6 +1640,8 @@ impl Driver {
         if due.is_empty() && repl.ending.is_empty() {
             return;
         }
+        // One reading of the wall clock for the whole batch: snapshots' deadlines and the timer hints.
+        let wall = replica::wall_ms();
         let mut writes = Vec::new();
         let mut parts = Vec::new();
         for sid in due {
@@ -1651,11 +1653,10 @@ impl Driver {
                     .and_then(|t| e.waiters.iter().find(|(k, _)| *k == t).map(|(_, w)| w))
                     .and_then(|w| w.key.as_deref())
                     .or(e.resumed_key.as_deref());
-            let (kind, records, w) = repl.writes(&sid, r, Some((&e.cc, &e.done, in_flight_key)), now);
+            let (kind, records, w) = repl.writes(&sid, r, Some((&e.cc, &e.done, in_flight_key)), (now, wall));
             r.in_flight = true;
             let carries_state = records.contains(&replica::Rec::State);
             // The session's earliest deadline as a hint for survivors, written with the state that holds it.
-            let wall = replica::wall_ms();
             let hint = e.cc.poll_timeout().map(|t| wall + t.saturating_duration_since(now).as_millis() as u64);
             let mut extra = Vec::new();
             if carries_state && replica::hint_stale(r.hint_ms, hint, wall) {
@@ -1681,7 +1682,7 @@ impl Driver {
             parts.push(part);
         }
         for (sid, r) in std::mem::take(&mut repl.ending) {
-            let (kind, records, w) = repl.writes(&sid, &r, None, now);
+            let (kind, records, w) = repl.writes(&sid, &r, None, (now, wall));
             if w.is_empty() {
                 continue;
             }

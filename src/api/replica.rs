@@ -382,7 +382,8 @@ pub(super) fn hint_stale(written: Option<u64>, deadline: Option<u64>, wall: u64)
 
 /// The protocol key of a Diameter session's state under its convergence name.
 fn state_key(cluster: &str, convergence: &str, sid: &str) -> String {
-    keys::state(cluster, convergence, &format!("diameter/{sid}"))
+    // keys::state(cluster, convergence, "diameter/<sid>"), in one allocation.
+    [cluster, "/state/", convergence, "/diameter/", sid].concat()
 }
 
 impl Repl {
@@ -514,7 +515,7 @@ impl Repl {
         sid: &str,
         r: &Replica,
         session: Option<Live<'_>>,
-        now: Instant,
+        (now, wall): (Instant, u64),
     ) -> (PartKind, Vec<Rec>, Vec<Write>) {
         let cluster = &self.cfg.cluster;
         let ttl = Some(self.cfg.record_ttl);
@@ -575,7 +576,7 @@ impl Repl {
             written_by_epoch: r.epoch,
             written_by: self.cfg.node_id.clone(),
             state: SessionState {
-                cc: cc.snapshot(now, wall_ms()),
+                cc: cc.snapshot(now, wall),
                 done: done.iter().cloned().collect(),
                 in_flight_key: in_flight_key.map(str::to_string),
             },
@@ -764,6 +765,13 @@ mod tests {
     use crate::api::{EventResult, Grant, Outcome, Policy};
     use crate::cc::{CcConfig, CcSession, CcState, FinalUnit};
     use crate::replication::{self, FORMAT, StateEncoding, StateRecord};
+
+    #[test]
+    fn a_session_s_state_key_is_the_documented_one() {
+        let want = replication::keys::state("c1", "conv-9", "diameter/as1;1;2");
+        assert_eq!(super::state_key("c1", "conv-9", "as1;1;2"), want);
+        assert_eq!(want, "c1/state/conv-9/diameter/as1;1;2");
+    }
 
     #[test]
     fn idempotency_outcomes_read_back_from_either_encoding() {

