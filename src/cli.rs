@@ -62,8 +62,8 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
-    /// Print the records of a SQLite store whose keys start with a prefix, one per line: key, version, and the
-    /// record as JSON (binary state records decoded). Reads while nodes run; writes nothing.
+    /// Print the records of a SQLite store whose keys start with a prefix, one JSON object per line: `key`,
+    /// `version` and `record` (binary state records decoded). Opens the file read-only: safe beside running nodes.
     DumpStore {
         /// The SQLite file (`[store] path`).
         file: std::path::PathBuf,
@@ -644,20 +644,17 @@ fn demo() -> anyhow::Result<ExitCode> {
 }
 
 fn dump_store(file: &std::path::Path, prefix: &str) -> anyhow::Result<ExitCode> {
-    use charging_ra::store::Store;
+    use std::io::Write;
     anyhow::ensure!(file.exists(), "{}: no such file", file.display());
-    let store = charging_ra::store::SqliteStore::open(file, std::time::Duration::from_secs(5))?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let records = rt.block_on(store.scan_prefix(prefix))?;
+    let records = charging_ra::store::SqliteStore::read_only_scan(file, prefix)?;
     let mut out = std::io::stdout().lock();
     let mut unreadable = 0;
     for (key, v) in records {
-        use std::io::Write;
-        let json = charging_ra::api::record_json(&v.value).unwrap_or_else(|e| {
+        let record = charging_ra::api::record_json(&v.value).unwrap_or_else(|e| {
             unreadable += 1;
             serde_json::json!({ "unreadable": e.to_string() })
         });
-        writeln!(out, "{key} {} {json}", v.version)?;
+        writeln!(out, "{}", serde_json::json!({ "key": key, "version": v.version, "record": record }))?;
     }
     Ok(if unreadable == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -376,8 +376,8 @@ pub struct ReplicationSection {
     pub record_ttl: std::time::Duration,
     /// Most sessions waiting to be written while the store is unreachable.
     pub backlog_limit: usize,
-    /// How credit-control session state is written: `binary` (the default) or `json`, which releases before binary
-    /// state records need to adopt sessions (docs/replication.md, "Rolling upgrades").
+    /// How credit-control session state is written: `binary` (the default, while every live node reads it) or
+    /// `json` (docs/replication.md, "Rolling upgrades").
     pub state_encoding: crate::replication::StateEncoding,
     /// Per application: replicate sessions from creation (else only after `start_replicating`).
     pub replicate_by_default: ReplicateByDefault,

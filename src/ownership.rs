@@ -63,6 +63,17 @@ pub struct Ownership<S: Store> {
     record_ttl: Option<Duration>,
 }
 
+/// The cluster by its leases ([`Ownership::members`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Members {
+    /// The nodes whose lease runs, this node first.
+    pub live: Vec<String>,
+    /// The nodes whose lease has run out.
+    pub dead: Vec<String>,
+    /// The newest binary state layout every live node reads (0: one reads JSON only).
+    pub state_layout: u8,
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -115,21 +126,25 @@ impl<S: Store> Ownership<S> {
         })
     }
 
-    /// The other nodes of the cluster by their leases now: (live, dead). This node is first among the live ones
-    /// and not in the dead ones (its own lease is what it renews). A node whose lease record the store has
-    /// forgotten (10 × `lease_ttl` after it ran out, or given up at a graceful stop) is in neither list.
-    pub async fn members(&self) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    /// The other nodes of the cluster by their leases now. This node is first among the live ones and not in the
+    /// dead ones (its own lease is what it renews). A node whose lease record the store has forgotten
+    /// (10 × `lease_ttl` after it ran out, or given up at a graceful stop) is in neither list.
+    pub async fn members(&self) -> Result<Members, StoreError> {
         let now = now_ms();
-        let mut live = vec![self.me.node.clone()];
-        let mut dead = Vec::new();
+        let mut m = Members { live: vec![self.me.node.clone()], dead: Vec::new(), state_layout: self.me.state_layout };
         for (_, v) in self.store.scan_prefix(&format!("{}/node/", self.cluster)).await? {
             let Ok(l) = replication::decode::<NodeLease>(&v.value) else { continue };
             if l.identity.node == self.me.node {
                 continue;
             }
-            if l.expires_at_ms > now { live.push(l.identity.node) } else { dead.push(l.identity.node) }
+            if l.expires_at_ms > now {
+                m.state_layout = m.state_layout.min(l.identity.state_layout);
+                m.live.push(l.identity.node);
+            } else {
+                m.dead.push(l.identity.node);
+            }
         }
-        Ok((live, dead))
+        Ok(m)
     }
 
     /// Gives the lease up (graceful shutdown): survivors adopt at once instead of waiting for it to run out.

@@ -1476,7 +1476,7 @@ impl Driver {
         }
         self.loading.insert(sid.clone(), vec![work]);
         let (own, ttl, encoding, tx) =
-            (repl.own.clone(), repl.cfg.record_ttl, repl.cfg.state_encoding, self.net_tx.clone());
+            (repl.own.clone(), repl.cfg.record_ttl, repl.state_encoding(), self.net_tx.clone());
         tokio::spawn(async move {
             let r = replica::load(own, sid.clone(), ttl, encoding).await;
             let _ = tx.send(Net::Loaded(sid, Box::new(r)));
@@ -1988,6 +1988,17 @@ impl Driver {
         };
         repl.scans += 1;
         (repl.watched, repl.hints_scanned, repl.hints_live) = (found.watched, found.scanned, found.live);
+        let was = repl.peers_layout.map(|_| repl.state_encoding());
+        repl.peers_layout = Some(found.state_layout);
+        let encoding = repl.state_encoding();
+        if encoding != repl.cfg.state_encoding && was != Some(encoding) {
+            tracing::info!(
+                "a live node reads only JSON state records (a release before binary records): writing JSON until it \
+                 has gone"
+            );
+        } else if encoding == repl.cfg.state_encoding && was.is_some_and(|w| w != encoding) {
+            tracing::info!("every live node reads binary state records again: writing binary");
+        }
         let found = found.mine;
         let wall = replica::wall_ms();
         for (sid, ms) in found {

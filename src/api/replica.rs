@@ -253,7 +253,8 @@ pub(super) struct SessionState {
 }
 
 /// Any record of the store as JSON, whichever way it was written: a binary credit-control state record is decoded
-/// to the JSON it would have been (`charging-ra dump-store`, tests). Refuses what no release wrote, or a newer one.
+/// to the JSON it would have been (`charging-ra dump-store`, tests), and refused when its layout or format is newer
+/// than this release's; a JSON record is returned as it is, whatever its format.
 pub fn record_json(bytes: &[u8]) -> Result<serde_json::Value, replication::RecordError> {
     if bytes.first() == Some(&replication::BINARY_MARKER) {
         let r: StateRecord<SessionState> = replication::decode(bytes)?;
@@ -311,6 +312,8 @@ pub(super) struct HintScan {
     /// [`Repl::hints_scanned`] and [`Repl::hints_live`] from now on.
     pub scanned: HashSet<String>,
     pub live: Vec<String>,
+    /// The newest binary state layout every live node reads.
+    pub state_layout: u8,
 }
 
 /// Every this many scans of timer hints, every gone node's hints are read again.
@@ -342,6 +345,10 @@ pub(super) struct Repl {
     pub hints_scanned: HashSet<String>,
     /// The live nodes (sorted) when `hints_scanned` was filled.
     pub hints_live: Vec<String>,
+    /// The newest binary state layout every live node read at the last scan of the leases; `None` before the
+    /// first. State is written in binary only when the configuration asks for it and every live node reads it: a
+    /// node of a release before binary records adopts a session only from JSON.
+    pub peers_layout: Option<u8>,
     /// Write-behind schedule.
     pub flushes: BTreeSet<(Instant, String)>,
     /// Ended sessions whose records are to be deleted.
@@ -394,6 +401,7 @@ impl Repl {
             diameter_uri: cfg.diameter_uri.clone(),
             http: cfg.http.clone(),
             sip: cfg.sip.clone(),
+            state_layout: replication::BINARY_LAYOUT,
         };
         let own = Arc::new(
             Ownership::new(Arc::new(cfg.store.clone()), &cfg.cluster, me, cfg.lease_ttl)
@@ -410,6 +418,7 @@ impl Repl {
             watched: HashSet::new(),
             hints_scanned: HashSet::new(),
             hints_live: Vec::new(),
+            peers_layout: None,
             flushes: BTreeSet::new(),
             ending: HashMap::new(),
             deleting: HashSet::new(),
@@ -584,11 +593,19 @@ impl Repl {
         recs.push(Rec::State);
         writes.push(Write {
             key: key(Rec::State),
-            value: Some(replication::encode_state(&state, self.cfg.state_encoding)),
+            value: Some(replication::encode_state(&state, self.state_encoding())),
             expect: expect(Rec::State),
             ttl,
         });
         (PartKind::Write, recs, writes)
+    }
+
+    /// How state is written now: binary when configured and every live node reads it ([`Repl::peers_layout`]).
+    pub fn state_encoding(&self) -> StateEncoding {
+        match (self.cfg.state_encoding, self.peers_layout) {
+            (StateEncoding::Binary, Some(l)) if l >= replication::BINARY_LAYOUT => StateEncoding::Binary,
+            _ => StateEncoding::Json,
+        }
     }
 
     /// The write of this node's timer hint for a session: its earliest deadline, or its removal.
@@ -611,7 +628,7 @@ impl Repl {
         let full = self.scans.is_multiple_of(FULL_HINT_SCAN_EVERY);
         let (mut scanned, scanned_live) = (self.hints_scanned.clone(), self.hints_live.clone());
         async move {
-            let (live, dead) = own.members().await?;
+            let crate::ownership::Members { live, dead, state_layout } = own.members().await?;
             let mut sorted_live = live.clone();
             sorted_live.sort();
             if full || sorted_live != scanned_live {
@@ -654,7 +671,7 @@ impl Repl {
                 }
             }
             watched.extend(live.into_iter().filter(|n| *n != me));
-            Ok(HintScan { mine, watched, scanned, live: sorted_live })
+            Ok(HintScan { mine, watched, scanned, live: sorted_live, state_layout })
         }
     }
 

@@ -2093,7 +2093,7 @@ async fn scan_quota_hints(own: Arc<Ownership<AnyStore>>, ev: mpsc::UnboundedSend
         if ev.is_closed() {
             return;
         }
-        let Ok((live, dead)) = own.members().await else { continue };
+        let Ok(crate::ownership::Members { live, dead, .. }) = own.members().await else { continue };
         let due = wall_ms() + period.as_millis() as u64;
         known.extend(live.iter().skip(1).cloned());
         known.extend(dead);

@@ -825,6 +825,15 @@ fn every_field_of_a_snapshot_reads_back_from_a_binary_record() {
         Some(replication::RecordError::TooNewLayout { found: replication::BINARY_LAYOUT + 1 })
     );
     assert!(replication::decode_state_header(&newer).is_err());
+    // Layout 0 was never written; octets after the record mean it is not what it seems.
+    let mut zero = binary.to_vec();
+    zero[1] = 0;
+    let mut longer = binary.to_vec();
+    longer.push(0);
+    for bad in [zero, longer] {
+        let r = replication::decode::<StateRecord<CcSnapshot>>(&bad);
+        assert!(matches!(r, Err(replication::RecordError::Unreadable(_))), "{r:?}");
+    }
     for cut in [1, 2, 10, binary.len() / 2, binary.len() - 1] {
         let r = replication::decode::<StateRecord<CcSnapshot>>(&binary[..cut]);
         assert!(matches!(r, Err(replication::RecordError::Unreadable(_))), "cut at {cut}: {r:?}");

@@ -32,6 +32,11 @@ pub struct NodeIdentity {
     /// request for a call this node owns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sip: Option<String>,
+    /// The newest binary state-record layout the node reads ([`BINARY_LAYOUT`]); 0 when it reads JSON only, as
+    /// releases before binary records (whose leases lack the field) do. A node writes binary state only while every
+    /// live node reads it.
+    #[serde(default)]
+    pub state_layout: u8,
 }
 
 /// `conv/<convergence>`: who owns a call or session group, since which epoch.
@@ -201,8 +206,10 @@ pub fn encode_state<T: Serialize>(record: &StateRecord<T>, encoding: StateEncodi
 /// The binary body of a record, after its marker and layout; `None` for JSON.
 fn binary_body(bytes: &[u8]) -> Result<Option<&[u8]>, RecordError> {
     match bytes {
-        [BINARY_MARKER, layout, body @ ..] if *layout <= BINARY_LAYOUT => Ok(Some(body)),
-        [BINARY_MARKER, layout, ..] => Err(RecordError::TooNewLayout { found: *layout }),
+        // Only the layout this release writes: a positional layout cannot be read with another's types.
+        [BINARY_MARKER, BINARY_LAYOUT, body @ ..] => Ok(Some(body)),
+        [BINARY_MARKER, layout, ..] if *layout > BINARY_LAYOUT => Err(RecordError::TooNewLayout { found: *layout }),
+        [BINARY_MARKER, layout, ..] => Err(RecordError::Unreadable(format!("binary record layout {layout}"))),
         [BINARY_MARKER] => Err(RecordError::Unreadable("a binary record with no layout".into())),
         _ => Ok(None),
     }
@@ -211,7 +218,13 @@ fn binary_body(bytes: &[u8]) -> Result<Option<&[u8]>, RecordError> {
 /// Decodes a record, JSON or binary, and checks its format.
 pub fn decode<T: for<'de> Deserialize<'de> + Formatted>(bytes: &[u8]) -> Result<T, RecordError> {
     let r: T = match binary_body(bytes)? {
-        Some(body) => postcard::from_bytes(body).map_err(|e| RecordError::Unreadable(format!("binary record: {e}")))?,
+        Some(body) => match postcard::take_from_bytes(body) {
+            Ok((r, [])) => r,
+            Ok((_, rest)) => {
+                return Err(RecordError::Unreadable(format!("binary record: {} octets left over", rest.len())));
+            }
+            Err(e) => return Err(RecordError::Unreadable(format!("binary record: {e}"))),
+        },
         None => serde_json::from_slice(bytes).map_err(|e| RecordError::Unreadable(e.to_string()))?,
     };
     if r.format() > FORMAT {
@@ -403,6 +416,7 @@ mod tests {
             diameter_uri: format!("aaa://{n}.cluster:3869"),
             http: None,
             sip: None,
+            state_layout: BINARY_LAYOUT,
         }
     }
 

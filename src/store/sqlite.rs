@@ -156,6 +156,32 @@ impl SqliteStore {
         })
     }
 
+    /// The live records whose keys start with `prefix`, read from the file at `path` on a read-only connection:
+    /// no lock taken beyond a reader's, nothing created, no checkpointer (`charging-ra dump-store`, beside running
+    /// nodes).
+    pub fn read_only_scan(path: &Path, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+        let c = Connection::open_with_flags(path, flags).map_err(|e| map_err(path, e))?;
+        c.busy_timeout(Duration::from_secs(5)).map_err(|e| map_err(path, e))?;
+        let mut st = c
+            .prepare(
+                "SELECT key, value, version FROM records
+                 WHERE key >= ?1 AND key < ?2 AND (expires_at IS NULL OR expires_at > ?3) ORDER BY key",
+            )
+            .map_err(|e| map_err(path, e))?;
+        let upper = format!("{prefix}\u{10ffff}");
+        let rows = st
+            .query_map(params![prefix, upper, now_ms()], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    Versioned { value: Bytes::from(r.get::<_, Vec<u8>>(1)?), version: r.get::<_, i64>(2)? as u64 },
+                ))
+            })
+            .map_err(|e| map_err(path, e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| map_err(path, e))
+    }
+
     /// The file.
     pub fn path(&self) -> &Path {
         &self.path

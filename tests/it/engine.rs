@@ -275,9 +275,11 @@ async fn load_driver_runs_sessions_and_prints_throughput_last() {
             // Per session: the 3 records at creation with the CCR-I's write-ahead, one write ahead of each later
             // CCR (the write-behind of the answers is coalesced into them), 3 deletions at the end, and the timer
             // hint for survivors written once and deleted once: each CCR moves the session's deadline later, and
-            // an earlier hint is not rewritten (11; it was 14 when every move rewrote it).
+            // an earlier hint is not rewritten (11; it was 14 when every move rewrote it, 15 without coalescing).
+            // An answer is written behind on its own when the next CCR comes more than write_delay (100 ms) after
+            // it, which happens when the machine stalls under the rest of the suite: up to one more per session.
             let (writes, batches) = report.store.unwrap();
-            assert!((300 * 11..=300 * 12).contains(&writes), "{summary}");
+            assert!((300 * 11..=300 * 13).contains(&writes), "{summary}");
             assert!(batches < writes, "group commit: {summary}");
             assert!(summary.contains("per session"), "{summary}");
             use charging_ra::store::Store;

@@ -20,6 +20,7 @@ fn node(name: &str) -> NodeIdentity {
         diameter_uri: format!("aaa://{name}.cluster:3869"),
         http: None,
         sip: None,
+        state_layout: charging_ra::replication::BINARY_LAYOUT,
     }
 }
 

@@ -281,10 +281,11 @@ async fn start_replicating_on_request_and_sessions_continue_through_a_store_outa
         .output()
         .unwrap();
     assert!(dump.status.success(), "{dump:?}");
-    let line = String::from_utf8(dump.stdout).unwrap();
-    let line = line.lines().find(|l| l.contains(&sid)).expect("the session's state in the dump").to_string();
-    let json: serde_json::Value = serde_json::from_str(line.splitn(3, ' ').nth(2).unwrap()).unwrap();
-    assert_eq!(json, rec);
+    let text = String::from_utf8(dump.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let line = lines.iter().find(|l| l["key"].as_str().unwrap().ends_with(&sid)).expect("the session's state");
+    assert_eq!(line["version"], mine.1.version);
+    assert_eq!(line["record"], rec);
     e.terminate(&sid, vec![]).await.unwrap();
     e.terminate(&other.session_id, vec![]).await.unwrap();
     assert_eq!(check(&sim).await["clean"], true);
@@ -407,6 +408,58 @@ async fn a_gracefully_stopped_nodes_timers_fire_on_a_survivor() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(records(&store, "proto/diameter").await, 1, "n1 left the session's records alone");
+    b.terminate(&sid, vec![used(10, 1)]).await.unwrap();
+    let c = check(&sim).await;
+    assert_eq!(c["clean"], true, "{c}");
+    b.stop().await;
+}
+
+/// The state record of `sid`: its first octet says the encoding (`{` for JSON).
+async fn state_record(store: &AnyStore, sid: &str) -> bytes::Bytes {
+    let states = store.scan_prefix(&format!("{CLUSTER}/state/")).await.unwrap();
+    states.into_iter().find(|(k, _)| k.ends_with(sid)).expect("state record").1.value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_stays_json_while_a_node_reading_only_json_is_live_and_json_and_binary_nodes_adopt_each_other() {
+    use charging_ra::replication::{BINARY_MARKER, StateEncoding};
+    let sim = sim(OcsConfig::default()).await;
+    let store = AnyStore::memory();
+    // A live node of a release before binary records: its lease says nothing about them.
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let old = serde_json::json!({
+        "format": 1,
+        "identity": { "node": "old", "incarnation": 1, "diameter_uri": "aaa://old.test.localdomain:3868", "http": null },
+        "expires_at_ms": now_ms + 60_000,
+    });
+    let old_key = format!("{CLUSTER}/node/old");
+    let put = store.put(&old_key, serde_json::to_vec(&old).unwrap().into(), charging_ra::store::Expect::Any, None);
+    put.await.unwrap();
+    // n1 asks for binary (the default), n2 for JSON.
+    let mut a = Crashable::start(replicated(&sim, "n1", &store, QUICK_LEASE));
+    let mut cfg = replicated(&sim, "n2", &store, QUICK_LEASE);
+    cfg.replication.as_mut().unwrap().state_encoding = StateEncoding::Json;
+    let b = Engine::start(cfg).await.unwrap();
+    connected(&a.engine).await;
+    connected(&b).await;
+    tokio::time::sleep(QUICK_LEASE.0 * 3).await;
+
+    let sid = a.engine.open_session(App::Ro, msisdn("46711"), None, vec![rg(10)]).await.unwrap().session_id;
+    a.engine.update(&sid, vec![used(10, 10)], vec![rg(10)], None).await.unwrap();
+    assert_eq!(state_record(&store, &sid).await.first(), Some(&b'{'), "JSON while the old node is live");
+    // The old node goes: n1 writes binary from its next scan of the leases on.
+    store.delete(&old_key, charging_ra::store::Expect::Any).await.unwrap();
+    tokio::time::sleep(QUICK_LEASE.0 * 3).await;
+    a.engine.update(&sid, vec![used(10, 10)], vec![rg(10)], None).await.unwrap();
+    assert_eq!(state_record(&store, &sid).await.first(), Some(&BINARY_MARKER), "binary once every node reads it");
+
+    // n1 dies; n2, configured for JSON, adopts the binary record and writes JSON from then on.
+    a.crash();
+    tokio::time::sleep(QUICK_LEASE.1 + Duration::from_millis(100)).await;
+    let o = b.update(&sid, vec![used(10, 10)], vec![rg(10)], None).await.unwrap();
+    assert_eq!((o.result_code, o.state), (Some(2001), CcState::Open));
+    assert_eq!(b.session(&sid).await.unwrap().cc_request_number, 4);
+    assert_eq!(state_record(&store, &sid).await.first(), Some(&b'{'));
     b.terminate(&sid, vec![used(10, 1)]).await.unwrap();
     let c = check(&sim).await;
     assert_eq!(c["clean"], true, "{c}");
