@@ -173,11 +173,12 @@ pub fn encode<T: Serialize>(record: &T) -> bytes::Bytes {
 pub enum StateEncoding {
     /// Positional binary: [`BINARY_MARKER`], [`BINARY_LAYOUT`], then the record in postcard's wire format (stable
     /// since postcard 1.0). About half the size of JSON and a fraction of its encoding time: no field names, no
-    /// escaping, messages as raw bytes instead of base64.
+    /// escaping, messages as raw bytes instead of base64. Written only while every live node's lease says it reads
+    /// this layout ([`NodeIdentity::state_layout`]); JSON otherwise.
     #[default]
     Binary,
-    /// JSON, readable with `sqlite3`. Releases before binary state records read only this: a cluster that still
-    /// runs one sets it until every node is upgraded.
+    /// JSON, readable with `sqlite3`, and all that releases before binary state records read: set it on every node
+    /// before rolling back to one.
     Json,
 }
 
