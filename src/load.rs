@@ -67,6 +67,8 @@ pub struct LoadConfig {
     /// the concurrency allows. A transaction that comes due while its worker is still busy counts its latency from
     /// when it was due, so a run that falls behind its rate shows it.
     pub rate: Option<f64>,
+    /// How long an embedded run waits for the OCS or PCRF to open (CER/CEA) before it refuses to measure.
+    pub open_timeout: Duration,
 }
 
 impl LoadConfig {
@@ -87,6 +89,7 @@ impl LoadConfig {
             duration: None,
             app: App::Ro,
             rate: None,
+            open_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -201,8 +204,8 @@ pub enum LoadError {
     #[error(transparent)]
     Node(#[from] crate::node::NodeError),
     /// The OCS or PCRF did not complete CER/CEA in time: every transaction would fail, and measure nothing.
-    #[error("the OCS/PCRF at {0} did not open a connection within 10 s (CER/CEA); is it running there?")]
-    PeerNotOpen(SocketAddr),
+    #[error("the OCS/PCRF at {0} did not open a connection within {1:?} (CER/CEA); is it running there?")]
+    PeerNotOpen(SocketAddr, Duration),
 }
 
 /// Runs the load and returns what it measured.
@@ -210,11 +213,11 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
     let engine = match &cfg.target {
         Target::Embedded { ocs, realm, replication, state_encoding } => {
             let engine = Engine::start(engine_config(*ocs, realm, replication.clone(), *state_encoding)).await?;
-            let ready = Instant::now() + Duration::from_secs(10);
+            let ready = Instant::now() + cfg.open_timeout;
             while !engine.node_status().await.is_some_and(|s| s.peers.first().is_some_and(|p| p.available)) {
                 if Instant::now() > ready {
                     engine.stop().await;
-                    return Err(LoadError::PeerNotOpen(*ocs));
+                    return Err(LoadError::PeerNotOpen(*ocs, cfg.open_timeout));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

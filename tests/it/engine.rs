@@ -245,6 +245,33 @@ async fn engine_event_charging_and_idempotent_updates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_refuses_to_measure_an_ocs_that_never_opens() {
+    // A listener that takes the connection and never answers the CER (as a wrong port or a stuck server does): the
+    // run refuses, with the address, instead of measuring instant failures.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = listener.accept().await {
+            conns.push(c);
+        }
+    });
+    use charging_ra::load::LoadConfig;
+    let cfg = LoadConfig { open_timeout: Duration::from_millis(400), ..LoadConfig::embedded(addr, 10, 1) };
+    let started = std::time::Instant::now();
+    match charging_ra::load::run(cfg).await {
+        Err(e @ charging_ra::load::LoadError::PeerNotOpen(a, _)) => {
+            assert_eq!(a, addr);
+            assert!(e.to_string().contains(&addr.to_string()), "{e}");
+        }
+        Err(e) => panic!("{e}"),
+        Ok(r) => panic!("measured {} transactions against a server that never opened", r.transactions),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn load_driver_runs_sessions_and_prints_throughput_last() {
     use charging_ra::load::{LoadConfig, Target};
     let sim = sim(OcsConfig::default()).await;
