@@ -164,22 +164,7 @@ impl SqliteStore {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
         let c = Connection::open_with_flags(path, flags).map_err(|e| map_err(path, e))?;
         c.busy_timeout(Duration::from_secs(5)).map_err(|e| map_err(path, e))?;
-        let mut st = c
-            .prepare(
-                "SELECT key, value, version FROM records
-                 WHERE key >= ?1 AND key < ?2 AND (expires_at IS NULL OR expires_at > ?3) ORDER BY key",
-            )
-            .map_err(|e| map_err(path, e))?;
-        let upper = format!("{prefix}\u{10ffff}");
-        let rows = st
-            .query_map(params![prefix, upper, now_ms()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    Versioned { value: Bytes::from(r.get::<_, Vec<u8>>(1)?), version: r.get::<_, i64>(2)? as u64 },
-                ))
-            })
-            .map_err(|e| map_err(path, e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| map_err(path, e))
+        scan(&c, prefix).map_err(|e| map_err(path, e))
     }
 
     /// The file.
@@ -226,6 +211,23 @@ impl SqliteStore {
         .await
         .map_err(|e| unavailable(&self.path, e))?
     }
+}
+
+/// The live records whose keys start with `prefix`, in key order: keys between the prefix and the prefix followed
+/// by the highest code point.
+fn scan(c: &Connection, prefix: &str) -> Result<Vec<(String, Versioned)>, rusqlite::Error> {
+    let mut st = c.prepare_cached(
+        "SELECT key, value, version FROM records
+         WHERE key >= ?1 AND key < ?2 AND (expires_at IS NULL OR expires_at > ?3) ORDER BY key",
+    )?;
+    let upper = format!("{prefix}\u{10ffff}");
+    let rows = st.query_map(params![prefix, upper, now_ms()], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            Versioned { value: Bytes::from(r.get::<_, Vec<u8>>(1)?), version: r.get::<_, i64>(2)? as u64 },
+        ))
+    })?;
+    rows.collect()
 }
 
 impl Store for SqliteStore {
@@ -307,21 +309,6 @@ impl Store for SqliteStore {
 
     async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         let prefix = prefix.to_string();
-        self.blocking(move |c, _| {
-            // Keys between the prefix and the prefix followed by the highest code point.
-            let mut st = c.prepare(
-                "SELECT key, value, version FROM records
-                 WHERE key >= ?1 AND key < ?2 AND (expires_at IS NULL OR expires_at > ?3) ORDER BY key",
-            )?;
-            let upper = format!("{prefix}\u{10ffff}");
-            let rows = st.query_map(params![prefix, upper, now_ms()], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    Versioned { value: Bytes::from(r.get::<_, Vec<u8>>(1)?), version: r.get::<_, i64>(2)? as u64 },
-                ))
-            })?;
-            rows.collect()
-        })
-        .await
+        self.blocking(move |c, _| scan(c, &prefix)).await
     }
 }
