@@ -478,18 +478,9 @@ fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
             charging_ra::load::Target::Fronts { nodes, token }
         }
     };
+    use charging_ra::load::LoadConfig;
     let open_timeout = std::time::Duration::from_secs(10);
-    let cfg = charging_ra::load::LoadConfig {
-        target,
-        sessions,
-        concurrency,
-        updates,
-        hold,
-        duration,
-        app,
-        rate,
-        open_timeout,
-    };
+    let cfg = LoadConfig { target, sessions, concurrency, updates, hold, duration, app, rate, open_timeout };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");
