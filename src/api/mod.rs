@@ -13,12 +13,11 @@ mod replica;
 pub use replica::{ReplicationConfig, ReplicationStats, record_json};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-
-use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 

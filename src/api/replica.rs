@@ -387,12 +387,6 @@ pub(super) fn hint_stale(written: Option<u64>, deadline: Option<u64>, wall: u64)
     }
 }
 
-/// The protocol key of a Diameter session's state under its convergence name.
-fn state_key(cluster: &str, convergence: &str, sid: &str) -> String {
-    // keys::state(cluster, convergence, "diameter/<sid>"), in one allocation.
-    [cluster, "/state/", convergence, "/diameter/", sid].concat()
-}
-
 impl Repl {
     pub fn new(cfg: ReplicationConfig, incarnation: u64) -> Repl {
         let me = NodeIdentity {
@@ -531,7 +525,7 @@ impl Repl {
         let key = |rec| match rec {
             Rec::Conv => keys::convergence(cluster, &r.convergence),
             Rec::Proto => keys::diameter(cluster, sid),
-            Rec::State => state_key(cluster, &r.convergence, sid),
+            Rec::State => keys::diameter_state(cluster, &r.convergence, sid),
         };
         let version = |rec| match rec {
             Rec::Conv => r.conv_version,
@@ -701,7 +695,7 @@ impl Repl {
                 foreign |= !mine;
                 ours.push((Rec::Proto, mine.then_some(v.version)));
             }
-            if let Some(v) = store.get(&state_key(&cluster, &convergence, &sid)).await? {
+            if let Some(v) = store.get(&keys::diameter_state(&cluster, &convergence, &sid)).await? {
                 let s = replication::decode_state_header(&v.value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let mine = s.written_by == me.node && s.written_by_epoch == epoch;
                 foreign |= !mine;
@@ -729,7 +723,7 @@ pub(super) async fn load(
                 (convergence, epoch, version, protocol_version, adopted_from)
             }
         };
-    let skey = state_key(&cluster, &convergence, &sid);
+    let skey = keys::diameter_state(&cluster, &convergence, &sid);
     for _ in 0..4 {
         let Some(v) = own.store().get(&skey).await? else { return Err(LoadError::Unknown) };
         let mut rec: StateRecord<SessionState> =
@@ -782,13 +776,6 @@ mod tests {
     use crate::api::{EventResult, Grant, Outcome, Policy};
     use crate::cc::{CcConfig, CcSession, CcState, FinalUnit};
     use crate::replication::{self, FORMAT, StateEncoding, StateRecord};
-
-    #[test]
-    fn a_session_s_state_key_is_the_documented_one() {
-        let want = replication::keys::state("c1", "conv-9", "diameter/as1;1;2");
-        assert_eq!(super::state_key("c1", "conv-9", "as1;1;2"), want);
-        assert_eq!(want, "c1/state/conv-9/diameter/as1;1;2");
-    }
 
     #[test]
     fn idempotency_outcomes_read_back_from_either_encoding() {

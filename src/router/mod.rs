@@ -10,12 +10,11 @@ mod dup;
 mod realm;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-
-use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 
 pub use dup::{DuplicateCache, Seen};
 pub use realm::{PeerId, RealmTable, Route};
