@@ -254,6 +254,9 @@ impl Store for SqliteStore {
             let mut out = Vec::with_capacity(writes.len());
             {
                 let err = |e| map_err(&path, e);
+                // Each write is one statement whose WHERE clause is the compare-and-set: one B-tree descent per
+                // record where a read followed by a write took two. The current version is read only when the
+                // condition fails, to report it in the conflict.
                 let mut read = tx
                     .prepare_cached(
                         "SELECT version FROM records WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
@@ -265,35 +268,61 @@ impl Store for SqliteStore {
                          ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, expires_at = excluded.expires_at",
                     )
                     .map_err(err)?;
+                // Absent: a new row, or one whose expiry has passed (an expired record does not exist).
+                let mut create = tx
+                    .prepare_cached(
+                        "INSERT INTO records (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, expires_at = excluded.expires_at
+                         WHERE records.expires_at IS NOT NULL AND records.expires_at <= ?5",
+                    )
+                    .map_err(err)?;
+                let mut replace = tx
+                    .prepare_cached(
+                        "UPDATE records SET value = ?2, version = ?3, expires_at = ?4
+                         WHERE key = ?1 AND version = ?5 AND (expires_at IS NULL OR expires_at > ?6)",
+                    )
+                    .map_err(err)?;
                 let mut delete = tx.prepare_cached("DELETE FROM records WHERE key = ?1").map_err(err)?;
+                let mut delete_version = tx
+                    .prepare_cached(
+                        "DELETE FROM records WHERE key = ?1 AND version = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
+                    )
+                    .map_err(err)?;
                 // The store-wide version sequence is read once and written once per transaction: versions are
                 // never reused, across keys and across deletions (fencing tokens).
                 let mut seq: i64 = tx.query_row("SELECT seq FROM meta WHERE id = 0", [], |r| r.get(0)).map_err(err)?;
                 let first = seq;
                 for w in writes {
-                    let current: Option<i64> =
-                        read.query_row(params![w.key, now], |r| r.get(0)).optional().map_err(err)?;
-                    let current = current.map(|v| v as u64);
-                    let ok = match w.expect {
-                        Expect::Any => true,
-                        Expect::Absent => current.is_none(),
-                        Expect::Version(v) => current == Some(v),
-                    };
-                    if !ok {
-                        out.push(Err(StoreError::Conflict { current }));
-                        continue;
+                    let next = seq + 1;
+                    let expires = w.ttl.map(|t| now + t.as_millis() as i64);
+                    let changed = match (&w.value, w.expect) {
+                        (Some(value), Expect::Any) => upsert.execute(params![w.key, &value[..], next, expires]),
+                        (Some(value), Expect::Absent) => create.execute(params![w.key, &value[..], next, expires, now]),
+                        (Some(value), Expect::Version(v)) => {
+                            replace.execute(params![w.key, &value[..], next, expires, v as i64, now])
+                        }
+                        (None, Expect::Any) => delete.execute(params![w.key]),
+                        (None, Expect::Version(v)) => delete_version.execute(params![w.key, v as i64, now]),
+                        // Deleting what must not exist: nothing to do unless a live record is there.
+                        (None, Expect::Absent) => match read.query_row(params![w.key, now], |r| r.get::<_, i64>(0)) {
+                            Ok(v) => {
+                                out.push(Err(StoreError::Conflict { current: Some(v as u64) }));
+                                continue;
+                            }
+                            Err(rusqlite::Error::QueryReturnedNoRows) => delete.execute(params![w.key]).map(|_| 1),
+                            Err(e) => Err(e),
+                        },
                     }
-                    match w.value {
-                        Some(value) => {
-                            seq += 1;
-                            let expires = w.ttl.map(|t| now + t.as_millis() as i64);
-                            upsert.execute(params![w.key, &value[..], seq, expires]).map_err(err)?;
-                            out.push(Ok(seq as u64));
-                        }
-                        None => {
-                            delete.execute(params![w.key]).map_err(err)?;
-                            out.push(Ok(0));
-                        }
+                    .map_err(err)?;
+                    if changed == 0 && !matches!(w.expect, Expect::Any) {
+                        let current: Option<i64> =
+                            read.query_row(params![w.key, now], |r| r.get(0)).optional().map_err(err)?;
+                        out.push(Err(StoreError::Conflict { current: current.map(|v| v as u64) }));
+                    } else if w.value.is_some() {
+                        seq = next;
+                        out.push(Ok(seq as u64));
+                    } else {
+                        out.push(Ok(0));
                     }
                 }
                 if seq != first {

@@ -46,11 +46,21 @@ async fn contract<S: Store>(store: Arc<S>) {
     }
     assert_eq!(winners, 1, "exactly one compare-and-set wins");
     // TTL: the record lives, then reads as absent, and can be created again.
-    store.put("ttl", b("short"), Expect::Absent, Some(Duration::from_millis(300))).await.unwrap();
+    let short = store.put("ttl", b("short"), Expect::Absent, Some(Duration::from_millis(300))).await.unwrap();
+    let doomed = store.put("ttl-cas", b("short"), Expect::Absent, Some(Duration::from_millis(300))).await.unwrap();
     assert!(store.get("ttl").await.unwrap().is_some());
     tokio::time::sleep(Duration::from_millis(450)).await;
     assert_eq!(store.get("ttl").await.unwrap(), None);
-    store.put("ttl", b("again"), Expect::Absent, None).await.unwrap();
+    // An expired record does not exist for a condition either: its last version no longer matches.
+    assert_eq!(
+        store.put("ttl-cas", b("late"), Expect::Version(doomed), None).await,
+        Err(StoreError::Conflict { current: None })
+    );
+    assert_eq!(store.delete("ttl-cas", Expect::Version(doomed)).await, Err(StoreError::Conflict { current: None }));
+    store.delete("ttl-cas", Expect::Absent).await.unwrap();
+    let again = store.put("ttl", b("again"), Expect::Absent, None).await.unwrap();
+    assert!(again > short, "a record created over an expired one gets a new version");
+    assert_eq!(store.delete("ttl", Expect::Absent).await, Err(StoreError::Conflict { current: Some(again) }));
     // Conditional delete.
     let v = store.get("k").await.unwrap().unwrap().version;
     assert_eq!(store.delete("k", Expect::Version(v + 1000)).await, Err(StoreError::Conflict { current: Some(v) }));
