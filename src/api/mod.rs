@@ -990,7 +990,7 @@ impl Driver {
             self.write_batch();
             if !self.flushing.is_empty() {
                 let (done, down, quiet) = match &self.repl {
-                    Some(r) => (r.completed, r.down(Instant::now()), !r.writing && r.urgent.is_empty()),
+                    Some(r) => (r.completed, r.down(Instant::now()), r.writing == 0 && r.urgent.is_empty()),
                     None => (u64::MAX, true, true),
                 };
                 for (target, f) in std::mem::take(&mut self.flushing) {
@@ -1238,9 +1238,11 @@ impl Driver {
                         }
                         repl.urgent.insert(sid);
                     }
-                    // Answered once the batch that takes them has completed (the one being written, if any, holds
-                    // older state): not when the node is idle, which under load it never is.
-                    let target = repl.completed + if repl.writing { 2 } else { 1 };
+                    // Answered once the batch that takes them has completed: not when the node is idle, which under
+                    // load it never is. That is the next batch to start, or, for a session whose previous write is in
+                    // flight, the first to start after that write completes: at most BATCHES_IN_FLIGHT from now,
+                    // batches completing in order.
+                    let target = repl.started + replica::BATCHES_IN_FLIGHT as u64;
                     self.flushing.push((target, reply));
                 }
                 _ => drop(reply.send(())),
@@ -1632,7 +1634,7 @@ impl Driver {
     fn write_batch(&mut self) {
         let now = Instant::now();
         let Some(repl) = &mut self.repl else { return };
-        if repl.writing || repl.down(now) {
+        if repl.writing >= replica::BATCHES_IN_FLIGHT || repl.down(now) {
             return;
         }
         let due = repl.take_due(now);
@@ -1647,6 +1649,10 @@ impl Driver {
             let Some(e) = self.sessions.get_mut(&sid) else { continue };
             let Some(r) = &mut e.replica else { continue };
             r.flush_at = None;
+            if r.in_flight {
+                repl.blocked.insert(sid);
+                continue;
+            }
             let in_flight_key =
                 e.cc.outstanding_tag()
                     .and_then(|t| e.waiters.iter().find(|(k, _)| *k == t).map(|(_, w)| w))
@@ -1680,7 +1686,11 @@ impl Driver {
             writes.extend(extra);
             parts.push(part);
         }
-        for (sid, r) in std::mem::take(&mut repl.ending) {
+        // A session's deletion waits for its write in flight: it is conditional on the versions that write returns.
+        let ending: Vec<String> =
+            repl.ending.iter().filter(|(_, r)| !r.in_flight).map(|(sid, _)| sid.clone()).collect();
+        for sid in ending {
+            let r = repl.ending.remove(&sid).expect("listed");
             let (kind, records, w) = repl.writes(&sid, &r, None, (now, wall));
             if w.is_empty() {
                 continue;
@@ -1695,10 +1705,13 @@ impl Driver {
         if writes.is_empty() {
             return;
         }
-        repl.writing = true;
+        repl.writing += 1;
+        repl.started += 1;
         repl.stats.batches += 1;
         repl.stats.writes += writes.len() as u64;
         let (store, tx) = (repl.cfg.store.clone(), self.net_tx.clone());
+        let (after, (done, next)) = (repl.chain.take(), oneshot::channel());
+        repl.chain = Some(next);
         tokio::spawn(async move {
             let started = Instant::now();
             // A store that hangs or a backend that panics must not hold every replicated session's requests
@@ -1719,7 +1732,15 @@ impl Driver {
                     retry_after: Duration::from_secs(1),
                 }),
             };
-            let _ = tx.send(Net::Written(parts, r, started.elapsed()));
+            let took = started.elapsed();
+            // The store may write the batches in flight in any order: no session is in two of them (a session's
+            // next write waits for its previous one), so none depends on another. Their results reach the driver
+            // in the order the batches started, since a flush counts completed batches.
+            if let Some(after) = after {
+                let _ = after.await;
+            }
+            let _ = tx.send(Net::Written(parts, r, took));
+            let _ = done.send(());
         });
     }
 
@@ -1731,7 +1752,7 @@ impl Driver {
         took: Duration,
     ) {
         let Some(repl) = &mut self.repl else { return };
-        repl.writing = false;
+        repl.writing -= 1;
         repl.completed += 1;
         let us = took.as_micros() as u64;
         repl.stats.batches_done += 1;
@@ -1818,6 +1839,7 @@ impl Driver {
         };
         let Some(r) = &mut e.replica else { return };
         known(r);
+        repl.unblock(&p.sid);
         if let Some(err) = failed {
             // The store failed some of it, perhaps after applying it: sessions go on locally, the session is
             // written again later, and a conflict then is checked before it is taken for fencing.
@@ -1924,8 +1946,21 @@ impl Driver {
     /// The records read back after an uncertain write met a conflict.
     fn resynced(&mut self, sid: String, out: Result<replica::Resync, StoreError>) {
         let Some(repl) = &mut self.repl else { return };
-        let Some(r) = self.sessions.get_mut(&sid).and_then(|e| e.replica.as_mut()) else { return };
+        let Some(r) = self.sessions.get_mut(&sid).and_then(|e| e.replica.as_mut()) else {
+            // The session ended meanwhile: its deletion, which waited for this, goes ahead with the versions that
+            // are ours (a record held by another owner is left to it).
+            if let Some(r) = repl.ending.get_mut(&sid) {
+                r.in_flight = false;
+                for (rec, v) in out.iter().filter(|found| !found.foreign).flat_map(|found| &found.ours) {
+                    if let Some(v) = v {
+                        r.learn(*rec, *v);
+                    }
+                }
+            }
+            return;
+        };
         r.in_flight = false;
+        repl.unblock(&sid);
         match out {
             Err(err) => {
                 repl.write_now(&sid, r);

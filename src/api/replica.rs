@@ -320,6 +320,12 @@ pub(super) struct HintScan {
 pub(super) const FULL_HINT_SCAN_EVERY: u64 = 20;
 
 /// The replication side of the engine's driver.
+/// Group commits written at once. The second is built and handed to the store while the first is being written,
+/// so the store is not left idle while a result travels back to the driver and the next batch is built (most of a
+/// batch's time with the memory store, and the blocking pool's wake-up with SQLite). More would only make batches
+/// smaller: the store writes them one after another.
+pub(super) const BATCHES_IN_FLIGHT: usize = 2;
+
 pub(super) struct Repl {
     pub cfg: ReplicationConfig,
     pub own: Arc<Ownership<AnyStore>>,
@@ -356,10 +362,18 @@ pub(super) struct Repl {
     /// Ended sessions whose deletion is being written: a late command for them is answered as unknown, not
     /// loaded back from what is still there.
     pub deleting: HashSet<String>,
-    /// Batches completed (a flush waits for the ones due when it was asked).
+    /// Batches started.
+    pub started: u64,
+    /// Batches completed, in the order they started (a flush waits for the ones due when it was asked).
     pub completed: u64,
-    /// A batch is being written.
-    pub writing: bool,
+    /// Batches being written: at most [`BATCHES_IN_FLIGHT`].
+    pub writing: usize,
+    /// The end of the batch started last: the next batch calls the store after it, so that batches complete in the
+    /// order they started.
+    pub chain: Option<oneshot::Receiver<()>>,
+    /// Sessions due while a batch holding their previous write is in flight: a session is in one batch at a time
+    /// (its next write is conditional on the version that one returns), so they wait for it.
+    pub blocked: HashSet<String>,
     /// The store failed; no batch before this.
     pub down_until: Option<Instant>,
     pub stats: ReplicationStats,
@@ -416,8 +430,11 @@ impl Repl {
             flushes: BTreeSet::new(),
             ending: HashMap::new(),
             deleting: HashSet::new(),
+            started: 0,
             completed: 0,
-            writing: false,
+            writing: 0,
+            chain: None,
+            blocked: HashSet::new(),
             down_until: None,
             stats: ReplicationStats::default(),
         }
@@ -435,7 +452,14 @@ impl Repl {
 
     /// Sessions waiting to be written.
     pub fn backlog(&self) -> usize {
-        self.urgent.len() + self.flushes.len() + self.ending.len()
+        self.urgent.len() + self.flushes.len() + self.ending.len() + self.blocked.len()
+    }
+
+    /// A session's write came back (or its read-back did): if it became due meanwhile, it goes in the next batch.
+    pub fn unblock(&mut self, sid: &str) {
+        if self.blocked.remove(sid) {
+            self.urgent.insert(sid.to_string());
+        }
     }
 
     /// The earliest moment the driver must wake for replication.
@@ -449,7 +473,7 @@ impl Repl {
     }
 
     fn next_write(&self) -> Option<Instant> {
-        if self.writing {
+        if self.writing >= BATCHES_IN_FLIGHT {
             return None;
         }
         let flush = self.flushes.iter().next().map(|(t, _)| *t);
@@ -484,6 +508,7 @@ impl Repl {
             self.flushes.remove(&(t, sid.to_string()));
         }
         self.urgent.remove(sid);
+        self.blocked.remove(sid);
     }
 
     /// The sessions due now: every urgent one and the write-behinds whose time has come.

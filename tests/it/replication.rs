@@ -293,6 +293,71 @@ async fn start_replicating_on_request_and_sessions_continue_through_a_store_outa
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Two group commits are in flight at once, a session is never in both, and what waits behind them is written when
+/// they complete: the store is held by another process's write lock meanwhile, so the batches cannot finish early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_batches_in_flight_and_a_session_waits_for_its_own_previous_write() {
+    let sim = sim(OcsConfig::default()).await;
+    let dir = crate::wire::tempdir("replication-pipeline");
+    let path = dir.join("store.db");
+    let _ = std::fs::remove_file(&path);
+    let store = AnyStore::Sqlite(SqliteStore::open(&path, Duration::from_secs(10)).unwrap());
+    let mut cfg = replicated(&sim, "n1", &store, QUICK_LEASE);
+    let write_delay = Duration::from_millis(800);
+    cfg.replication.as_mut().unwrap().write_delay = write_delay;
+    let e = Engine::start(cfg).await.unwrap();
+    connected(&e).await;
+    let a = e.open_session(App::Ro, msisdn("46711"), None, vec![rg(10)]).await.unwrap().session_id;
+    // A's answer is written behind after `write_delay`: that batch is the first in flight, stuck behind the lock.
+    let lock = rusqlite::Connection::open(&path).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    tokio::time::sleep(write_delay + Duration::from_millis(300)).await;
+    let stats = e.replication_stats().await.unwrap();
+    assert_eq!(stats.batches - stats.batches_done, 1, "A's write-behind is being written: {stats:?}");
+    // A's next CCR must wait for that write (its write-ahead is conditional on the version it returns); B's
+    // creation is a second batch; C's waits for one of the two.
+    let spawn_update = |e: Engine, sid: String| {
+        tokio::spawn(async move { e.update(&sid, vec![used(10, 10)], vec![rg(10)], None).await })
+    };
+    let spawn_open = |e: Engine, who: &'static str| {
+        tokio::spawn(async move { e.open_session(App::Ro, msisdn(who), None, vec![rg(10)]).await })
+    };
+    let update_a = spawn_update(e.clone(), a.clone());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let open_b = spawn_open(e.clone(), "46712");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let open_c = spawn_open(e.clone(), "46713");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = e.replication_stats().await.unwrap();
+    assert_eq!(stats.batches - stats.batches_done, 2, "two batches in flight: {stats:?}");
+    assert_eq!(stats.backlog, 2, "A waits for its write in flight, C for a batch: {stats:?}");
+    assert!(!update_a.is_finished() && !open_b.is_finished() && !open_c.is_finished());
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+
+    let within = |t| tokio::time::timeout(Duration::from_secs(10), t);
+    let o = within(update_a).await.expect("A's update is sent once its write completes").unwrap().unwrap();
+    assert_eq!(o.result_code, Some(2001));
+    let b = within(open_b).await.unwrap().unwrap().unwrap().session_id;
+    let c = within(open_c).await.unwrap().unwrap().unwrap().session_id;
+    let states = store.scan_prefix(&format!("{CLUSTER}/state/")).await.unwrap();
+    let state_a = states.iter().find(|(k, _)| k.ends_with(&a)).expect("A's state record");
+    let rec = charging_ra::api::record_json(&state_a.1.value).unwrap();
+    assert_eq!(rec["state"]["cc"]["next_number"], 2, "A's CCR-U was written ahead: {rec}");
+    for sid in [&a, &b, &c] {
+        e.terminate(sid, vec![]).await.unwrap();
+    }
+    // Every session's records go, each deletion after the session's last write.
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    while records(&store, "conv").await + records(&store, "proto").await + records(&store, "state").await > 0 {
+        assert!(tokio::time::Instant::now() < end, "records left: {:?}", e.replication_stats().await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(check(&sim).await["clean"], true);
+    e.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_sessions_and_engines_without_a_store() {
     let sim = sim(OcsConfig::default()).await;
