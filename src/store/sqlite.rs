@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{Expect, Store, StoreError, Versioned, Write};
 
@@ -248,49 +248,54 @@ impl Store for SqliteStore {
         let (conn, path, file) = (self.conn.clone(), self.path.clone(), self.file);
         tokio::task::spawn_blocking(move || -> Result<Vec<Result<u64, StoreError>>, StoreError> {
             same_file(&path, file)?;
-            let mut c = conn.lock().expect("sqlite connection lock");
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate).map_err(|e| map_err(&path, e))?;
+            let c = conn.lock().expect("sqlite connection lock");
+            // Transaction control and the sequence's statements are cached like the writes': parsing them for
+            // every batch cost 3% of a replicating node's CPU.
+            c.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])).map_err(|e| map_err(&path, e))?;
             let now = now_ms();
-            let mut out = Vec::with_capacity(writes.len());
-            {
+            let written = || -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+                let mut out = Vec::with_capacity(writes.len());
                 let err = |e| map_err(&path, e);
                 // Each write is one statement whose WHERE clause is the compare-and-set: one B-tree descent per
                 // record where a read followed by a write took two. The current version is read only when the
                 // condition fails, to report it in the conflict.
-                let mut read = tx
+                let mut read = c
                     .prepare_cached(
                         "SELECT version FROM records WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
                     )
                     .map_err(err)?;
-                let mut upsert = tx
+                let mut upsert = c
                     .prepare_cached(
                         "INSERT INTO records (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, expires_at = excluded.expires_at",
                     )
                     .map_err(err)?;
                 // Absent: a new row, or one whose expiry has passed (an expired record does not exist).
-                let mut create = tx
+                let mut create = c
                     .prepare_cached(
                         "INSERT INTO records (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)
                          ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, expires_at = excluded.expires_at
                          WHERE records.expires_at IS NOT NULL AND records.expires_at <= ?5",
                     )
                     .map_err(err)?;
-                let mut replace = tx
+                let mut replace = c
                     .prepare_cached(
                         "UPDATE records SET value = ?2, version = ?3, expires_at = ?4
                          WHERE key = ?1 AND version = ?5 AND (expires_at IS NULL OR expires_at > ?6)",
                     )
                     .map_err(err)?;
-                let mut delete = tx.prepare_cached("DELETE FROM records WHERE key = ?1").map_err(err)?;
-                let mut delete_version = tx
+                let mut delete = c.prepare_cached("DELETE FROM records WHERE key = ?1").map_err(err)?;
+                let mut delete_version = c
                     .prepare_cached(
                         "DELETE FROM records WHERE key = ?1 AND version = ?2 AND (expires_at IS NULL OR expires_at > ?3)",
                     )
                     .map_err(err)?;
                 // The store-wide version sequence is read once and written once per transaction: versions are
                 // never reused, across keys and across deletions (fencing tokens).
-                let mut seq: i64 = tx.query_row("SELECT seq FROM meta WHERE id = 0", [], |r| r.get(0)).map_err(err)?;
+                let mut seq: i64 = c
+                    .prepare_cached("SELECT seq FROM meta WHERE id = 0")
+                    .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                    .map_err(err)?;
                 let first = seq;
                 for w in writes {
                     let next = seq + 1;
@@ -326,11 +331,21 @@ impl Store for SqliteStore {
                     }
                 }
                 if seq != first {
-                    tx.execute("UPDATE meta SET seq = ?1 WHERE id = 0", params![seq]).map_err(err)?;
+                    c.prepare_cached("UPDATE meta SET seq = ?1 WHERE id = 0")
+                        .and_then(|mut s| s.execute(params![seq]))
+                        .map_err(err)?;
                 }
+                Ok(out)
+            };
+            let committed = written().and_then(|out| {
+                c.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).map_err(|e| map_err(&path, e))?;
+                Ok(out)
+            });
+            if committed.is_err() && !c.is_autocommit() {
+                // Nothing of a failed batch is applied.
+                let _ = c.execute_batch("ROLLBACK");
             }
-            tx.commit().map_err(|e| map_err(&path, e))?;
-            Ok(out)
+            committed
         })
         .await
         .map_err(|e| unavailable(&self.path, e))?

@@ -127,6 +127,33 @@ async fn contract_sqlite() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A batch that fails part-way applies nothing and leaves no transaction open: a write lock kept by a failed batch
+/// would stop every node on the host. The failure is made by a trigger, as a full disk or an I/O error would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_batch_failing_part_way_applies_nothing_and_releases_the_lock() {
+    let dir = crate::wire::tempdir("store-abort");
+    let path = dir.join("store.db");
+    let store = SqliteStore::open(&path, Duration::from_millis(500)).unwrap();
+    let kept = store.put("kept", Bytes::from_static(b"1"), Expect::Absent, None).await.unwrap();
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute_batch(
+            "CREATE TRIGGER boom BEFORE INSERT ON records WHEN NEW.key = 'boom' BEGIN SELECT RAISE(ABORT, 'disk'); END;",
+        )
+        .unwrap();
+    let w = |key: &str, expect| Write { key: key.into(), value: Some(Bytes::from_static(b"2")), expect, ttl: None };
+    let failed =
+        store.batch(vec![w("kept", Expect::Version(kept)), w("new", Expect::Absent), w("boom", Expect::Any)]).await;
+    assert!(matches!(failed, Err(StoreError::Unavailable { .. })), "{failed:?}");
+    assert_eq!(store.get("kept").await.unwrap().map(|v| v.version), Some(kept), "the first write was rolled back");
+    assert_eq!(store.get("new").await.unwrap(), None);
+    // Another process can take the write lock at once, and this store goes on writing.
+    other.execute_batch("BEGIN IMMEDIATE; DROP TRIGGER boom; COMMIT;").unwrap();
+    let out = store.batch(vec![w("kept", Expect::Version(kept)), w("boom", Expect::Absent)]).await.unwrap();
+    assert!(out.iter().all(Result::is_ok), "{out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_wal_is_checkpointed_in_the_background_and_stays_small() {
     // Writers checkpoint themselves only past 16,000 pages (64 MB of WAL); the background checkpointer keeps the
