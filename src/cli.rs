@@ -354,7 +354,7 @@ async fn node_main(
         shutdown_signal().await;
         tracing::info!("stopping: writing what replication holds, giving the lease up, DPR to peers");
         if let Some(s) = &sip {
-            s.stop();
+            s.stop().await;
         }
         engine.stop().await;
         Ok(ExitCode::SUCCESS)

@@ -272,9 +272,17 @@ impl B2bua {
         )
     }
 
-    /// Stops taking messages.
-    pub fn stop(&self) {
-        let _ = self.events.send(Ev::Stop);
+    /// A graceful stop: takes no more messages and fires no more timers, then writes what replication still holds
+    /// (a call changed while its previous write was in flight) and returns once those writes are done, or after
+    /// [`STOP_DRAIN`] should the store not answer. Give the node's lease up only after this: a survivor then adopts
+    /// each call as it last was here.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.events.send(Ev::Stop(tx)).is_ok() && tokio::time::timeout(STOP_DRAIN, rx).await.is_err() {
+            tracing::warn!(
+                "SIP calls' last writes not done after {STOP_DRAIN:?}: survivors adopt what the store holds"
+            );
+        }
     }
 }
 
@@ -288,8 +296,12 @@ enum Ev {
     /// A dead node's call whose quota runs out: this node was picked to adopt it (leg A's protocol record).
     QuotaDue(String),
     Stats(oneshot::Sender<SipStats>),
-    Stop,
+    /// A graceful stop: answered when the calls' last writes are done.
+    Stop(oneshot::Sender<()>),
 }
+
+/// How long a graceful stop waits for the calls' last writes.
+const STOP_DRAIN: Duration = Duration::from_secs(10);
 
 enum Adoption {
     Unknown,
@@ -568,7 +580,8 @@ impl Actor {
                     None => return,
                 },
                 e = events.recv() => match e {
-                    Some(Ev::Stop) | None => return,
+                    Some(Ev::Stop(done)) => return self.drain(events, done).await,
+                    None => return,
                     Some(e) => self.on_event(e),
                 },
                 () = sleep => self.on_timers(),
@@ -1789,8 +1802,37 @@ impl Actor {
             Ev::Stats(tx) => {
                 let _ = tx.send(self.stats.clone());
             }
-            Ev::Stop => {}
+            Ev::Stop(done) => drop(done.send(())),
         }
+    }
+
+    /// The rest of a graceful stop: no message is taken and no timer fires any more (a survivor carries the calls
+    /// on from what the store holds), only the writes in flight are seen through. A call changed while its
+    /// previous write was in flight is written once that write returns (`wrote`), and one whose last write failed
+    /// is written again, so the store ends with every call as it last was here; a write failing now is not retried.
+    async fn drain(mut self, mut events: mpsc::UnboundedReceiver<Ev>, done: oneshot::Sender<()>) {
+        // A call whose last write failed is tried once more.
+        let dirty: Vec<u64> = self.calls.iter().filter(|(_, c)| c.dirty && !c.writing).map(|(id, _)| *id).collect();
+        for id in dirty {
+            self.mark_dirty(id);
+        }
+        loop {
+            let writing = self.calls.values().filter(|c| c.writing).count() + self.closing.len();
+            if writing == 0 {
+                break;
+            }
+            match events.recv().await {
+                Some(Ev::Written(id, r)) => self.on_written(id, r),
+                Some(Ev::Created(id, r)) => self.on_created(id, r),
+                Some(Ev::Stats(tx)) => drop(tx.send(self.stats.clone())),
+                Some(Ev::Stop(also)) => drop(also.send(())),
+                // What the engine says about a call now (an answer, a RAR) is left to the survivor that adopts it.
+                Some(_) => {}
+                None => break,
+            }
+        }
+        tracing::info!(calls = self.calls.len(), "SIP B2BUA stopped; calls left to the cluster");
+        let _ = done.send(());
     }
 
     fn on_timers(&mut self) {

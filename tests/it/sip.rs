@@ -306,6 +306,83 @@ async fn a_call_step_by_step_trying_early_dialog_update_and_the_ims_service_cont
     assert!(store.scan_prefix("sipc/proto/sip/").await.unwrap().is_empty(), "records deleted at the end");
 }
 
+/// A graceful stop writes the change a call made while its previous write was in flight, and returns only then:
+/// the node's lease is given up after it, and a survivor adopts the call as it last was. The store's write lock is
+/// held by another connection meanwhile, so the first write cannot finish early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_writes_a_calls_last_change_before_returning() {
+    use charging_ra::sip::message::Message;
+    let sim = sim(OcsConfig::default()).await;
+    let dir = crate::wire::tempdir("sip-stop");
+    let path = dir.join("store.db");
+    let _ = std::fs::remove_file(&path);
+    let store = AnyStore::Sqlite(charging_ra::store::SqliteStore::open(&path, Duration::from_secs(10)).unwrap());
+    let binding = SipBinding::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let engine = Engine::start(node_config(&sim, "g1", Some(&store), binding.local_addr())).await.unwrap();
+    connected(&engine).await;
+    let callee = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let b2bua =
+        B2bua::start_on(binding, b2bua_config("127.0.0.1:0".parse().unwrap(), callee.local_addr().unwrap()), engine)
+            .await;
+    let node = b2bua.local_addr();
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = caller.local_addr().unwrap();
+    let n = rand_suffix();
+    let in_dialog = |method: &str, cseq: u32, uri: &str, to: &str| {
+        format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKgs{n}{cseq}{method}\r\n\
+             From: <sip:a@x>;tag=a1\r\nTo: {to}\r\nCall-ID: stop-{n}\r\nCSeq: {cseq} {method}\r\n\
+             Contact: <sip:a@{me}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        )
+    };
+    let contact = format!("<sip:bob@{}>", callee.local_addr().unwrap());
+    let answer = |m: &Message, code: u16| {
+        let mut r = m.response(code, "OK", Some("b1"));
+        r.push("Contact", contact.clone());
+        r.to_bytes()
+    };
+    caller.send_to(in_dialog("INVITE", 1, "sip:bob@127.0.0.1", "<sip:bob@y>").as_bytes(), node).await.unwrap();
+    let (leg_b, from) =
+        recv_until(&callee, Duration::from_secs(3), "INVITE on leg B", |m| m.method() == "INVITE").await;
+    callee.send_to(&answer(&leg_b, 200), from).await.unwrap();
+    let (ok, _) = recv_until(&caller, Duration::from_secs(2), "200 relayed", |m| m.code() == 200).await;
+    let to = ok.header("To").unwrap().to_string();
+    let target = ok.header("Contact").unwrap().trim_matches(|c| c == '<' || c == '>').to_string();
+    caller.send_to(in_dialog("ACK", 1, &target, &to).as_bytes(), node).await.unwrap();
+    recv_until(&callee, Duration::from_secs(2), "ACK on leg B", |m| m.method() == "ACK").await;
+    let end = tokio::time::Instant::now() + Duration::from_secs(3);
+    while store.scan_prefix("sipc/state/").await.unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < end, "the confirmed call was never written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let lock = rusqlite::Connection::open(&path).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // Two UPDATEs: the first one's write waits for the lock, the second changes the call meanwhile.
+    for cseq in [2, 3] {
+        caller.send_to(in_dialog("UPDATE", cseq, &target, &to).as_bytes(), node).await.unwrap();
+        let (update, from) =
+            recv_until(&callee, Duration::from_secs(2), "UPDATE on leg B", |m| m.method() == "UPDATE").await;
+        callee.send_to(&answer(&update, 200), from).await.unwrap();
+        recv_until(&caller, Duration::from_secs(2), "the UPDATE's 200", |m| m.code() == 200).await;
+    }
+    let stopping = tokio::spawn({
+        let b2bua = b2bua.clone();
+        async move { b2bua.stop().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!stopping.is_finished(), "the stop waits for the call's writes");
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("the stop returns once written").unwrap();
+
+    let states = store.scan_prefix("sipc/state/").await.unwrap();
+    let call = states.iter().find(|(k, _)| k.ends_with("/sip/call")).expect("the call's state");
+    let rec = charging_ra::api::record_json(&call.1.value).unwrap();
+    assert_eq!(rec["state"]["a"]["remote_cseq"], 3, "the last UPDATE is in the store: {rec}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn a_rar_while_the_callee_rings_reports_nothing_and_starts_no_quota_timer() {
     let mut ocs = OcsConfig::default();
