@@ -235,75 +235,102 @@ async fn a_caller_that_never_acks_gets_a_bye_and_leg_b_is_acked_before_its_bye()
     caller.send_to(&bye.response(200, "OK", None).to_bytes(), from).await.unwrap();
 }
 
+/// One node with a B2BUA, a raw caller and a raw callee, for tests that play a call message by message.
+struct StepCall {
+    sim: OcsServer,
+    b2bua: B2bua,
+    node: SocketAddr,
+    caller: UdpSocket,
+    callee: UdpSocket,
+    call_id: String,
+}
+
+impl StepCall {
+    async fn start(name: &str, store: &AnyStore) -> StepCall {
+        let sim = sim(OcsConfig::default()).await;
+        let binding = SipBinding::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let engine = Engine::start(node_config(&sim, name, Some(store), binding.local_addr())).await.unwrap();
+        connected(&engine).await;
+        let callee = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let any = "127.0.0.1:0".parse().unwrap();
+        let b2bua = B2bua::start_on(binding, b2bua_config(any, callee.local_addr().unwrap()), engine).await;
+        let node = b2bua.local_addr();
+        let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let call_id = format!("{name}-{}", rand_suffix());
+        StepCall { sim, b2bua, node, caller, callee, call_id }
+    }
+
+    /// A request from the caller (tag a1) to the node.
+    async fn send(&self, method: &str, cseq: u32, uri: &str, to: &str) {
+        let me = self.caller.local_addr().unwrap();
+        let id = &self.call_id;
+        let text = format!(
+            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK{id}{cseq}{method}\r\n\
+             From: <sip:a@x>;tag=a1\r\nTo: {to}\r\nCall-ID: {id}\r\nCSeq: {cseq} {method}\r\n\
+             Contact: <sip:a@{me}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        );
+        self.caller.send_to(text.as_bytes(), self.node).await.unwrap();
+    }
+
+    /// The callee's response to a request on leg B (tag b1, with its Contact).
+    async fn answer(&self, m: &charging_ra::sip::message::Message, code: u16, reason: &str, to: SocketAddr) {
+        let mut r = m.response(code, reason, Some("b1"));
+        r.push("Contact", format!("<sip:bob@{}>", self.callee.local_addr().unwrap()));
+        self.callee.send_to(&r.to_bytes(), to).await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_step_by_step_trying_early_dialog_update_and_the_ims_service_context() {
-    use charging_ra::sip::message::Message;
-    let sim = sim(OcsConfig::default()).await;
     let store = AnyStore::memory();
-    let binding = SipBinding::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let engine = Engine::start(node_config(&sim, "s1", Some(&store), binding.local_addr())).await.unwrap();
-    connected(&engine).await;
-    let callee = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let b2bua =
-        B2bua::start_on(binding, b2bua_config("127.0.0.1:0".parse().unwrap(), callee.local_addr().unwrap()), engine)
-            .await;
-    let node = b2bua.local_addr();
-    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let me = caller.local_addr().unwrap();
-    let n = rand_suffix();
-    let in_dialog = |method: &str, cseq: u32, uri: &str, to: &str| {
-        format!(
-            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKsx{n}{cseq}{method}\r\n\
-             From: <sip:a@x>;tag=a1\r\nTo: {to}\r\nCall-ID: steps-{n}\r\nCSeq: {cseq} {method}\r\n\
-             Contact: <sip:a@{me}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-        )
-    };
-    caller.send_to(in_dialog("INVITE", 1, "sip:bob@127.0.0.1", "<sip:bob@y>").as_bytes(), node).await.unwrap();
+    let call = StepCall::start("s1", &store).await;
+    let (caller, callee) = (&call.caller, &call.callee);
+    call.send("INVITE", 1, "sip:bob@127.0.0.1", "<sip:bob@y>").await;
     // §17.2.1: the B2BUA answers 100 Trying before anything else (leg B needs the CCA-I first).
-    let (first, _) = recv_until(&caller, Duration::from_secs(2), "a response", |m| !m.is_request()).await;
+    let (first, _) = recv_until(caller, Duration::from_secs(2), "a response", |m| !m.is_request()).await;
     assert_eq!(first.code(), 100, "100 Trying first");
-    let (leg_b, from) =
-        recv_until(&callee, Duration::from_secs(3), "INVITE on leg B", |m| m.method() == "INVITE").await;
-    let contact = format!("<sip:bob@{}>", callee.local_addr().unwrap());
-    let answer = |m: &Message, code: u16, reason: &str| {
-        let mut r = m.response(code, reason, Some("b1"));
-        r.push("Contact", contact.clone());
-        r.to_bytes()
-    };
-    callee.send_to(&answer(&leg_b, 180, "Ringing"), from).await.unwrap();
-    recv_until(&caller, Duration::from_secs(2), "180 relayed", |m| m.code() == 180).await;
+    let (leg_b, from) = recv_until(callee, Duration::from_secs(3), "INVITE on leg B", |m| m.method() == "INVITE").await;
+    call.answer(&leg_b, 180, "Ringing", from).await;
+    recv_until(caller, Duration::from_secs(2), "180 relayed", |m| m.code() == 180).await;
     // An early dialog is not replicated: it has nothing an adopter could carry on (no ACKed 2xx, and the caller
     // would retransmit its INVITE to the same node).
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(store.scan_prefix("sipc/proto/sip/").await.unwrap().is_empty(), "early dialog written");
-    callee.send_to(&answer(&leg_b, 200, "OK"), from).await.unwrap();
-    let (ok, _) = recv_until(&caller, Duration::from_secs(2), "200 relayed", |m| m.code() == 200).await;
-    let to = ok.header("To").unwrap().to_string();
-    let target = ok.header("Contact").unwrap().trim_matches(|c| c == '<' || c == '>').to_string();
-    caller.send_to(in_dialog("ACK", 1, &target, &to).as_bytes(), node).await.unwrap();
-    recv_until(&callee, Duration::from_secs(2), "ACK on leg B", |m| m.method() == "ACK").await;
+    let (target, to) = confirm(&call, &leg_b, from).await;
     let end = tokio::time::Instant::now() + Duration::from_secs(3);
     while store.scan_prefix("sipc/proto/sip/").await.unwrap().len() < 2 {
         assert!(tokio::time::Instant::now() < end, "the confirmed call's two legs were never written");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // UPDATE (RFC 3311) is relayed leg to leg like a re-INVITE.
-    caller.send_to(in_dialog("UPDATE", 2, &target, &to).as_bytes(), node).await.unwrap();
-    let (update, from) = recv_until(&callee, Duration::from_secs(2), "UPDATE on leg B", |m| m.is_request()).await;
+    call.send("UPDATE", 2, &target, &to).await;
+    let (update, from) = recv_until(callee, Duration::from_secs(2), "UPDATE on leg B", |m| m.is_request()).await;
     assert_eq!(update.method(), "UPDATE");
-    callee.send_to(&answer(&update, 200, "OK"), from).await.unwrap();
-    let (r, _) = recv_until(&caller, Duration::from_secs(2), "the UPDATE's 200", |m| !m.is_request()).await;
+    call.answer(&update, 200, "OK", from).await;
+    let (r, _) = recv_until(caller, Duration::from_secs(2), "the UPDATE's 200", |m| !m.is_request()).await;
     assert_eq!((r.code(), r.header("CSeq")), (200, Some("2 UPDATE")));
-    caller.send_to(in_dialog("BYE", 3, &target, &to).as_bytes(), node).await.unwrap();
-    let (bye, from) = recv_until(&callee, Duration::from_secs(2), "BYE on leg B", |m| m.is_request()).await;
+    call.send("BYE", 3, &target, &to).await;
+    let (bye, from) = recv_until(callee, Duration::from_secs(2), "BYE on leg B", |m| m.is_request()).await;
     assert_eq!(bye.method(), "BYE");
     callee.send_to(&bye.response(200, "OK", None).to_bytes(), from).await.unwrap();
-    recv_until(&caller, Duration::from_secs(2), "the BYE's 200", |m| m.code() == 200).await;
+    recv_until(caller, Duration::from_secs(2), "the BYE's 200", |m| m.code() == 200).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let s = &ro_sessions(&sim)[0];
+    let s = &ro_sessions(&call.sim)[0];
     assert_eq!(types(s), ["initial", "termination"]);
     assert_eq!(s["requests"][0]["service_context_id"], "32260@3gpp.org", "IMS charging (TS 32.260)");
     assert!(store.scan_prefix("sipc/proto/sip/").await.unwrap().is_empty(), "records deleted at the end");
+}
+
+/// The callee answers leg B's INVITE with 200, the caller ACKs the relayed 200, leg B gets its ACK: the call is
+/// confirmed. Leg A's remote target and To header, for the caller's in-dialog requests.
+async fn confirm(call: &StepCall, leg_b: &charging_ra::sip::message::Message, from: SocketAddr) -> (String, String) {
+    call.answer(leg_b, 200, "OK", from).await;
+    let (ok, _) = recv_until(&call.caller, Duration::from_secs(2), "200 relayed", |m| m.code() == 200).await;
+    let to = ok.header("To").unwrap().to_string();
+    let target = ok.header("Contact").unwrap().trim_matches(|c| c == '<' || c == '>').to_string();
+    call.send("ACK", 1, &target, &to).await;
+    recv_until(&call.callee, Duration::from_secs(2), "ACK on leg B", |m| m.method() == "ACK").await;
+    (target, to)
 }
 
 /// A graceful stop writes the change a call made while its previous write was in flight, and returns only then:
@@ -311,45 +338,15 @@ async fn a_call_step_by_step_trying_early_dialog_update_and_the_ims_service_cont
 /// held by another connection meanwhile, so the first write cannot finish early.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_stop_writes_a_calls_last_change_before_returning() {
-    use charging_ra::sip::message::Message;
-    let sim = sim(OcsConfig::default()).await;
     let dir = crate::wire::tempdir("sip-stop");
     let path = dir.join("store.db");
     let _ = std::fs::remove_file(&path);
     let store = AnyStore::Sqlite(charging_ra::store::SqliteStore::open(&path, Duration::from_secs(10)).unwrap());
-    let binding = SipBinding::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let engine = Engine::start(node_config(&sim, "g1", Some(&store), binding.local_addr())).await.unwrap();
-    connected(&engine).await;
-    let callee = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let b2bua =
-        B2bua::start_on(binding, b2bua_config("127.0.0.1:0".parse().unwrap(), callee.local_addr().unwrap()), engine)
-            .await;
-    let node = b2bua.local_addr();
-    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let me = caller.local_addr().unwrap();
-    let n = rand_suffix();
-    let in_dialog = |method: &str, cseq: u32, uri: &str, to: &str| {
-        format!(
-            "{method} {uri} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKgs{n}{cseq}{method}\r\n\
-             From: <sip:a@x>;tag=a1\r\nTo: {to}\r\nCall-ID: stop-{n}\r\nCSeq: {cseq} {method}\r\n\
-             Contact: <sip:a@{me}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
-        )
-    };
-    let contact = format!("<sip:bob@{}>", callee.local_addr().unwrap());
-    let answer = |m: &Message, code: u16| {
-        let mut r = m.response(code, "OK", Some("b1"));
-        r.push("Contact", contact.clone());
-        r.to_bytes()
-    };
-    caller.send_to(in_dialog("INVITE", 1, "sip:bob@127.0.0.1", "<sip:bob@y>").as_bytes(), node).await.unwrap();
+    let call = StepCall::start("g1", &store).await;
+    call.send("INVITE", 1, "sip:bob@127.0.0.1", "<sip:bob@y>").await;
     let (leg_b, from) =
-        recv_until(&callee, Duration::from_secs(3), "INVITE on leg B", |m| m.method() == "INVITE").await;
-    callee.send_to(&answer(&leg_b, 200), from).await.unwrap();
-    let (ok, _) = recv_until(&caller, Duration::from_secs(2), "200 relayed", |m| m.code() == 200).await;
-    let to = ok.header("To").unwrap().to_string();
-    let target = ok.header("Contact").unwrap().trim_matches(|c| c == '<' || c == '>').to_string();
-    caller.send_to(in_dialog("ACK", 1, &target, &to).as_bytes(), node).await.unwrap();
-    recv_until(&callee, Duration::from_secs(2), "ACK on leg B", |m| m.method() == "ACK").await;
+        recv_until(&call.callee, Duration::from_secs(3), "INVITE on leg B", |m| m.method() == "INVITE").await;
+    let (target, to) = confirm(&call, &leg_b, from).await;
     let end = tokio::time::Instant::now() + Duration::from_secs(3);
     while store.scan_prefix("sipc/state/").await.unwrap().is_empty() {
         assert!(tokio::time::Instant::now() < end, "the confirmed call was never written");
@@ -360,14 +357,14 @@ async fn a_graceful_stop_writes_a_calls_last_change_before_returning() {
     lock.execute_batch("BEGIN IMMEDIATE").unwrap();
     // Two UPDATEs: the first one's write waits for the lock, the second changes the call meanwhile.
     for cseq in [2, 3] {
-        caller.send_to(in_dialog("UPDATE", cseq, &target, &to).as_bytes(), node).await.unwrap();
+        call.send("UPDATE", cseq, &target, &to).await;
         let (update, from) =
-            recv_until(&callee, Duration::from_secs(2), "UPDATE on leg B", |m| m.method() == "UPDATE").await;
-        callee.send_to(&answer(&update, 200), from).await.unwrap();
-        recv_until(&caller, Duration::from_secs(2), "the UPDATE's 200", |m| m.code() == 200).await;
+            recv_until(&call.callee, Duration::from_secs(2), "UPDATE on leg B", |m| m.method() == "UPDATE").await;
+        call.answer(&update, 200, "OK", from).await;
+        recv_until(&call.caller, Duration::from_secs(2), "the UPDATE's 200", |m| m.code() == 200).await;
     }
     let stopping = tokio::spawn({
-        let b2bua = b2bua.clone();
+        let b2bua = call.b2bua.clone();
         async move { b2bua.stop().await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -377,8 +374,8 @@ async fn a_graceful_stop_writes_a_calls_last_change_before_returning() {
     tokio::time::timeout(Duration::from_secs(5), stopping).await.expect("the stop returns once written").unwrap();
 
     let states = store.scan_prefix("sipc/state/").await.unwrap();
-    let call = states.iter().find(|(k, _)| k.ends_with("/sip/call")).expect("the call's state");
-    let rec = charging_ra::api::record_json(&call.1.value).unwrap();
+    let state = states.iter().find(|(k, _)| k.ends_with("/sip/call")).expect("the call's state");
+    let rec = charging_ra::api::record_json(&state.1.value).unwrap();
     assert_eq!(rec["state"]["a"]["remote_cseq"], 3, "the last UPDATE is in the store: {rec}");
     let _ = std::fs::remove_dir_all(&dir);
 }
