@@ -990,7 +990,12 @@ impl Driver {
             self.write_batch();
             if !self.flushing.is_empty() {
                 let (done, down, quiet) = match &self.repl {
-                    Some(r) => (r.completed, r.down(Instant::now()), r.writing == 0 && r.urgent.is_empty()),
+                    Some(r) => (
+                        // A session read back after an uncertain write is written after it: not done before.
+                        if r.resyncing == 0 { r.completed } else { 0 },
+                        r.down(Instant::now()),
+                        r.writing == 0 && r.resyncing == 0 && r.urgent.is_empty() && r.blocked.is_empty(),
+                    ),
                     None => (u64::MAX, true, true),
                 };
                 for (target, f) in std::mem::take(&mut self.flushing) {
@@ -1514,9 +1519,11 @@ impl Driver {
                     r.conv_version = Some(l.conv_version);
                     r.proto_version = Some(l.proto_version);
                     // The previous owner's timer hint goes; this node writes its own with the next state.
+                    // A restarted node adopting its previous incarnation's session has the same key: nothing to delete.
                     r.stale_hint = l
                         .adopted_from
                         .as_ref()
+                        .filter(|old| **old != repl.cfg.node_id)
                         .map(|old| crate::replication::keys::deadline(&repl.cfg.cluster, old, &sid));
                     entry.convergence = Some(r.convergence.clone());
                     entry.replica = Some(r);
@@ -1710,9 +1717,17 @@ impl Driver {
         repl.stats.batches += 1;
         repl.stats.writes += writes.len() as u64;
         let (store, tx) = (repl.cfg.store.clone(), self.net_tx.clone());
-        let (after, (done, next)) = (repl.chain.take(), oneshot::channel());
-        repl.chain = Some(next);
+        let (after, (stored, next_stores)) = (repl.chain.take(), oneshot::channel());
+        let ((delivered, next_delivers), after_delivered) = (oneshot::channel(), repl.delivered.take());
+        repl.chain = Some(next_stores);
+        repl.delivered = Some(next_delivers);
         tokio::spawn(async move {
+            // The store writes the batches in the order they started: a name one batch deletes (a convergence name
+            // the service chose, a timer hint) may be created again by the next. This batch was built and handed
+            // over meanwhile, so only the store's work is in series.
+            if let Some(after) = after {
+                let _ = after.await;
+            }
             let started = Instant::now();
             // A store that hangs or a backend that panics must not hold every replicated session's requests
             // for good: both count as the store failing.
@@ -1733,14 +1748,13 @@ impl Driver {
                 }),
             };
             let took = started.elapsed();
-            // The store may write the batches in flight in any order: no session is in two of them (a session's
-            // next write waits for its previous one), so none depends on another. Their results reach the driver
-            // in the order the batches started, since a flush counts completed batches.
-            if let Some(after) = after {
+            let _ = stored.send(());
+            // Results reach the driver in the same order (a flush counts completed batches).
+            if let Some(after) = after_delivered {
                 let _ = after.await;
             }
             let _ = tx.send(Net::Written(parts, r, took));
-            let _ = done.send(());
+            let _ = delivered.send(());
         });
     }
 
@@ -1839,7 +1853,7 @@ impl Driver {
         };
         let Some(r) = &mut e.replica else { return };
         known(r);
-        repl.unblock(&p.sid);
+        repl.unblock(&p.sid, r);
         if let Some(err) = failed {
             // The store failed some of it, perhaps after applying it: sessions go on locally, the session is
             // written again later, and a conflict then is checked before it is taken for fencing.
@@ -1875,6 +1889,7 @@ impl Driver {
             let (tx, sid) = (self.net_tx.clone(), p.sid.clone());
             let check = repl.resync(&sid, r);
             r.in_flight = true;
+            repl.resyncing += 1;
             tokio::spawn(async move {
                 let out = check.await;
                 let _ = tx.send(Net::Resynced(sid, out));
@@ -1946,6 +1961,12 @@ impl Driver {
     /// The records read back after an uncertain write met a conflict.
     fn resynced(&mut self, sid: String, out: Result<replica::Resync, StoreError>) {
         let Some(repl) = &mut self.repl else { return };
+        repl.resyncing -= 1;
+        // The session goes in a batch to come: a flush waiting must wait for that one too.
+        let target = repl.started + replica::BATCHES_IN_FLIGHT as u64;
+        for (t, _) in &mut self.flushing {
+            *t = (*t).max(target);
+        }
         let Some(r) = self.sessions.get_mut(&sid).and_then(|e| e.replica.as_mut()) else {
             // The session ended meanwhile: its deletion, which waited for this, goes ahead with the versions that
             // are ours (a record held by another owner is left to it).
@@ -1960,7 +1981,7 @@ impl Driver {
             return;
         };
         r.in_flight = false;
-        repl.unblock(&sid);
+        repl.unblock(&sid, r);
         match out {
             Err(err) => {
                 repl.write_now(&sid, r);

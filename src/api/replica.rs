@@ -368,9 +368,12 @@ pub(super) struct Repl {
     pub completed: u64,
     /// Batches being written: at most [`BATCHES_IN_FLIGHT`].
     pub writing: usize,
-    /// The end of the batch started last: the next batch calls the store after it, so that batches complete in the
-    /// order they started.
+    /// The store's answer to the batch started last: the next batch calls the store after it.
     pub chain: Option<oneshot::Receiver<()>>,
+    /// The delivery of the last batch's results to the driver: the next batch's are delivered after it.
+    pub delivered: Option<oneshot::Receiver<()>>,
+    /// Sessions being read back after an uncertain write ([`Resync`]).
+    pub resyncing: usize,
     /// Sessions due while a batch holding their previous write is in flight: a session is in one batch at a time
     /// (its next write is conditional on the version that one returns), so they wait for it.
     pub blocked: HashSet<String>,
@@ -434,6 +437,8 @@ impl Repl {
             completed: 0,
             writing: 0,
             chain: None,
+            delivered: None,
+            resyncing: 0,
             blocked: HashSet::new(),
             down_until: None,
             stats: ReplicationStats::default(),
@@ -456,9 +461,9 @@ impl Repl {
     }
 
     /// A session's write came back (or its read-back did): if it became due meanwhile, it goes in the next batch.
-    pub fn unblock(&mut self, sid: &str) {
+    pub fn unblock(&mut self, sid: &str, r: &mut Replica) {
         if self.blocked.remove(sid) {
-            self.urgent.insert(sid.to_string());
+            self.write_now(sid, r);
         }
     }
 

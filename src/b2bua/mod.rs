@@ -221,6 +221,7 @@ impl B2bua {
             counter: 0,
             calls: HashMap::new(),
             closing: HashMap::new(),
+            deleting: 0,
             next_call: 0,
             legs: HashMap::new(),
             invites: HashMap::new(),
@@ -292,6 +293,8 @@ enum Ev {
     Reauthorized(u64, Result<Outcome, ChargingError>),
     Created(u64, Result<u64, String>),
     Written(u64, Result<u64, StoreError>),
+    /// A call's records have been deleted (or their deletion failed).
+    Deleted,
     Adopted(String, Adoption),
     /// A dead node's call whose quota runs out: this node was picked to adopt it (leg A's protocol record).
     QuotaDue(String),
@@ -437,6 +440,8 @@ struct Actor {
     calls: HashMap<u64, Call>,
     /// Ended calls whose last write is in flight; their records are deleted after it.
     closing: HashMap<u64, Call>,
+    /// Ended calls whose records are being deleted.
+    deleting: usize,
     next_call: u64,
     legs: HashMap<(String, String), (u64, Side)>,
     invites: HashMap<ServerKey, u64>,
@@ -1648,23 +1653,31 @@ impl Actor {
             // The state goes first and alone, conditional on this node's version, so a node fenced by an adopter
             // deletes nothing; then the rest: two batches.
             self.stats.store_writes += 1 + u64::from(state.is_some());
+            self.deleting += 1;
+            let ev = self.ev.clone();
             tokio::spawn(async move {
-                if let Some(state) = state {
-                    match own.store().batch(vec![state]).await.map(|mut r| r.swap_remove(0)) {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(_)) => {
-                            tracing::warn!("a SIP call ended here was adopted by another node: its records are kept");
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "SIP call records not deleted; their TTL will");
-                            return;
+                let delete = async {
+                    if let Some(state) = state {
+                        match own.store().batch(vec![state]).await.map(|mut r| r.swap_remove(0)) {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(_)) => {
+                                tracing::warn!(
+                                    "a SIP call ended here was adopted by another node: its records are kept"
+                                );
+                                return;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "SIP call records not deleted; their TTL will");
+                                return;
+                            }
                         }
                     }
-                }
-                if let Err(e) = own.store().batch(writes).await {
-                    tracing::warn!(error = %e, "SIP call records not deleted; their TTL will");
-                }
+                    if let Err(e) = own.store().batch(writes).await {
+                        tracing::warn!(error = %e, "SIP call records not deleted; their TTL will");
+                    }
+                };
+                delete.await;
+                let _ = ev.send(Ev::Deleted);
             });
         }
     }
@@ -1782,6 +1795,7 @@ impl Actor {
             Ev::Reauthorized(id, r) => self.on_reauthorized(id, r),
             Ev::Created(id, r) => self.on_created(id, r),
             Ev::Written(id, r) => self.on_written(id, r),
+            Ev::Deleted => self.deleting -= 1,
             Ev::Adopted(k, a) => {
                 if let Some(rest) = k.strip_prefix("hangup:") {
                     let (sid, why) = rest.split_once('\n').unwrap_or((rest, ""));
@@ -1810,29 +1824,34 @@ impl Actor {
     /// on from what the store holds), only the writes in flight are seen through. A call changed while its
     /// previous write was in flight is written once that write returns (`wrote`), and one whose last write failed
     /// is written again, so the store ends with every call as it last was here; a write failing now is not retried.
+    /// Deletions in flight are waited for too: a survivor must not adopt a call that ended here.
     async fn drain(mut self, mut events: mpsc::UnboundedReceiver<Ev>, done: oneshot::Sender<()>) {
         // A call whose last write failed is tried once more.
         let dirty: Vec<u64> = self.calls.iter().filter(|(_, c)| c.dirty && !c.writing).map(|(id, _)| *id).collect();
         for id in dirty {
             self.mark_dirty(id);
         }
+        let mut done = vec![done];
         loop {
-            let writing = self.calls.values().filter(|c| c.writing).count() + self.closing.len();
+            let writing = self.calls.values().filter(|c| c.writing).count() + self.closing.len() + self.deleting;
             if writing == 0 {
                 break;
             }
             match events.recv().await {
                 Some(Ev::Written(id, r)) => self.on_written(id, r),
                 Some(Ev::Created(id, r)) => self.on_created(id, r),
+                Some(Ev::Deleted) => self.deleting -= 1,
                 Some(Ev::Stats(tx)) => drop(tx.send(self.stats.clone())),
-                Some(Ev::Stop(also)) => drop(also.send(())),
+                Some(Ev::Stop(also)) => done.push(also),
                 // What the engine says about a call now (an answer, a RAR) is left to the survivor that adopts it.
                 Some(_) => {}
                 None => break,
             }
         }
         tracing::info!(calls = self.calls.len(), "SIP B2BUA stopped; calls left to the cluster");
-        let _ = done.send(());
+        for d in done {
+            let _ = d.send(());
+        }
     }
 
     fn on_timers(&mut self) {

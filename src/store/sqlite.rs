@@ -205,11 +205,25 @@ impl SqliteStore {
         let (conn, path, file) = (self.conn.clone(), self.path.clone(), self.file);
         tokio::task::spawn_blocking(move || {
             same_file(&path, file)?;
-            let mut c = conn.lock().expect("sqlite connection lock");
+            let mut c = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             f(&mut c, &path).map_err(|e| map_err(&path, e))
         })
         .await
         .map_err(|e| unavailable(&self.path, e))?
+    }
+}
+
+/// A transaction begun on a connection: rolled back when it is left without a COMMIT, by an error or a panic, so that
+/// nothing of a failed batch applies and the file's write lock, which every node on the host waits for, is not kept.
+struct Open<'c>(&'c Connection);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        if !self.0.is_autocommit()
+            && let Err(e) = self.0.execute_batch("ROLLBACK")
+        {
+            tracing::error!(error = %e, "SQLite rollback failed; the next batch tries again");
+        }
     }
 }
 
@@ -248,10 +262,16 @@ impl Store for SqliteStore {
         let (conn, path, file) = (self.conn.clone(), self.path.clone(), self.file);
         tokio::task::spawn_blocking(move || -> Result<Vec<Result<u64, StoreError>>, StoreError> {
             same_file(&path, file)?;
-            let c = conn.lock().expect("sqlite connection lock");
+            // A batch that panicked has been rolled back (`Open`): the connection is usable.
+            let c = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !c.is_autocommit() {
+                // A rollback that failed before: end that transaction first, or BEGIN would fail for good.
+                c.execute_batch("ROLLBACK").map_err(|e| map_err(&path, e))?;
+            }
             // Transaction control and the sequence's statements are cached like the writes': parsing them for
             // every batch cost 3% of a replicating node's CPU.
             c.prepare_cached("BEGIN IMMEDIATE").and_then(|mut s| s.execute([])).map_err(|e| map_err(&path, e))?;
+            let _open = Open(&c);
             let now = now_ms();
             let written = || -> Result<Vec<Result<u64, StoreError>>, StoreError> {
                 let mut out = Vec::with_capacity(writes.len());
@@ -337,15 +357,10 @@ impl Store for SqliteStore {
                 }
                 Ok(out)
             };
-            let committed = written().and_then(|out| {
+            written().and_then(|out| {
                 c.prepare_cached("COMMIT").and_then(|mut s| s.execute([])).map_err(|e| map_err(&path, e))?;
                 Ok(out)
-            });
-            if committed.is_err() && !c.is_autocommit() {
-                // Nothing of a failed batch is applied.
-                let _ = c.execute_batch("ROLLBACK");
-            }
-            committed
+            })
         })
         .await
         .map_err(|e| unavailable(&self.path, e))?

@@ -75,6 +75,15 @@ async fn crashable_pair(sim: &OcsServer, store: &AnyStore) -> (Crashable, Engine
     (a, b)
 }
 
+/// A fresh SQLite store in a test directory: the directory, the file, the store.
+fn sqlite_store(name: &str, busy_timeout: Duration) -> (std::path::PathBuf, std::path::PathBuf, AnyStore) {
+    let dir = crate::wire::tempdir(name);
+    let path = dir.join("store.db");
+    let _ = std::fs::remove_file(&path);
+    let store = AnyStore::Sqlite(SqliteStore::open(&path, busy_timeout).unwrap());
+    (dir, path, store)
+}
+
 async fn records(store: &AnyStore, kind: &str) -> usize {
     store.scan_prefix(&format!("{CLUSTER}/{kind}/")).await.unwrap().len()
 }
@@ -220,10 +229,7 @@ async fn a_stale_owner_is_fenced_and_sends_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_replicating_on_request_and_sessions_continue_through_a_store_outage() {
     let sim = sim(OcsConfig::default()).await;
-    let dir = crate::wire::tempdir("replication-outage");
-    let path = dir.join("store.db");
-    let _ = std::fs::remove_file(&path);
-    let store = AnyStore::Sqlite(SqliteStore::open(&path, Duration::from_millis(50)).unwrap());
+    let (dir, path, store) = sqlite_store("replication-outage", Duration::from_millis(50));
     let mut cfg = replicated(&sim, "n1", &store, QUICK_LEASE);
     cfg.ro.replicate_by_default = false;
     let e = Engine::start(cfg).await.unwrap();
@@ -298,10 +304,7 @@ async fn start_replicating_on_request_and_sessions_continue_through_a_store_outa
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_batches_in_flight_and_a_session_waits_for_its_own_previous_write() {
     let sim = sim(OcsConfig::default()).await;
-    let dir = crate::wire::tempdir("replication-pipeline");
-    let path = dir.join("store.db");
-    let _ = std::fs::remove_file(&path);
-    let store = AnyStore::Sqlite(SqliteStore::open(&path, Duration::from_secs(10)).unwrap());
+    let (dir, path, store) = sqlite_store("replication-pipeline", Duration::from_secs(10));
     let mut cfg = replicated(&sim, "n1", &store, QUICK_LEASE);
     let write_delay = Duration::from_millis(800);
     cfg.replication.as_mut().unwrap().write_delay = write_delay;
@@ -354,6 +357,64 @@ async fn two_batches_in_flight_and_a_session_waits_for_its_own_previous_write() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(check(&sim).await["clean"], true);
+    e.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The store writes batches in the order they started: a convergence name the service chose, deleted with one
+/// session's end, can be claimed at once by the next session, even while both batches wait for the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_convergence_name_freed_by_one_batch_is_claimed_by_the_next() {
+    let sim = sim(OcsConfig::default()).await;
+    let (dir, path, store) = sqlite_store("replication-order", Duration::from_secs(10));
+    let e = Engine::start(replicated(&sim, "n1", &store, QUICK_LEASE)).await.unwrap();
+    connected(&e).await;
+    let named = |who: &'static str| {
+        let e = e.clone();
+        async move {
+            let options =
+                SessionOptions { convergence: Some("call-7".into()), replicate: Some(true), ..Default::default() };
+            e.open_session_with(App::Ro, msisdn(who), None, vec![rg(10)], vec![], options).await
+        }
+    };
+    let first = named("46721").await.unwrap().session_id;
+    // The CCA-T comes 400 ms late: the store's lock is taken meanwhile, so the deletion that follows it waits.
+    let fault = FaultRule {
+        subscriber: None,
+        session_id: Some(first.clone()),
+        command: Some("CCR".into()),
+        request_type: Some("termination".into()),
+        request_number: None,
+        retransmission: None,
+        times: Some(1),
+        action: FaultAction::Delay(Duration::from_millis(400)),
+    };
+    let body = serde_json::to_string(&fault).unwrap();
+    let (status, _) = http(sim.control_addr().unwrap(), "POST", "/v1/faults", Some(&body)).await;
+    assert!(status < 300, "fault rejected: {status}");
+    let ending = tokio::spawn({
+        let e = e.clone();
+        async move { e.terminate(&first, vec![]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let lock = rusqlite::Connection::open(&path).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    tokio::time::timeout(Duration::from_secs(5), ending).await.unwrap().unwrap().unwrap();
+    // The deletion of the first session's records is in flight; the second session's claim of the name is next.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = tokio::spawn(named("46722"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = e.replication_stats().await.unwrap();
+    assert_eq!(s.batches - s.batches_done, 2, "the deletion and the claim are both in flight: {s:?}");
+    lock.execute_batch("ROLLBACK").unwrap();
+    drop(lock);
+    let second = tokio::time::timeout(Duration::from_secs(5), second).await.unwrap().unwrap().unwrap().session_id;
+    let s = e.replication_stats().await.unwrap();
+    assert_eq!(s.refused, 0, "the name was free when the second session claimed it: {s:?}");
+    assert_eq!(e.session(&second).await.unwrap().convergence.as_deref(), Some("call-7"));
+    let conv = store.get(&format!("{CLUSTER}/conv/call-7")).await.unwrap();
+    assert!(conv.is_some(), "the second session's convergence record");
+    e.terminate(&second, vec![]).await.unwrap();
     e.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
