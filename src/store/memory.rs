@@ -1,6 +1,7 @@
 //! The in-process store, for unit tests and the in-process simulator.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -53,21 +54,31 @@ impl Store for MemoryStore {
     async fn batch(&self, writes: Vec<Write>) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
         let now = Instant::now();
         let mut guard = self.records.lock().expect("store lock");
+        let (map, seq) = &mut *guard;
+        // One descent of the map per write (an entry), not a lookup for the check and another for the write.
         Ok(writes
             .into_iter()
             .map(|w| {
-                check(guard.0.get(&w.key), w.expect, now)?;
-                match w.value {
-                    Some(value) => {
-                        guard.1 += 1;
-                        let version = guard.1;
-                        guard.0.insert(w.key, Record { value, version, expires: w.ttl.map(|t| now + t) });
-                        Ok(version)
+                let expires = w.ttl.map(|t| now + t);
+                match (map.entry(w.key), w.value) {
+                    (Entry::Occupied(mut e), Some(value)) => {
+                        check(Some(e.get()), w.expect, now)?;
+                        *seq += 1;
+                        *e.get_mut() = Record { value, version: *seq, expires };
+                        Ok(*seq)
                     }
-                    None => {
-                        guard.0.remove(&w.key);
+                    (Entry::Vacant(e), Some(value)) => {
+                        check(None, w.expect, now)?;
+                        *seq += 1;
+                        e.insert(Record { value, version: *seq, expires });
+                        Ok(*seq)
+                    }
+                    (Entry::Occupied(e), None) => {
+                        check(Some(e.get()), w.expect, now)?;
+                        e.remove();
                         Ok(0)
                     }
+                    (Entry::Vacant(_), None) => check(None, w.expect, now).map(|_| 0),
                 }
             })
             .collect())
