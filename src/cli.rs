@@ -402,6 +402,9 @@ struct LoadArgs {
     /// How replicated session state is written: binary or json (`[replication] state_encoding`).
     #[arg(long, default_value = "binary")]
     state_encoding: String,
+    /// Group commits in flight at once, 1 to 8 (`[replication] batches_in_flight`).
+    #[arg(long, default_value_t = 1)]
+    batches_in_flight: usize,
     /// Start transactions at this rate per second (open loop; latency counts from when each was due), for
     /// latency at a given load; without it, as fast as the concurrency allows.
     #[arg(long)]
@@ -426,11 +429,15 @@ fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
         app,
         replication,
         state_encoding,
+        batches_in_flight,
         rate,
         threads,
     } = args;
     if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         bail!("--rate must be a positive number of transactions per second");
+    }
+    if !(1..=8).contains(&batches_in_flight) {
+        bail!("--batches-in-flight must be from 1 to 8");
     }
     use charging_ra::api::App;
     use charging_ra::store::{AnyStore, SqliteStore};
@@ -457,7 +464,7 @@ fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
         other => bail!("--replication {other:?}: use off, memory or sqlite"),
     };
     let target = match ocs {
-        Some(ocs) => charging_ra::load::Target::Embedded { ocs, realm, replication, state_encoding },
+        Some(ocs) => charging_ra::load::Target::Embedded { ocs, realm, replication, state_encoding, batches_in_flight },
         None => {
             anyhow::ensure!(
                 replication.is_none(),

@@ -379,6 +379,8 @@ pub struct ReplicationSection {
     /// How credit-control session state is written: `binary` (the default, while every live node reads it) or
     /// `json` (docs/replication.md, "Rolling upgrades").
     pub state_encoding: crate::replication::StateEncoding,
+    /// Group commits in flight at once (1–8; docs/replication.md, "When").
+    pub batches_in_flight: usize,
     /// Per application: replicate sessions from creation (else only after `start_replicating`).
     pub replicate_by_default: ReplicateByDefault,
 }
@@ -433,6 +435,7 @@ impl ReplicationSection {
         r.record_ttl = self.record_ttl;
         r.backlog_limit = self.backlog_limit;
         r.state_encoding = self.state_encoding;
+        r.batches_in_flight = self.batches_in_flight;
         r
     }
 }
@@ -448,6 +451,7 @@ impl Default for ReplicationSection {
             record_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
             backlog_limit: 100_000,
             state_encoding: crate::replication::StateEncoding::default(),
+            batches_in_flight: 1,
             replicate_by_default: ReplicateByDefault::default(),
         }
     }
@@ -614,6 +618,9 @@ impl Config {
         }
         if r.write_delay > std::time::Duration::from_secs(10) {
             return Err(invalid("replication.write_delay", "must be at most 10s"));
+        }
+        if !(1..=8).contains(&r.batches_in_flight) {
+            return Err(invalid("replication.batches_in_flight", "must be from 1 to 8"));
         }
         if r.record_ttl < std::time::Duration::from_secs(1) || r.record_ttl < r.lease_ttl {
             return Err(invalid(
@@ -817,6 +824,10 @@ mod tests {
         assert!(err.contains("postgres") && err.contains("sqlite"), "{err}");
         let err = Config::parse("[replication]\nlease_ttl = \"600ms\"\n", Path::new("n.toml")).unwrap_err().to_string();
         assert!(err.contains("replication.lease_ttl") && err.contains("twice"), "{err}");
+        let err = Config::parse("[replication]\nbatches_in_flight = 0\n", Path::new("n.toml")).unwrap_err().to_string();
+        assert!(err.contains("replication.batches_in_flight") && err.contains("1 to 8"), "{err}");
+        let two = Config::parse("[replication]\nbatches_in_flight = 2\n", Path::new("n.toml")).unwrap();
+        assert_eq!(two.replication.batches_in_flight, 2);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub enum Target {
         replication: Option<crate::store::AnyStore>,
         /// How the session state records are written.
         state_encoding: crate::replication::StateEncoding,
+        /// Group commits in flight at once (`[replication] batches_in_flight`).
+        batches_in_flight: usize,
     },
     /// Through the HTTP fronts of running nodes (`charging-ra node`), which talk to their own peers and replicate
     /// as configured. Session `n` opens on node `n mod N` and its later calls go to the same node; when a node
@@ -81,6 +83,7 @@ impl LoadConfig {
                 realm: "localdomain".into(),
                 replication: None,
                 state_encoding: Default::default(),
+                batches_in_flight: 1,
             },
             sessions,
             concurrency: 100,
@@ -176,6 +179,7 @@ pub fn engine_config(
     realm: &str,
     replication: Option<crate::store::AnyStore>,
     state_encoding: crate::replication::StateEncoding,
+    batches_in_flight: usize,
 ) -> EngineConfig {
     let mut local = LocalIdentity::charging_client("load.localdomain", "localdomain", 0);
     local.applications =
@@ -189,7 +193,7 @@ pub fn engine_config(
         NodeConfig::new(router, vec![PeerEndpoint { config: peer, address: Some(ocs), tls: false, server_name: None }]);
     let replication = replication.map(|store| {
         let mut r = crate::api::ReplicationConfig::new(store, "load", "load", "aaa://load.localdomain:3868");
-        r.state_encoding = state_encoding;
+        (r.state_encoding, r.batches_in_flight) = (state_encoding, batches_in_flight);
         r
     });
     let mut engine = EngineConfig::new(node, AppSettings::new(realm), AppSettings::new(realm));
@@ -211,8 +215,9 @@ pub enum LoadError {
 /// Runs the load and returns what it measured.
 pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
     let engine = match &cfg.target {
-        Target::Embedded { ocs, realm, replication, state_encoding } => {
-            let engine = Engine::start(engine_config(*ocs, realm, replication.clone(), *state_encoding)).await?;
+        Target::Embedded { ocs, realm, replication, state_encoding, batches_in_flight } => {
+            let config = engine_config(*ocs, realm, replication.clone(), *state_encoding, *batches_in_flight);
+            let engine = Engine::start(config).await?;
             let ready = Instant::now() + cfg.open_timeout;
             while !engine.node_status().await.is_some_and(|s| s.peers.first().is_some_and(|p| p.available)) {
                 if Instant::now() > ready {

@@ -1245,9 +1245,9 @@ impl Driver {
                     }
                     // Answered once the batch that takes them has completed: not when the node is idle, which under
                     // load it never is. That is the next batch to start, or, for a session whose previous write is in
-                    // flight, the first to start after that write completes: at most BATCHES_IN_FLIGHT from now,
+                    // flight, the first to start after that write completes: at most `batches_in_flight` from now,
                     // batches completing in order.
-                    let target = repl.started + replica::BATCHES_IN_FLIGHT as u64;
+                    let target = repl.started + repl.cfg.batches_in_flight as u64;
                     self.flushing.push((target, reply));
                 }
                 _ => drop(reply.send(())),
@@ -1641,7 +1641,7 @@ impl Driver {
     fn write_batch(&mut self) {
         let now = Instant::now();
         let Some(repl) = &mut self.repl else { return };
-        if repl.writing >= replica::BATCHES_IN_FLIGHT || repl.down(now) {
+        if repl.writing >= repl.cfg.batches_in_flight || repl.down(now) {
             return;
         }
         let due = repl.take_due(now);
@@ -1963,7 +1963,7 @@ impl Driver {
         let Some(repl) = &mut self.repl else { return };
         repl.resyncing -= 1;
         // The session goes in a batch to come: a flush waiting must wait for that one too.
-        let target = repl.started + replica::BATCHES_IN_FLIGHT as u64;
+        let target = repl.started + repl.cfg.batches_in_flight as u64;
         for (t, _) in &mut self.flushing {
             *t = (*t).max(target);
         }

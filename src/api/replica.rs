@@ -62,11 +62,15 @@ pub struct ReplicationConfig {
     pub backlog_limit: usize,
     /// How session state records are written.
     pub state_encoding: StateEncoding,
+    /// Group commits in flight at once (at least 1). With more than one, the next batch is built and queued while
+    /// one is written; the store still writes them in order. One is the default: on the memory store and SQLite
+    /// two gave more, smaller commits and no more throughput (BENCHMARKS.md, "seventh measurement").
+    pub batches_in_flight: usize,
 }
 
 impl ReplicationConfig {
     /// The defaults for node `node_id` on `store`: write_delay 100 ms, lease 500 ms / 2 s, records 7 days,
-    /// backlog 100,000 sessions.
+    /// backlog 100,000 sessions, one batch in flight.
     pub fn new(store: AnyStore, cluster: &str, node_id: &str, diameter_uri: &str) -> ReplicationConfig {
         ReplicationConfig {
             store,
@@ -81,6 +85,7 @@ impl ReplicationConfig {
             record_ttl: Duration::from_secs(7 * 24 * 3600),
             backlog_limit: 100_000,
             state_encoding: StateEncoding::default(),
+            batches_in_flight: 1,
         }
     }
 }
@@ -320,12 +325,6 @@ pub(super) struct HintScan {
 pub(super) const FULL_HINT_SCAN_EVERY: u64 = 20;
 
 /// The replication side of the engine's driver.
-/// Group commits written at once. The second is built and handed to the store while the first is being written,
-/// so the store is not left idle while a result travels back to the driver and the next batch is built (most of a
-/// batch's time with the memory store, and the blocking pool's wake-up with SQLite). More would only make batches
-/// smaller: the store writes them one after another.
-pub(super) const BATCHES_IN_FLIGHT: usize = 2;
-
 pub(super) struct Repl {
     pub cfg: ReplicationConfig,
     pub own: Arc<Ownership<AnyStore>>,
@@ -366,7 +365,7 @@ pub(super) struct Repl {
     pub started: u64,
     /// Batches completed, in the order they started (a flush waits for the ones due when it was asked).
     pub completed: u64,
-    /// Batches being written: at most [`BATCHES_IN_FLIGHT`].
+    /// Batches being written: at most [`ReplicationConfig::batches_in_flight`].
     pub writing: usize,
     /// The store's answer to the batch started last: the next batch calls the store after it.
     pub chain: Option<oneshot::Receiver<()>>,
@@ -478,7 +477,7 @@ impl Repl {
     }
 
     fn next_write(&self) -> Option<Instant> {
-        if self.writing >= BATCHES_IN_FLIGHT {
+        if self.writing >= self.cfg.batches_in_flight {
             return None;
         }
         let flush = self.flushes.iter().next().map(|(t, _)| *t);

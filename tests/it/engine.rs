@@ -285,6 +285,7 @@ async fn load_driver_runs_sessions_and_prints_throughput_last() {
                 realm: OCS_REALM.into(),
                 replication: replication.clone(),
                 state_encoding: Default::default(),
+                batches_in_flight: 1,
             },
             concurrency: 20,
             ..LoadConfig::embedded(sim.diameter_addr(), 300, 2)
@@ -321,6 +322,7 @@ async fn load_driver_runs_sessions_and_prints_throughput_last() {
             realm: OCS_REALM.into(),
             replication: None,
             state_encoding: Default::default(),
+            batches_in_flight: 1,
         },
         concurrency: 20,
         rate: Some(1000.0),

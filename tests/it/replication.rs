@@ -299,15 +299,16 @@ async fn start_replicating_on_request_and_sessions_continue_through_a_store_outa
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Two group commits are in flight at once, a session is never in both, and what waits behind them is written when
-/// they complete: the store is held by another process's write lock meanwhile, so the batches cannot finish early.
+/// With `batches_in_flight = 2`, two group commits are in flight at once, a session is never in both, and what
+/// waits behind them is written when they complete: the store is held by another process's write lock meanwhile, so the batches cannot finish early.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_batches_in_flight_and_a_session_waits_for_its_own_previous_write() {
     let sim = sim(OcsConfig::default()).await;
     let (dir, path, store) = sqlite_store("replication-pipeline", Duration::from_secs(10));
     let mut cfg = replicated(&sim, "n1", &store, QUICK_LEASE);
     let write_delay = Duration::from_millis(800);
-    cfg.replication.as_mut().unwrap().write_delay = write_delay;
+    let r = cfg.replication.as_mut().unwrap();
+    (r.write_delay, r.batches_in_flight) = (write_delay, 2);
     let e = Engine::start(cfg).await.unwrap();
     connected(&e).await;
     let a = e.open_session(App::Ro, msisdn("46711"), None, vec![rg(10)]).await.unwrap().session_id;
@@ -367,7 +368,9 @@ async fn two_batches_in_flight_and_a_session_waits_for_its_own_previous_write() 
 async fn a_convergence_name_freed_by_one_batch_is_claimed_by_the_next() {
     let sim = sim(OcsConfig::default()).await;
     let (dir, path, store) = sqlite_store("replication-order", Duration::from_secs(10));
-    let e = Engine::start(replicated(&sim, "n1", &store, QUICK_LEASE)).await.unwrap();
+    let mut cfg = replicated(&sim, "n1", &store, QUICK_LEASE);
+    cfg.replication.as_mut().unwrap().batches_in_flight = 2;
+    let e = Engine::start(cfg).await.unwrap();
     connected(&e).await;
     let named = |who: &'static str| {
         let e = e.clone();
