@@ -316,7 +316,18 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
         let _ = writeln!(std::io::stderr());
     }
     let stats = match &engine {
-        Some(e) => e.replication_stats().await,
+        // The last sessions' deletions are written after the answers that ended them: counted once written.
+        Some(e) => {
+            let until = Instant::now() + Duration::from_secs(5);
+            loop {
+                let s = e.replication_stats().await;
+                let settled = s.as_ref().is_none_or(|s| s.backlog == 0 && s.batches_done == s.batches);
+                if settled || Instant::now() > until {
+                    break s;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
         None => None,
     };
     let commit_mean = stats.as_ref().map(|s| Duration::from_micros(s.batch_time_us / s.batches_done.max(1)));
