@@ -62,7 +62,7 @@ pub struct ReplicationConfig {
     pub backlog_limit: usize,
     /// How session state records are written.
     pub state_encoding: StateEncoding,
-    /// Group commits in flight at once (at least 1). With more than one, the next batch is built and queued while
+    /// Group commits in flight at once (0 counts as 1). With more than one, the next batch is built and queued while
     /// one is written; the store still writes them in order. One is the default: on the memory store and SQLite
     /// two gave more, smaller commits and no more throughput (BENCHMARKS.md, "seventh measurement").
     pub batches_in_flight: usize,
@@ -404,7 +404,9 @@ pub(super) fn hint_stale(written: Option<u64>, deadline: Option<u64>, wall: u64)
 }
 
 impl Repl {
-    pub fn new(cfg: ReplicationConfig, incarnation: u64) -> Repl {
+    pub fn new(mut cfg: ReplicationConfig, incarnation: u64) -> Repl {
+        // Zero in flight would never write: the configuration file refuses it, the Rust API gets one.
+        cfg.batches_in_flight = cfg.batches_in_flight.max(1);
         let me = NodeIdentity {
             node: cfg.node_id.clone(),
             incarnation,
