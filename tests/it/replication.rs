@@ -300,7 +300,8 @@ async fn start_replicating_on_request_and_sessions_continue_through_a_store_outa
 }
 
 /// With `batches_in_flight = 2`, two group commits are in flight at once, a session is never in both, and what
-/// waits behind them is written when they complete: the store is held by another process's write lock meanwhile, so the batches cannot finish early.
+/// waits behind them is written when they complete: the store is held by another process's write lock meanwhile,
+/// so the batches cannot finish early.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_batches_in_flight_and_a_session_waits_for_its_own_previous_write() {
     let sim = sim(OcsConfig::default()).await;
