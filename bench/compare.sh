@@ -3,19 +3,24 @@
 # measurement"). Usage: bench/compare.sh MODE RUNS "BIN [load args]" ["BIN [load args]" ...]
 # Each variant is a binary and extra load arguments, e.g. "target/release/charging-ra --threads 1"; two builds are
 # compared by passing two binaries. The simulator (the first variant's binary) is emptied before each run unless
-# RESET=0, which lets its ledger grow across runs as it did before 2026-11-27's third measurement. A run whose
-# answers are not all 2001 fails the script.
+# RESET=0, which lets its ledger grow across runs as it did before 2026-11-27's third measurement. SIM_EACH=1
+# restarts the simulator from each variant's own binary before its run, for builds whose simulator differs (the
+# allocator, BENCHMARKS.md "seventh measurement"). A run whose answers are not all 2001 fails the script.
 set -euo pipefail
 mode=$1 runs=$2
 shift 2
 sessions=${SESSIONS:-40000}
 port=${PORT:-39884}
 ctl=$((port + 1))
+start_sim() { # binary
+  "$1" ocs-sim --listen 127.0.0.1:$port --control 127.0.0.1:$ctl >/dev/null 2>&1 &
+  sim=$!
+  sleep 1
+}
+stop_sim() { kill $sim 2>/dev/null; wait $sim 2>/dev/null || true; }
 read -r -a first <<<"$1"
-"${first[0]}" ocs-sim --listen 127.0.0.1:$port --control 127.0.0.1:$ctl >/dev/null 2>&1 &
-sim=$!
-trap 'kill $sim 2>/dev/null; wait $sim 2>/dev/null || true' EXIT
-sleep 1
+start_sim "${first[0]}"
+trap stop_sim EXIT
 
 reset() {
   exec 3<>"/dev/tcp/127.0.0.1/$ctl"
@@ -27,6 +32,10 @@ reset() {
 for r in $(seq "$runs"); do
   for variant in "$@"; do
     read -r -a v <<<"$variant"
+    if [ "${SIM_EACH:-0}" = 1 ]; then
+      stop_sim
+      start_sim "${v[0]}"
+    fi
     [ "${RESET:-1}" = 0 ] || reset
     out=$("${v[@]:0:1}" load --ocs 127.0.0.1:$port --sessions "$sessions" --concurrency 100 --updates 3 \
       --replication "$mode" "${v[@]:1}" 2>&1)

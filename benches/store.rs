@@ -53,6 +53,7 @@ async fn measure<S: Store>(name: &str, store: Arc<S>, n: u64) {
         }
     }
     let grouped = (rounds * 100) as f64 / t0.elapsed().as_secs_f64();
+    let process_cpu = || charging_ra::load::process_cpu().expect("/proc/self/stat");
     let cpu = process_cpu();
     let (sessions, records) = sessions(&*store, n * 5).await;
     // CPU per record, every thread of the process (the SQLite work runs on tokio's blocking pool): steadier than
@@ -62,9 +63,9 @@ async fn measure<S: Store>(name: &str, store: Arc<S>, n: u64) {
 }
 
 /// Records per second when the batches are shaped like the engine's (docs/replication.md): 100 sessions at a time,
-/// each created (convergence, protocol and a 530-octet state record (a binary one with a CCR-U in flight), absent before, and a timer hint), its state
-/// written four times more (each conditional on its version), then deleted (conditional) with its hint; one batch
-/// per step for all 100, 12 records per session.
+/// each created (convergence, protocol and a 530-octet state record (a binary one with a CCR-U in flight), absent
+/// before, and a timer hint), its state written four times more (each conditional on its version), then deleted
+/// (conditional) with its hint; one batch per step for all 100, 12 records per session.
 async fn sessions<S: Store>(store: &S, n: u64) -> (f64, u64) {
     let small = Bytes::from(vec![b's'; 110]);
     let state = Bytes::from(vec![b'x'; 530]);
@@ -122,14 +123,6 @@ async fn sessions<S: Store>(store: &S, n: u64) -> (f64, u64) {
         assert!(store.batch(deleted).await.unwrap().iter().all(Result::is_ok));
     }
     (records as f64 / t.elapsed().as_secs_f64(), records)
-}
-
-/// The process's user and system CPU time (proc(5): the 14th and 15th fields of /proc/self/stat, in ticks of 10 ms).
-fn process_cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    let mut f = stat.rsplit_once(')').expect("stat").1.split_whitespace().skip(11);
-    let mut tick = || f.next().and_then(|t| t.parse::<u64>().ok()).expect("utime and stime");
-    Duration::from_millis((tick() + tick()) * 10)
 }
 
 fn main() {

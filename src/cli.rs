@@ -436,7 +436,7 @@ fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         bail!("--rate must be a positive number of transactions per second");
     }
-    if !(1..=8).contains(&batches_in_flight) {
+    if !(1..=charging_ra::api::MAX_BATCHES_IN_FLIGHT).contains(&batches_in_flight) {
         bail!("--batches-in-flight must be from 1 to 8");
     }
     use charging_ra::api::App;

@@ -619,7 +619,7 @@ impl Config {
         if r.write_delay > std::time::Duration::from_secs(10) {
             return Err(invalid("replication.write_delay", "must be at most 10s"));
         }
-        if !(1..=8).contains(&r.batches_in_flight) {
+        if !(1..=crate::api::MAX_BATCHES_IN_FLIGHT).contains(&r.batches_in_flight) {
             return Err(invalid("replication.batches_in_flight", "must be from 1 to 8"));
         }
         if r.record_ttl < std::time::Duration::from_secs(1) || r.record_ttl < r.lease_ttl {

@@ -358,8 +358,8 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
 }
 
 /// The CPU time this process has used (user and system, all threads), from `/proc/self/stat`, in the kernel's
-/// clock ticks of 10 ms; `None` where there is no such file.
-fn process_cpu() -> Option<Duration> {
+/// clock ticks of 10 ms; `None` where there is no such file. (The store bench uses it too.)
+pub fn process_cpu() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The fields after the command name (which may hold spaces), from the third: utime and stime are the 14th
     // and 15th (proc(5)).

@@ -10,7 +10,7 @@ pub mod http;
 pub mod metrics;
 mod replica;
 
-pub use replica::{ReplicationConfig, ReplicationStats, record_json};
+pub use replica::{MAX_BATCHES_IN_FLIGHT, ReplicationConfig, ReplicationStats, record_json};
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
@@ -994,7 +994,7 @@ impl Driver {
                         // A session read back after an uncertain write is written after it: not done before.
                         if r.resyncing == 0 { r.completed } else { 0 },
                         r.down(Instant::now()),
-                        r.writing == 0 && r.resyncing == 0 && r.urgent.is_empty() && r.blocked.is_empty(),
+                        r.writing() == 0 && r.resyncing == 0 && r.urgent.is_empty() && r.blocked.is_empty(),
                     ),
                     None => (u64::MAX, true, true),
                 };
@@ -1641,7 +1641,7 @@ impl Driver {
     fn write_batch(&mut self) {
         let now = Instant::now();
         let Some(repl) = &mut self.repl else { return };
-        if repl.writing >= repl.cfg.batches_in_flight || repl.down(now) {
+        if repl.writing() >= repl.cfg.batches_in_flight || repl.down(now) {
             return;
         }
         let due = repl.take_due(now);
@@ -1712,7 +1712,6 @@ impl Driver {
         if writes.is_empty() {
             return;
         }
-        repl.writing += 1;
         repl.started += 1;
         repl.stats.batches += 1;
         repl.stats.writes += writes.len() as u64;
@@ -1766,7 +1765,6 @@ impl Driver {
         took: Duration,
     ) {
         let Some(repl) = &mut self.repl else { return };
-        repl.writing -= 1;
         repl.completed += 1;
         let us = took.as_micros() as u64;
         repl.stats.batches_done += 1;

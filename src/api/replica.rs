@@ -68,6 +68,10 @@ pub struct ReplicationConfig {
     pub batches_in_flight: usize,
 }
 
+/// The most group commits a configuration may put in flight (`[replication] batches_in_flight`,
+/// `load --batches-in-flight`).
+pub const MAX_BATCHES_IN_FLIGHT: usize = 8;
+
 impl ReplicationConfig {
     /// The defaults for node `node_id` on `store`: write_delay 100 ms, lease 500 ms / 2 s, records 7 days,
     /// backlog 100,000 sessions, one batch in flight.
@@ -365,8 +369,6 @@ pub(super) struct Repl {
     pub started: u64,
     /// Batches completed, in the order they started (a flush waits for the ones due when it was asked).
     pub completed: u64,
-    /// Batches being written: at most [`ReplicationConfig::batches_in_flight`].
-    pub writing: usize,
     /// The store's answer to the batch started last: the next batch calls the store after it.
     pub chain: Option<oneshot::Receiver<()>>,
     /// The delivery of the last batch's results to the driver: the next batch's are delivered after it.
@@ -436,7 +438,6 @@ impl Repl {
             deleting: HashSet::new(),
             started: 0,
             completed: 0,
-            writing: 0,
             chain: None,
             delivered: None,
             resyncing: 0,
@@ -444,6 +445,12 @@ impl Repl {
             down_until: None,
             stats: ReplicationStats::default(),
         }
+    }
+
+    /// Batches being written (results are delivered in the order batches start): at most
+    /// [`ReplicationConfig::batches_in_flight`].
+    pub fn writing(&self) -> usize {
+        (self.started - self.completed) as usize
     }
 
     /// Whether a session has ended and its records are being deleted.
@@ -479,7 +486,7 @@ impl Repl {
     }
 
     fn next_write(&self) -> Option<Instant> {
-        if self.writing >= self.cfg.batches_in_flight {
+        if self.writing() >= self.cfg.batches_in_flight {
             return None;
         }
         let flush = self.flushes.iter().next().map(|(t, _)| *t);

@@ -1816,6 +1816,7 @@ impl Actor {
             Ev::Stats(tx) => {
                 let _ = tx.send(self.stats.clone());
             }
+            // The run loop turns a stop into the drain before it gets here.
             Ev::Stop(done) => drop(done.send(())),
         }
     }
@@ -1838,10 +1839,7 @@ impl Actor {
                 break;
             }
             match events.recv().await {
-                Some(Ev::Written(id, r)) => self.on_written(id, r),
-                Some(Ev::Created(id, r)) => self.on_created(id, r),
-                Some(Ev::Deleted) => self.deleting -= 1,
-                Some(Ev::Stats(tx)) => drop(tx.send(self.stats.clone())),
+                Some(e @ (Ev::Written(..) | Ev::Created(..) | Ev::Deleted | Ev::Stats(_))) => self.on_event(e),
                 Some(Ev::Stop(also)) => done.push(also),
                 // What the engine says about a call now (an answer, a RAR) is left to the survivor that adopts it.
                 Some(_) => {}
