@@ -196,6 +196,7 @@ fn ocs_sim(
         cfg.control = control;
         cfg.mate = mate;
         cfg.ocs = ocs;
+        cfg.after_reset = crate::RETURN_FREED_MEMORY;
         let server = OcsServer::start(cfg).await?;
         tracing::info!(diameter = %server.diameter_addr(), control = ?server.control_addr(), "ocs-sim running as {origin_host}");
         // For whoever started this process (scripts, the conformance runner): where it listens, once it does.

@@ -1,7 +1,7 @@
 //! The ledger: what every session asked, was granted, reported and was charged, and the anomalies a correct
 //! client never causes. The conformance suite judges by [`Check`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
@@ -148,6 +148,9 @@ pub struct GxLedger {
     pub usage_reported: Units,
 }
 
+/// Answers kept per session for retransmissions.
+const RECENT_ANSWERS: usize = 4;
+
 /// One session in the ledger.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LedgerSession {
@@ -175,6 +178,10 @@ pub struct LedgerSession {
     pub gx: GxLedger,
     /// What went wrong.
     pub anomalies: Vec<Anomaly>,
+    /// The last answers given, by CC-Request-Number, for retransmissions: kept with the session rather than in a
+    /// map of their own, which grew by one entry per session and stalled the simulator each time it doubled.
+    #[serde(skip)]
+    pub(crate) recent: VecDeque<(u32, Message)>,
 }
 
 impl LedgerSession {
@@ -192,7 +199,17 @@ impl LedgerSession {
             server_requests: Vec::new(),
             gx: GxLedger::default(),
             anomalies: Vec::new(),
+            recent: VecDeque::new(),
         }
+    }
+
+    /// Keeps `answer` for retransmissions (RFC 4006 §7: a client has at most a few requests of a session
+    /// outstanding, so a handful per session is enough and memory stays bounded per session).
+    pub(crate) fn remember_answer(&mut self, number: u32, answer: &Message) {
+        if self.recent.len() == RECENT_ANSWERS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((number, answer.clone()));
     }
 
     pub(crate) fn record(&mut self, max: usize, r: RequestRecord) {

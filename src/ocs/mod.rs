@@ -9,7 +9,7 @@ pub mod config;
 mod ledger;
 pub mod server;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap as HashMap;
 use std::time::{Duration, Instant};
@@ -133,13 +133,12 @@ pub struct Ocs {
     config: OcsConfig,
     origin_host: String,
     origin_realm: String,
-    accounts: HashMap<String, Account>,
+    /// By subscriber. Ordered, so that it grows a node at a time: a hash table of one entry per subscriber
+    /// stalled the simulator for milliseconds each time it doubled (BENCHMARKS.md, "paced latency").
+    accounts: BTreeMap<String, Account>,
     ledger: BTreeMap<String, LedgerSession>,
     runtime: HashMap<String, SessionRuntime>,
     faults: Vec<(FaultRule, u32)>,
-    /// The last answers per session, for retransmissions (RFC 4006 §7: a client has at most a few requests of a
-    /// session outstanding, so a handful per session is enough and memory stays bounded per session).
-    recent: HashMap<String, VecDeque<(u32, Message)>>,
     /// Requests by (command, request type, Result-Code) for the metrics.
     pub counters: BTreeMap<(String, String, u32), u64>,
     /// Processing-time histogram over [`LATENCY_BUCKETS`] (the last slot counts the rest).
@@ -147,9 +146,6 @@ pub struct Ocs {
     /// Total processing time.
     pub latency_sum: Duration,
 }
-
-/// Answers kept per session for retransmissions.
-const RECENT_ANSWERS: usize = 4;
 
 /// Upper bounds (seconds) of the processing-time histogram.
 pub const LATENCY_BUCKETS: [f64; 8] = [0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.1];
@@ -193,11 +189,10 @@ impl Ocs {
             config,
             origin_host: origin_host.to_string(),
             origin_realm: origin_realm.to_string(),
-            accounts: HashMap::default(),
+            accounts: BTreeMap::new(),
             ledger: BTreeMap::new(),
             runtime: HashMap::default(),
             faults,
-            recent: HashMap::default(),
             counters: BTreeMap::new(),
             latency: [0; LATENCY_BUCKETS.len() + 1],
             latency_sum: Duration::ZERO,
@@ -276,16 +271,8 @@ impl Ocs {
         None
     }
 
-    fn remember_answer(&mut self, sid: &str, number: u32, answer: &Message) {
-        let q = self.recent.entry(sid.to_string()).or_default();
-        if q.len() == RECENT_ANSWERS {
-            q.pop_front();
-        }
-        q.push_back((number, answer.clone()));
-    }
-
     fn recent_answer(&self, sid: &str, number: u32) -> Option<Message> {
-        self.recent.get(sid)?.iter().rev().find(|(n, _)| *n == number).map(|(_, m)| m.clone())
+        self.ledger.get(sid)?.recent.iter().rev().find(|(n, _)| *n == number).map(|(_, m)| m.clone())
     }
 
     fn base_answer(&self, req: &Message, rc: ResultCode) -> Message {
@@ -455,7 +442,7 @@ impl Ocs {
             s.state = if rtype == 3 { SessionState::Terminated } else { SessionState::Event };
             self.runtime.remove(&sid);
         }
-        self.remember_answer(&sid, number, &answer);
+        s.remember_answer(number, &answer);
         answer
     }
 

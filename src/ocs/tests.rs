@@ -147,6 +147,17 @@ fn t_flag_retransmission_is_answered_again_and_not_charged_twice() {
     assert_eq!(c.anomalies.get("repeated_number"), Some(&1));
     assert_eq!(c.anomalies.get("usage_reported_twice"), Some(&1));
     assert_eq!(o.ledger()["s1"].rating_groups[&10].debited.time, Some(200));
+    // The answers are kept past the session's end: a CCR-T whose answer was lost is answered again, the same.
+    let term = ccr("s1", 3, 2, "46701", &[mscc(10, Some(100), false)]);
+    let first = answer(o.handle_request(t, 5, P, &term));
+    let mut again = term.clone();
+    again.header.flags = CommandFlags(again.header.flags.0 | CommandFlags::RETRANSMIT);
+    assert_eq!(answer(o.handle_request(t, 6, P, &again)).avps, first.avps);
+    let s = &o.ledger()["s1"];
+    assert_eq!((s.state, s.duplicates_answered), (SessionState::Terminated, 2));
+    assert_eq!(s.rating_groups[&10].debited.time, Some(300), "the CCR-T's usage charged once");
+    // They are the simulator's, not the ledger's: its JSON does not carry them.
+    assert!(!serde_json::to_string(s).unwrap().contains("recent"));
 }
 
 #[test]
