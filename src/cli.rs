@@ -410,6 +410,10 @@ struct LoadArgs {
     /// latency at a given load; without it, as fast as the concurrency allows.
     #[arg(long)]
     rate: Option<f64>,
+    /// Write each transaction's latency to this file, one line each in the order they were due: when it was due
+    /// (microseconds from the start) and its latency (microseconds). Stalls show as runs of long latencies.
+    #[arg(long)]
+    latency_log: Option<std::path::PathBuf>,
     /// Worker threads of the load's runtime (the engine runs in it too); default: one per CPU. On a small
     /// machine shared with the simulator, 1 avoids the tasks' wake-ups crossing threads (BENCHMARKS.md).
     #[arg(long)]
@@ -432,6 +436,7 @@ fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
         state_encoding,
         batches_in_flight,
         rate,
+        latency_log,
         threads,
     } = args;
     if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
@@ -488,7 +493,8 @@ fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     };
     use charging_ra::load::LoadConfig;
     let open_timeout = std::time::Duration::from_secs(10);
-    let cfg = LoadConfig { target, sessions, concurrency, updates, hold, duration, app, rate, open_timeout };
+    let cfg =
+        LoadConfig { target, sessions, concurrency, updates, hold, duration, app, rate, open_timeout, latency_log };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = threads {
         anyhow::ensure!(n > 0, "--threads must be at least 1");

@@ -71,6 +71,9 @@ pub struct LoadConfig {
     pub rate: Option<f64>,
     /// How long an embedded run waits for the OCS or PCRF to open (CER/CEA) before it refuses to measure.
     pub open_timeout: Duration,
+    /// Write every transaction's latency here, one line each in the order they were due: when it was due
+    /// (microseconds from the run's start) and its latency (microseconds). A stall shows as a run of lines.
+    pub latency_log: Option<std::path::PathBuf>,
 }
 
 impl LoadConfig {
@@ -93,6 +96,7 @@ impl LoadConfig {
             app: App::Ro,
             rate: None,
             open_timeout: Duration::from_secs(10),
+            latency_log: None,
         }
     }
 }
@@ -210,10 +214,21 @@ pub enum LoadError {
     /// The OCS or PCRF did not complete CER/CEA in time: every transaction would fail, and measure nothing.
     #[error("the OCS/PCRF at {0} did not open a connection within {1:?} (CER/CEA); is it running there?")]
     PeerNotOpen(SocketAddr, Duration),
+    /// The latency log could not be written.
+    #[error("latency log {0}: {1}")]
+    LatencyLog(std::path::PathBuf, std::io::Error),
 }
 
 /// Runs the load and returns what it measured.
 pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
+    // Created first, so that a path that cannot be written is refused before the run, not after it.
+    fn log_error(p: &std::path::Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
+        move |e| LoadError::LatencyLog(p.to_path_buf(), e)
+    }
+    let log_file = match &cfg.latency_log {
+        Some(p) => Some(std::fs::File::create(p).map_err(log_error(p))?),
+        None => None,
+    };
     let engine = match &cfg.target {
         Target::Embedded { ocs, realm, replication, state_encoding, batches_in_flight } => {
             let config = engine_config(*ocs, realm, replication.clone(), *state_encoding, *batches_in_flight);
@@ -237,6 +252,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
     let tickets = Arc::new(AtomicU64::new(0));
+    let pacer = cfg.rate.map(|rate| Pacer::start(started, rate));
     let shared = Arc::new(Mutex::new(Tally::default()));
     let progress = std::io::stderr().is_terminal();
     let mut workers = Vec::new();
@@ -248,22 +264,19 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
         };
         let (next, done, shared, cfg, tickets) =
             (next.clone(), done.clone(), shared.clone(), cfg.clone(), tickets.clone());
+        let pacer = pacer.as_ref().map(|p| p.permits.clone());
         workers.push(tokio::spawn(async move {
-            let mut tally = Tally::for_sessions_of(cfg.updates);
-            // When the next transaction is due: now, or its slot in the run's schedule at `rate`.
+            let mut tally = Tally::for_sessions_of(cfg.updates, cfg.latency_log.as_ref().map(|_| started));
+            // When the next transaction is due: now, or its slot in the run's schedule at `rate`, once the pacer
+            // has released it.
             let due = || {
-                let tickets = tickets.clone();
+                let (tickets, pacer) = (tickets.clone(), pacer.clone());
                 async move {
-                    let Some(rate) = cfg.rate else { return Instant::now() };
+                    let (Some(rate), Some(pacer)) = (cfg.rate, pacer) else { return Instant::now() };
+                    pacer.acquire().await.expect("the pacer's semaphore is never closed").forget();
+                    // Released in order, so the k-th ticket taken is due no later than the k-th release.
                     let k = tickets.fetch_add(1, Ordering::Relaxed);
-                    let at = started + Duration::from_secs_f64(k as f64 / rate);
-                    if at <= Instant::now() {
-                        // Already due: the run is behind its schedule, and the wait since counts.
-                        return at;
-                    }
-                    // Early: sleep (tokio's timer wakes up to a millisecond late, which is not the engine's).
-                    tokio::time::sleep_until(at.into()).await;
-                    Instant::now()
+                    started + Duration::from_secs_f64(k as f64 / rate)
                 }
             };
             loop {
@@ -310,6 +323,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
     for w in workers {
         let _ = w.await;
     }
+    drop(pacer);
     let elapsed = started.elapsed();
     let cpu = cpu_before.zip(process_cpu()).map(|(a, b)| b.saturating_sub(a));
     if progress {
@@ -338,7 +352,16 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
     if let Some(e) = engine {
         e.stop().await;
     }
-    let Tally { mut lat, results, http_errors, failures } = std::mem::take(&mut *shared.lock().expect("load stats"));
+    let Tally { mut lat, results, http_errors, failures, mut log, .. } =
+        std::mem::take(&mut *shared.lock().expect("load stats"));
+    if let (Some(path), Some(file)) = (&cfg.latency_log, log_file) {
+        log.sort_unstable();
+        let mut out = std::io::BufWriter::new(file);
+        log.iter()
+            .try_for_each(|(due, latency)| writeln!(out, "{due} {latency}"))
+            .and_then(|()| out.flush())
+            .map_err(log_error(path))?;
+    }
     lat.sort_unstable();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0) as u64
@@ -357,6 +380,52 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
     })
 }
 
+/// Releases a paced run's transactions as they come due, from a thread of its own that wakes about every eight
+/// transactions' worth of time (0.1 to 1 ms). Sleeping on tokio's timer instead, which fires once a millisecond, a
+/// millisecond's transactions would all start together (58 at 58,000/s), and the last of each bunch would queue
+/// behind the rest: a burst that traffic from many independent sessions does not have. The thread costs the load
+/// process about a tenth of a CPU at 58,000/s (BENCHMARKS.md, "Paced latency").
+struct Pacer {
+    /// One permit per transaction due.
+    permits: Arc<tokio::sync::Semaphore>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pacer {
+    fn start(started: Instant, rate: f64) -> Pacer {
+        let permits = Arc::new(tokio::sync::Semaphore::new(0));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (p, s) = (permits.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("load-pacer".into())
+            .spawn(move || {
+                let tick = Duration::from_secs_f64((8.0 / rate).clamp(0.000_1, 0.001));
+                let mut released = 0u64;
+                while !s.load(Ordering::Relaxed) {
+                    // Transactions 0..due are due: the k-th at `started + k / rate`.
+                    let due = (started.elapsed().as_secs_f64() * rate) as u64 + 1;
+                    if due > released {
+                        p.add_permits((due - released).min(tokio::sync::Semaphore::MAX_PERMITS as u64) as usize);
+                        released = due;
+                    }
+                    std::thread::sleep(tick);
+                }
+            })
+            .expect("spawning the load's pacer thread");
+        Pacer { permits, stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Pacer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The CPU time this process has used (user and system, all threads), from `/proc/self/stat`, in the kernel's
 /// clock ticks of 10 ms; `None` where there is no such file. (The store bench uses it too.)
 pub fn process_cpu() -> Option<Duration> {
@@ -373,16 +442,21 @@ pub fn process_cpu() -> Option<Duration> {
 #[derive(Default)]
 struct Tally {
     lat: Vec<u32>,
+    /// With a latency log: the run's start, and per transaction when it was due since then and its latency (µs).
+    log_from: Option<Instant>,
+    log: Vec<(u32, u32)>,
     results: Vec<(u32, u64)>,
     http_errors: Vec<(u16, u64)>,
     failures: Vec<(&'static str, u64)>,
 }
 
 impl Tally {
-    /// Room for one session's transactions and two Result-Codes.
-    fn for_sessions_of(updates: u32) -> Tally {
+    /// Room for one session's transactions and two Result-Codes; `log_from`: keep a latency log, from then.
+    fn for_sessions_of(updates: u32, log_from: Option<Instant>) -> Tally {
         Tally {
             lat: Vec::with_capacity(updates as usize + 2),
+            log_from,
+            log: Vec::new(),
             results: Vec::with_capacity(2),
             http_errors: Vec::new(),
             failures: Vec::new(),
@@ -391,7 +465,11 @@ impl Tally {
 
     /// One transaction, due at `t`, ended now.
     fn add(&mut self, t: Instant, step: Step) {
-        self.lat.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        let latency = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+        self.lat.push(latency);
+        if let Some(from) = self.log_from {
+            self.log.push((t.saturating_duration_since(from).as_micros().min(u128::from(u32::MAX)) as u32, latency));
+        }
         count(&mut self.results, step.result_code, 1);
         if let Some(status) = step.http_error {
             count(&mut self.http_errors, status, 1);
@@ -403,6 +481,7 @@ impl Tally {
 
     fn merge(&mut self, other: Tally) {
         self.lat.extend(other.lat);
+        self.log.extend(other.log);
         for (k, v) in other.results {
             count(&mut self.results, k, v);
         }

@@ -315,7 +315,9 @@ async fn load_driver_runs_sessions_and_prints_throughput_last() {
         }
         assert_eq!(report.store.is_some(), replicated);
     }
-    // Paced: 300 transactions at 1,000/s take at least 0.3 s, whatever the concurrency could do.
+    // Paced: 300 transactions at 1,000/s take at least 0.3 s, whatever the concurrency could do. The latency log
+    // has one line per transaction, in the order they were due: the k-th due k ms after the start.
+    let log = std::env::temp_dir().join(format!("charging-ra-latency-{}.log", std::process::id()));
     let cfg = LoadConfig {
         target: Target::Embedded {
             ocs: sim.diameter_addr(),
@@ -326,11 +328,29 @@ async fn load_driver_runs_sessions_and_prints_throughput_last() {
         },
         concurrency: 20,
         rate: Some(1000.0),
+        latency_log: Some(log.clone()),
         ..LoadConfig::embedded(sim.diameter_addr(), 100, 1)
     };
     let report = charging_ra::load::run(cfg).await.unwrap();
     assert_eq!(report.transactions, 300);
     assert!(report.elapsed >= Duration::from_millis(298), "{:?}", report.elapsed);
     assert!(report.throughput() <= 1010.0, "{}", report.summary());
+    let lines: Vec<(u64, u64)> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| l.split_once(' ').map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap())).unwrap())
+        .collect();
+    std::fs::remove_file(&log).unwrap();
+    assert_eq!(lines.len(), 300);
+    for (k, (due, _)) in lines.iter().enumerate() {
+        assert!(due.abs_diff(k as u64 * 1000) <= 1, "transaction {k} due at {due} us");
+    }
+    assert_eq!(lines.iter().map(|l| l.1).max(), Some(report.latency_us[3]));
+    // A log that cannot be written is refused before the run.
+    let cfg = LoadConfig {
+        latency_log: Some(std::env::temp_dir().join("no-such-dir-charging-ra").join("x.log")),
+        ..LoadConfig::embedded(sim.diameter_addr(), 1, 0)
+    };
+    assert!(matches!(charging_ra::load::run(cfg).await, Err(charging_ra::load::LoadError::LatencyLog(..))));
     sim.stop().await;
 }
