@@ -1,6 +1,7 @@
 //! The `charging-ra` binary: see `charging-ra --help`.
 // One exception, below: a call into the allocator's C API, which has no safe binding.
 #![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod cli;
 

@@ -151,6 +151,41 @@ pub struct GxLedger {
 /// Answers kept per session for retransmissions.
 const RECENT_ANSWERS: usize = 4;
 
+/// A session's last answers, by CC-Request-Number: the simulator's cache for retransmissions, not part of what the
+/// ledger records, so a ledger session is compared and printed without it.
+#[derive(Clone, Default)]
+pub(crate) struct RecentAnswers(VecDeque<(u32, Message)>);
+
+impl RecentAnswers {
+    /// Keeps `answer` (RFC 4006 §7: a client has at most a few requests of a session outstanding, so a handful per
+    /// session is enough and memory stays bounded per session).
+    pub(crate) fn remember(&mut self, number: u32, answer: &Message) {
+        if self.0.len() == RECENT_ANSWERS {
+            self.0.pop_front();
+        }
+        self.0.push_back((number, answer.clone()));
+    }
+
+    /// The answer given to request `number`, if still kept.
+    pub(crate) fn get(&self, number: u32) -> Option<&Message> {
+        self.0.iter().rev().find(|(n, _)| *n == number).map(|(_, m)| m)
+    }
+}
+
+impl PartialEq for RecentAnswers {
+    fn eq(&self, _: &RecentAnswers) -> bool {
+        true
+    }
+}
+
+impl Eq for RecentAnswers {}
+
+impl std::fmt::Debug for RecentAnswers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} answers kept", self.0.len())
+    }
+}
+
 /// One session in the ledger.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LedgerSession {
@@ -181,7 +216,7 @@ pub struct LedgerSession {
     /// The last answers given, by CC-Request-Number, for retransmissions: kept with the session rather than in a
     /// map of their own, which grew by one entry per session and stalled the simulator each time it doubled.
     #[serde(skip)]
-    pub(crate) recent: VecDeque<(u32, Message)>,
+    pub(crate) recent: RecentAnswers,
 }
 
 impl LedgerSession {
@@ -199,17 +234,8 @@ impl LedgerSession {
             server_requests: Vec::new(),
             gx: GxLedger::default(),
             anomalies: Vec::new(),
-            recent: VecDeque::new(),
+            recent: RecentAnswers::default(),
         }
-    }
-
-    /// Keeps `answer` for retransmissions (RFC 4006 §7: a client has at most a few requests of a session
-    /// outstanding, so a handful per session is enough and memory stays bounded per session).
-    pub(crate) fn remember_answer(&mut self, number: u32, answer: &Message) {
-        if self.recent.len() == RECENT_ANSWERS {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((number, answer.clone()));
     }
 
     pub(crate) fn record(&mut self, max: usize, r: RequestRecord) {

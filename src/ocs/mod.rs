@@ -137,6 +137,7 @@ pub struct Ocs {
     /// stalled the simulator for milliseconds each time it doubled (BENCHMARKS.md, "paced latency").
     accounts: BTreeMap<String, Account>,
     ledger: BTreeMap<String, LedgerSession>,
+    /// Open sessions only (removed at CCR-T): it grows with the sessions open at once, not with every session.
     runtime: HashMap<String, SessionRuntime>,
     faults: Vec<(FaultRule, u32)>,
     /// Requests by (command, request type, Result-Code) for the metrics.
@@ -272,7 +273,7 @@ impl Ocs {
     }
 
     fn recent_answer(&self, sid: &str, number: u32) -> Option<Message> {
-        self.ledger.get(sid)?.recent.iter().rev().find(|(n, _)| *n == number).map(|(_, m)| m.clone())
+        self.ledger.get(sid)?.recent.get(number).cloned()
     }
 
     fn base_answer(&self, req: &Message, rc: ResultCode) -> Message {
@@ -442,7 +443,7 @@ impl Ocs {
             s.state = if rtype == 3 { SessionState::Terminated } else { SessionState::Event };
             self.runtime.remove(&sid);
         }
-        s.remember_answer(number, &answer);
+        s.recent.remember(number, &answer);
         answer
     }
 

@@ -38,9 +38,12 @@ pub struct OcsServerConfig {
     /// A mate: a second Diameter identity (listening address, Origin-Host) serving the same sessions and ledger, as
     /// the two servers of a redundant OCS pair do. Clients configure it as their alternate server.
     pub mate: Option<(SocketAddr, String)>,
-    /// Called after `POST /v1/reset` has dropped the ledger. A binary whose allocator returns freed memory to the
-    /// system lazily passes a function that does it now: otherwise the return of a ledger of millions of requests
-    /// lands in the middle of the next run, as one stall of tens of milliseconds (BENCHMARKS.md, "Paced latency").
+    /// Called after `POST /v1/reset` has dropped the ledger, on the thread that dropped it, before the answer. A
+    /// binary whose allocator returns freed memory to the system lazily passes a function that does it now:
+    /// otherwise the return of a ledger of millions of requests lands in the middle of the next run, as one stall
+    /// of tens of milliseconds (BENCHMARKS.md, "Paced latency"). It blocks the simulator while it runs, which is
+    /// the point: the reset, not the next run, pays for it. (`charging-ra ocs-sim` runs on one thread, so the
+    /// thread's heap is the ledger's.)
     pub after_reset: Option<fn()>,
 }
 
