@@ -127,6 +127,9 @@ pub struct LoadReport {
     /// Transactions that got no Result-Code, by why (the engine's error, or no node answering); they also count
     /// under Result-Code 0.
     pub failures: BTreeMap<String, u64>,
+    /// The latency log could not be written after the run (it was created before it): why. The rest of the
+    /// report stands.
+    pub latency_log_error: Option<String>,
 }
 
 impl LoadReport {
@@ -153,6 +156,8 @@ impl LoadReport {
         };
         let http = line("http errors", counts(&self.http_errors));
         let failures = line("without a Result-Code", counts(&self.failures));
+        let log =
+            self.latency_log_error.as_ref().map(|e| format!("latency log not written: {e}\n")).unwrap_or_default();
         let cpu = match self.cpu {
             Some(cpu) => format!(
                 "cpu: {:.2} s, {:.1} us per transaction\n",
@@ -162,7 +167,7 @@ impl LoadReport {
             None => String::new(),
         };
         format!(
-            "sessions: {}\ntransactions: {} in {:.2} s\nresults: {}\n{failures}{http}{cpu}latency: p50 {p50} us, p90 {p90} us, p99 {p99} us, max {max} us\n{store}throughput: {:.0} tx/s\n",
+            "sessions: {}\ntransactions: {} in {:.2} s\nresults: {}\n{failures}{http}{log}{cpu}latency: p50 {p50} us, p90 {p90} us, p99 {p99} us, max {max} us\n{store}throughput: {:.0} tx/s\n",
             self.sessions,
             self.transactions,
             self.elapsed.as_secs_f64(),
@@ -214,19 +219,27 @@ pub enum LoadError {
     /// The OCS or PCRF did not complete CER/CEA in time: every transaction would fail, and measure nothing.
     #[error("the OCS/PCRF at {0} did not open a connection within {1:?} (CER/CEA); is it running there?")]
     PeerNotOpen(SocketAddr, Duration),
-    /// The latency log could not be written.
+    /// The latency log could not be created.
     #[error("latency log {0}: {1}")]
     LatencyLog(std::path::PathBuf, std::io::Error),
+    /// A rate that is not a number of transactions per second above 0 and at most [`MAX_RATE`].
+    #[error("rate {0}: give transactions per second, above 0 and at most 10,000,000")]
+    Rate(f64),
 }
+
+/// The highest `--rate`, far above what one machine runs; it bounds the pacer's arithmetic.
+pub const MAX_RATE: f64 = 10_000_000.0;
 
 /// Runs the load and returns what it measured.
 pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
-    // Created first, so that a path that cannot be written is refused before the run, not after it.
-    fn log_error(p: &std::path::Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
-        move |e| LoadError::LatencyLog(p.to_path_buf(), e)
+    if let Some(r) = cfg.rate
+        && !(r > 0.0 && r <= MAX_RATE)
+    {
+        return Err(LoadError::Rate(r));
     }
+    // Created (emptied) first, so that a path that cannot be written is refused before the run, not after it.
     let log_file = match &cfg.latency_log {
-        Some(p) => Some(std::fs::File::create(p).map_err(log_error(p))?),
+        Some(p) => Some(std::fs::File::create(p).map_err(|e| LoadError::LatencyLog(p.clone(), e))?),
         None => None,
     };
     let engine = match &cfg.target {
@@ -268,15 +281,15 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
         workers.push(tokio::spawn(async move {
             let mut tally = Tally::for_sessions_of(cfg.updates, cfg.latency_log.as_ref().map(|_| started));
             // When the next transaction is due: now, or its slot in the run's schedule at `rate`, once the pacer
-            // has released it.
+            // has released it. `None`: the pacer has gone (a panic, or the run dropped), and the worker stops.
             let due = || {
                 let (tickets, pacer) = (tickets.clone(), pacer.clone());
                 async move {
-                    let (Some(rate), Some(pacer)) = (cfg.rate, pacer) else { return Instant::now() };
-                    pacer.acquire().await.expect("the pacer's semaphore is never closed").forget();
+                    let (Some(rate), Some(pacer)) = (cfg.rate, pacer) else { return Some(Instant::now()) };
+                    pacer.acquire().await.ok()?.forget();
                     // Released in order, so the k-th ticket taken is due no later than the k-th release.
                     let k = tickets.fetch_add(1, Ordering::Relaxed);
-                    started + Duration::from_secs_f64(k as f64 / rate)
+                    Some(started + Duration::from_secs_f64(k as f64 / rate))
                 }
             };
             loop {
@@ -284,7 +297,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
                 if n >= cfg.sessions || deadline.is_some_and(|d| Instant::now() >= d) {
                     break;
                 }
-                let t = due().await;
+                let Some(t) = due().await else { break };
                 let (step, sid) = client.open(n, cfg.app).await;
                 tally.add(t, step);
                 // Only the Session-Id is kept: the rest of the outcome would count as the node's memory per session.
@@ -294,7 +307,10 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         break;
                     }
-                    let t = due().await;
+                    let Some(t) = due().await else {
+                        alive = false;
+                        break;
+                    };
                     let step = client.update(&sid, n, k, cfg.app).await;
                     let ok = step.ok;
                     tally.add(t, step);
@@ -306,8 +322,10 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
                 if !cfg.hold.is_zero() {
                     tokio::time::sleep(cfg.hold).await;
                 }
-                if alive && client.still_open(&sid).await {
-                    let t = due().await;
+                if alive
+                    && client.still_open(&sid).await
+                    && let Some(t) = due().await
+                {
                     let step = client.terminate(&sid, n, cfg.app).await;
                     tally.add(t, step);
                 }
@@ -323,8 +341,8 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
     for w in workers {
         let _ = w.await;
     }
-    drop(pacer);
     let elapsed = started.elapsed();
+    drop(pacer);
     let cpu = cpu_before.zip(process_cpu()).map(|(a, b)| b.saturating_sub(a));
     if progress {
         let _ = writeln!(std::io::stderr());
@@ -354,13 +372,13 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
     }
     let Tally { mut lat, results, http_errors, failures, mut log, .. } =
         std::mem::take(&mut *shared.lock().expect("load stats"));
-    if let (Some(path), Some(file)) = (&cfg.latency_log, log_file) {
+    let mut latency_log_error = None;
+    if let Some(file) = log_file {
         log.sort_unstable();
         let mut out = std::io::BufWriter::new(file);
-        log.iter()
-            .try_for_each(|(due, latency)| writeln!(out, "{due} {latency}"))
-            .and_then(|()| out.flush())
-            .map_err(log_error(path))?;
+        let written =
+            log.iter().try_for_each(|(due, latency)| writeln!(out, "{due} {latency}")).and_then(|()| out.flush());
+        latency_log_error = written.err().map(|e| e.to_string());
     }
     lat.sort_unstable();
     let pct = |p: f64| {
@@ -377,20 +395,26 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
         cpu,
         http_errors: http_errors.into_iter().collect(),
         failures: failures.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        latency_log_error,
     })
 }
 
-/// Releases a paced run's transactions as they come due, from a thread of its own that wakes about every eight
-/// transactions' worth of time (0.1 to 1 ms). Sleeping on tokio's timer instead, which fires once a millisecond, a
-/// millisecond's transactions would all start together (58 at 58,000/s), and the last of each bunch would queue
-/// behind the rest: a burst that traffic from many independent sessions does not have. The thread costs the load
-/// process about a tenth of a CPU at 58,000/s (BENCHMARKS.md, "Paced latency").
+/// Releases a paced run's transactions as they come due, from a thread of its own. It sleeps until the next one
+/// is due, but at least [`PACER_MIN_SLEEP`]: below about 7,000 per second it wakes once per transaction, above it
+/// releases the few that came due meanwhile. A transaction's latency counts from when it was due, so the pacer's own
+/// lateness counts too: up to the minimum sleep, the kernel's timer slack (about 50 µs) and any wait for a CPU.
+/// Sleeping on tokio's timer instead, which fires once a millisecond, a millisecond's transactions would all start
+/// together (58 at 58,000/s), and the last of each bunch would queue behind the rest: a burst that traffic from
+/// many independent sessions does not have (BENCHMARKS.md, "Paced latency").
 struct Pacer {
-    /// One permit per transaction due.
+    /// One permit per transaction due; closed when the pacer's thread ends, however it ends.
     permits: Arc<tokio::sync::Semaphore>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// The pacer's shortest sleep: what bounds its wake-ups (and their cost to the load process) at high rates.
+const PACER_MIN_SLEEP: Duration = Duration::from_micros(100);
 
 impl Pacer {
     fn start(started: Instant, rate: f64) -> Pacer {
@@ -400,16 +424,25 @@ impl Pacer {
         let thread = std::thread::Builder::new()
             .name("load-pacer".into())
             .spawn(move || {
-                let tick = Duration::from_secs_f64((8.0 / rate).clamp(0.000_1, 0.001));
+                // Dropped however the thread ends (stopped, or a panic): waiting workers get an error, not a hang.
+                struct CloseOnExit(Arc<tokio::sync::Semaphore>);
+                impl Drop for CloseOnExit {
+                    fn drop(&mut self) {
+                        self.0.close();
+                    }
+                }
+                let permits = CloseOnExit(p);
                 let mut released = 0u64;
                 while !s.load(Ordering::Relaxed) {
                     // Transactions 0..due are due: the k-th at `started + k / rate`.
                     let due = (started.elapsed().as_secs_f64() * rate) as u64 + 1;
                     if due > released {
-                        p.add_permits((due - released).min(tokio::sync::Semaphore::MAX_PERMITS as u64) as usize);
+                        permits.0.add_permits((due - released) as usize);
                         released = due;
                     }
-                    std::thread::sleep(tick);
+                    let next = started + Duration::from_secs_f64(released as f64 / rate);
+                    // Parked rather than asleep, so that a stop wakes it at once however slow the rate.
+                    std::thread::park_timeout(next.saturating_duration_since(Instant::now()).max(PACER_MIN_SLEEP));
                 }
             })
             .expect("spawning the load's pacer thread");
@@ -421,6 +454,7 @@ impl Drop for Pacer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
     }
@@ -444,7 +478,7 @@ struct Tally {
     lat: Vec<u32>,
     /// With a latency log: the run's start, and per transaction when it was due since then and its latency (µs).
     log_from: Option<Instant>,
-    log: Vec<(u32, u32)>,
+    log: Vec<(u64, u32)>,
     results: Vec<(u32, u64)>,
     http_errors: Vec<(u16, u64)>,
     failures: Vec<(&'static str, u64)>,
@@ -468,7 +502,7 @@ impl Tally {
         let latency = t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
         self.lat.push(latency);
         if let Some(from) = self.log_from {
-            self.log.push((t.saturating_duration_since(from).as_micros().min(u128::from(u32::MAX)) as u32, latency));
+            self.log.push((t.saturating_duration_since(from).as_micros() as u64, latency));
         }
         count(&mut self.results, step.result_code, 1);
         if let Some(status) = step.http_error {

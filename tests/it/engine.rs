@@ -346,11 +346,18 @@ async fn load_driver_runs_sessions_and_prints_throughput_last() {
         assert!(due.abs_diff(k as u64 * 1000) <= 1, "transaction {k} due at {due} us");
     }
     assert_eq!(lines.iter().map(|l| l.1).max(), Some(report.latency_us[3]));
-    // A log that cannot be written is refused before the run.
+    // A log that cannot be written, and a rate that is not one, are refused before the run: nothing reaches the
+    // simulator.
+    let opened = check(&sim).await["sessions"]["opened"].clone();
     let cfg = LoadConfig {
         latency_log: Some(std::env::temp_dir().join("no-such-dir-charging-ra").join("x.log")),
         ..LoadConfig::embedded(sim.diameter_addr(), 1, 0)
     };
     assert!(matches!(charging_ra::load::run(cfg).await, Err(charging_ra::load::LoadError::LatencyLog(..))));
+    for rate in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e9] {
+        let cfg = LoadConfig { rate: Some(rate), ..LoadConfig::embedded(sim.diameter_addr(), 1, 0) };
+        assert!(matches!(charging_ra::load::run(cfg).await, Err(charging_ra::load::LoadError::Rate(_))), "{rate}");
+    }
+    assert_eq!(check(&sim).await["sessions"]["opened"], opened);
     sim.stop().await;
 }
