@@ -222,10 +222,14 @@ pub enum LoadError {
     /// The latency log could not be created.
     #[error("latency log {0}: {1}")]
     LatencyLog(std::path::PathBuf, std::io::Error),
-    /// A rate that is not a number of transactions per second above 0 and at most [`MAX_RATE`].
-    #[error("rate {0}: give transactions per second, above 0 and at most 10,000,000")]
+    /// A rate that is not a number of transactions per second from [`MIN_RATE`] to [`MAX_RATE`].
+    #[error("rate {0}: give transactions per second, from 0.001 to 10,000,000")]
     Rate(f64),
 }
+
+/// The lowest `--rate`, one transaction in about 17 minutes; it bounds the pacer's arithmetic (a due time of
+/// `k / rate` seconds must stay a `Duration`).
+pub const MIN_RATE: f64 = 0.001;
 
 /// The highest `--rate`, far above what one machine runs; it bounds the pacer's arithmetic.
 pub const MAX_RATE: f64 = 10_000_000.0;
@@ -233,7 +237,7 @@ pub const MAX_RATE: f64 = 10_000_000.0;
 /// Runs the load and returns what it measured.
 pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
     if let Some(r) = cfg.rate
-        && !(r > 0.0 && r <= MAX_RATE)
+        && !(MIN_RATE..=MAX_RATE).contains(&r)
     {
         return Err(LoadError::Rate(r));
     }

@@ -134,7 +134,7 @@ pub struct Ocs {
     origin_host: String,
     origin_realm: String,
     /// By subscriber. Ordered, so that it grows a node at a time: a hash table of one entry per subscriber
-    /// stalled the simulator for milliseconds each time it doubled (BENCHMARKS.md, "paced latency").
+    /// stalled the simulator for milliseconds each time it doubled (BENCHMARKS.md, "Paced latency").
     accounts: BTreeMap<String, Account>,
     ledger: BTreeMap<String, LedgerSession>,
     /// Open sessions only (removed at CCR-T): it grows with the sessions open at once, not with every session.

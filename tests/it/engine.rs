@@ -354,7 +354,7 @@ async fn load_driver_runs_sessions_and_prints_throughput_last() {
         ..LoadConfig::embedded(sim.diameter_addr(), 1, 0)
     };
     assert!(matches!(charging_ra::load::run(cfg).await, Err(charging_ra::load::LoadError::LatencyLog(..))));
-    for rate in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e9] {
+    for rate in [0.0, 1e-30, -1.0, f64::NAN, f64::INFINITY, 1e9] {
         let cfg = LoadConfig { rate: Some(rate), ..LoadConfig::embedded(sim.diameter_addr(), 1, 0) };
         assert!(matches!(charging_ra::load::run(cfg).await, Err(charging_ra::load::LoadError::Rate(_))), "{rate}");
     }
