@@ -1694,10 +1694,8 @@ impl Driver {
             parts.push(part);
         }
         // A session's deletion waits for its write in flight: it is conditional on the versions that write returns.
-        let ending: Vec<String> =
-            repl.ending.iter().filter(|(_, r)| !r.in_flight).map(|(sid, _)| sid.clone()).collect();
-        for sid in ending {
-            let r = repl.ending.remove(&sid).expect("listed");
+        let ending: Vec<_> = repl.ending.extract_if(|_, r| !r.in_flight).collect();
+        for (sid, r) in ending {
             let (kind, records, w) = repl.writes(&sid, &r, None, (now, wall));
             if w.is_empty() {
                 continue;
@@ -1717,9 +1715,7 @@ impl Driver {
         repl.stats.writes += writes.len() as u64;
         let (store, tx) = (repl.cfg.store.clone(), self.net_tx.clone());
         let (after, (stored, next_stores)) = (repl.chain.take(), oneshot::channel());
-        let ((delivered, next_delivers), after_delivered) = (oneshot::channel(), repl.delivered.take());
         repl.chain = Some(next_stores);
-        repl.delivered = Some(next_delivers);
         tokio::spawn(async move {
             // The store writes the batches in the order they started: a name one batch deletes (a convergence name
             // the service chose, a timer hint) may be created again by the next. This batch was built and handed
@@ -1746,14 +1742,10 @@ impl Driver {
                     retry_after: Duration::from_secs(1),
                 }),
             };
-            let took = started.elapsed();
+            // The result is queued for the driver before the next batch may call the store, so results also reach
+            // it in the order batches started (a flush counts completed batches).
+            let _ = tx.send(Net::Written(parts, r, started.elapsed()));
             let _ = stored.send(());
-            // Results reach the driver in the same order (a flush counts completed batches).
-            if let Some(after) = after_delivered {
-                let _ = after.await;
-            }
-            let _ = tx.send(Net::Written(parts, r, took));
-            let _ = delivered.send(());
         });
     }
 

@@ -369,10 +369,9 @@ pub(super) struct Repl {
     pub started: u64,
     /// Batches completed, in the order they started (a flush waits for the ones due when it was asked).
     pub completed: u64,
-    /// The store's answer to the batch started last: the next batch calls the store after it.
+    /// The store's answer to the batch started last, once queued for the driver: the next batch calls the store
+    /// after it, so batches are written and their results delivered in the order they started.
     pub chain: Option<oneshot::Receiver<()>>,
-    /// The delivery of the last batch's results to the driver: the next batch's are delivered after it.
-    pub delivered: Option<oneshot::Receiver<()>>,
     /// Sessions being read back after an uncertain write ([`Resync`]).
     pub resyncing: usize,
     /// Sessions due while a batch holding their previous write is in flight: a session is in one batch at a time
@@ -439,7 +438,6 @@ impl Repl {
             started: 0,
             completed: 0,
             chain: None,
-            delivered: None,
             resyncing: 0,
             blocked: HashSet::new(),
             down_until: None,
