@@ -190,13 +190,13 @@ fn ocs_sim(
         }
         None => OcsConfig::default(),
     };
+    crate::keep_freed_memory();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let mut cfg = OcsServerConfig::new(listen, &origin_host, &origin_realm);
         cfg.control = control;
         cfg.mate = mate;
         cfg.ocs = ocs;
-        cfg.after_reset = crate::RETURN_FREED_MEMORY;
         let server = OcsServer::start(cfg).await?;
         tracing::info!(diameter = %server.diameter_addr(), control = ?server.control_addr(), "ocs-sim running as {origin_host}");
         // For whoever started this process (scripts, the conformance runner): where it listens, once it does.

@@ -38,13 +38,6 @@ pub struct OcsServerConfig {
     /// A mate: a second Diameter identity (listening address, Origin-Host) serving the same sessions and ledger, as
     /// the two servers of a redundant OCS pair do. Clients configure it as their alternate server.
     pub mate: Option<(SocketAddr, String)>,
-    /// Called after `POST /v1/reset` has dropped the ledger, on the thread that dropped it, before the answer. A
-    /// binary whose allocator returns freed memory to the system lazily passes a function that does it now:
-    /// otherwise the return of a ledger of millions of requests lands in the middle of the next run, as one stall
-    /// of tens of milliseconds (BENCHMARKS.md, "Paced latency"). It blocks the simulator while it runs, which is
-    /// the point: the reset, not the next run, pays for it. (`charging-ra ocs-sim` runs on one thread, so the
-    /// thread's heap is the ledger's.)
-    pub after_reset: Option<fn()>,
 }
 
 impl OcsServerConfig {
@@ -58,7 +51,6 @@ impl OcsServerConfig {
             ocs: OcsConfig::default(),
             watchdog_interval: Duration::from_secs(30),
             mate: None,
-            after_reset: None,
         }
     }
 }
@@ -70,7 +62,6 @@ pub struct OcsServer {
     ocs: Arc<Mutex<Ocs>>,
     control: Option<SocketAddr>,
     tasks: Vec<JoinHandle<()>>,
-    after_reset: Option<fn()>,
 }
 
 /// The outcome of a RAR or ASR.
@@ -89,7 +80,6 @@ fn wall_ms() -> u64 {
 #[derive(Clone)]
 struct Shared {
     ocs: Arc<Mutex<Ocs>>,
-    after_reset: Option<fn()>,
     /// The primary's node, then the mate's.
     nodes: Vec<NodeHandle>,
 }
@@ -179,7 +169,7 @@ impl OcsServer {
         };
         let ocs = Arc::new(Mutex::new(Ocs::new(cfg.ocs.clone(), &cfg.origin_host, &cfg.origin_realm)));
         let nodes = std::iter::once(node.handle()).chain(mate.as_ref().map(|(m, _)| m.handle())).collect();
-        let shared = Shared { ocs: ocs.clone(), after_reset: cfg.after_reset, nodes };
+        let shared = Shared { ocs: ocs.clone(), nodes };
         let mut tasks = vec![serve(shared.clone(), 0, requests)];
         let mate = mate.map(|(m, rx)| {
             tasks.push(serve(shared.clone(), 1, rx));
@@ -209,7 +199,7 @@ impl OcsServer {
                 let _ = axum::serve(listener, app).await;
             }));
         }
-        Ok(OcsServer { node, mate, ocs, control, tasks, after_reset: cfg.after_reset })
+        Ok(OcsServer { node, mate, ocs, control, tasks })
     }
 
     /// The Diameter listening address.
@@ -244,7 +234,7 @@ impl OcsServer {
 
     fn shared(&self) -> Shared {
         let nodes = std::iter::once(&self.node).chain(&self.mate).map(DiameterNode::handle).collect();
-        Shared { ocs: self.ocs.clone(), after_reset: self.after_reset, nodes }
+        Shared { ocs: self.ocs.clone(), nodes }
     }
 
     /// Stops: DPR to every client, tasks ended. Returns the ledger check.
@@ -414,9 +404,6 @@ fn router_for(shared: Shared) -> axum::Router {
             "/v1/reset",
             post(|State(s): State<Shared>| async move {
                 s.ocs.lock().expect("ledger lock").reset();
-                if let Some(f) = s.after_reset {
-                    f();
-                }
                 StatusCode::NO_CONTENT
             }),
         )

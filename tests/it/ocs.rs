@@ -180,24 +180,6 @@ async fn ocs_sim_serves_full_ro_and_gx_sessions() {
 }
 
 #[tokio::test]
-async fn ocs_sim_reset_calls_its_after_reset_hook_once_per_reset() {
-    static CALLED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let mut cfg = OcsServerConfig::new("127.0.0.1:0".parse().unwrap(), "ocs1.ocs.localdomain", "ocs.localdomain");
-    cfg.control = Some("127.0.0.1:0".parse().unwrap());
-    cfg.after_reset = Some(|| {
-        CALLED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    });
-    let sim = OcsServer::start(cfg).await.unwrap();
-    let control = sim.control_addr().unwrap();
-    assert_eq!(CALLED.load(std::sync::atomic::Ordering::SeqCst), 0);
-    for n in 1..=2 {
-        assert_eq!(http(control, "POST", "/v1/reset", None).await.0, 204);
-        assert_eq!(CALLED.load(std::sync::atomic::Ordering::SeqCst), n);
-    }
-    sim.stop().await;
-}
-
-#[tokio::test]
 async fn ocs_sim_rar_and_asr_round_trips() {
     let r = rig(OcsConfig::default(), 2001).await;
     r.send(ccr("as1;rar;1", 1, 0, AppId::CREDIT_CONTROL, Some((10, None, true)))).await.unwrap();
