@@ -5,11 +5,15 @@
 # Prints a Markdown table; a run whose answers are not all 2001 fails the script (a dead simulator answers nothing,
 # fast). The simulator's ledger is reset before every run: it keeps every session it served, and a ledger millions
 # of sessions long slows the simulator, which would depress whichever run comes late. THREADS (default 1) is the
-# load's worker threads: the simulator runs on one thread, so on a 2-CPU machine each process gets one CPU.
+# load's worker threads: the simulator runs on one thread, so on a 2-CPU machine each process gets one CPU. BIN runs
+# a given build (simulator and load) instead of building this tree, to compare two builds run by run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet --bin charging-ra
-bin=./target/release/charging-ra
+bin=${BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --quiet --bin charging-ra
+  bin=./target/release/charging-ra
+fi
 port=${PORT:-39874}
 runs=${RUNS:-3}
 sessions=${SESSIONS:-40000}
