@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -20,12 +21,21 @@ struct Record {
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     records: Mutex<(BTreeMap<String, Record>, u64)>,
+    /// Batches still to be applied and then reported failed ([`MemoryStore::lose_acknowledgements`]).
+    lost: AtomicUsize,
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> MemoryStore {
         MemoryStore::default()
+    }
+
+    /// For tests: the next `n` batches are applied, then reported failed (unavailable, retry after 50 ms), as a
+    /// write whose acknowledgement was lost would be (a timeout after the write landed). The writer cannot tell
+    /// that from a write that did not happen, and its next conditional write meets its own record's new version.
+    pub fn lose_acknowledgements(&self, n: usize) {
+        self.lost.store(n, Ordering::SeqCst);
     }
 }
 
@@ -56,7 +66,7 @@ impl Store for MemoryStore {
         let mut guard = self.records.lock().expect("store lock");
         let (map, seq) = &mut *guard;
         // One descent of the map per write (an entry), not a lookup for the check and another for the write.
-        Ok(writes
+        let results = writes
             .into_iter()
             .map(|w| {
                 let expires = w.ttl.map(|t| now + t);
@@ -81,7 +91,14 @@ impl Store for MemoryStore {
                     (Entry::Vacant(_), None) => check(None, w.expect, now).map(|_| 0),
                 }
             })
-            .collect())
+            .collect();
+        if self.lost.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            return Err(StoreError::Unavailable {
+                reason: "the acknowledgement was lost (applied)".into(),
+                retry_after: Duration::from_millis(50),
+            });
+        }
+        Ok(results)
     }
 
     async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {

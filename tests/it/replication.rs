@@ -299,6 +299,54 @@ async fn start_replicating_on_request_and_sessions_continue_through_a_store_outa
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A write the store applied but reported failed (its acknowledgement lost): the session's next write meets its own
+/// record at a version it never learnt. The node reads the records back, finds them all its own, takes their
+/// versions and writes again. Taken for another node's adoption instead, the conflict would fence the session: it
+/// would be dropped here and its next update refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_applied_but_reported_failed_is_read_back_and_the_session_carries_on() {
+    let sim = sim(OcsConfig::default()).await;
+    let memory = Arc::new(MemoryStore::new());
+    let store = AnyStore::Memory(memory.clone());
+    let e = Engine::start(replicated(&sim, "n1", &store, QUICK_LEASE)).await.unwrap();
+    connected(&e).await;
+    let sid = e.open_session(App::Ro, msisdn("46706"), None, vec![rg(10)]).await.unwrap().session_id;
+    let settled = || async {
+        let end = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = e.replication_stats().await.unwrap();
+            if !s.store_down && s.backlog == 0 {
+                return s;
+            }
+            assert!(tokio::time::Instant::now() < end, "writes never settled: {s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    settled().await;
+    let before = state_record(&store, &sid).await;
+
+    memory.lose_acknowledgements(1);
+    let o = e.update(&sid, vec![used(10, 10)], vec![rg(10)], None).await.unwrap();
+    assert_eq!(o.result_code, Some(2001), "charging goes on while the write is in doubt");
+    let s = settled().await;
+    assert!(s.store_errors >= 1, "the lost acknowledgement counts as a store error: {s:?}");
+    assert_eq!(s.fenced, 0, "our own record is not another node's adoption: {s:?}");
+    let after = state_record(&store, &sid).await;
+    assert_ne!(before, after);
+    let rec = charging_ra::api::record_json(&after).unwrap();
+    assert_eq!(rec["state"]["cc"]["next_number"], 2, "{rec}");
+
+    // Still this node's session: it charges on and ends cleanly, and nothing of it is left in the store.
+    let o = e.update(&sid, vec![used(10, 10)], vec![rg(10)], None).await.unwrap();
+    assert_eq!(o.result_code, Some(2001));
+    e.terminate(&sid, vec![]).await.unwrap();
+    assert_eq!(e.replication_stats().await.unwrap().fenced, 0);
+    assert_eq!(check(&sim).await["clean"], true);
+    settled().await;
+    assert_eq!((records(&store, "conv").await, records(&store, "state").await), (0, 0));
+    e.stop().await;
+}
+
 /// With `batches_in_flight = 2`, two group commits are in flight at once, a session is never in both, and what
 /// waits behind them is written when they complete: the store is held by another process's write lock meanwhile,
 /// so the batches cannot finish early.
