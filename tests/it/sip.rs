@@ -211,6 +211,8 @@ async fn recv_until(
 async fn a_caller_that_never_acks_gets_a_bye_and_leg_b_is_acked_before_its_bye() {
     let sim = sim(OcsConfig::default()).await;
     let engine = Engine::start(node_config(&sim, "k1", None, free_port().await)).await.unwrap();
+    // A call before the OCS connection is open gets 503: wait for it, as the other calls' tests do.
+    connected(&engine).await;
     let callee = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut cfg = b2bua_config("127.0.0.1:0".parse().unwrap(), callee.local_addr().unwrap());
     // 64·T1 = 640 ms: the 2xx is resent until then and the call given up (§13.3.1.4).
