@@ -1200,6 +1200,9 @@ impl Actor {
                 match self.send_in_dialog(id, other, fwd, purpose) {
                     Some(ck) if method == "INVITE" => {
                         self.calls.get_mut(&id).expect("call").client_invite[other.index()] = Some(ck);
+                        // §17.2.1: the answer comes from the other leg, a round trip or more away; without a
+                        // provisional response the sender would retransmit its re-INVITE meanwhile (UDP, Timer A).
+                        self.reply(&key, &m, 100, "Trying");
                     }
                     Some(_) => {}
                     None => self.reply(&key, &m, 502, "Bad Gateway"),

@@ -323,6 +323,36 @@ async fn a_call_step_by_step_trying_early_dialog_update_and_the_ims_service_cont
     assert!(store.scan_prefix("sipc/proto/sip/").await.unwrap().is_empty(), "records deleted at the end");
 }
 
+/// A re-INVITE is relayed to the other leg and answered 100 Trying at once (§17.2.1), before the other leg has
+/// answered; its 200 and the ACK for it are relayed as the first INVITE's were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relayed_reinvite_is_answered_100_trying_at_once_then_relayed_to_the_end() {
+    let store = AnyStore::memory();
+    let call = StepCall::start("ri1", &store).await;
+    let (caller, callee) = (&call.caller, &call.callee);
+    call.send("INVITE", 1, "sip:bob@127.0.0.1", "<sip:bob@y>").await;
+    let (leg_b, from) = recv_until(callee, Duration::from_secs(3), "INVITE on leg B", |m| m.method() == "INVITE").await;
+    let (target, to) = confirm(&call, &leg_b, from).await;
+    call.send("INVITE", 2, &target, &to).await;
+    let (reinvite, from) = recv_until(callee, Duration::from_secs(2), "re-INVITE on leg B", |m| m.is_request()).await;
+    assert_eq!(reinvite.method(), "INVITE");
+    // The callee has not answered yet: the caller already has its 100.
+    let (trying, _) = recv_until(caller, Duration::from_secs(2), "a response", |m| !m.is_request()).await;
+    assert_eq!((trying.code(), trying.header("CSeq")), (100, Some("2 INVITE")));
+    call.answer(&reinvite, 200, "OK", from).await;
+    let (ok, _) = recv_until(caller, Duration::from_secs(2), "the re-INVITE's 200", |m| !m.is_request()).await;
+    assert_eq!((ok.code(), ok.header("CSeq")), (200, Some("2 INVITE")));
+    call.send("ACK", 2, &target, &to).await;
+    let (ack, _) = recv_until(callee, Duration::from_secs(2), "the re-INVITE's ACK", |m| m.is_request()).await;
+    assert_eq!(ack.method(), "ACK");
+    assert_eq!(ack.header("CSeq"), reinvite.header("CSeq").map(|c| c.replace("INVITE", "ACK")).as_deref());
+    call.send("BYE", 3, &target, &to).await;
+    let (bye, from) = recv_until(callee, Duration::from_secs(2), "BYE on leg B", |m| m.is_request()).await;
+    assert_eq!(bye.method(), "BYE");
+    callee.send_to(&bye.response(200, "OK", None).to_bytes(), from).await.unwrap();
+    recv_until(caller, Duration::from_secs(2), "the BYE's 200", |m| m.code() == 200).await;
+}
+
 /// The callee answers leg B's INVITE with 200, the caller ACKs the relayed 200, leg B gets its ACK: the call is
 /// confirmed. Leg A's remote target and To header, for the caller's in-dialog requests.
 async fn confirm(call: &StepCall, leg_b: &charging_ra::sip::message::Message, from: SocketAddr) -> (String, String) {
