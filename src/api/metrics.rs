@@ -208,6 +208,11 @@ pub async fn render(engine: &Engine, sip: Option<&B2bua>) -> String {
             ("sip_calls_replicated_total", "SIP calls written to the store once confirmed.", s.replicated),
             ("sip_store_batches_total", "Store batches written for SIP calls.", s.store_writes),
             ("sip_malformed_total", "SIP messages that could not be parsed.", s.malformed),
+            (
+                "sip_failures_unacknowledged_total",
+                "Non-2xx final responses to an INVITE whose ACK never came (Timer H).",
+                s.unacknowledged_failures,
+            ),
         ];
         unlabelled(&mut out, "counter", &counters);
     }

@@ -140,6 +140,8 @@ pub struct SipStats {
     pub store_writes: u64,
     /// Messages that could not be parsed.
     pub malformed: u64,
+    /// Non-2xx final responses to an INVITE whose ACK never came (Timer H, RFC 3261 §17.2.1).
+    pub unacknowledged_failures: u64,
 }
 
 /// A running B2BUA.
@@ -1879,6 +1881,12 @@ impl Actor {
                         }
                         Purpose::Bye => {}
                     }
+                }
+                Fired::AckTimeout(key) => {
+                    // The call had already failed (a non-2xx went back): nothing of it is left to end. Counted,
+                    // since a caller that never ACKs a failure is a caller whose ACKs are being lost.
+                    self.stats.unacknowledged_failures += 1;
+                    tracing::info!(branch = %key.branch, "no ACK for a non-2xx final response (Timer H)");
                 }
                 Fired::NoAck { call_id, .. } => {
                     let ids: Vec<u64> = self

@@ -141,6 +141,9 @@ pub enum Fired {
     Resend(Bytes, Dest),
     /// A client transaction timed out (Timer B / F): the TU acts as on a 408 (§8.1.3.1).
     Timeout(ClientKey),
+    /// Timer H: the ACK for an INVITE's non-2xx final response never came, and the server transaction failed
+    /// (§17.2.1: the transaction layer MUST tell the TU).
+    AckTimeout(ServerKey),
     /// A 2xx to an INVITE was never ACKed (§13.3.1.4): the TU ends the dialog with BYE.
     NoAck {
         /// Call-ID of the dialog.
@@ -471,6 +474,9 @@ impl Transactions {
                             self.arm(next, TimerRef::Server(key, generation));
                             continue;
                         }
+                        self.server.remove(&key);
+                        out.push(Fired::AckTimeout(key));
+                        continue;
                     }
                     self.server.remove(&key);
                 }
@@ -572,13 +578,14 @@ mod tests {
     }
 
     /// Runs every timer to the end: (ms after `t0` of each resend, the timeout's ms if one fired).
+    /// Runs every timer: when each resend and the end (a client's timeout, a server's Timer H) came, in ms.
     fn run_out(t: &mut Transactions, t0: Instant) -> (Vec<u128>, Option<u128>) {
         let (mut resends, mut timeout) = (Vec::new(), None);
         while let Some(at) = t.poll_timeout() {
             for f in t.handle_timeout(at) {
                 match f {
                     Fired::Resend(..) => resends.push((at - t0).as_millis()),
-                    Fired::Timeout(_) => timeout = Some((at - t0).as_millis()),
+                    Fired::Timeout(_) | Fired::AckTimeout(_) => timeout = Some((at - t0).as_millis()),
                     other => panic!("{other:?}"),
                 }
             }
@@ -656,7 +663,7 @@ mod tests {
         assert_eq!(resends[..4], [500, 1500, 3500, 7500]);
         assert!(resends.windows(2).skip(3).all(|w| w[1] - w[0] == 4000), "{resends:?}");
         assert!(*resends.last().unwrap() < 32_000);
-        assert_eq!(timeout, None);
+        assert_eq!(timeout, Some(32_000), "Timer H (64·T1) told the TU the transaction failed");
         assert_eq!(t.len(), (0, 0, 0), "Timer H ended it");
         // Over TCP nothing is resent.
         let mut t = Transactions::new(Timers::default());
@@ -734,7 +741,7 @@ mod tests {
         ack.set("CSeq", "1 ACK");
         assert_eq!(t.on_request(t0, &ack, udp()), Incoming::Absorbed);
         assert!(t.handle_timeout(t0 + Duration::from_secs(1)).is_empty(), "Confirmed: no more 486");
-        t.handle_timeout(t0 + Duration::from_secs(10));
+        assert_eq!(t.handle_timeout(t0 + Duration::from_secs(40)), [], "ACKed: no failure for the TU at Timer H");
         assert_eq!(t.len(), (0, 0, 0), "Timer I ended it");
     }
 

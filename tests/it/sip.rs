@@ -237,6 +237,42 @@ async fn a_caller_that_never_acks_gets_a_bye_and_leg_b_is_acked_before_its_bye()
     caller.send_to(&bye.response(200, "OK", None).to_bytes(), from).await.unwrap();
 }
 
+/// A caller that never ACKs the failure relayed to it: the B2BUA resends it (Timer G) and, at Timer H (64·T1), is
+/// told the transaction failed and counts it (RFC 3261 §17.2.1). An ACKed failure is not counted.
+#[tokio::test]
+async fn a_failure_never_acked_is_counted_at_timer_h() {
+    let sim = sim(OcsConfig::default()).await;
+    let engine = Engine::start(node_config(&sim, "h1", None, free_port().await)).await.unwrap();
+    connected(&engine).await;
+    let callee = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = b2bua_config("127.0.0.1:0".parse().unwrap(), callee.local_addr().unwrap());
+    cfg.timers.t1 = Duration::from_millis(10);
+    let b2bua = B2bua::start(cfg, engine).await.unwrap();
+    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let me = caller.local_addr().unwrap();
+    for ack in [true, false] {
+        caller.send_to(raw_invite(me).as_bytes(), b2bua.local_addr()).await.unwrap();
+        let (leg_b, from) =
+            recv_until(&callee, Duration::from_secs(3), "INVITE on leg B", |m| m.method() == "INVITE").await;
+        callee.send_to(&leg_b.response(486, "Busy Here", Some("b1")).to_bytes(), from).await.unwrap();
+        let (busy, _) = recv_until(&caller, Duration::from_secs(3), "the 486", |m| m.code() == 486).await;
+        if ack {
+            let mut a = busy.clone();
+            a.start =
+                charging_ra::sip::message::StartLine::Request { method: "ACK".into(), uri: "sip:bob@127.0.0.1".into() };
+            a.set("CSeq", "1 ACK");
+            a.set("Content-Length", "0");
+            caller.send_to(&a.to_bytes(), b2bua.local_addr()).await.unwrap();
+        } else {
+            // Timer G: the 486 again, before Timer H gives up.
+            recv_until(&caller, Duration::from_secs(1), "the 486 again", |m| m.code() == 486).await;
+        }
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let failures = b2bua.stats().await.unwrap().unacknowledged_failures;
+        assert_eq!(failures, u64::from(!ack), "ACKed: {ack}");
+    }
+}
+
 /// One node with a B2BUA, a raw caller and a raw callee, for tests that play a call message by message.
 struct StepCall {
     sim: OcsServer,
