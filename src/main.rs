@@ -13,10 +13,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The OCS simulator keeps the memory it frees for its own reuse instead of returning it to the system
 /// (mimalloc's `purge_delay` of -1; called once at its start, before any other thread runs). Returning it cost the
-/// simulator twice in the benchmarks (BENCHMARKS.md, "Paced latency"): the ledger dropped by `POST /v1/reset` was
-/// given back some milliseconds later, in one stall of 38–62 ms during the next run, and the next run then took a
-/// page fault for every page it filled again (16% of the simulator's CPU in a paced run). Its memory is now what its
-/// largest ledger needed. Not for the engine's processes, whose memory per session is a measured target.
+/// simulator twice in the benchmarks (BENCHMARKS.md, eighth and ninth measurements): the ledger dropped by
+/// `POST /v1/reset` was given back some milliseconds later, in one stall of 38–62 ms during the next run, and the
+/// next run then took a page fault for every page it filled again (16% of the simulator's CPU in a paced run). Its
+/// memory is now what its largest ledger needed. Not for the engine's processes, whose memory per session is a
+/// measured target.
 #[cfg(feature = "mimalloc")]
 fn keep_freed_memory() {
     use libmimalloc_sys::{mi_option_get, mi_option_set};

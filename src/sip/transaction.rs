@@ -577,8 +577,8 @@ mod tests {
         Message::parse(text.as_bytes()).unwrap()
     }
 
-    /// Runs every timer to the end: (ms after `t0` of each resend, the timeout's ms if one fired).
-    /// Runs every timer: when each resend and the end (a client's timeout, a server's Timer H) came, in ms.
+    /// Runs every timer to the end: (ms after `t0` of each resend, the ms of the timeout if one fired: a client's
+    /// Timer B or F, a server's Timer H).
     fn run_out(t: &mut Transactions, t0: Instant) -> (Vec<u128>, Option<u128>) {
         let (mut resends, mut timeout) = (Vec::new(), None);
         while let Some(at) = t.poll_timeout() {

@@ -152,9 +152,10 @@ where
                 // write. Requests released together (several callers woken at once) otherwise went one write each:
                 // each wakes this task as it sends, and the runtime runs the task it just woke first (tokio's LIFO
                 // slot) or its own before those woken from other threads. A loopback send costs about 4.5 µs of
-                // kernel time here, so paced traffic took 1.3x the CPU per request of bunched traffic; one yield
-                // took a third of that off (BENCHMARKS.md, "Paced latency"). Not when several are queued: they are
-                // already being gathered, and the yield's extra turn of the scheduler cost throughput at full load.
+                // kernel time here: paced at 60,000/s the load process went from 15.7 to 11.8 µs of CPU per
+                // request, and from 234,519 sends to 24,290 (BENCHMARKS.md, ninth measurement). Not when several
+                // are queued: they are already being gathered, and the extra turn of the scheduler cost throughput
+                // at full load.
                 tokio::task::yield_now().await;
                 gather(&mut rx, &mut batch);
             }
