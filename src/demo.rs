@@ -77,7 +77,24 @@ fn addr(fields: &[(String, String)], key: &str) -> anyhow::Result<SocketAddr> {
     Ok(v.parse()?)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A port free now for a process to listen on a moment later, on 127.0.0.1: nodes whose configurations name each
+/// other's ports have them chosen before any starts (here and in the conformance suite). A port from the kernel's
+/// ephemeral range (port 0) could meanwhile be taken by any outgoing connection on the machine (a demo node once
+/// failed to start so, beside a busy test run); one below that range is taken only by a program that asks for it.
+pub fn free_port() -> std::io::Result<u16> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let below = 20_000..ephemeral_low.max(20_001);
+    for _ in 0..200 {
+        use std::hash::{BuildHasher, Hasher};
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let port = below.start + (random % u64::from(below.end - below.start)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -545,10 +545,8 @@ impl super::Ctx<'_> {
     /// The specs of an `n`-node cluster on one simulator, replicating to the run's store: nodes `n1`…, each with a
     /// fixed Diameter port and the others as cluster members.
     pub fn cluster_specs(&self, n: usize, ocs: &Ocs) -> Result<Vec<NodeSpec>, String> {
-        let ports: Vec<u16> = (0..n)
-            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
-            .collect::<Result<_, _>>()
-            .map_err(|e| e.to_string())?;
+        let ports: Vec<u16> =
+            (0..n).map(|_| charging_ra::demo::free_port()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
         let members: Vec<(String, SocketAddr)> = ports
             .iter()
             .enumerate()
