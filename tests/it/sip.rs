@@ -207,18 +207,25 @@ async fn recv_until(
     }
 }
 
-#[tokio::test]
-async fn a_caller_that_never_acks_gets_a_bye_and_leg_b_is_acked_before_its_bye() {
+/// One node whose B2BUA runs with T1 = 10 ms (so 64·T1 = 640 ms), connected to its OCS, and a raw callee and
+/// caller: the simulator (kept alive), the B2BUA, the callee, the caller.
+async fn quick_timers(name: &str) -> (OcsServer, B2bua, UdpSocket, UdpSocket) {
     let sim = sim(OcsConfig::default()).await;
-    let engine = Engine::start(node_config(&sim, "k1", None, free_port().await)).await.unwrap();
+    let engine = Engine::start(node_config(&sim, name, None, free_port().await)).await.unwrap();
     // A call before the OCS connection is open gets 503: wait for it, as the other calls' tests do.
     connected(&engine).await;
     let callee = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut cfg = b2bua_config("127.0.0.1:0".parse().unwrap(), callee.local_addr().unwrap());
-    // 64·T1 = 640 ms: the 2xx is resent until then and the call given up (§13.3.1.4).
     cfg.timers.t1 = Duration::from_millis(10);
     let b2bua = B2bua::start(cfg, engine).await.unwrap();
     let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    (sim, b2bua, callee, caller)
+}
+
+#[tokio::test]
+async fn a_caller_that_never_acks_gets_a_bye_and_leg_b_is_acked_before_its_bye() {
+    // 64·T1 = 640 ms: the 2xx is resent until then and the call given up (§13.3.1.4).
+    let (_sim, b2bua, callee, caller) = quick_timers("k1").await;
     let me = caller.local_addr().unwrap();
     caller.send_to(raw_invite(me).as_bytes(), b2bua.local_addr()).await.unwrap();
     let (leg_b, from) =
@@ -241,14 +248,7 @@ async fn a_caller_that_never_acks_gets_a_bye_and_leg_b_is_acked_before_its_bye()
 /// told the transaction failed and counts it (RFC 3261 §17.2.1). An ACKed failure is not counted.
 #[tokio::test]
 async fn a_failure_never_acked_is_counted_at_timer_h() {
-    let sim = sim(OcsConfig::default()).await;
-    let engine = Engine::start(node_config(&sim, "h1", None, free_port().await)).await.unwrap();
-    connected(&engine).await;
-    let callee = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut cfg = b2bua_config("127.0.0.1:0".parse().unwrap(), callee.local_addr().unwrap());
-    cfg.timers.t1 = Duration::from_millis(10);
-    let b2bua = B2bua::start(cfg, engine).await.unwrap();
-    let caller = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let (_sim, b2bua, callee, caller) = quick_timers("h1").await;
     let me = caller.local_addr().unwrap();
     for ack in [true, false] {
         caller.send_to(raw_invite(me).as_bytes(), b2bua.local_addr()).await.unwrap();
