@@ -204,6 +204,12 @@ pub struct Router {
     requests: FxHashMap<u64, Pending>,
     by_hop: FxHashMap<(PeerId, HopByHopId), u64>,
     deadlines: BTreeMap<(Instant, u64), ()>,
+    /// Requests that found no peer available while a peer that could take them was opening its first connection
+    /// (the node has just started): each is sent once such a peer opens, and fails when no such peer is opening any
+    /// more or its deadline passes. With whether it is a retransmission.
+    waiting: Vec<(Pending, bool)>,
+    /// Peers that have been open since the router started, by [`PeerId`].
+    ever_open: Vec<bool>,
     incoming: HashMap<(PeerId, HopByHopId), Incoming>,
     /// New requests are being refused with 3004 (`max_incoming` reached).
     refusing: bool,
@@ -242,6 +248,8 @@ impl Router {
             requests: FxHashMap::default(),
             by_hop: FxHashMap::default(),
             deadlines: BTreeMap::new(),
+            waiting: Vec::new(),
+            ever_open: Vec::new(),
             incoming: HashMap::new(),
             refusing: false,
             connections_refused: 0,
@@ -263,7 +271,7 @@ impl Router {
 
     /// Requests waiting for an answer.
     pub fn pending(&self) -> usize {
-        self.requests.len()
+        self.requests.len() + self.waiting.len()
     }
 
     /// Requests waiting for an answer, by the peer each was last sent to (index: [`PeerId`]). One pass over the
@@ -298,6 +306,11 @@ impl Router {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let peers = self.peers.iter().filter_map(Peer::poll_timeout).min();
         let requests = self.deadlines.keys().next().map(|(t, _)| *t);
+        let waiting = self.waiting.iter().map(|(p, _)| p.deadline).min();
+        let requests = match (requests, waiting) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         match (peers, requests) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -364,6 +377,14 @@ impl Router {
                 self.fail(now, p, ResultCode::UNABLE_TO_DELIVER, why);
             }
         }
+        if self.waiting.iter().any(|(p, _)| p.deadline <= now) {
+            let (due, keep): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut self.waiting).into_iter().partition(|(p, _)| p.deadline <= now);
+            self.waiting = keep;
+            for (p, _) in due {
+                self.fail(now, p, ResultCode::UNABLE_TO_DELIVER, "no peer opened in time".into());
+            }
+        }
     }
 
     /// One frame from a connection (the transport has checked version and length).
@@ -424,7 +445,7 @@ impl Router {
             request.header.end_to_end = self.e2e.next();
         }
         request.header.flags = CommandFlags(request.header.flags.0 | CommandFlags::REQUEST);
-        if self.requests.len() >= self.config.max_pending {
+        if self.pending() >= self.config.max_pending {
             self.out.push_back(RouterOutput::Failed {
                 token,
                 result_code: ResultCode::TOO_BUSY,
@@ -506,7 +527,14 @@ impl Router {
                     self.out.push_back(RouterOutput::Close(conn));
                 }
                 PeerOutput::Deliver(m) => self.delivered(now, peer, m),
-                PeerOutput::Available => self.out.push_back(RouterOutput::PeerEvent(peer, PeerEvent::Available)),
+                PeerOutput::Available => {
+                    self.out.push_back(RouterOutput::PeerEvent(peer, PeerEvent::Available));
+                    if self.ever_open.len() <= peer.0 {
+                        self.ever_open.resize(peer.0 + 1, false);
+                    }
+                    self.ever_open[peer.0] = true;
+                    self.retry_waiting(now);
+                }
                 PeerOutput::Unavailable => {
                     self.out.push_back(RouterOutput::PeerEvent(peer, PeerEvent::Unavailable));
                     self.fail_over(now, peer);
@@ -527,6 +555,8 @@ impl Router {
                         // Nothing more will arrive on the old connection: what is still pending there fails over
                         // now or fails.
                         self.connection_lost(now, peer);
+                        // A first connection that failed: what waited for it goes elsewhere or fails.
+                        self.retry_waiting(now);
                     }
                 }
             }
@@ -793,6 +823,13 @@ impl Router {
         };
         let peer = match hop {
             Ok(peer) => peer,
+            Err((ResultCode::UNABLE_TO_DELIVER, _)) if self.first_connection_opening(&p.request, &p.tried) => {
+                // RFC 6733 does not say what to do here. A request made in the moment between a node's start and its
+                // first CEA would otherwise fail at once (3002), and a charging request with it (CCFH): the call
+                // refused, or let through uncharged. It waits for that connection instead, within its deadline.
+                self.waiting.push((p, retransmit));
+                return;
+            }
             Err((rc, why)) => return self.fail(now, p, rc, why),
         };
         let mut msg = p.request.clone();
@@ -819,6 +856,35 @@ impl Router {
                 p.tried.push(peer);
                 self.dispatch(now, p, retransmit);
             }
+        }
+    }
+
+    /// Whether a peer that could take `req` (named by its Destination-Host, or routed to for its realm) and has not
+    /// been tried is opening its first connection since the router started.
+    fn first_connection_opening(&self, req: &Message, tried: &[PeerId]) -> bool {
+        let host = req.find(code::DESTINATION_HOST, 0).and_then(|a| a.as_utf8().ok());
+        let routed = req
+            .find(code::DESTINATION_REALM, 0)
+            .and_then(|a| a.as_utf8().ok())
+            .map(|realm| self.table.candidates(realm, req.header.application_id))
+            .unwrap_or_default();
+        (0..self.peers.len()).map(PeerId).any(|p| {
+            let peer = &self.peers[p.0];
+            !tried.contains(&p)
+                && !self.ever_open.get(p.0).copied().unwrap_or(false)
+                && matches!(
+                    peer.state(),
+                    PeerState::WaitConnAck | PeerState::WaitICea | PeerState::WaitConnAckElect | PeerState::WaitReturns
+                )
+                && (routed.contains(&p)
+                    || host.is_some_and(|h| peer.identity().is_some_and(|id| id.eq_ignore_ascii_case(h))))
+        })
+    }
+
+    /// Sends what waited for a first connection, now that one opened or failed (or waits again, or fails).
+    fn retry_waiting(&mut self, now: Instant) {
+        for (p, retransmit) in std::mem::take(&mut self.waiting) {
+            self.dispatch(now, p, retransmit);
         }
     }
 

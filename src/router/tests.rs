@@ -37,6 +37,9 @@ struct Sim {
     closed: Vec<ConnId>,
     /// Messages sent on accepted connections that belong to no simulated remote.
     other: Vec<(ConnId, Message)>,
+    /// Connection attempts are held here instead of succeeding at once, while `hold_connects`.
+    hold_connects: bool,
+    held: Vec<PeerId>,
 }
 
 fn local() -> LocalIdentity {
@@ -51,6 +54,11 @@ fn remote(host: &str) -> Remote {
 
 impl Sim {
     fn new(routes: Vec<Route>, remotes: Vec<Remote>) -> Sim {
+        Sim::new_with(routes, remotes, false)
+    }
+
+    /// With `hold_connects`, connection attempts wait in `held` until [`Sim::connect_held`].
+    fn new_with(routes: Vec<Route>, remotes: Vec<Remote>, hold_connects: bool) -> Sim {
         let peers = remotes
             .iter()
             .enumerate()
@@ -77,6 +85,8 @@ impl Sim {
             requests: vec![],
             closed: vec![],
             other: vec![],
+            hold_connects,
+            held: vec![],
         };
         s.router.start(s.now);
         s.run();
@@ -98,6 +108,7 @@ impl Sim {
     fn run(&mut self) {
         while let Some(o) = self.router.poll_output() {
             match o {
+                RouterOutput::Connect(p) if self.hold_connects => self.held.push(p),
                 RouterOutput::Connect(p) => {
                     let c = ConnId(self.next_conn);
                     self.next_conn += 1;
@@ -167,6 +178,17 @@ impl Sim {
             },
         }
         self.router.handle_frame(self.now, c, Sim::frame(&a));
+    }
+
+    /// The held connection attempts succeed.
+    fn connect_held(&mut self) {
+        for p in std::mem::take(&mut self.held) {
+            let c = ConnId(self.next_conn);
+            self.next_conn += 1;
+            self.conn_peer.insert(c, p.0);
+            self.router.handle_connected(self.now, p, c);
+        }
+        self.run();
     }
 
     fn advance(&mut self, d: Duration) {
@@ -272,6 +294,60 @@ fn lost_connection_without_alternate_fails_with_3002() {
     s.run();
     assert_eq!(s.failed, vec![(3, ResultCode::UNABLE_TO_DELIVER)]);
     assert_eq!(s.router.pending(), 0);
+}
+
+/// A request made while the node's first connection to its peer is still opening waits for it and goes out once
+/// the CEA is in; a request that waits past its deadline, or whose peer's first connection attempt fails, gets 3002.
+#[test]
+fn requests_before_the_first_cea_wait_for_it_within_their_deadline() {
+    let one = || Sim::new_with(vec![route("ocs.example.net", 0, 1)], vec![remote("ocs1.ocs.example.net")], true);
+    let mut s = one();
+    s.send(s.ccr("s1"), 1);
+    assert_eq!((s.failed.len(), s.router.pending()), (0, 1), "waiting, not failed");
+    s.advance(Duration::from_millis(50));
+    s.connect_held();
+    assert_eq!(s.app_requests_received(0).len(), 1, "sent once the peer opened");
+    assert_eq!(s.answers.iter().map(|(t, _)| *t).collect::<Vec<_>>(), [1]);
+    assert!(s.failed.is_empty());
+
+    // No CEA before the deadline: 3002 at the deadline, not before.
+    let mut s = one();
+    s.send(s.ccr("s2"), 2);
+    s.advance(s.router.config.answer_timeout - Duration::from_millis(1));
+    assert!(s.failed.is_empty());
+    s.advance(Duration::from_millis(1));
+    assert_eq!(s.failed, [(2, ResultCode::UNABLE_TO_DELIVER)]);
+    assert_eq!(s.router.pending(), 0);
+
+    // The first connection attempt fails: nothing is opening any more, so 3002 at once.
+    let mut s = one();
+    s.send(s.ccr("s3"), 3);
+    let p = s.held.pop().unwrap();
+    s.router.handle_connect_failed(s.now, p);
+    s.run();
+    assert_eq!(s.failed, [(3, ResultCode::UNABLE_TO_DELIVER)]);
+}
+
+/// Only a first connection is waited for: once the peer has been open, a request while it reconnects fails at once
+/// (the session's failure handling, CCFH, decides), as before.
+#[test]
+fn a_peer_reconnecting_after_it_was_open_is_not_waited_for() {
+    let mut s = Sim::new(vec![route("ocs.example.net", 0, 1)], vec![remote("ocs1.ocs.example.net")]);
+    s.hold_connects = true;
+    let c = s.conn_of(0);
+    s.conn_peer.remove(&c);
+    s.router.handle_disconnected(s.now, c);
+    s.run();
+    for _ in 0..600 {
+        if !s.held.is_empty() {
+            break;
+        }
+        s.advance(Duration::from_millis(100));
+    }
+    assert_eq!(s.held.len(), 1, "reconnecting");
+    assert_eq!(s.router.peers()[0].state(), PeerState::WaitConnAck);
+    s.send(s.ccr("s1"), 1);
+    assert_eq!(s.failed, [(1, ResultCode::UNABLE_TO_DELIVER)]);
 }
 
 #[test]
