@@ -71,6 +71,26 @@ pub async fn check(sim: &OcsServer) -> serde_json::Value {
     json(&body)
 }
 
+/// A session opened the moment the engine has started, before its first CER/CEA: the CCR-I waits for the
+/// connection and is answered, rather than failing with 3002 (and CCFH) for want of an open peer.
+#[tokio::test]
+async fn a_session_opened_before_the_first_cea_is_answered_once_the_peer_opens() {
+    let sim = sim(OcsConfig::default()).await;
+    let cfg = engine_config(
+        "as1.test.localdomain",
+        &[("ocs1.ocs.localdomain", sim.diameter_addr(), 1)],
+        Duration::from_secs(5),
+        Ccfh::Terminate,
+    );
+    let e = Engine::start(cfg).await.unwrap();
+    let o = e.open_session(App::Ro, msisdn("46700"), None, vec![rg(10)]).await.unwrap();
+    assert_eq!((o.result_code, o.state), (Some(2001), CcState::Open));
+    e.terminate(&o.session_id, vec![used(10, 1)]).await.unwrap();
+    assert_eq!(check(&sim).await["clean"], true);
+    e.stop().await;
+    sim.stop().await;
+}
+
 #[tokio::test]
 async fn engine_runs_ro_and_gx_sessions_against_the_simulator() {
     let sim = sim(OcsConfig::default()).await;

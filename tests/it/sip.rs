@@ -212,7 +212,7 @@ async fn recv_until(
 async fn quick_timers(name: &str) -> (OcsServer, B2bua, UdpSocket, UdpSocket) {
     let sim = sim(OcsConfig::default()).await;
     let engine = Engine::start(node_config(&sim, name, None, free_port().await)).await.unwrap();
-    // A call before the OCS connection is open gets 503: wait for it, as the other calls' tests do.
+    // Connected first, as the other call tests are: these tests are about the SIP timers, not the start.
     connected(&engine).await;
     let callee = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut cfg = b2bua_config("127.0.0.1:0".parse().unwrap(), callee.local_addr().unwrap());
