@@ -293,7 +293,8 @@ impl Peer {
         self.available
     }
 
-    /// What the peer advertised, once CER/CEA completed.
+    /// What the peer advertised, once CER/CEA completed: kept after the connection closes (the last exchange's),
+    /// so `None` means the peer has never been open.
     pub fn capabilities(&self) -> Option<&PeerCapabilities> {
         self.caps.as_ref()
     }

@@ -208,8 +208,6 @@ pub struct Router {
     /// (the node has just started): each is sent once such a peer opens, and fails when no such peer is opening any
     /// more or its deadline passes. With whether it is a retransmission.
     waiting: Vec<(Pending, bool)>,
-    /// Peers that have been open since the router started, by [`PeerId`].
-    ever_open: Vec<bool>,
     incoming: HashMap<(PeerId, HopByHopId), Incoming>,
     /// New requests are being refused with 3004 (`max_incoming` reached).
     refusing: bool,
@@ -249,7 +247,6 @@ impl Router {
             by_hop: FxHashMap::default(),
             deadlines: BTreeMap::new(),
             waiting: Vec::new(),
-            ever_open: Vec::new(),
             incoming: HashMap::new(),
             refusing: false,
             connections_refused: 0,
@@ -529,10 +526,6 @@ impl Router {
                 PeerOutput::Deliver(m) => self.delivered(now, peer, m),
                 PeerOutput::Available => {
                     self.out.push_back(RouterOutput::PeerEvent(peer, PeerEvent::Available));
-                    if self.ever_open.len() <= peer.0 {
-                        self.ever_open.resize(peer.0 + 1, false);
-                    }
-                    self.ever_open[peer.0] = true;
                     self.retry_waiting(now);
                 }
                 PeerOutput::Unavailable => {
@@ -871,7 +864,8 @@ impl Router {
         (0..self.peers.len()).map(PeerId).any(|p| {
             let peer = &self.peers[p.0];
             !tried.contains(&p)
-                && !self.ever_open.get(p.0).copied().unwrap_or(false)
+                // Capabilities are kept from the first CER/CEA on: none yet, never open.
+                && peer.capabilities().is_none()
                 && matches!(
                     peer.state(),
                     PeerState::WaitConnAck | PeerState::WaitICea | PeerState::WaitConnAckElect | PeerState::WaitReturns
