@@ -320,3 +320,154 @@ impl Check {
         c
     }
 }
+
+/// Entries per chunk of [`Chunks`].
+const CHUNK: usize = 4096;
+
+/// Storage that never moves what it holds: fixed-size chunks, appended to. A vector that doubled copied every entry
+/// at once, and with millions of entries stalled the simulator (see `Ocs::accounts`); here an entry's position is
+/// its index, for good.
+pub(crate) struct Chunks<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for Chunks<T> {
+    fn default() -> Chunks<T> {
+        Chunks { chunks: Vec::new(), len: 0 }
+    }
+}
+
+impl<T> Chunks<T> {
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn at(&self, i: usize) -> &T {
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    pub(crate) fn at_mut(&mut self, i: usize) -> &mut T {
+        &mut self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    /// Adds `x`; returns its position.
+    pub(crate) fn push(&mut self, x: T) -> usize {
+        if self.len.is_multiple_of(CHUNK) {
+            self.chunks.push(Vec::with_capacity(CHUNK));
+        }
+        self.chunks.last_mut().expect("a chunk with room").push(x);
+        self.len += 1;
+        self.len - 1
+    }
+}
+
+/// Every session the simulator served, by Session-Id. A request finds its session once, by key, and the rest of
+/// its handling reaches it by position: a map of sessions by Session-Id, searched again at each step, compared long
+/// keys with common prefixes about six times per request. The index is ordered and the sessions are in [`Chunks`],
+/// so that nothing is ever moved or rehashed all at once.
+#[derive(Default)]
+pub struct Ledger {
+    index: BTreeMap<String, usize>,
+    sessions: Chunks<LedgerSession>,
+}
+
+impl Ledger {
+    /// The session, if it was ever seen.
+    pub fn get(&self, sid: &str) -> Option<&LedgerSession> {
+        self.index.get(sid).map(|&i| self.at(i))
+    }
+
+    /// Sessions in the ledger.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// No session yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The sessions in Session-Id order.
+    pub fn values(&self) -> impl Iterator<Item = &LedgerSession> {
+        self.index.values().map(|&i| self.at(i))
+    }
+
+    /// Where the session is, if it was ever seen.
+    pub(crate) fn position(&self, sid: &str) -> Option<usize> {
+        self.index.get(sid).copied()
+    }
+
+    pub(crate) fn get_mut(&mut self, sid: &str) -> Option<&mut LedgerSession> {
+        let i = self.position(sid)?;
+        Some(self.at_mut(i))
+    }
+
+    pub(crate) fn at(&self, i: usize) -> &LedgerSession {
+        self.sessions.at(i)
+    }
+
+    pub(crate) fn at_mut(&mut self, i: usize) -> &mut LedgerSession {
+        self.sessions.at_mut(i)
+    }
+
+    /// Adds a session not in the ledger yet; returns its position.
+    pub(crate) fn push(&mut self, s: LedgerSession) -> usize {
+        debug_assert!(!self.index.contains_key(&s.session_id), "{} is in the ledger", s.session_id);
+        let key = s.session_id.clone();
+        let i = self.sessions.push(s);
+        self.index.insert(key, i);
+        i
+    }
+
+    /// The session's position, added by `new` if it is not in the ledger yet.
+    pub(crate) fn position_or_push(&mut self, sid: &str, new: impl FnOnce() -> LedgerSession) -> usize {
+        match self.position(sid) {
+            Some(i) => i,
+            None => self.push(new()),
+        }
+    }
+}
+
+impl std::ops::Index<&str> for Ledger {
+    type Output = LedgerSession;
+
+    fn index(&self, sid: &str) -> &LedgerSession {
+        self.get(sid).unwrap_or_else(|| panic!("no session {sid} in the ledger"))
+    }
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.index.keys().zip(self.values())).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ledger_positions_stay_put_across_chunks_and_values_come_in_session_id_order() {
+        let mut l = Ledger::default();
+        let n = CHUNK + CHUNK / 2;
+        // Pushed in descending Session-Id order, so that arrival order and key order differ.
+        let ids: Vec<String> = (0..n).rev().map(|i| format!("s;{i:06}")).collect();
+        let positions: Vec<usize> = ids
+            .iter()
+            .map(|id| l.position_or_push(id, || LedgerSession::new(id, AppId::CREDIT_CONTROL, None)))
+            .collect();
+        assert_eq!(positions, (0..n).collect::<Vec<_>>());
+        assert_eq!((l.len(), l.sessions.chunks.len()), (n, 2));
+        // Found again, not pushed twice; reached by key and by position alike.
+        assert_eq!(l.position_or_push(&ids[CHUNK + 1], || unreachable!()), CHUNK + 1);
+        l.at_mut(CHUNK + 1).last_number = Some(7);
+        assert_eq!(l[ids[CHUNK + 1].as_str()].last_number, Some(7));
+        assert_eq!(l.get_mut("s;000000").map(|s| s.session_id.clone()), Some("s;000000".into()));
+        assert!(l.get("s;none").is_none() && l.position("s;none").is_none());
+        let listed: Vec<&str> = l.values().map(|s| s.session_id.as_str()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(listed, sorted);
+    }
+}

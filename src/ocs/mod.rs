@@ -9,6 +9,7 @@ pub mod config;
 mod ledger;
 pub mod server;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap as HashMap;
@@ -19,7 +20,10 @@ use crate::router::PeerId;
 use crate::units::{UnitKind, Units};
 
 pub use config::{FaultAction, FaultRule, FinalUnitAction, OcsConfig};
-pub use ledger::{Anomaly, Check, LedgerSession, RatingGroupLedger, RequestRecord, ServerRequestRecord, SessionState};
+use ledger::Chunks;
+pub use ledger::{
+    Anomaly, Check, Ledger, LedgerSession, RatingGroupLedger, RequestRecord, ServerRequestRecord, SessionState,
+};
 
 /// 3GPP AVP codes (vendor 10415) the simulator writes (TS 32.299 §7.2, TS 29.212 §5.3, TS 29.229 §6.3).
 mod tgpp {
@@ -133,15 +137,19 @@ pub struct Ocs {
     config: OcsConfig,
     origin_host: String,
     origin_realm: String,
-    /// By subscriber. Ordered, so that it grows a node at a time: a hash table of one entry per subscriber
-    /// stalled the simulator for milliseconds each time it doubled (BENCHMARKS.md, "Paced latency").
-    accounts: BTreeMap<String, Account>,
-    ledger: BTreeMap<String, LedgerSession>,
-    /// Open sessions only (removed at CCR-T): it grows with the sessions open at once, not with every session.
-    runtime: HashMap<String, SessionRuntime>,
+    /// Positions in `balances` by subscriber, found once per request. Ordered, so that it grows a node at a time: a
+    /// hash table of one entry per subscriber stalled the simulator for milliseconds each time it doubled
+    /// (BENCHMARKS.md, "Paced latency").
+    accounts: BTreeMap<String, usize>,
+    balances: Chunks<Account>,
+    ledger: Ledger,
+    /// Open sessions only (removed at CCR-T), by ledger position: it grows with the sessions open at once, not with
+    /// every session.
+    runtime: HashMap<usize, SessionRuntime>,
     faults: Vec<(FaultRule, u32)>,
-    /// Requests by (command, request type, Result-Code) for the metrics.
-    pub counters: BTreeMap<(String, String, u32), u64>,
+    /// Requests by (command, request type, Result-Code) for the metrics. The names are borrowed for the known
+    /// commands: counting a request allocates nothing.
+    pub counters: BTreeMap<(Cow<'static, str>, &'static str, u32), u64>,
     /// Processing-time histogram over [`LATENCY_BUCKETS`] (the last slot counts the rest).
     pub latency: [u64; LATENCY_BUCKETS.len() + 1],
     /// Total processing time.
@@ -191,7 +199,8 @@ impl Ocs {
             origin_host: origin_host.to_string(),
             origin_realm: origin_realm.to_string(),
             accounts: BTreeMap::new(),
-            ledger: BTreeMap::new(),
+            balances: Chunks::default(),
+            ledger: Ledger::default(),
             runtime: HashMap::default(),
             faults,
             counters: BTreeMap::new(),
@@ -224,7 +233,7 @@ impl Ocs {
     }
 
     /// The ledger, by Session-Id.
-    pub fn ledger(&self) -> &BTreeMap<String, LedgerSession> {
+    pub fn ledger(&self) -> &Ledger {
         &self.ledger
     }
 
@@ -238,16 +247,21 @@ impl Ocs {
         self.ledger.values().filter(|s| s.state == SessionState::Open).count()
     }
 
-    fn account(&mut self, subscriber: &str) -> &mut Account {
+    /// The subscriber's account (its position in `balances`), opened with its configured or the default balance
+    /// on first use.
+    fn account(&mut self, subscriber: &str) -> usize {
+        if let Some(&a) = self.accounts.get(subscriber) {
+            return a;
+        }
         let (default, listed) = (&self.config.ro.default_balance, &self.config.subscribers);
-        self.accounts.entry(subscriber.to_string()).or_insert_with(|| {
-            let balance = listed.iter().find(|s| s.id == subscriber).map_or(*default, |s| s.balance);
-            let mut limited = [false; 6];
-            for (i, k) in UnitKind::ALL.iter().enumerate() {
-                limited[i] = balance.get(*k).is_some();
-            }
-            Account { balance, limited, reserved: Units::default() }
-        })
+        let balance = listed.iter().find(|s| s.id == subscriber).map_or(*default, |s| s.balance);
+        let mut limited = [false; 6];
+        for (i, k) in UnitKind::ALL.iter().enumerate() {
+            limited[i] = balance.get(*k).is_some();
+        }
+        let a = self.balances.push(Account { balance, limited, reserved: Units::default() });
+        self.accounts.insert(subscriber.to_string(), a);
+        a
     }
 
     fn fault_for(&mut self, req: &Message) -> Option<FaultAction> {
@@ -272,10 +286,6 @@ impl Ocs {
         None
     }
 
-    fn recent_answer(&self, sid: &str, number: u32) -> Option<Message> {
-        self.ledger.get(sid)?.recent.get(number).cloned()
-    }
-
     fn base_answer(&self, req: &Message, rc: ResultCode) -> Message {
         let mut a = Message::answer_to(req);
         if rc.is_protocol_error() {
@@ -298,13 +308,12 @@ impl Ocs {
     /// Answers one request that came from `peer`. `wall_ms` is the wall-clock time for the ledger.
     pub fn handle_request(&mut self, now: Instant, wall_ms: u64, peer: PeerId, req: &Message) -> Reply {
         let reply = self.handle_inner(now, wall_ms, peer, req);
-        let (rc, short) = match &reply {
-            Reply::Answer(a) | Reply::Delay(_, a) | Reply::AnswerThenDpr(a) => {
-                (a.result_code().map_or(0, |r| r.0), req.header.short_name())
-            }
-            Reply::Drop | Reply::Close => (0, req.header.short_name()),
+        let rc = match &reply {
+            Reply::Answer(a) | Reply::Delay(_, a) | Reply::AnswerThenDpr(a) => a.result_code().map_or(0, |r| r.0),
+            Reply::Drop | Reply::Close => 0,
         };
-        let rtype = request_type_name(req.find(code::CC_REQUEST_TYPE, 0).and_then(|a| a.as_i32().ok())).to_string();
+        let short = req.header.known_short_name().map_or_else(|| Cow::Owned(req.header.short_name()), Cow::Borrowed);
+        let rtype = request_type_name(req.find(code::CC_REQUEST_TYPE, 0).and_then(|a| a.as_i32().ok()));
         *self.counters.entry((short, rtype, rc)).or_default() += 1;
         reply
     }
@@ -336,15 +345,14 @@ impl Ocs {
     /// Records a request that a fault answered without processing.
     fn record_only(&mut self, now: Instant, wall_ms: u64, peer: PeerId, req: &Message, rc: Option<ResultCode>) {
         let self_max = self.config.max_requests_per_session;
-        let Some(sid) = req.session_id().map(str::to_string) else {
+        let Some(sid) = req.session_id() else {
             return;
         };
-        let entry = self
+        let i = self
             .ledger
-            .entry(sid.clone())
-            .or_insert_with(|| LedgerSession::new(&sid, req.header.application_id, subscriber_of(req)));
-        entry.record(self_max, RequestRecord::of(req, wall_ms, rc.map(|r| r.0), false));
-        if let Some(rt) = self.runtime.get_mut(&sid) {
+            .position_or_push(sid, || LedgerSession::new(sid, req.header.application_id, subscriber_of(req)));
+        self.ledger.at_mut(i).record(self_max, RequestRecord::of(req, wall_ms, rc.map(|r| r.0), false));
+        if let Some(rt) = self.runtime.get_mut(&i) {
             rt.last_activity = now;
             rt.reach.peer = peer;
         }
@@ -352,18 +360,22 @@ impl Ocs {
 
     fn process(&mut self, now: Instant, wall_ms: u64, peer: PeerId, req: &Message) -> Message {
         let self_max = self.config.max_requests_per_session;
-        let Some(sid) = req.session_id().map(str::to_string) else {
+        let Some(sid) = req.session_id() else {
             return self.base_answer(req, ResultCode::MISSING_AVP);
         };
         let number = u32_of(req, code::CC_REQUEST_NUMBER).unwrap_or(0);
         let rtype = req.find(code::CC_REQUEST_TYPE, 0).and_then(|a| a.as_i32().ok()).unwrap_or(0);
         let retransmit = req.header.flags.is_retransmit();
+        // The one search of the ledger by Session-Id; the rest goes by position.
+        let found = self.ledger.position(sid);
         // A request whose answer we already gave: same answer again, nothing charged (RFC 4006 §5.1, §7).
-        if let Some(prev) = self.recent_answer(&sid, number) {
-            let mut again = prev;
+        if let Some(i) = found
+            && let Some(prev) = self.ledger.at(i).recent.get(number)
+        {
+            let mut again = prev.clone();
             again.header.hop_by_hop = req.header.hop_by_hop;
             again.header.end_to_end = req.header.end_to_end;
-            let s = self.ledger.get_mut(&sid).expect("answered sessions are in the ledger");
+            let s = self.ledger.at_mut(i);
             s.record(self_max, RequestRecord::of(req, wall_ms, again.result_code().map(|r| r.0), true));
             if retransmit {
                 s.duplicates_answered += 1;
@@ -373,7 +385,7 @@ impl Ocs {
                     s.anomaly(wall_ms, "usage_reported_twice", format!("usage of request {number} reported again"));
                 }
             }
-            if let Some(rt) = self.runtime.get_mut(&sid) {
+            if let Some(rt) = self.runtime.get_mut(&i) {
                 rt.last_activity = now;
                 rt.reach.peer = peer;
             }
@@ -384,16 +396,16 @@ impl Ocs {
         let subscriber = subscriber_of(req);
         let app = req.header.application_id;
         // Session bookkeeping and sequencing anomalies.
-        let existing = self.ledger.get(&sid).map(|s| (s.state, s.last_number));
+        let existing = found.map(|i| (i, self.ledger.at(i).state, self.ledger.at(i).last_number));
         let rc_session = match (rtype, existing) {
             (1, None) | (4, None) => None,
-            (1, Some(_)) | (4, Some(_)) => {
-                let s = self.ledger.get_mut(&sid).expect("exists");
+            (1, Some((i, _, _))) | (4, Some((i, _, _))) => {
+                let s = self.ledger.at_mut(i);
                 s.anomaly(wall_ms, "repeated_initial", "a second initial/event request for the session".into());
                 None
             }
             (_, None) => {
-                let mut s = LedgerSession::new(&sid, app, subscriber.clone());
+                let mut s = LedgerSession::new(sid, app, subscriber.clone());
                 s.state = SessionState::Unknown;
                 s.anomaly(
                     wall_ms,
@@ -401,11 +413,11 @@ impl Ocs {
                     format!("{} for a session never opened", request_type_name(Some(rtype))),
                 );
                 s.record(self_max, RequestRecord::of(req, wall_ms, Some(ResultCode::UNKNOWN_SESSION_ID.0), false));
-                self.ledger.insert(sid.clone(), s);
+                self.ledger.push(s);
                 return self.base_answer(req, ResultCode::UNKNOWN_SESSION_ID);
             }
-            (_, Some((state, _))) if state != SessionState::Open => {
-                let s = self.ledger.get_mut(&sid).expect("exists");
+            (_, Some((i, state, _))) if state != SessionState::Open => {
+                let s = self.ledger.at_mut(i);
                 s.anomaly(
                     wall_ms,
                     "request_after_termination",
@@ -414,9 +426,13 @@ impl Ocs {
                 s.record(self_max, RequestRecord::of(req, wall_ms, Some(ResultCode::UNKNOWN_SESSION_ID.0), false));
                 return self.base_answer(req, ResultCode::UNKNOWN_SESSION_ID);
             }
-            (_, Some((_, last))) => last,
+            (_, Some((_, _, last))) => last,
         };
-        let entry = self.ledger.entry(sid.clone()).or_insert_with(|| LedgerSession::new(&sid, app, subscriber.clone()));
+        let i = match found {
+            Some(i) => i,
+            None => self.ledger.push(LedgerSession::new(sid, app, subscriber.clone())),
+        };
+        let entry = self.ledger.at_mut(i);
         if let Some(last) = rc_session {
             if number <= last {
                 entry.anomaly(wall_ms, "repeated_number", format!("CC-Request-Number {number} after {last}"));
@@ -428,29 +444,29 @@ impl Ocs {
         }
         entry.last_number = Some(entry.last_number.map_or(number, |l| l.max(number)));
         self.runtime.insert(
-            sid.clone(),
+            i,
             SessionRuntime {
                 reach: Reachability { peer, host: origin_host, realm: origin_realm },
                 last_activity: now,
                 app,
             },
         );
-        let answer = if app == AppId::GX { self.gx(req, &sid, rtype) } else { self.ro(req, &sid, rtype, subscriber) };
+        let answer = if app == AppId::GX { self.gx(req, i, rtype) } else { self.ro(req, i, rtype, subscriber) };
         let rc = answer.result_code().map(|r| r.0);
-        let s = self.ledger.get_mut(&sid).expect("recorded above");
+        let s = self.ledger.at_mut(i);
         s.record(self_max, RequestRecord::of(req, wall_ms, rc, false));
         if rtype == 3 || rtype == 4 {
             s.state = if rtype == 3 { SessionState::Terminated } else { SessionState::Event };
-            self.runtime.remove(&sid);
+            self.runtime.remove(&i);
         }
         s.recent.remember(number, &answer);
         answer
     }
 
-    fn ro(&mut self, req: &Message, sid: &str, rtype: i32, subscriber: Option<String>) -> Message {
-        let subscriber = subscriber.unwrap_or_else(|| "anonymous".into());
+    fn ro(&mut self, req: &Message, i: usize, rtype: i32, subscriber: Option<String>) -> Message {
+        let acct = self.account(subscriber.as_deref().unwrap_or("anonymous"));
         if rtype == 4 {
-            return self.ro_event(req, sid, &subscriber);
+            return self.ro_event(req, i, acct);
         }
         let mut answer = self.base_answer(req, ResultCode::SUCCESS);
         let msccs: Vec<Avp> = req.find_all(code::MULTIPLE_SERVICES_CREDIT_CONTROL, 0).cloned().collect();
@@ -461,15 +477,15 @@ impl Ocs {
             let rg = find(code::RATING_GROUP).and_then(|a| a.as_u32().ok()).unwrap_or(0);
             let sid_avp = find(code::SERVICE_IDENTIFIER).cloned();
             for usu in members.iter().filter(|a| a.is(code::USED_SERVICE_UNIT, 0)) {
-                self.debit(sid, &subscriber, rg, &Units::from_grouped(usu));
+                self.debit(i, acct, rg, &Units::from_grouped(usu));
             }
-            self.release(sid, &subscriber, rg);
+            self.release(i, acct, rg);
             let rsu = find(code::REQUESTED_SERVICE_UNIT);
             if rtype == 3 || rsu.is_none() {
                 all_denied = false;
                 continue;
             }
-            let (grant_avps, denied) = self.grant(sid, &subscriber, rg, rsu);
+            let (grant_avps, denied) = self.grant(i, acct, rg, rsu);
             all_denied &= denied;
             let mut out = grant_avps;
             out.push(Avp::u32(code::RATING_GROUP, rg));
@@ -479,7 +495,7 @@ impl Ocs {
             answer.push(Avp::grouped(code::MULTIPLE_SERVICES_CREDIT_CONTROL, &out));
         }
         if rtype == 3 {
-            self.release_all(sid, &subscriber);
+            self.release_all(i, acct);
         }
         if rtype == 1 {
             if let Some(f) = self.config.ro.cc_session_failover {
@@ -497,8 +513,8 @@ impl Ocs {
     }
 
     /// Debits reported usage (RFC 4006 §5.1.2: usage is reported in USU and charged once).
-    fn debit(&mut self, sid: &str, subscriber: &str, rg: u32, used: &Units) {
-        let acct = self.account(subscriber);
+    fn debit(&mut self, session: usize, acct: usize, rg: u32, used: &Units) {
+        let acct = self.balances.at_mut(acct);
         let mut debited = Units::default();
         for k in used.kinds() {
             let v = used.get(k).unwrap_or(0);
@@ -509,35 +525,31 @@ impl Ocs {
             }
             debited.set(k, Some(take));
         }
-        let s = self.ledger.get_mut(sid).expect("session recorded");
-        let l = s.rating_groups.entry(rg).or_default();
+        let l = self.ledger.at_mut(session).rating_groups.entry(rg).or_default();
         l.reported_used.add(used);
         l.debited.add(&debited);
     }
 
-    fn release(&mut self, sid: &str, subscriber: &str, rg: u32) {
-        let outstanding = self
-            .ledger
-            .get_mut(sid)
-            .and_then(|s| s.rating_groups.get_mut(&rg))
-            .map(|l| std::mem::take(&mut l.outstanding));
+    fn release(&mut self, session: usize, acct: usize, rg: u32) {
+        let outstanding =
+            self.ledger.at_mut(session).rating_groups.get_mut(&rg).map(|l| std::mem::take(&mut l.outstanding));
         if let Some(o) = outstanding {
-            let acct = self.account(subscriber);
+            let acct = self.balances.at_mut(acct);
             for k in o.kinds() {
                 Account::change(&mut acct.reserved, k, -(i128::from(o.get(k).unwrap_or(0))));
             }
         }
     }
 
-    fn release_all(&mut self, sid: &str, subscriber: &str) {
-        let rgs: Vec<u32> = self.ledger.get(sid).map(|s| s.rating_groups.keys().copied().collect()).unwrap_or_default();
+    fn release_all(&mut self, session: usize, acct: usize) {
+        let rgs: Vec<u32> = self.ledger.at(session).rating_groups.keys().copied().collect();
         for rg in rgs {
-            self.release(sid, subscriber, rg);
+            self.release(session, acct, rg);
         }
     }
 
     /// Grants per the rating group's tariff: full grant, the last units with Final-Unit-Indication, or 4012.
-    fn grant(&mut self, sid: &str, subscriber: &str, rg: u32, rsu: Option<&Avp>) -> (Vec<Avp>, bool) {
+    fn grant(&mut self, session: usize, acct: usize, rg: u32, rsu: Option<&Avp>) -> (Vec<Avp>, bool) {
         let tariff = self
             .config
             .ro
@@ -552,7 +564,7 @@ impl Ocs {
         } else {
             asked.kinds().filter(|k| tariff.grant.get(*k).is_some()).collect()
         };
-        let acct = self.account(subscriber);
+        let acct = self.balances.at_mut(acct);
         let mut granted = Units::default();
         let mut final_units = false;
         for k in &kinds {
@@ -576,7 +588,7 @@ impl Ocs {
             out.push(Avp::u32(code::RESULT_CODE, ResultCode::CREDIT_LIMIT_REACHED.0));
             return (out, true);
         }
-        let l = self.ledger.get_mut(sid).expect("session recorded").rating_groups.entry(rg).or_default();
+        let l = self.ledger.at_mut(session).rating_groups.entry(rg).or_default();
         l.granted.add(&granted);
         l.outstanding = granted;
         out.push(Avp::grouped(code::GRANTED_SERVICE_UNIT, &granted.to_avps()));
@@ -622,13 +634,13 @@ impl Ocs {
     }
 
     /// Event charging (RFC 4006 §6.3, Requested-Action §8.41).
-    fn ro_event(&mut self, req: &Message, sid: &str, subscriber: &str) -> Message {
+    fn ro_event(&mut self, req: &Message, session: usize, account: usize) -> Message {
         let action = req.find(code::REQUESTED_ACTION, 0).and_then(|a| a.as_i32().ok()).unwrap_or(0);
         let rsu = req.find(code::REQUESTED_SERVICE_UNIT, 0).map(Units::from_grouped).unwrap_or_default();
         let asked = if rsu.is_empty() { Units { units: Some(1), ..Units::default() } } else { rsu };
         let price = self.config.ro.event_price;
         let currency = self.config.ro.currency_code;
-        let acct = self.account(subscriber);
+        let acct = self.balances.at(account);
         let enough = asked.kinds().all(|k| acct.available(k).is_none_or(|a| a >= asked.get(k).unwrap_or(0)));
         let mut answer = self.base_answer(req, ResultCode::SUCCESS);
         let rg = 0;
@@ -639,17 +651,17 @@ impl Ocs {
                     set_result(&mut answer, ResultCode::CREDIT_LIMIT_REACHED);
                     return answer;
                 }
-                self.ledger.get_mut(sid).expect("recorded").rating_groups.entry(rg).or_default().granted.add(&asked);
-                self.debit(sid, subscriber, rg, &asked);
+                self.ledger.at_mut(session).rating_groups.entry(rg).or_default().granted.add(&asked);
+                self.debit(session, account, rg, &asked);
                 answer.push(Avp::grouped(code::GRANTED_SERVICE_UNIT, &asked.to_avps()));
             }
             1 => {
                 // REFUND_ACCOUNT
-                let acct = self.account(subscriber);
+                let acct = self.balances.at_mut(account);
                 for k in asked.kinds() {
                     Account::change(&mut acct.balance, k, i128::from(asked.get(k).unwrap_or(0)));
                 }
-                let l = self.ledger.get_mut(sid).expect("recorded").rating_groups.entry(rg).or_default();
+                let l = self.ledger.at_mut(session).rating_groups.entry(rg).or_default();
                 l.refunded.add(&asked);
             }
             2 => {
@@ -674,10 +686,10 @@ impl Ocs {
         answer
     }
 
-    fn gx(&mut self, req: &Message, sid: &str, rtype: i32) -> Message {
+    fn gx(&mut self, req: &Message, session: usize, rtype: i32) -> Message {
         let g = self.config.gx.clone();
         let mut answer = self.base_answer(req, ResultCode::SUCCESS);
-        let s = self.ledger.get_mut(sid).expect("recorded");
+        let s = self.ledger.at_mut(session);
         // What the PCEF reports: event triggers, rule failures, usage.
         for t in req.find_all(tgpp::EVENT_TRIGGER, 10415).filter_map(|a| a.as_i32().ok()) {
             s.gx.event_triggers_reported.push(t);
@@ -775,37 +787,31 @@ impl Ocs {
             return Vec::new();
         }
         let tcc = self.config.tcc;
-        let idle: Vec<String> = self
-            .runtime
-            .iter()
-            .filter(|(_, r)| now.duration_since(r.last_activity) >= tcc)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for sid in &idle {
-            self.runtime.remove(sid);
-            let subscriber =
-                self.ledger.get(sid).and_then(|s| s.subscriber.clone()).unwrap_or_else(|| "anonymous".into());
-            self.release_all(sid, &subscriber);
-            if let Some(s) = self.ledger.get_mut(sid) {
-                s.state = SessionState::ClosedByTcc;
-                s.anomaly(wall_ms, "closed_by_tcc", format!("no request for {tcc:?}"));
-            }
+        let idle: Vec<usize> =
+            self.runtime.iter().filter(|(_, r)| now.duration_since(r.last_activity) >= tcc).map(|(&i, _)| i).collect();
+        let mut closed = Vec::with_capacity(idle.len());
+        for i in idle {
+            self.runtime.remove(&i);
+            let subscriber = self.ledger.at(i).subscriber.clone();
+            let acct = self.account(subscriber.as_deref().unwrap_or("anonymous"));
+            self.release_all(i, acct);
+            let s = self.ledger.at_mut(i);
+            s.state = SessionState::ClosedByTcc;
+            s.anomaly(wall_ms, "closed_by_tcc", format!("no request for {tcc:?}"));
+            closed.push(s.session_id.clone());
         }
-        idle
+        closed
     }
 
     /// Where a session's client is reached, for RAR/ASR.
     pub fn reachability(&self, sid: &str) -> Result<Reachability, OcsError> {
-        match (self.runtime.get(sid), self.ledger.get(sid)) {
-            (Some(r), _) => Ok(r.reach.clone()),
-            (None, Some(_)) => Err(OcsError::NotOpen(sid.into())),
-            (None, None) => Err(OcsError::UnknownSession(sid.into())),
-        }
+        let i = self.ledger.position(sid).ok_or_else(|| OcsError::UnknownSession(sid.into()))?;
+        self.runtime.get(&i).map(|r| r.reach.clone()).ok_or_else(|| OcsError::NotOpen(sid.into()))
     }
 
     fn server_request(&self, sid: &str, cmd: CommandCode) -> Result<(Message, PeerId), OcsError> {
         let reach = self.reachability(sid)?;
-        let app = self.runtime.get(sid).map_or(AppId::CREDIT_CONTROL, |r| r.app);
+        let app = self.ledger.position(sid).and_then(|i| self.runtime.get(&i)).map_or(AppId::CREDIT_CONTROL, |r| r.app);
         let m = Message::request(cmd, app)
             .with(Avp::utf8(code::SESSION_ID, sid))
             .with(Avp::utf8(code::ORIGIN_HOST, &self.origin_host))
