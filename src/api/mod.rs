@@ -449,7 +449,7 @@ pub struct Engine {
 /// Names many sessions share (Origin-Host, realms, Service-Context-Ids): one allocation each, shared by reference
 /// count. At most 256 are kept; a name beyond them is allocated per session.
 #[derive(Default)]
-struct Names(std::collections::HashSet<Arc<str>>);
+struct Names(rustc_hash::FxHashSet<Arc<str>>);
 
 impl Names {
     fn get(&mut self, name: &str) -> Arc<str> {

@@ -19,7 +19,9 @@
 //! sessions stay dirty (a bounded backlog: beyond `backlog_limit` no new session starts replicating), and
 //! everything dirty is written when the store answers again.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -423,23 +425,23 @@ impl Repl {
         Repl {
             cfg,
             own,
-            urgent: HashSet::new(),
+            urgent: HashSet::default(),
             foreign: BTreeSet::new(),
-            armed: HashSet::new(),
+            armed: HashSet::default(),
             scanning: false,
             scans: 0,
-            watched: HashSet::new(),
-            hints_scanned: HashSet::new(),
+            watched: HashSet::default(),
+            hints_scanned: HashSet::default(),
             hints_live: Vec::new(),
             peers_layout: None,
             flushes: BTreeSet::new(),
-            ending: HashMap::new(),
-            deleting: HashSet::new(),
+            ending: HashMap::default(),
+            deleting: HashSet::default(),
             started: 0,
             completed: 0,
             chain: None,
             resyncing: 0,
-            blocked: HashSet::new(),
+            blocked: HashSet::default(),
             down_until: None,
             stats: ReplicationStats::default(),
         }
