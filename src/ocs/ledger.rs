@@ -186,6 +186,71 @@ impl std::fmt::Debug for RecentAnswers {
     }
 }
 
+/// The largest chunk of a [`RequestLog`].
+const LOG_CHUNK_MAX: usize = 256;
+
+/// A session's requests in arrival order, in chunks that are never moved once allocated: each new chunk as large as
+/// the log so far (4 records at least, [`LOG_CHUNK_MAX`] at most). A vector doubled instead, copying the whole list,
+/// and the sessions of a load that runs in step all doubled at the same request number: 100 sessions of thousands
+/// of requests stalled the simulator for about 50 ms (BENCHMARKS.md, "OCS simulator throughput"). Serialized as a
+/// list.
+#[derive(Clone, Default)]
+pub struct RequestLog {
+    chunks: Vec<Vec<RequestRecord>>,
+    len: usize,
+}
+
+impl RequestLog {
+    /// Requests listed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// None listed.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first request.
+    pub fn first(&self) -> Option<&RequestRecord> {
+        self.chunks.first().and_then(|c| c.first())
+    }
+
+    /// The requests in arrival order.
+    pub fn iter(&self) -> impl Iterator<Item = &RequestRecord> {
+        self.chunks.iter().flatten()
+    }
+
+    pub(crate) fn push(&mut self, r: RequestRecord) {
+        let full = self.chunks.last().is_none_or(|c| c.len() == c.capacity());
+        if full {
+            self.chunks.push(Vec::with_capacity(self.len.clamp(4, LOG_CHUNK_MAX)));
+        }
+        self.chunks.last_mut().expect("a chunk with room").push(r);
+        self.len += 1;
+    }
+}
+
+impl PartialEq for RequestLog {
+    fn eq(&self, other: &RequestLog) -> bool {
+        self.len == other.len && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for RequestLog {}
+
+impl Serialize for RequestLog {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
+
+impl std::fmt::Debug for RequestLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 /// One session in the ledger.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LedgerSession {
@@ -200,7 +265,7 @@ pub struct LedgerSession {
     /// Highest CC-Request-Number seen.
     pub last_number: Option<u32>,
     /// Every request, in arrival order (up to the configured maximum).
-    pub requests: Vec<RequestRecord>,
+    pub requests: RequestLog,
     /// Requests beyond the maximum, counted but not listed.
     pub requests_not_listed: u64,
     /// Units per rating group.
@@ -217,6 +282,29 @@ pub struct LedgerSession {
     /// map of their own, which grew by one entry per session and stalled the simulator each time it doubled.
     #[serde(skip)]
     pub(crate) recent: RecentAnswers,
+    /// While the session is open: where its client is and when it was last heard from (kept here for the same
+    /// reason).
+    #[serde(skip)]
+    pub(crate) live: Live,
+}
+
+/// An open session's working state, not part of what the ledger records: a ledger session is compared and printed
+/// without it.
+#[derive(Clone, Default)]
+pub(crate) struct Live(pub(crate) Option<super::SessionRuntime>);
+
+impl PartialEq for Live {
+    fn eq(&self, _: &Live) -> bool {
+        true
+    }
+}
+
+impl Eq for Live {}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "live" } else { "not live" })
+    }
 }
 
 impl LedgerSession {
@@ -227,7 +315,7 @@ impl LedgerSession {
             subscriber,
             state: SessionState::Open,
             last_number: None,
-            requests: Vec::new(),
+            requests: RequestLog::default(),
             requests_not_listed: 0,
             rating_groups: BTreeMap::new(),
             duplicates_answered: 0,
@@ -235,6 +323,7 @@ impl LedgerSession {
             gx: GxLedger::default(),
             anomalies: Vec::new(),
             recent: RecentAnswers::default(),
+            live: Live::default(),
         }
     }
 
@@ -446,6 +535,40 @@ impl std::fmt::Debug for Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_log_never_moves_a_record_and_lists_like_a_vector() {
+        let record = |n: u32| RequestRecord {
+            request_type: "update".into(),
+            number: n,
+            origin_host: "as1".into(),
+            t_flag: false,
+            at_ms: 1,
+            result_code: Some(2001),
+            duplicate: false,
+            used: Units::default(),
+            reporting_reasons: Vec::new(),
+            service_context_id: None,
+        };
+        let mut log = RequestLog::default();
+        let mut plain = Vec::new();
+        log.push(record(0));
+        let first: *const RequestRecord = log.first().expect("one");
+        plain.push(record(0));
+        for n in 1..3000 {
+            log.push(record(n));
+            plain.push(record(n));
+        }
+        assert!(std::ptr::eq(first, log.first().expect("still there")), "the first record was moved");
+        assert_eq!((log.len(), log.iter().map(|r| r.number).max()), (3000, Some(2999)));
+        assert!(log.iter().map(|r| r.number).eq(0..3000));
+        assert!(log.chunks.iter().all(|c| c.len() <= LOG_CHUNK_MAX), "{:?}", log.chunks.len());
+        assert_eq!(serde_json::to_value(&log).unwrap(), serde_json::to_value(&plain).unwrap());
+        // A short log takes a small chunk: a ledger of millions of short sessions stays small.
+        let mut short = RequestLog::default();
+        short.push(record(0));
+        assert_eq!(short.chunks[0].capacity(), 4);
+    }
 
     #[test]
     fn ledger_positions_stay_put_across_chunks_and_values_come_in_session_id_order() {

@@ -10,9 +10,8 @@ mod ledger;
 pub mod server;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use rustc_hash::FxHashMap as HashMap;
 use std::time::{Duration, Instant};
 
 use crate::codec::{AppId, Avp, CommandCode, CommandFlags, Message, ResultCode, VendorId, code};
@@ -126,7 +125,9 @@ pub struct Reachability {
     pub realm: String,
 }
 
-struct SessionRuntime {
+/// An open session's working state: where its client is and when it was last heard from.
+#[derive(Clone, Debug)]
+pub(crate) struct SessionRuntime {
     reach: Reachability,
     last_activity: Instant,
     app: AppId,
@@ -143,9 +144,9 @@ pub struct Ocs {
     accounts: BTreeMap<String, usize>,
     balances: Chunks<Account>,
     ledger: Ledger,
-    /// Open sessions only (removed at CCR-T), by ledger position: it grows with the sessions open at once, not with
-    /// every session.
-    runtime: HashMap<usize, SessionRuntime>,
+    /// The ledger positions of the open sessions (removed at CCR-T), whose `LedgerSession::live` holds their
+    /// working state. Ordered, so that it grows a node at a time however many sessions are open at once.
+    open: BTreeSet<usize>,
     faults: Vec<(FaultRule, u32)>,
     /// Requests by (command, request type, Result-Code) for the metrics. The names are borrowed for the known
     /// commands: counting a request allocates nothing.
@@ -201,7 +202,7 @@ impl Ocs {
             accounts: BTreeMap::new(),
             balances: Chunks::default(),
             ledger: Ledger::default(),
-            runtime: HashMap::default(),
+            open: BTreeSet::new(),
             faults,
             counters: BTreeMap::new(),
             latency: [0; LATENCY_BUCKETS.len() + 1],
@@ -351,8 +352,9 @@ impl Ocs {
         let i = self
             .ledger
             .position_or_push(sid, || LedgerSession::new(sid, req.header.application_id, subscriber_of(req)));
-        self.ledger.at_mut(i).record(self_max, RequestRecord::of(req, wall_ms, rc.map(|r| r.0), false));
-        if let Some(rt) = self.runtime.get_mut(&i) {
+        let s = self.ledger.at_mut(i);
+        s.record(self_max, RequestRecord::of(req, wall_ms, rc.map(|r| r.0), false));
+        if let Some(rt) = s.live.0.as_mut() {
             rt.last_activity = now;
             rt.reach.peer = peer;
         }
@@ -385,7 +387,7 @@ impl Ocs {
                     s.anomaly(wall_ms, "usage_reported_twice", format!("usage of request {number} reported again"));
                 }
             }
-            if let Some(rt) = self.runtime.get_mut(&i) {
+            if let Some(rt) = s.live.0.as_mut() {
                 rt.last_activity = now;
                 rt.reach.peer = peer;
             }
@@ -443,21 +445,20 @@ impl Ocs {
             entry.anomaly(wall_ms, "skipped_number", format!("first request numbered {number}, not 0"));
         }
         entry.last_number = Some(entry.last_number.map_or(number, |l| l.max(number)));
-        self.runtime.insert(
-            i,
-            SessionRuntime {
-                reach: Reachability { peer, host: origin_host, realm: origin_realm },
-                last_activity: now,
-                app,
-            },
-        );
+        entry.live.0 = Some(SessionRuntime {
+            reach: Reachability { peer, host: origin_host, realm: origin_realm },
+            last_activity: now,
+            app,
+        });
+        self.open.insert(i);
         let answer = if app == AppId::GX { self.gx(req, i, rtype) } else { self.ro(req, i, rtype, subscriber) };
         let rc = answer.result_code().map(|r| r.0);
         let s = self.ledger.at_mut(i);
         s.record(self_max, RequestRecord::of(req, wall_ms, rc, false));
         if rtype == 3 || rtype == 4 {
             s.state = if rtype == 3 { SessionState::Terminated } else { SessionState::Event };
-            self.runtime.remove(&i);
+            s.live.0 = None;
+            self.open.remove(&i);
         }
         s.recent.remember(number, &answer);
         answer
@@ -787,11 +788,16 @@ impl Ocs {
             return Vec::new();
         }
         let tcc = self.config.tcc;
-        let idle: Vec<usize> =
-            self.runtime.iter().filter(|(_, r)| now.duration_since(r.last_activity) >= tcc).map(|(&i, _)| i).collect();
+        let idle: Vec<usize> = self
+            .open
+            .iter()
+            .copied()
+            .filter(|&i| self.live(i).is_some_and(|r| now.duration_since(r.last_activity) >= tcc))
+            .collect();
         let mut closed = Vec::with_capacity(idle.len());
         for i in idle {
-            self.runtime.remove(&i);
+            self.open.remove(&i);
+            self.ledger.at_mut(i).live.0 = None;
             let subscriber = self.ledger.at(i).subscriber.clone();
             let acct = self.account(subscriber.as_deref().unwrap_or("anonymous"));
             self.release_all(i, acct);
@@ -806,12 +812,17 @@ impl Ocs {
     /// Where a session's client is reached, for RAR/ASR.
     pub fn reachability(&self, sid: &str) -> Result<Reachability, OcsError> {
         let i = self.ledger.position(sid).ok_or_else(|| OcsError::UnknownSession(sid.into()))?;
-        self.runtime.get(&i).map(|r| r.reach.clone()).ok_or_else(|| OcsError::NotOpen(sid.into()))
+        self.live(i).map(|r| r.reach.clone()).ok_or_else(|| OcsError::NotOpen(sid.into()))
+    }
+
+    /// The working state of the session at ledger position `i`, while it is open.
+    fn live(&self, i: usize) -> Option<&SessionRuntime> {
+        self.ledger.at(i).live.0.as_ref()
     }
 
     fn server_request(&self, sid: &str, cmd: CommandCode) -> Result<(Message, PeerId), OcsError> {
         let reach = self.reachability(sid)?;
-        let app = self.ledger.position(sid).and_then(|i| self.runtime.get(&i)).map_or(AppId::CREDIT_CONTROL, |r| r.app);
+        let app = self.ledger.position(sid).and_then(|i| self.live(i)).map_or(AppId::CREDIT_CONTROL, |r| r.app);
         let m = Message::request(cmd, app)
             .with(Avp::utf8(code::SESSION_ID, sid))
             .with(Avp::utf8(code::ORIGIN_HOST, &self.origin_host))

@@ -293,6 +293,11 @@ fn tcc_closes_idle_sessions_and_releases_their_reservation() {
     assert_eq!(o.ledger()["s1"].state, SessionState::ClosedByTcc);
     assert_eq!(o.check().anomalies.get("closed_by_tcc"), Some(&1));
     assert_eq!(o.ledger()["s1"].rating_groups[&10].outstanding, Units::default());
+    // A closed session is no longer reachable for RAR/ASR, and is closed once.
+    assert_eq!(o.asr("s1"), Err(OcsError::NotOpen("s1".into())));
+    assert!(o.asr("s2").is_ok());
+    assert_eq!(o.expire(t + Duration::from_secs(111), 5), vec!["s2".to_string()]);
+    assert_eq!(o.check().anomalies.get("closed_by_tcc"), Some(&2));
 }
 
 #[test]
