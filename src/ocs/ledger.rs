@@ -151,8 +151,7 @@ pub struct GxLedger {
 /// Answers kept per session for retransmissions.
 const RECENT_ANSWERS: usize = 4;
 
-/// A session's last answers, by CC-Request-Number: the simulator's cache for retransmissions, not part of what the
-/// ledger records, so a ledger session is compared and printed without it.
+/// A session's last answers, by CC-Request-Number: the simulator's cache for retransmissions.
 #[derive(Clone, Default)]
 pub(crate) struct RecentAnswers(VecDeque<(u32, Message)>);
 
@@ -169,20 +168,6 @@ impl RecentAnswers {
     /// The answer given to request `number`, if still kept.
     pub(crate) fn get(&self, number: u32) -> Option<&Message> {
         self.0.iter().rev().find(|(n, _)| *n == number).map(|(_, m)| m)
-    }
-}
-
-impl PartialEq for RecentAnswers {
-    fn eq(&self, _: &RecentAnswers) -> bool {
-        true
-    }
-}
-
-impl Eq for RecentAnswers {}
-
-impl std::fmt::Debug for RecentAnswers {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} answers kept", self.0.len())
     }
 }
 
@@ -278,32 +263,34 @@ pub struct LedgerSession {
     pub gx: GxLedger,
     /// What went wrong.
     pub anomalies: Vec<Anomaly>,
-    /// The last answers given, by CC-Request-Number, for retransmissions: kept with the session rather than in a
-    /// map of their own, which grew by one entry per session and stalled the simulator each time it doubled.
+    /// What the simulator works with, kept with the session rather than in maps of their own: such a map grew by
+    /// one entry per session and stalled the simulator each time it doubled.
     #[serde(skip)]
-    pub(crate) recent: RecentAnswers,
-    /// While the session is open: where its client is and when it was last heard from (kept here for the same
-    /// reason).
-    #[serde(skip)]
-    pub(crate) live: Live,
+    pub(crate) work: Working,
 }
 
-/// An open session's working state, not part of what the ledger records: a ledger session is compared and printed
-/// without it.
+/// A session's working state, not part of what the ledger records: a ledger session is compared and printed without
+/// it.
 #[derive(Clone, Default)]
-pub(crate) struct Live(pub(crate) Option<super::SessionRuntime>);
+pub(crate) struct Working {
+    /// The last answers given, by CC-Request-Number, for retransmissions.
+    pub(crate) recent: RecentAnswers,
+    /// While the session is open: where its client is and when it was last heard from.
+    pub(crate) live: Option<super::SessionRuntime>,
+}
 
-impl PartialEq for Live {
-    fn eq(&self, _: &Live) -> bool {
+impl PartialEq for Working {
+    fn eq(&self, _: &Working) -> bool {
         true
     }
 }
 
-impl Eq for Live {}
+impl Eq for Working {}
 
-impl std::fmt::Debug for Live {
+impl std::fmt::Debug for Working {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_some() { "live" } else { "not live" })
+        let live = if self.live.is_some() { "open" } else { "not open" };
+        write!(f, "{} answers kept, {live}", self.recent.0.len())
     }
 }
 
@@ -322,8 +309,7 @@ impl LedgerSession {
             server_requests: Vec::new(),
             gx: GxLedger::default(),
             anomalies: Vec::new(),
-            recent: RecentAnswers::default(),
-            live: Live::default(),
+            work: Working::default(),
         }
     }
 

@@ -144,7 +144,7 @@ pub struct Ocs {
     accounts: BTreeMap<String, usize>,
     balances: Chunks<Account>,
     ledger: Ledger,
-    /// The ledger positions of the open sessions (removed at CCR-T), whose `LedgerSession::live` holds their
+    /// The ledger positions of the open sessions (removed at CCR-T), whose `Working::live` holds their
     /// working state. Ordered, so that it grows a node at a time however many sessions are open at once.
     open: BTreeSet<usize>,
     faults: Vec<(FaultRule, u32)>,
@@ -354,7 +354,7 @@ impl Ocs {
             .position_or_push(sid, || LedgerSession::new(sid, req.header.application_id, subscriber_of(req)));
         let s = self.ledger.at_mut(i);
         s.record(self_max, RequestRecord::of(req, wall_ms, rc.map(|r| r.0), false));
-        if let Some(rt) = s.live.0.as_mut() {
+        if let Some(rt) = s.work.live.as_mut() {
             rt.last_activity = now;
             rt.reach.peer = peer;
         }
@@ -372,7 +372,7 @@ impl Ocs {
         let found = self.ledger.position(sid);
         // A request whose answer we already gave: same answer again, nothing charged (RFC 4006 §5.1, §7).
         if let Some(i) = found
-            && let Some(prev) = self.ledger.at(i).recent.get(number)
+            && let Some(prev) = self.ledger.at(i).work.recent.get(number)
         {
             let mut again = prev.clone();
             again.header.hop_by_hop = req.header.hop_by_hop;
@@ -387,7 +387,7 @@ impl Ocs {
                     s.anomaly(wall_ms, "usage_reported_twice", format!("usage of request {number} reported again"));
                 }
             }
-            if let Some(rt) = s.live.0.as_mut() {
+            if let Some(rt) = s.work.live.as_mut() {
                 rt.last_activity = now;
                 rt.reach.peer = peer;
             }
@@ -445,7 +445,7 @@ impl Ocs {
             entry.anomaly(wall_ms, "skipped_number", format!("first request numbered {number}, not 0"));
         }
         entry.last_number = Some(entry.last_number.map_or(number, |l| l.max(number)));
-        entry.live.0 = Some(SessionRuntime {
+        entry.work.live = Some(SessionRuntime {
             reach: Reachability { peer, host: origin_host, realm: origin_realm },
             last_activity: now,
             app,
@@ -457,10 +457,10 @@ impl Ocs {
         s.record(self_max, RequestRecord::of(req, wall_ms, rc, false));
         if rtype == 3 || rtype == 4 {
             s.state = if rtype == 3 { SessionState::Terminated } else { SessionState::Event };
-            s.live.0 = None;
+            s.work.live = None;
             self.open.remove(&i);
         }
-        s.recent.remember(number, &answer);
+        s.work.recent.remember(number, &answer);
         answer
     }
 
@@ -797,7 +797,7 @@ impl Ocs {
         let mut closed = Vec::with_capacity(idle.len());
         for i in idle {
             self.open.remove(&i);
-            self.ledger.at_mut(i).live.0 = None;
+            self.ledger.at_mut(i).work.live = None;
             let subscriber = self.ledger.at(i).subscriber.clone();
             let acct = self.account(subscriber.as_deref().unwrap_or("anonymous"));
             self.release_all(i, acct);
@@ -817,7 +817,7 @@ impl Ocs {
 
     /// The working state of the session at ledger position `i`, while it is open.
     fn live(&self, i: usize) -> Option<&SessionRuntime> {
-        self.ledger.at(i).live.0.as_ref()
+        self.ledger.at(i).work.live.as_ref()
     }
 
     fn server_request(&self, sid: &str, cmd: CommandCode) -> Result<(Message, PeerId), OcsError> {
