@@ -21,7 +21,8 @@ use crate::units::{UnitKind, Units};
 pub use config::{FaultAction, FaultRule, FinalUnitAction, OcsConfig};
 use ledger::Chunks;
 pub use ledger::{
-    Anomaly, Check, Ledger, LedgerSession, RatingGroupLedger, RequestRecord, ServerRequestRecord, SessionState,
+    Anomaly, Check, Ledger, LedgerSession, RatingGroupLedger, RequestLog, RequestRecord, ServerRequestRecord,
+    SessionState,
 };
 
 /// 3GPP AVP codes (vendor 10415) the simulator writes (TS 32.299 §7.2, TS 29.212 §5.3, TS 29.229 §6.3).
