@@ -5,9 +5,10 @@
 # load generator from different builds can be compared. Variants are interleaved, RUNS rounds. Every run starts a
 # fresh simulator, warms it with one unpaced run of 40,000 sessions, resets its ledger (as bench/run.sh does between
 # runs), then runs RATE * 0.8 sessions of CCR-I + 3 CCR-U + CCR-T paced at RATE transactions per second (4 s).
-# Prints the paced run's latency and CPU, and how many requests the simulator took over 5 ms to process (its own
-# histogram). MODE (default off) is the load's --replication. PIN=1 runs the simulator on CPU 1 and the load on
-# CPU 0 (taskset). LOG=DIR keeps each run's --latency-log in DIR.
+# Prints the paced run's latency and CPU, the simulator's CPU per transaction in that run (from /proc), and how many
+# requests the simulator took over 5 ms to process (its own histogram). MODE (default off) is the load's
+# --replication. PIN=1 runs the simulator on CPU 1 and the load on CPU 0 (taskset). LOG=DIR keeps each run's
+# --latency-log in DIR.
 set -euo pipefail
 rate=$1 runs=$2
 shift 2
@@ -49,14 +50,19 @@ for r in $(seq "$runs"); do
     http_post /v1/reset
     log=()
     [ -z "${LOG:-}" ] || log=(--latency-log "$LOG/paced-$r-$(basename "$simbin")-$(basename "$loadbin").log")
+    sim_ticks() { awk '{print $14 + $15}' "/proc/$sim/stat"; }
+    before=$(sim_ticks)
     out=$("${load_cpu[@]}" "$loadbin" load --ocs 127.0.0.1:$port --sessions $((rate * 4 / 5)) --concurrency 100 \
       --updates 3 --threads 1 --replication "$mode" --rate "$rate" "${log[@]}" 2>&1)
     if ! grep -q "^results: 2001: $((rate * 4 / 5 * 5))\$" <<<"$out"; then
       echo "run failed: $out" >&2
       exit 1
     fi
+    sim_us=$(awk -v d=$(($(sim_ticks) - before)) -v hz="$(getconf CLK_TCK)" -v tx=$((rate * 4 / 5 * 5)) \
+      'BEGIN {printf "%.1f", d * 1e6 / hz / tx}')
     echo "run $r | sim $simbin | load $loadbin | $mode at $rate/s | $(grep '^latency:' <<<"$out" | cut -d' ' -f2-) |" \
-      "$(sed -n 's/^cpu: .*, \(.*\)/\1/p' <<<"$out") | simulator requests over 5 ms: $(slow_requests)"
+      "$(sed -n 's/^cpu: .*, \(.*\)/\1/p' <<<"$out") | simulator $sim_us us per transaction |" \
+      "simulator requests over 5 ms: $(slow_requests)"
     kill $sim
     wait $sim 2>/dev/null || true
     sim=
