@@ -446,12 +446,14 @@ impl Ocs {
             entry.anomaly(wall_ms, "skipped_number", format!("first request numbered {number}, not 0"));
         }
         entry.last_number = Some(entry.last_number.map_or(number, |l| l.max(number)));
-        entry.work.live = Some(SessionRuntime {
+        let live = SessionRuntime {
             reach: Reachability { peer, host: origin_host, realm: origin_realm },
             last_activity: now,
             app,
-        });
-        self.open.insert(i);
+        };
+        if entry.work.live.replace(live).is_none() {
+            self.open.insert(i);
+        }
         let answer = if app == AppId::GX { self.gx(req, i, rtype) } else { self.ro(req, i, rtype, subscriber) };
         let rc = answer.result_code().map(|r| r.0);
         let s = self.ledger.at_mut(i);
