@@ -1,12 +1,12 @@
 //! The in-process store, for unit tests and the in-process simulator.
 
-use std::collections::BTreeMap;
-use std::collections::btree_map::Entry;
+use std::collections::hash_map::Entry;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use rustc_hash::FxHashMap;
 
 use super::{Expect, Store, StoreError, Versioned, Write};
 
@@ -17,10 +17,14 @@ struct Record {
     expires: Option<Instant>,
 }
 
-/// Records in a mutex-protected ordered map. Time is the process's monotonic clock.
+/// Records in a mutex-protected hash map. Time is the process's monotonic clock.
+///
+/// A write hashes its key once where an ordered map compared it with a dozen others (keys share long prefixes: the
+/// cluster, the record kind, the convergence name). A prefix scan, which only lease and timer-hint scans make, walks
+/// every record and sorts what it keeps: this store holds one process's records.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    records: Mutex<(BTreeMap<String, Record>, u64)>,
+    records: Mutex<(FxHashMap<String, Record>, u64)>,
     /// Batches still to be applied and then reported failed ([`MemoryStore::lose_acknowledgements`]).
     lost: AtomicUsize,
 }
@@ -65,7 +69,7 @@ impl Store for MemoryStore {
         let now = Instant::now();
         let mut guard = self.records.lock().expect("store lock");
         let (map, seq) = &mut *guard;
-        // One descent of the map per write (an entry), not a lookup for the check and another for the write.
+        // One lookup per write (an entry), not one for the check and another for the write.
         let results = writes
             .into_iter()
             .map(|w| {
@@ -104,12 +108,13 @@ impl Store for MemoryStore {
     async fn scan_prefix(&self, prefix: &str) -> Result<Vec<(String, Versioned)>, StoreError> {
         let now = Instant::now();
         let guard = self.records.lock().expect("store lock");
-        Ok(guard
+        let mut found: Vec<(String, Versioned)> = guard
             .0
-            .range(prefix.to_string()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .filter(|(_, r)| live(r, now))
+            .iter()
+            .filter(|(k, r)| k.starts_with(prefix) && live(r, now))
             .map(|(k, r)| (k.clone(), Versioned { value: r.value.clone(), version: r.version }))
-            .collect())
+            .collect();
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Ok(found)
     }
 }
