@@ -7,6 +7,7 @@
 //! (`now`, `wall_ms`) the driver passes in, and a restore converts back with its own pair.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -80,17 +81,18 @@ impl<'de> Deserialize<'de> for Encoded {
     }
 }
 
-/// A session, ready to be stored and adopted.
+/// A session, ready to be stored and adopted. The configuration's names are shared with the session, not copied
+/// (serde writes an `Arc<str>` as the `str` it holds).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CcSnapshot {
     format: u32,
     session_id: String,
     application: u32,
-    origin_host: String,
-    origin_realm: String,
-    destination_realm: String,
+    origin_host: Arc<str>,
+    origin_realm: Arc<str>,
+    destination_realm: Arc<str>,
     destination_host: Option<String>,
-    service_context_id: String,
+    service_context_id: Arc<str>,
     tx_ms: u64,
     configured_ccfh: Ccfh,
     configured_ddfh: Ddfh,
@@ -202,11 +204,11 @@ impl CcSession {
             format: if self.service_reports || self.owed.is_some() { SNAPSHOT_FORMAT } else { FORMAT_1 },
             session_id: self.session_id.clone(),
             application: c.application.0,
-            origin_host: c.origin_host.to_string(),
-            origin_realm: c.origin_realm.to_string(),
-            destination_realm: c.destination_realm.to_string(),
+            origin_host: c.origin_host.clone(),
+            origin_realm: c.origin_realm.clone(),
+            destination_realm: c.destination_realm.clone(),
             destination_host: c.destination_host.clone(),
-            service_context_id: c.service_context_id.to_string(),
+            service_context_id: c.service_context_id.clone(),
             tx_ms: c.tx.as_millis() as u64,
             configured_ccfh: c.ccfh,
             configured_ddfh: c.ddfh,
@@ -253,10 +255,10 @@ impl CcSession {
         let config = CcConfig {
             application: AppId(s.application),
             origin_host: origin_host.into(),
-            origin_realm: s.origin_realm.as_str().into(),
-            destination_realm: s.destination_realm.as_str().into(),
+            origin_realm: s.origin_realm.clone(),
+            destination_realm: s.destination_realm.clone(),
             destination_host: s.destination_host.clone(),
-            service_context_id: s.service_context_id.as_str().into(),
+            service_context_id: s.service_context_id.clone(),
             tx: Duration::from_millis(s.tx_ms),
             ccfh: s.configured_ccfh,
             ddfh: s.configured_ddfh,
