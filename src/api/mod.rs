@@ -1104,7 +1104,7 @@ impl Driver {
                     }
                 }
                 self.sessions.insert(sid.clone(), Box::new(entry));
-                self.pump(&sid);
+                self.pump(&sid, now);
             }
             Cmd::Update { session_id, extra, used, requested, key, reply } => {
                 let Some(e) = self.sessions.get_mut(&session_id) else {
@@ -1146,7 +1146,7 @@ impl Driver {
                 let tag = e.waiter(Waiter { reply: Some(reply), key });
                 e.cc.attach(extra);
                 e.cc.update(now, used_v, req, reason, Some(tag));
-                self.pump(&session_id);
+                self.pump(&session_id, now);
             }
             Cmd::Terminate { session_id, extra, used, reply } => {
                 let Some(e) = self.sessions.get_mut(&session_id) else {
@@ -1163,7 +1163,7 @@ impl Driver {
                 let tag = e.waiter(Waiter { reply: Some(reply), key: None });
                 e.cc.attach(extra);
                 e.cc.terminate(now, used.iter().map(|u| (Some(u.rating_group), u.used)).collect(), Some(tag));
-                self.pump(&session_id);
+                self.pump(&session_id, now);
             }
             Cmd::Event { subscriber, service_context, action, requested, service_id, reply } => {
                 if let Some(e) = self.at_limit() {
@@ -1177,7 +1177,7 @@ impl Driver {
                 let mut cc = CcSession::new(cfg, sid.clone());
                 cc.event(now, action, requested, service_id, Some(0));
                 self.sessions.insert(sid.clone(), Box::new(Entry::new(cc, Some(reply))));
-                self.pump(&sid);
+                self.pump(&sid, now);
             }
             Cmd::View { session_id, reply } => {
                 let v = self.sessions.get(&session_id).map(|e| SessionView {
@@ -1237,7 +1237,7 @@ impl Driver {
             }
             Cmd::Flush { reply } => match &mut self.repl {
                 Some(repl) if !repl.down(now) => {
-                    for (_, sid) in std::mem::take(&mut repl.flushes) {
+                    for sid in std::mem::take(&mut repl.flushes).into_values() {
                         if let Some(r) = self.sessions.get_mut(&sid).and_then(|e| e.replica.as_mut()) {
                             r.flush_at = None;
                         }
@@ -1287,7 +1287,7 @@ impl Driver {
                 e.cc.handle_send_failure(now, &err.to_string());
             }
         }
-        self.pump(&sid);
+        self.pump(&sid, now);
     }
 
     /// A RAR or ASR from the server.
@@ -1323,7 +1323,7 @@ impl Driver {
             }
         };
         req.answer(answer);
-        self.pump(&sid);
+        self.pump(&sid, now);
     }
 
     fn timeouts(&mut self) {
@@ -1356,7 +1356,7 @@ impl Driver {
                 } else {
                     e.cc.handle_timeout(now);
                 }
-                self.pump(&sid);
+                self.pump(&sid, now);
             }
         }
     }
@@ -1381,9 +1381,9 @@ impl Driver {
     }
 
     /// Carries out a session's outputs: sends requests (a replicated session's after their write-ahead), forwards
-    /// events, re-arms its timer, schedules its write-behind, and forgets it once it has ended.
-    fn pump(&mut self, sid: &str) {
-        let now = Instant::now();
+    /// events, re-arms its timer, schedules its write-behind, and forgets it once it has ended. `now` is the moment the
+    /// event being handled was read at, the one its session machine was given.
+    fn pump(&mut self, sid: &str, now: Instant) {
         let Some(e) = self.sessions.get_mut(sid) else { return };
         let mut send_now = Vec::new();
         while let Some(o) = e.cc.poll_output() {
@@ -1528,7 +1528,7 @@ impl Driver {
                     entry.convergence = Some(r.convergence.clone());
                     entry.replica = Some(r);
                     self.sessions.insert(sid.clone(), Box::new(entry));
-                    self.pump(&sid);
+                    self.pump(&sid, now);
                     for w in work {
                         match w {
                             Deferred::Cmd(c) => self.command(c),
@@ -1639,9 +1639,15 @@ impl Driver {
 
     /// Builds and starts the next group commit, unless one is being written or the store is failing.
     fn write_batch(&mut self) {
-        let now = Instant::now();
         let Some(repl) = &mut self.repl else { return };
-        if repl.writing() >= repl.cfg.batches_in_flight || repl.down(now) {
+        // Called after every event the driver handles: nothing to do is told without reading the clock.
+        if repl.writing() >= repl.cfg.batches_in_flight
+            || (repl.urgent.is_empty() && repl.flushes.is_empty() && repl.ending.is_empty())
+        {
+            return;
+        }
+        let now = Instant::now();
+        if repl.down(now) {
             return;
         }
         let due = repl.take_due(now);
@@ -1773,21 +1779,24 @@ impl Driver {
             Err(err) => {
                 repl.stats.store_errors += 1;
                 for p in parts {
-                    let n = p.records.len();
-                    self.part_written(p, vec![Err(err.clone()); n], &mut release);
+                    let failed = vec![Err(err.clone()); p.records.len()];
+                    self.part_written(p, &failed, &mut release);
                 }
                 return self.release(release);
             }
         };
         for p in parts {
-            let res = results.get(p.first..p.first + p.records.len()).map(<[_]>::to_vec).unwrap_or_else(|| {
-                let lost = StoreError::Unavailable {
-                    reason: "the store returned fewer results than writes".into(),
-                    retry_after: Duration::from_secs(1),
-                };
-                vec![Err(lost); p.records.len()]
-            });
-            self.part_written(p, res, &mut release);
+            match results.get(p.first..p.first + p.records.len()) {
+                Some(res) => self.part_written(p, res, &mut release),
+                None => {
+                    let lost = StoreError::Unavailable {
+                        reason: "the store returned fewer results than writes".into(),
+                        retry_after: Duration::from_secs(1),
+                    };
+                    let lost = vec![Err(lost); p.records.len()];
+                    self.part_written(p, &lost, &mut release);
+                }
+            }
         }
         self.release(release);
     }
@@ -1796,7 +1805,7 @@ impl Driver {
     fn part_written(
         &mut self,
         mut p: replica::Part,
-        res: Vec<Result<u64, StoreError>>,
+        res: &[Result<u64, StoreError>],
         release: &mut Vec<(String, Outgoing)>,
     ) {
         let Some(repl) = &mut self.repl else { return };
@@ -1806,7 +1815,7 @@ impl Driver {
             repl.deleting.remove(&p.sid);
             if let (Some(err), Some(mut r)) = (failed, p.ended.take()) {
                 // Write again what failed; what succeeded is gone.
-                for (rec, out) in p.records.iter().zip(&res) {
+                for (rec, out) in p.records.iter().zip(res) {
                     if out.is_ok() {
                         match rec {
                             replica::Rec::Conv => r.conv_version = None,
@@ -1825,7 +1834,7 @@ impl Driver {
         // Whatever happened to the others, the versions of the writes that succeeded are known now.
         let known = |r: &mut Replica| {
             r.in_flight = false;
-            for (rec, out) in p.records.iter().zip(&res) {
+            for (rec, out) in p.records.iter().zip(res) {
                 if let Ok(v) = out {
                     r.learn(*rec, *v);
                 }

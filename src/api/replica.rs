@@ -19,7 +19,7 @@
 //! sessions stay dirty (a bounded backlog: beyond `backlog_limit` no new session starts replicating), and
 //! everything dirty is written when the store answers again.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
@@ -155,8 +155,8 @@ pub(super) struct Replica {
     pub uncertain: bool,
     /// When the records' TTLs were last refreshed.
     pub refreshed: Instant,
-    /// When a write-behind is due, if one is scheduled.
-    pub flush_at: Option<Instant>,
+    /// The write-behind scheduled, if any: its key in [`Repl::flushes`].
+    pub flush_at: Option<(Instant, u64)>,
     /// Requests waiting for their write-ahead (not yet in a batch).
     pub held: Vec<Outgoing>,
     /// Callers of `start_replicating` waiting for the first write.
@@ -360,8 +360,13 @@ pub(super) struct Repl {
     /// first. State is written in binary only when the configuration asks for it and every live node reads it: a
     /// node of a release before binary records adopts a session only from JSON.
     pub peers_layout: Option<u8>,
-    /// Write-behind schedule.
-    pub flushes: BTreeSet<(Instant, String)>,
+    /// This node's convergence record at epoch 1, encoded once: every session created here writes it.
+    pub first_conv: bytes::Bytes,
+    /// Write-behind schedule: due time and a sequence number (unique, so a key is cancelled by comparing two integers
+    /// and no Session-Id is copied to find it) to the session.
+    pub flushes: BTreeMap<(Instant, u64), String>,
+    /// The sequence number of the last write-behind scheduled.
+    pub flush_seq: u64,
     /// Ended sessions whose records are to be deleted.
     pub ending: HashMap<String, Replica>,
     /// Ended sessions whose deletion is being written: a late command for them is answered as unknown, not
@@ -422,7 +427,8 @@ impl Repl {
             Ownership::new(Arc::new(cfg.store.clone()), &cfg.cluster, me, cfg.lease_ttl)
                 .with_record_ttl(cfg.record_ttl),
         );
-        Repl {
+        let mut repl = Repl {
+            first_conv: bytes::Bytes::new(),
             cfg,
             own,
             urgent: HashSet::default(),
@@ -434,7 +440,8 @@ impl Repl {
             hints_scanned: HashSet::default(),
             hints_live: Vec::new(),
             peers_layout: None,
-            flushes: BTreeSet::new(),
+            flushes: BTreeMap::new(),
+            flush_seq: 0,
             ending: HashMap::default(),
             deleting: HashSet::default(),
             started: 0,
@@ -444,7 +451,9 @@ impl Repl {
             blocked: HashSet::default(),
             down_until: None,
             stats: ReplicationStats::default(),
-        }
+        };
+        repl.first_conv = replication::encode(&repl.convergence_record(1));
+        repl
     }
 
     /// Batches being written (results are delivered in the order batches start): at most
@@ -489,7 +498,7 @@ impl Repl {
         if self.writing() >= self.cfg.batches_in_flight {
             return None;
         }
-        let flush = self.flushes.iter().next().map(|(t, _)| *t);
+        let flush = self.flushes.first_key_value().map(|((t, _), _)| *t);
         match self.down_until {
             Some(d) if !self.urgent.is_empty() || !self.ending.is_empty() => Some(d),
             Some(d) => flush.map(|f| f.max(d)),
@@ -499,8 +508,8 @@ impl Repl {
 
     /// Marks a session for a write-ahead in the next batch.
     pub fn write_now(&mut self, sid: &str, r: &mut Replica) {
-        if let Some(t) = r.flush_at.take() {
-            self.flushes.remove(&(t, sid.to_string()));
+        if let Some(k) = r.flush_at.take() {
+            self.flushes.remove(&k);
         }
         self.urgent.insert(sid.to_string());
     }
@@ -510,15 +519,16 @@ impl Repl {
         if r.flush_at.is_some() || self.urgent.contains(sid) {
             return;
         }
-        let t = now + self.cfg.write_delay;
-        r.flush_at = Some(t);
-        self.flushes.insert((t, sid.to_string()));
+        self.flush_seq += 1;
+        let k = (now + self.cfg.write_delay, self.flush_seq);
+        r.flush_at = Some(k);
+        self.flushes.insert(k, sid.to_string());
     }
 
     /// Forgets a session's pending writes (it ended or was fenced).
     pub fn forget(&mut self, sid: &str, r: &mut Replica) {
-        if let Some(t) = r.flush_at.take() {
-            self.flushes.remove(&(t, sid.to_string()));
+        if let Some(k) = r.flush_at.take() {
+            self.flushes.remove(&k);
         }
         self.urgent.remove(sid);
         self.blocked.remove(sid);
@@ -527,12 +537,11 @@ impl Repl {
     /// The sessions due now: every urgent one and the write-behinds whose time has come.
     pub fn take_due(&mut self, now: Instant) -> Vec<String> {
         let mut due: Vec<String> = self.urgent.drain().collect();
-        while let Some((t, _)) = self.flushes.first() {
-            if *t > now {
+        while let Some(e) = self.flushes.first_entry() {
+            if e.key().0 > now {
                 break;
             }
-            let (_, sid) = self.flushes.pop_first().expect("first exists");
-            due.push(sid);
+            due.push(e.remove());
         }
         due
     }
@@ -594,7 +603,10 @@ impl Repl {
         // conditional on the versions this node wrote (a stale owner must not renew an adopter's records).
         if r.conv_version.is_none() || refresh {
             recs.push(Rec::Conv);
-            let conv = replication::encode(&self.convergence_record(r.epoch));
+            let conv = match r.epoch {
+                1 => self.first_conv.clone(),
+                epoch => replication::encode(&self.convergence_record(epoch)),
+            };
             writes.push(Write { key: key(Rec::Conv), value: Some(conv), expect: expect(Rec::Conv), ttl });
             if r.chosen && r.conv_version.is_none() {
                 // A name the service chose may be taken: claim it alone first, so that nothing of this session
