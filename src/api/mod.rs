@@ -1671,47 +1671,43 @@ impl Driver {
                     .and_then(|t| e.waiters.iter().find(|(k, _)| *k == t).map(|(_, w)| w))
                     .and_then(|w| w.key.as_deref())
                     .or(e.resumed_key.as_deref());
-            let (kind, records, w) = repl.writes(&sid, r, Some((&e.cc, &e.done, in_flight_key)), (now, wall));
+            let first = writes.len();
+            let (kind, records) = repl.writes(&sid, r, Some((&e.cc, &e.done, in_flight_key)), (now, wall), &mut writes);
             r.in_flight = true;
             let carries_state = records.contains(&replica::Rec::State);
             // The session's earliest deadline as a hint for survivors, written with the state that holds it.
+            // Advisory writes follow the part's own: its results are read by position, these are not read.
             let hint = e.cc.poll_timeout().map(|t| wall + t.saturating_duration_since(now).as_millis() as u64);
-            let mut extra = Vec::new();
             if carries_state && replica::hint_stale(r.hint_ms, hint, wall) {
-                extra.push(repl.hint_write(&sid, hint));
+                writes.push(repl.hint_write(&sid, hint));
                 r.hint_ms = hint;
             }
             if let Some(key) = r.stale_hint.take() {
-                extra.push(crate::store::Write { key, value: None, expect: crate::store::Expect::Any, ttl: None });
+                writes.push(crate::store::Write { key, value: None, expect: crate::store::Expect::Any, ttl: None });
             }
             let part = replica::Part {
                 sid,
                 kind,
-                first: writes.len(),
+                first,
                 records,
                 // Requests wait for the write that holds them: not for a claim of the convergence name alone.
                 sends: if carries_state { std::mem::take(&mut r.held) } else { Vec::new() },
                 waiters: if carries_state { std::mem::take(&mut r.waiters) } else { Vec::new() },
                 ended: None,
             };
-            writes.extend(w);
-            // Advisory writes follow the part's own: its results are read by position, these are not read.
-            writes.extend(extra);
             parts.push(part);
         }
         // A session's deletion waits for its write in flight: it is conditional on the versions that write returns.
         let ending: Vec<_> = repl.ending.extract_if(|_, r| !r.in_flight).collect();
         for (sid, r) in ending {
-            let (kind, records, w) = repl.writes(&sid, &r, None, (now, wall));
-            if w.is_empty() {
+            let first = writes.len();
+            let (kind, records) = repl.writes(&sid, &r, None, (now, wall), &mut writes);
+            if records.is_empty() {
                 continue;
             }
             repl.deleting.insert(sid.clone());
-            let first = writes.len();
-            let hint = r.hint_ms.map(|_| repl.hint_write(&sid, None));
+            writes.extend(r.hint_ms.map(|_| repl.hint_write(&sid, None)));
             parts.push(replica::Part { sid, kind, first, records, sends: vec![], waiters: vec![], ended: Some(r) });
-            writes.extend(w);
-            writes.extend(hint);
         }
         if writes.is_empty() {
             return;
@@ -1763,6 +1759,7 @@ impl Driver {
         took: Duration,
     ) {
         let Some(repl) = &mut self.repl else { return };
+        let now = Instant::now();
         repl.completed += 1;
         let us = took.as_micros() as u64;
         repl.stats.batches_done += 1;
@@ -1780,21 +1777,21 @@ impl Driver {
                 repl.stats.store_errors += 1;
                 for p in parts {
                     let failed = vec![Err(err.clone()); p.records.len()];
-                    self.part_written(p, &failed, &mut release);
+                    self.part_written(p, &failed, now, &mut release);
                 }
                 return self.release(release);
             }
         };
         for p in parts {
             match results.get(p.first..p.first + p.records.len()) {
-                Some(res) => self.part_written(p, res, &mut release),
+                Some(res) => self.part_written(p, res, now, &mut release),
                 None => {
                     let lost = StoreError::Unavailable {
                         reason: "the store returned fewer results than writes".into(),
                         retry_after: Duration::from_secs(1),
                     };
                     let lost = vec![Err(lost); p.records.len()];
-                    self.part_written(p, &lost, &mut release);
+                    self.part_written(p, &lost, now, &mut release);
                 }
             }
         }
@@ -1806,7 +1803,8 @@ impl Driver {
         &mut self,
         mut p: replica::Part,
         res: &[Result<u64, StoreError>],
-        release: &mut Vec<(String, Outgoing)>,
+        now: Instant,
+        release: &mut Vec<(String, Vec<Outgoing>)>,
     ) {
         let Some(repl) = &mut self.repl else { return };
         let failed = res.iter().find_map(|r| r.as_ref().err().filter(|e| !is_conflict(e)).cloned());
@@ -1840,7 +1838,7 @@ impl Driver {
                 }
             }
             if p.records.contains(&replica::Rec::Conv) && res.iter().all(Result::is_ok) {
-                r.refreshed = Instant::now();
+                r.refreshed = now;
             }
         };
         let Some(e) = self.sessions.get_mut(&p.sid) else {
@@ -1862,8 +1860,8 @@ impl Driver {
             for w in p.waiters.drain(..) {
                 let _ = w.send(Err(why.clone()));
             }
-            release.extend(p.sends.drain(..).map(|o| (p.sid.clone(), o)));
             repl.write_now(&p.sid, r);
+            release.push((p.sid, p.sends));
             self.store_failed(&err);
             return;
         }
@@ -1877,7 +1875,7 @@ impl Driver {
                 // Only the convergence name was claimed: the rest goes in the next batch.
                 repl.write_now(&p.sid, r);
             }
-            release.extend(p.sends.drain(..).map(|o| (p.sid.clone(), o)));
+            release.push((p.sid, p.sends));
             return;
         }
         // A conflict. Requests wait until it is understood.
@@ -1916,7 +1914,7 @@ impl Driver {
             }
             // Its requests go: the session carries on, unreplicated. What it did write is removed (only records
             // whose version it knows: never the other session's).
-            let sends: Vec<(String, Outgoing)> = gone.held.drain(..).map(|o| (sid.to_string(), o)).collect();
+            let sends = vec![(sid.to_string(), std::mem::take(&mut gone.held))];
             if gone.conv_version.is_some() || gone.proto_version.is_some() || gone.state_version.is_some() {
                 repl.ending.insert(sid.to_string(), gone);
             }
@@ -2065,9 +2063,11 @@ impl Driver {
         }
     }
 
-    fn release(&self, sends: Vec<(String, Outgoing)>) {
-        for (sid, o) in sends {
-            self.transmit(&sid, o);
+    fn release(&self, sends: Vec<(String, Vec<Outgoing>)>) {
+        for (sid, out) in sends {
+            for o in out {
+                self.transmit(&sid, o);
+            }
         }
     }
 }

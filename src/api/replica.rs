@@ -214,6 +214,32 @@ pub(super) enum Rec {
 /// of the call whose request is in flight.
 pub(super) type Live<'a> = (&'a CcSession, &'a std::collections::VecDeque<(String, Outcome)>, Option<&'a str>);
 
+/// The records a part of a batch writes, in the order of its writes: at most a session's three, kept inline (a part
+/// is built for every write-ahead).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Recs {
+    len: u8,
+    recs: [Rec; 3],
+}
+
+impl Recs {
+    pub fn new() -> Recs {
+        Recs { len: 0, recs: [Rec::Conv; 3] }
+    }
+
+    pub fn push(&mut self, rec: Rec) {
+        self.recs[usize::from(self.len)] = rec;
+        self.len += 1;
+    }
+}
+
+impl std::ops::Deref for Recs {
+    type Target = [Rec];
+    fn deref(&self) -> &[Rec] {
+        &self.recs[..usize::from(self.len)]
+    }
+}
+
 /// What a part of a batch does for one session.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum PartKind {
@@ -232,7 +258,7 @@ pub(super) struct Part {
     /// Index of its first write in the batch.
     pub first: usize,
     /// Which record each of its writes is for.
-    pub records: Vec<Rec>,
+    pub records: Recs,
     pub sends: Vec<Outgoing>,
     pub waiters: Vec<oneshot::Sender<Result<(), ChargingError>>>,
     /// A deletion's session (it has ended: nothing else holds its place in the store).
@@ -557,16 +583,17 @@ impl Repl {
         }
     }
 
-    /// The writes of one session's part of a batch, with the record each is for; `session` (its machine and
-    /// idempotency keys) is `None` for a deletion. Returns no write of the state when the service-chosen
-    /// convergence name must be claimed first.
+    /// The writes of one session's part of a batch, appended to `out`, and the record each is for; `session` (its
+    /// machine and idempotency keys) is `None` for a deletion. Returns no write of the state when the
+    /// service-chosen convergence name must be claimed first.
     pub fn writes(
         &self,
         sid: &str,
         r: &Replica,
         session: Option<Live<'_>>,
         (now, wall): (Instant, u64),
-    ) -> (PartKind, Vec<Rec>, Vec<Write>) {
+        out: &mut Vec<Write>,
+    ) -> (PartKind, Recs) {
         let cluster = &self.cfg.cluster;
         let ttl = Some(self.cfg.record_ttl);
         let key = |rec| match rec {
@@ -582,23 +609,23 @@ impl Repl {
         let Some((cc, done, in_flight_key)) = session else {
             // Only records whose version is known, each conditional on it: never another session's or another
             // owner's.
-            let recs: Vec<Rec> =
-                [Rec::State, Rec::Proto, Rec::Conv].into_iter().filter(|&x| version(x).is_some()).collect();
-            let writes = recs
-                .iter()
-                .map(|&x| Write {
-                    key: key(x),
-                    value: None,
-                    expect: Expect::Version(version(x).expect("known")),
-                    ttl: None,
-                })
-                .collect();
-            return (PartKind::Delete, recs, writes);
+            let mut recs = Recs::new();
+            for x in [Rec::State, Rec::Proto, Rec::Conv] {
+                if version(x).is_some() {
+                    recs.push(x);
+                }
+            }
+            out.extend(recs.iter().map(|&x| Write {
+                key: key(x),
+                value: None,
+                expect: Expect::Version(version(x).expect("known")),
+                ttl: None,
+            }));
+            return (PartKind::Delete, recs);
         };
         let expect = |rec| version(rec).map_or(Expect::Absent, Expect::Version);
         let refresh = r.created() && now.duration_since(r.refreshed) >= self.cfg.record_ttl / 4;
-        let mut recs = Vec::new();
-        let mut writes = Vec::new();
+        let mut recs = Recs::new();
         // The convergence and protocol records: created once; their expiry refreshed at a quarter of it,
         // conditional on the versions this node wrote (a stale owner must not renew an adopter's records).
         if r.conv_version.is_none() || refresh {
@@ -607,11 +634,11 @@ impl Repl {
                 1 => self.first_conv.clone(),
                 epoch => replication::encode(&self.convergence_record(epoch)),
             };
-            writes.push(Write { key: key(Rec::Conv), value: Some(conv), expect: expect(Rec::Conv), ttl });
+            out.push(Write { key: key(Rec::Conv), value: Some(conv), expect: expect(Rec::Conv), ttl });
             if r.chosen && r.conv_version.is_none() {
                 // A name the service chose may be taken: claim it alone first, so that nothing of this session
                 // points at somebody else's convergence record.
-                return (PartKind::Write, recs, writes);
+                return (PartKind::Write, recs);
             }
         }
         if r.proto_version.is_none() || refresh {
@@ -622,7 +649,7 @@ impl Repl {
                 owner_uri: self.cfg.diameter_uri.clone(),
             };
             let proto = replication::encode(&proto);
-            writes.push(Write { key: key(Rec::Proto), value: Some(proto), expect: expect(Rec::Proto), ttl });
+            out.push(Write { key: key(Rec::Proto), value: Some(proto), expect: expect(Rec::Proto), ttl });
         }
         let state = StateRecord {
             format: FORMAT,
@@ -635,13 +662,13 @@ impl Repl {
             },
         };
         recs.push(Rec::State);
-        writes.push(Write {
+        out.push(Write {
             key: key(Rec::State),
             value: Some(replication::encode_state(&state, self.state_encoding())),
             expect: expect(Rec::State),
             ttl,
         });
-        (PartKind::Write, recs, writes)
+        (PartKind::Write, recs)
     }
 
     /// How state is written now: binary when configured and every live node reads it ([`Repl::peers_layout`]).
