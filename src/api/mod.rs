@@ -579,6 +579,7 @@ impl Engine {
             node: handle.clone(),
             sessions: FxHashMap::default(),
             names: Names::default(),
+            convergence_names: crate::replication::NameGenerator::new(),
             timers: BTreeSet::new(),
             net_tx,
             subscribers: Vec::new(),
@@ -940,6 +941,8 @@ struct Driver {
     /// FxHash: the keys are Session-Ids this cluster made (a peer's RAR only looks one up), so a peer cannot fill
     /// the table with colliding keys; SipHash cost 2% of the engine's time here.
     sessions: FxHashMap<String, Box<Entry>>,
+    /// Convergence names for sessions whose service chose none.
+    convergence_names: crate::replication::NameGenerator,
     timers: BTreeSet<(Instant, String)>,
     net_tx: mpsc::UnboundedSender<Net>,
     subscribers: Vec<mpsc::UnboundedSender<SessionEvent>>,
@@ -1090,7 +1093,7 @@ impl Driver {
                 cc.start(now, &rgs, Some(0));
                 let mut entry = Entry::new(cc, Some(reply));
                 entry.chosen = options.convergence.is_some();
-                entry.convergence = Some(options.convergence.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()));
+                entry.convergence = Some(options.convergence.unwrap_or_else(|| self.convergence_names.next_name()));
                 let settings = if app == App::Ro { &self.ro } else { &self.gx };
                 if let Some(repl) = &mut self.repl
                     && options.replicate.unwrap_or(settings.replicate_by_default)
@@ -1226,7 +1229,7 @@ impl Driver {
                 }
                 let (convergence, chosen) = (&e.convergence, e.chosen);
                 let r = e.replica.get_or_insert_with(|| {
-                    Replica::new(convergence.clone().unwrap_or_else(|| uuid::Uuid::now_v7().to_string()), chosen)
+                    Replica::new(convergence.clone().unwrap_or_else(|| self.convergence_names.next_name()), chosen)
                 });
                 r.waiters.push(reply);
                 repl.write_now(&session_id, r);

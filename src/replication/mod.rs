@@ -124,6 +124,48 @@ pub mod keys {
     }
 }
 
+/// Convergence names for sessions whose service chose none: UUIDv7 (RFC 9562 §5.7), ordered by creation time, whose
+/// 74 random bits come from a generator seeded once from the operating system. `uuid::Uuid::now_v7` asks the kernel
+/// for new random bytes for every name, a `getrandom` system call per session. The bits only have to keep names of
+/// the cluster's processes apart (they are no secret): SplitMix64 over a 62-bit seed, the random part of one UUIDv7
+/// made the usual way.
+#[derive(Debug)]
+pub struct NameGenerator {
+    state: u64,
+}
+
+impl Default for NameGenerator {
+    fn default() -> Self {
+        NameGenerator::new()
+    }
+}
+
+impl NameGenerator {
+    /// A generator seeded from the operating system's randomness.
+    pub fn new() -> NameGenerator {
+        // The low 64 bits of a UUIDv7: 62 random bits under the 2-bit variant.
+        NameGenerator { state: uuid::Uuid::now_v7().as_u128() as u64 }
+    }
+
+    /// SplitMix64 (Steele, Lea and Flood, 2014).
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// The next name, in the hyphenated form.
+    pub fn next_name(&mut self) -> String {
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut random = [0u8; 10];
+        random[..8].copy_from_slice(&self.next_u64().to_le_bytes());
+        random[8..].copy_from_slice(&self.next_u64().to_le_bytes()[..2]);
+        uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid().hyphenated().to_string()
+    }
+}
+
 /// Which live node arms a dead node's timer for a session: the one with the highest rendezvous hash of
 /// (session, node), so that every survivor picks the same one without talking to the others, and a node leaving
 /// moves only its own share. `None` when no node is live.
@@ -481,6 +523,34 @@ mod tests {
         ));
         // This node restarted: its previous incarnation's sessions are taken over like any dead node's.
         assert!(matches!(decide(&me, Some(&P), Some((&conv("n2", 6, 1), 9)), None, 1000), Adoption::TakeOver { .. }));
+    }
+
+    #[test]
+    fn generated_convergence_names_are_distinct_time_ordered_uuid_v7s() {
+        let (mut a, mut b) = (NameGenerator::new(), NameGenerator::new());
+        let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let names: Vec<String> = (0..20_000).map(|i| if i % 2 == 0 { a.next_name() } else { b.next_name() }).collect();
+        let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let distinct: std::collections::HashSet<&String> = names.iter().collect();
+        assert_eq!(distinct.len(), names.len(), "a name came twice");
+        let mut last = 0;
+        for (i, n) in names.iter().enumerate() {
+            let u = uuid::Uuid::parse_str(n).unwrap();
+            assert_eq!(u.get_version_num(), 7, "{n}");
+            assert_eq!(u.get_variant(), uuid::Variant::RFC4122, "{n}");
+            let (secs, nanos) = u.get_timestamp().unwrap().to_unix();
+            let ms = secs * 1000 + u64::from(nanos) / 1_000_000;
+            assert!((before..=after).contains(&ms), "{n}: {ms} outside {before}..={after}");
+            if i % 2 == 0 {
+                assert!(ms >= last, "{n}: time went back");
+                last = ms;
+            }
+        }
+        // Random bits, not a counter: about half of them differ between consecutive names of one generator.
+        let bits = |n: &str| uuid::Uuid::parse_str(n).unwrap().as_u128() & ((1u128 << 74) - 1);
+        let flips: u32 = names.windows(3).step_by(2).map(|w| (bits(&w[0]) ^ bits(&w[2])).count_ones()).sum();
+        let mean = f64::from(flips) / (names.len() / 2 - 1) as f64;
+        assert!((30.0..44.0).contains(&mean), "mean differing bits {mean}");
     }
 
     #[test]
