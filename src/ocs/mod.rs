@@ -132,6 +132,8 @@ pub(crate) struct SessionRuntime {
     reach: Reachability,
     last_activity: Instant,
     app: AppId,
+    /// Its key in [`Ocs::open`]: a time no later than `last_activity`.
+    watched_from: Instant,
 }
 
 /// The simulator's core.
@@ -145,9 +147,12 @@ pub struct Ocs {
     accounts: BTreeMap<String, usize>,
     balances: Chunks<Account>,
     ledger: Ledger,
-    /// The ledger positions of the open sessions (removed at CCR-T), whose `Working::live` holds their
-    /// working state. Ordered, so that it grows a node at a time however many sessions are open at once.
-    open: BTreeSet<usize>,
+    /// The open sessions (removed at CCR-T), whose `Working::live` holds their working state: ledger positions,
+    /// in the order of a time from which each has been idle at most (its `watched_from`). A request only updates
+    /// the session's last activity; Tcc expiry takes the sessions watched for Tcc and requeues those heard from
+    /// meanwhile from their last activity, so a tick costs what is due, not a walk of every open session.
+    /// Ordered, so that it grows a node at a time however many sessions are open at once.
+    open: BTreeSet<(Instant, usize)>,
     faults: Vec<(FaultRule, u32)>,
     /// Requests by (command, request type, Result-Code) for the metrics. The names are borrowed for the known
     /// commands: counting a request allocates nothing.
@@ -446,13 +451,15 @@ impl Ocs {
             entry.anomaly(wall_ms, "skipped_number", format!("first request numbered {number}, not 0"));
         }
         entry.last_number = Some(entry.last_number.map_or(number, |l| l.max(number)));
-        let live = SessionRuntime {
+        let watched_from = entry.work.live.as_ref().map(|l| l.watched_from);
+        entry.work.live = Some(SessionRuntime {
             reach: Reachability { peer, host: origin_host, realm: origin_realm },
             last_activity: now,
             app,
-        };
-        if entry.work.live.replace(live).is_none() {
-            self.open.insert(i);
+            watched_from: watched_from.unwrap_or(now),
+        });
+        if watched_from.is_none() {
+            self.open.insert((now, i));
         }
         let answer = if app == AppId::GX { self.gx(req, i, rtype) } else { self.ro(req, i, rtype, subscriber) };
         let rc = answer.result_code().map(|r| r.0);
@@ -460,8 +467,9 @@ impl Ocs {
         s.record(self_max, RequestRecord::of(req, wall_ms, rc, false));
         if rtype == 3 || rtype == 4 {
             s.state = if rtype == 3 { SessionState::Terminated } else { SessionState::Event };
-            s.work.live = None;
-            self.open.remove(&i);
+            if let Some(l) = s.work.live.take() {
+                self.open.remove(&(l.watched_from, i));
+            }
         }
         s.work.recent.remember(number, &answer);
         answer
@@ -791,15 +799,19 @@ impl Ocs {
             return Vec::new();
         }
         let tcc = self.config.tcc;
-        let idle: Vec<usize> = self
-            .open
-            .iter()
-            .copied()
-            .filter(|&i| self.live(i).is_some_and(|r| now.duration_since(r.last_activity) >= tcc))
-            .collect();
-        let mut closed = Vec::with_capacity(idle.len());
-        for i in idle {
-            self.open.remove(&i);
+        let mut closed = Vec::new();
+        while let Some(&(from, i)) = self.open.first() {
+            if now.saturating_duration_since(from) < tcc {
+                break;
+            }
+            self.open.pop_first();
+            let Some(live) = self.ledger.at_mut(i).work.live.as_mut() else { continue };
+            if now.saturating_duration_since(live.last_activity) < tcc {
+                // Heard from since: watched again from then.
+                live.watched_from = live.last_activity;
+                self.open.insert((live.last_activity, i));
+                continue;
+            }
             self.ledger.at_mut(i).work.live = None;
             let subscriber = self.ledger.at(i).subscriber.clone();
             let acct = self.account(subscriber.as_deref().unwrap_or("anonymous"));

@@ -301,6 +301,30 @@ fn tcc_closes_idle_sessions_and_releases_their_reservation() {
 }
 
 #[test]
+fn tcc_watches_a_busy_session_from_its_last_request_and_forgets_a_terminated_one() {
+    let cfg = OcsConfig { tcc: Duration::from_secs(60), ..Default::default() };
+    let mut o = Ocs::new(cfg, "ocs.localdomain", "localdomain");
+    let t = Instant::now();
+    let s = |secs| t + Duration::from_secs(secs);
+    answer(o.handle_request(t, 1, P, &ccr("busy", 1, 0, "46701", &[mscc(10, None, true)])));
+    answer(o.handle_request(t, 1, P, &ccr("ended", 1, 0, "46701", &[mscc(10, None, true)])));
+    answer(o.handle_request(s(10), 2, P, &ccr("ended", 3, 1, "46701", &[mscc(10, Some(1), false)])));
+    assert_eq!(o.open.len(), 1, "the terminated session is still watched");
+    // A request every 40 s: each expiry pass finds it heard from within Tcc and watches it from its last request.
+    for (k, at) in [40, 80, 120, 160].into_iter().enumerate() {
+        answer(o.handle_request(s(at), 3, P, &ccr("busy", 2, k as u32 + 1, "46701", &[mscc(10, Some(1), true)])));
+        assert!(o.expire(s(at + 30), 4).is_empty(), "expired at {}", at + 30);
+    }
+    assert!(o.expire(s(219), 5).is_empty());
+    assert_eq!(o.expire(s(220), 6), vec!["busy".to_string()]);
+    assert!(o.open.is_empty());
+    // The session that ended was never closed by Tcc, and nothing is left to watch.
+    assert_eq!(o.ledger()["ended"].state, SessionState::Terminated);
+    assert!(o.expire(s(10_000), 7).is_empty());
+    assert_eq!(o.check().anomalies.get("closed_by_tcc"), Some(&1));
+}
+
+#[test]
 fn rar_and_asr_go_to_the_last_origin_host_through_its_connection() {
     let mut o = ocs_with(10_000);
     let t = Instant::now();
