@@ -98,6 +98,31 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// `n` different ports from [`free_port`], for processes that each listen on one. Chosen at random from the same
+/// range, two calls can give the same port: nodes given the same port, the second one fails to start (seen once in
+/// the conformance suite, where every cluster takes three).
+pub fn free_ports(n: usize) -> std::io::Result<Vec<u16>> {
+    distinct(n, free_port)
+}
+
+/// The first `n` different values of `next`, giving up after `n` + 200 tries.
+fn distinct(n: usize, mut next: impl FnMut() -> std::io::Result<u16>) -> std::io::Result<Vec<u16>> {
+    let mut ports = Vec::with_capacity(n);
+    for _ in 0..n + 200 {
+        if ports.len() == n {
+            break;
+        }
+        let p = next()?;
+        if !ports.contains(&p) {
+            ports.push(p);
+        }
+    }
+    if ports.len() < n {
+        return Err(std::io::Error::other(format!("found {} different free ports of the {n} needed", ports.len())));
+    }
+    Ok(ports)
+}
+
 fn node_config(dir: &Path, id: usize, ports: &[u16], ocs: SocketAddr, mate: SocketAddr, callee: SocketAddr) -> String {
     let mut t = format!(
         "[node]\nid = \"n{id}\"\norigin_host = \"n{id}.demo.localdomain\"\norigin_realm = \"demo.localdomain\"\n\
@@ -189,7 +214,7 @@ pub fn run() -> anyhow::Result<bool> {
         "ocs.log",
     )?;
     let (ocs_diameter, control, mate) = (addr(&ocs, "diameter")?, addr(&ocs, "control")?, addr(&ocs, "mate")?);
-    let ports = [free_port()?, free_port()?, free_port()?];
+    let ports = free_ports(3)?;
     // The SIP callee (the project's own UAS) and caller live in this process.
     let uas_counters = std::sync::Arc::new(crate::b2bua::ua::UasCounters::default());
     let callee = rt.block_on(async {
@@ -358,4 +383,19 @@ pub fn run() -> anyhow::Result<bool> {
     println!("ledger check: {}", if clean { "clean" } else { "NOT CLEAN" });
     cluster.succeeded = clean && whole == reports.len();
     Ok(cluster.succeeded)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ports_for_several_nodes_are_all_different() {
+        let mut given = [5u16, 5, 6, 5, 7, 8].into_iter();
+        assert_eq!(super::distinct(3, || Ok(given.next().unwrap())).unwrap(), vec![5, 6, 7]);
+        let err = super::distinct(2, || Ok(9)).unwrap_err();
+        assert!(err.to_string().contains("found 1 different free ports of the 2 needed"), "{err}");
+        let mut ports = super::free_ports(30).unwrap();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 30);
+    }
 }

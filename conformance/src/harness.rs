@@ -545,8 +545,7 @@ impl super::Ctx<'_> {
     /// The specs of an `n`-node cluster on one simulator, replicating to the run's store: nodes `n1`…, each with a
     /// fixed Diameter port and the others as cluster members.
     pub fn cluster_specs(&self, n: usize, ocs: &Ocs) -> Result<Vec<NodeSpec>, String> {
-        let ports: Vec<u16> =
-            (0..n).map(|_| charging_ra::demo::free_port()).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+        let ports = charging_ra::demo::free_ports(n).map_err(|e| e.to_string())?;
         let members: Vec<(String, SocketAddr)> = ports
             .iter()
             .enumerate()
