@@ -579,7 +579,8 @@ impl Engine {
             node: handle.clone(),
             sessions: FxHashMap::default(),
             names: Names::default(),
-            convergence_names: crate::replication::NameGenerator::new(),
+            // Seeded from the operating system once: the 62 random bits of one UUIDv7.
+            convergence_names: crate::replication::NameGenerator::new(uuid::Uuid::now_v7().as_u128() as u64),
             timers: BTreeSet::new(),
             net_tx,
             subscribers: Vec::new(),
@@ -1093,7 +1094,8 @@ impl Driver {
                 cc.start(now, &rgs, Some(0));
                 let mut entry = Entry::new(cc, Some(reply));
                 entry.chosen = options.convergence.is_some();
-                entry.convergence = Some(options.convergence.unwrap_or_else(|| self.convergence_names.next_name()));
+                entry.convergence =
+                    Some(options.convergence.unwrap_or_else(|| self.convergence_names.next_name(replica::wall_ms())));
                 let settings = if app == App::Ro { &self.ro } else { &self.gx };
                 if let Some(repl) = &mut self.repl
                     && options.replicate.unwrap_or(settings.replicate_by_default)
@@ -1229,7 +1231,8 @@ impl Driver {
                 }
                 let (convergence, chosen) = (&e.convergence, e.chosen);
                 let r = e.replica.get_or_insert_with(|| {
-                    Replica::new(convergence.clone().unwrap_or_else(|| self.convergence_names.next_name()), chosen)
+                    let name = || self.convergence_names.next_name(replica::wall_ms());
+                    Replica::new(convergence.clone().unwrap_or_else(name), chosen)
                 });
                 r.waiters.push(reply);
                 repl.write_now(&session_id, r);

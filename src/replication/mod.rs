@@ -125,26 +125,19 @@ pub mod keys {
 }
 
 /// Convergence names for sessions whose service chose none: UUIDv7 (RFC 9562 §5.7), ordered by creation time, whose
-/// 74 random bits come from a generator seeded once from the operating system. `uuid::Uuid::now_v7` asks the kernel
-/// for new random bytes for every name, a `getrandom` system call per session. The bits only have to keep names of
-/// the cluster's processes apart (they are no secret): SplitMix64 over a 62-bit seed, the random part of one UUIDv7
-/// made the usual way.
+/// 74 random bits come from a generator seeded once. `uuid::Uuid::now_v7` asks the kernel for new random bytes for
+/// every name, a `getrandom` system call per session. The bits only have to keep names of the cluster's processes
+/// apart (they are no secret): SplitMix64 over a seed the caller draws from the operating system once. Sans I/O like
+/// the rest of this module: the caller gives the seed and each name's time.
 #[derive(Debug)]
 pub struct NameGenerator {
     state: u64,
 }
 
-impl Default for NameGenerator {
-    fn default() -> Self {
-        NameGenerator::new()
-    }
-}
-
 impl NameGenerator {
-    /// A generator seeded from the operating system's randomness.
-    pub fn new() -> NameGenerator {
-        // The low 64 bits of a UUIDv7: 62 random bits under the 2-bit variant.
-        NameGenerator { state: uuid::Uuid::now_v7().as_u128() as u64 }
+    /// A generator from `seed` (the engine takes the 62 random bits of one UUIDv7 made the usual way).
+    pub fn new(seed: u64) -> NameGenerator {
+        NameGenerator { state: seed }
     }
 
     /// SplitMix64 (Steele, Lea and Flood, 2014).
@@ -156,13 +149,12 @@ impl NameGenerator {
         z ^ (z >> 31)
     }
 
-    /// The next name, in the hyphenated form.
-    pub fn next_name(&mut self) -> String {
-        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    /// The next name, made at `unix_ms` (milliseconds since the Unix epoch), in the hyphenated form.
+    pub fn next_name(&mut self, unix_ms: u64) -> String {
         let mut random = [0u8; 10];
         random[..8].copy_from_slice(&self.next_u64().to_le_bytes());
         random[8..].copy_from_slice(&self.next_u64().to_le_bytes()[..2]);
-        uuid::Builder::from_unix_timestamp_millis(ms, &random).into_uuid().hyphenated().to_string()
+        uuid::Builder::from_unix_timestamp_millis(unix_ms, &random).into_uuid().hyphenated().to_string()
     }
 }
 
@@ -527,28 +519,29 @@ mod tests {
 
     #[test]
     fn generated_convergence_names_are_distinct_time_ordered_uuid_v7s() {
-        let (mut a, mut b) = (NameGenerator::new(), NameGenerator::new());
-        let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-        let names: Vec<String> = (0..20_000).map(|i| if i % 2 == 0 { a.next_name() } else { b.next_name() }).collect();
-        let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-        let distinct: std::collections::HashSet<&String> = names.iter().collect();
+        let (mut a, mut b) = (NameGenerator::new(0x1234_5678_9abc_def0), NameGenerator::new(0x0fed_cba9_8765_4321));
+        let start = 1_798_000_000_000u64;
+        // Two names per millisecond from each generator, the clock going forward.
+        let names: Vec<(u64, String)> = (0..20_000u64)
+            .map(|i| {
+                let ms = start + i / 4;
+                (ms, if i % 2 == 0 { a.next_name(ms) } else { b.next_name(ms) })
+            })
+            .collect();
+        let distinct: std::collections::HashSet<&String> = names.iter().map(|(_, n)| n).collect();
         assert_eq!(distinct.len(), names.len(), "a name came twice");
-        let mut last = 0;
-        for (i, n) in names.iter().enumerate() {
+        for (ms, n) in &names {
             let u = uuid::Uuid::parse_str(n).unwrap();
             assert_eq!(u.get_version_num(), 7, "{n}");
             assert_eq!(u.get_variant(), uuid::Variant::RFC4122, "{n}");
             let (secs, nanos) = u.get_timestamp().unwrap().to_unix();
-            let ms = secs * 1000 + u64::from(nanos) / 1_000_000;
-            assert!((before..=after).contains(&ms), "{n}: {ms} outside {before}..={after}");
-            if i % 2 == 0 {
-                assert!(ms >= last, "{n}: time went back");
-                last = ms;
-            }
+            assert_eq!(secs * 1000 + u64::from(nanos) / 1_000_000, *ms, "{n}");
         }
+        // Names sort by the time they were made (UUIDv7's point), whatever their random bits.
+        assert!(names.windows(2).all(|w| w[0].0 == w[1].0 || w[0].1 < w[1].1));
         // Random bits, not a counter: about half of them differ between consecutive names of one generator.
         let bits = |n: &str| uuid::Uuid::parse_str(n).unwrap().as_u128() & ((1u128 << 74) - 1);
-        let flips: u32 = names.windows(3).step_by(2).map(|w| (bits(&w[0]) ^ bits(&w[2])).count_ones()).sum();
+        let flips: u32 = names.windows(3).step_by(2).map(|w| (bits(&w[0].1) ^ bits(&w[2].1)).count_ones()).sum();
         let mean = f64::from(flips) / (names.len() / 2 - 1) as f64;
         assert!((30.0..44.0).contains(&mean), "mean differing bits {mean}");
     }
