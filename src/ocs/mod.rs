@@ -826,8 +826,13 @@ impl Ocs {
 
     /// Where a session's client is reached, for RAR/ASR.
     pub fn reachability(&self, sid: &str) -> Result<Reachability, OcsError> {
+        self.open_session(sid).map(|r| r.reach.clone())
+    }
+
+    /// The working state of an open session, by Session-Id.
+    fn open_session(&self, sid: &str) -> Result<&SessionRuntime, OcsError> {
         let i = self.ledger.position(sid).ok_or_else(|| OcsError::UnknownSession(sid.into()))?;
-        self.live(i).map(|r| r.reach.clone()).ok_or_else(|| OcsError::NotOpen(sid.into()))
+        self.live(i).ok_or_else(|| OcsError::NotOpen(sid.into()))
     }
 
     /// The working state of the session at ledger position `i`, while it is open.
@@ -836,9 +841,8 @@ impl Ocs {
     }
 
     fn server_request(&self, sid: &str, cmd: CommandCode) -> Result<(Message, PeerId), OcsError> {
-        let reach = self.reachability(sid)?;
-        let app = self.ledger.position(sid).and_then(|i| self.live(i)).map_or(AppId::CREDIT_CONTROL, |r| r.app);
-        let m = Message::request(cmd, app)
+        let SessionRuntime { reach, app, .. } = self.open_session(sid)?;
+        let m = Message::request(cmd, *app)
             .with(Avp::utf8(code::SESSION_ID, sid))
             .with(Avp::utf8(code::ORIGIN_HOST, &self.origin_host))
             .with(Avp::utf8(code::ORIGIN_REALM, &self.origin_realm))
