@@ -19,7 +19,7 @@
 //! sessions stay dirty (a bounded backlog: beyond `backlog_limit` no new session starts replicating), and
 //! everything dirty is written when the store answers again.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
@@ -212,7 +212,7 @@ pub(super) enum Rec {
 
 /// What is written of a live session: its machine, its recent idempotency keys with their outcomes, and the key
 /// of the call whose request is in flight.
-pub(super) type Live<'a> = (&'a CcSession, &'a std::collections::VecDeque<(String, Outcome)>, Option<&'a str>);
+pub(super) type Live<'a> = (&'a CcSession, &'a VecDeque<(String, Outcome)>, Option<&'a str>);
 
 /// The records a part of a batch writes, in the order of its writes: at most a session's three, kept inline (a part
 /// is built for every write-ahead).
@@ -287,6 +287,17 @@ pub(super) struct SessionState {
     /// that request's (resent) answer instead of reporting its usage a second time.
     #[serde(default)]
     pub in_flight_key: Option<String>,
+}
+
+/// What [`SessionState`] holds, serialized where it is (the same bytes: a test holds the two to that). Every
+/// write-ahead encodes one.
+#[derive(Serialize)]
+#[serde(rename = "SessionState")]
+pub(super) struct SessionStateView<'a> {
+    cc: crate::cc::SnapshotView<'a>,
+    #[serde(serialize_with = "replication::json_in_binary::serialize")]
+    done: &'a VecDeque<(String, Outcome)>,
+    in_flight_key: Option<&'a str>,
 }
 
 /// Any record of the store as JSON, whichever way it was written: a binary credit-control state record is decoded
@@ -654,12 +665,8 @@ impl Repl {
         let state = StateRecord {
             format: FORMAT,
             written_by_epoch: r.epoch,
-            written_by: self.cfg.node_id.clone(),
-            state: SessionState {
-                cc: cc.snapshot(now, wall),
-                done: done.iter().cloned().collect(),
-                in_flight_key: in_flight_key.map(str::to_string),
-            },
+            written_by: self.cfg.node_id.as_str(),
+            state: SessionStateView { cc: cc.snapshot_view(now, wall), done, in_flight_key },
         };
         recs.push(Rec::State);
         out.push(Write {
@@ -849,10 +856,11 @@ pub(super) async fn load(
 
 #[cfg(test)]
 mod tests {
-    use super::{SessionState, hint_stale};
+    use super::{SessionState, SessionStateView, hint_stale};
     use crate::api::{EventResult, Grant, Outcome, Policy};
     use crate::cc::{CcConfig, CcSession, CcState, FinalUnit};
     use crate::replication::{self, FORMAT, StateEncoding, StateRecord};
+    use std::collections::VecDeque;
 
     #[test]
     fn idempotency_outcomes_read_back_from_either_encoding() {
@@ -870,7 +878,9 @@ mod tests {
             ddfh: crate::cc::Ddfh::TerminateOrBuffer,
             subscription: None,
         };
-        let cc = CcSession::new(cfg, "as1;7".into()).snapshot(std::time::Instant::now(), 1_795_770_000_000);
+        let (now, wall) = (std::time::Instant::now(), 1_795_770_000_000);
+        let session = CcSession::new(cfg, "as1;7".into());
+        let cc = session.snapshot(now, wall);
         let sparse = Outcome {
             session_id: "as1;7".into(),
             result_code: None,
@@ -902,15 +912,16 @@ mod tests {
             event: Some(EventResult { check_balance_result: Some(0), cost: Some(-5), granted: None }),
             ..sparse.clone()
         };
-        let state = SessionState {
-            cc,
-            done: vec![("k1".into(), sparse), ("k2".into(), full)],
-            in_flight_key: Some("k3".into()),
-        };
-        let record = StateRecord { format: FORMAT, written_by_epoch: 2, written_by: "node-b".into(), state };
+        let done = VecDeque::from([("k1".to_string(), sparse), ("k2".to_string(), full)]);
+        let state = SessionState { cc, done: done.iter().cloned().collect(), in_flight_key: Some("k3".into()) };
+        let record = StateRecord { format: FORMAT, written_by_epoch: 2, written_by: "node-b".to_string(), state };
+        // What a write-ahead encodes: the same, serialized in place.
+        let view = SessionStateView { cc: session.snapshot_view(now, wall), done: &done, in_flight_key: Some("k3") };
+        let view = StateRecord { format: FORMAT, written_by_epoch: 2, written_by: "node-b", state: view };
         let want = serde_json::to_value(&record).unwrap();
         for encoding in [StateEncoding::Json, StateEncoding::Binary] {
             let bytes = replication::encode_state(&record, encoding);
+            assert_eq!(replication::encode_state(&view, encoding), bytes, "{encoding:?}");
             let back: StateRecord<SessionState> = replication::decode(&bytes).unwrap();
             assert_eq!(serde_json::to_value(&back).unwrap(), want, "{encoding:?}");
         }

@@ -66,7 +66,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use quota::{FinalUnit, Quota};
-pub use snapshot::{CcSnapshot, SNAPSHOT_FORMAT, SnapshotError};
+pub use snapshot::{CcSnapshot, SNAPSHOT_FORMAT, SnapshotError, SnapshotView};
 
 use crate::codec::{AppId, Avp, CommandCode, CommandFlags, Message, ResultCode, VendorId, code};
 use crate::units::Units;

@@ -51,21 +51,46 @@ pub struct Encoded(Bytes);
 
 impl Serialize for Encoded {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use base64::Engine;
-        if !s.is_human_readable() {
-            return s.serialize_bytes(&self.0);
+        serialize_encoded(&self.0, s)
+    }
+}
+
+/// Diameter bytes as [`Encoded`] writes them.
+fn serialize_encoded<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    use base64::Engine;
+    if !s.is_human_readable() {
+        return s.serialize_bytes(bytes);
+    }
+    // Base64 never needs escaping in JSON: the quoted text goes out as is, instead of through serde_json's
+    // byte-by-byte escape scan. Other human-readable serializers see the raw value's own representation.
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut quoted = String::with_capacity(bytes.len().div_ceil(3) * 4 + 2);
+    quoted.push('"');
+    b64.encode_string(bytes, &mut quoted);
+    quoted.push('"');
+    match serde_json::value::RawValue::from_string(quoted) {
+        Ok(raw) => raw.serialize(s),
+        Err(_) => s.serialize_str(&b64.encode(bytes)),
+    }
+}
+
+/// A message serialized as the [`Encoded`] bytes of its encoding, without keeping them: they are made in a buffer
+/// each thread reuses.
+struct EncodedMessage<'a>(&'a Message);
+
+impl Serialize for EncodedMessage<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
         }
-        // Base64 never needs escaping in JSON: the quoted text goes out as is, instead of through serde_json's
-        // byte-by-byte escape scan. Other human-readable serializers see the raw value's own representation.
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let mut quoted = String::with_capacity(self.0.len().div_ceil(3) * 4 + 2);
-        quoted.push('"');
-        b64.encode_string(&self.0, &mut quoted);
-        quoted.push('"');
-        match serde_json::value::RawValue::from_string(quoted) {
-            Ok(raw) => raw.serialize(s),
-            Err(_) => s.serialize_str(&b64.encode(&self.0)),
-        }
+        SCRATCH.with_borrow_mut(|buf| {
+            buf.clear();
+            // As `enc`: a message too long to encode is kept as no bytes (it was never sent either).
+            if self.0.encode_into(buf).is_err() {
+                buf.clear();
+            }
+            serialize_encoded(buf, s)
+        })
     }
 }
 
@@ -116,6 +141,68 @@ pub struct CcSnapshot {
     service_reports: bool,
     #[serde(default)]
     owed: Option<(u64, super::OwedReport)>,
+}
+
+/// A session serialized where it is, without building a [`CcSnapshot`]: the same fields in the same order, so the
+/// same bytes in either encoding (a test holds the two to that), and none of the snapshot's copies. This is what
+/// the write-ahead of every request encodes.
+#[derive(Serialize)]
+#[serde(rename = "CcSnapshot")]
+pub struct SnapshotView<'a> {
+    format: u32,
+    session_id: &'a str,
+    application: u32,
+    origin_host: &'a str,
+    origin_realm: &'a str,
+    destination_realm: &'a str,
+    destination_host: Option<&'a str>,
+    service_context_id: &'a str,
+    tx_ms: u64,
+    configured_ccfh: Ccfh,
+    configured_ddfh: Ddfh,
+    subscription: Option<(i32, &'a str)>,
+    state: CcState,
+    next_number: u32,
+    outstanding: Option<EncodedMessage<'a>>,
+    tx_deadline_ms: Option<u64>,
+    ccfh: Ccfh,
+    ddfh: Ddfh,
+    failover_supported: bool,
+    granted_without_answer: bool,
+    retried_alternate: bool,
+    quotas: Snapshots<'a, Quota>,
+    queue: Snapshots<'a, Queued>,
+    stored: Option<EncodedMessage<'a>>,
+    event_action: Option<RequestedAction>,
+    last_event: Option<EncodedMessage<'a>>,
+    service_reports: bool,
+    owed: Option<(u64, &'a super::OwedReport)>,
+}
+
+/// A sequence (a `VecDeque`'s two slices) serialized as each element's snapshot, made as it goes; deadlines are
+/// converted with (`now`, `wall_ms`).
+struct Snapshots<'a, T> {
+    items: (&'a [T], &'a [T]),
+    now: Instant,
+    wall_ms: u64,
+}
+
+impl<T> Snapshots<'_, T> {
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items.0.iter().chain(self.items.1)
+    }
+}
+
+impl Serialize for Snapshots<'_, Quota> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter().map(|q| q.snapshot(self.now, self.wall_ms)))
+    }
+}
+
+impl Serialize for Snapshots<'_, Queued> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter().map(Queued::snapshot))
+    }
 }
 
 /// Why a snapshot cannot be restored.
@@ -196,6 +283,22 @@ impl Quota {
     }
 }
 
+impl Queued {
+    fn snapshot(&self) -> QueuedSnapshot {
+        match self {
+            Queued::Update { used, requested, reason, extra, .. } => QueuedSnapshot::Update {
+                used: used.clone(),
+                requested: requested.clone(),
+                reason: *reason,
+                extra: enc_avps(extra),
+            },
+            Queued::Terminate { used, extra, .. } => {
+                QueuedSnapshot::Terminate { used: used.clone(), extra: enc_avps(extra) }
+            }
+        }
+    }
+}
+
 impl CcSession {
     /// The session as an adopter needs it; deadlines become wall-clock times through (`now`, `wall_ms`).
     pub fn snapshot(&self, now: Instant, wall_ms: u64) -> CcSnapshot {
@@ -223,26 +326,47 @@ impl CcSession {
             granted_without_answer: self.granted_without_answer,
             retried_alternate: self.retried_alternate,
             quotas: self.quotas.iter().map(|q| q.snapshot(now, wall_ms)).collect(),
-            queue: self
-                .queue
-                .iter()
-                .map(|q| match q {
-                    Queued::Update { used, requested, reason, extra, .. } => QueuedSnapshot::Update {
-                        used: used.clone(),
-                        requested: requested.clone(),
-                        reason: *reason,
-                        extra: enc_avps(extra),
-                    },
-                    Queued::Terminate { used, extra, .. } => {
-                        QueuedSnapshot::Terminate { used: used.clone(), extra: enc_avps(extra) }
-                    }
-                })
-                .collect(),
+            queue: self.queue.iter().map(Queued::snapshot).collect(),
             stored: self.stored.as_ref().map(enc),
             event_action: self.event_action,
             last_event: self.last_event.as_ref().map(enc),
             service_reports: self.service_reports,
             owed: self.owed.as_ref().and_then(|(t, r)| Some((to_ms(Some(*t), now, wall_ms)?, r.clone()))),
+        }
+    }
+
+    /// What [`CcSession::snapshot`] holds, to be serialized in place ([`SnapshotView`]).
+    pub fn snapshot_view(&self, now: Instant, wall_ms: u64) -> SnapshotView<'_> {
+        let c = &self.config;
+        SnapshotView {
+            format: if self.service_reports || self.owed.is_some() { SNAPSHOT_FORMAT } else { FORMAT_1 },
+            session_id: &self.session_id,
+            application: c.application.0,
+            origin_host: &c.origin_host,
+            origin_realm: &c.origin_realm,
+            destination_realm: &c.destination_realm,
+            destination_host: c.destination_host.as_deref(),
+            service_context_id: &c.service_context_id,
+            tx_ms: c.tx.as_millis() as u64,
+            configured_ccfh: c.ccfh,
+            configured_ddfh: c.ddfh,
+            subscription: c.subscription.as_ref().map(|(kind, id)| (*kind, id.as_str())),
+            state: self.state,
+            next_number: self.next_number,
+            outstanding: self.outstanding.as_ref().map(EncodedMessage),
+            tx_deadline_ms: to_ms(self.tx_deadline, now, wall_ms),
+            ccfh: self.ccfh,
+            ddfh: self.ddfh,
+            failover_supported: self.failover_supported,
+            granted_without_answer: self.granted_without_answer,
+            retried_alternate: self.retried_alternate,
+            quotas: Snapshots { items: (&self.quotas, &[]), now, wall_ms },
+            queue: Snapshots { items: self.queue.as_slices(), now, wall_ms },
+            stored: self.stored.as_ref().map(EncodedMessage),
+            event_action: self.event_action,
+            last_event: self.last_event.as_ref().map(EncodedMessage),
+            service_reports: self.service_reports,
+            owed: self.owed.as_ref().and_then(|(t, r)| Some((to_ms(Some(*t), now, wall_ms)?, r))),
         }
     }
 

@@ -69,11 +69,29 @@ impl H {
 
 /// A snapshot written into a state record the given way and read back.
 fn through_store(snap: &CcSnapshot, encoding: StateEncoding) -> CcSnapshot {
-    let record = StateRecord { format: FORMAT, written_by_epoch: 3, written_by: "node-a".into(), state: snap.clone() };
+    let record =
+        StateRecord { format: FORMAT, written_by_epoch: 3, written_by: "node-a".to_string(), state: snap.clone() };
     let bytes = replication::encode_state(&record, encoding);
     let header = replication::decode_state_header(&bytes).unwrap();
     assert_eq!((header.written_by_epoch, header.written_by.as_str()), (3, "node-a"));
     replication::decode::<StateRecord<CcSnapshot>>(&bytes).unwrap().state
+}
+
+/// The write-ahead's in-place serialization of `s` is byte for byte its snapshot's, in both encodings: the two
+/// types list the same fields, and a field out of step would shift every later one in a binary record.
+fn view_matches_snapshot(s: &CcSession, now: Instant, wall: u64) {
+    for encoding in [StateEncoding::Json, StateEncoding::Binary] {
+        let owned = StateRecord {
+            format: FORMAT,
+            written_by_epoch: 2,
+            written_by: "n".to_string(),
+            state: s.snapshot(now, wall),
+        };
+        let view =
+            StateRecord { format: FORMAT, written_by_epoch: 2, written_by: "n", state: s.snapshot_view(now, wall) };
+        let (a, b) = (replication::encode_state(&owned, encoding), replication::encode_state(&view, encoding));
+        assert_eq!(a, b, "{encoding:?}");
+    }
 }
 
 fn number(m: &Message) -> u32 {
@@ -412,6 +430,7 @@ fn a_service_that_reports_usage_ends_an_aborted_session_with_its_own_ccr_t() {
     assert!(matches!(h.s.poll_output(), Some(CcOutput::Dropped(Some(5)))));
     // The owed report survives adoption.
     let wall = 1_795_770_000_000;
+    view_matches_snapshot(&h.s, h.now, wall);
     let snap: CcSnapshot = serde_json::from_slice(&serde_json::to_vec(&h.s.snapshot(h.now, wall)).unwrap()).unwrap();
     let later = Instant::now() + Duration::from_secs(1000);
     let adopted = CcSession::restore(&snap, "as2.test.localdomain", later, wall + 2_000).unwrap();
@@ -617,6 +636,7 @@ fn event_charging_with_ddfh() {
     let (_, ev) = h.drain();
     assert!(ev.contains(&CcEvent::EventStored) && continued(&ev), "{ev:?}");
     assert!(h.s.has_stored());
+    view_matches_snapshot(&h.s, h.now, 1_795_770_000_000);
     assert!(h.s.send_stored(h.now));
     assert_eq!(h.s.state(), CcState::PendingB);
     let b = h.one_request();
@@ -808,10 +828,11 @@ fn every_field_of_a_snapshot_reads_back_from_a_binary_record() {
         for encoding in [StateEncoding::Json, StateEncoding::Binary] {
             assert_eq!(through_store(&snap, encoding), snap, "{encoding:?}");
         }
+        view_matches_snapshot(s, h.now, wall);
     }
     // The binary record is the smaller one: no field names, the request in flight as raw bytes.
     let snap = h.s.snapshot(h.now, wall);
-    let record = StateRecord { format: FORMAT, written_by_epoch: 1, written_by: "n".into(), state: snap };
+    let record = StateRecord { format: FORMAT, written_by_epoch: 1, written_by: "n".to_string(), state: snap };
     let (json, binary) = (
         replication::encode_state(&record, StateEncoding::Json),
         replication::encode_state(&record, StateEncoding::Binary),

@@ -77,15 +77,15 @@ pub struct NodeLease {
 }
 
 /// `state/<convergence>/<protocol key>`: a protocol session's snapshot, stamped with the epoch of the node that
-/// wrote it (fencing: [`accept_state`]).
+/// wrote it (fencing: [`accept_state`]). A writer may borrow the node id (`W = &str`): the bytes are the same.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StateRecord<T> {
+pub struct StateRecord<T, W = String> {
     /// Record format.
     pub format: u32,
     /// The writer's epoch of the convergence record.
     pub written_by_epoch: u64,
     /// The writer's node id (for logs: who wrote what an adopter loads).
-    pub written_by: String,
+    pub written_by: W,
     /// The snapshot.
     pub state: T,
 }
@@ -231,7 +231,7 @@ pub const BINARY_MARKER: u8 = 0xB7;
 pub const BINARY_LAYOUT: u8 = 1;
 
 /// Encodes a state record the given way.
-pub fn encode_state<T: Serialize>(record: &StateRecord<T>, encoding: StateEncoding) -> bytes::Bytes {
+pub fn encode_state<T: Serialize, W: Serialize>(record: &StateRecord<T, W>, encoding: StateEncoding) -> bytes::Bytes {
     match encoding {
         StateEncoding::Json => encode(record),
         StateEncoding::Binary => {
