@@ -46,8 +46,9 @@ pub struct RouterConfig {
     pub accept_peers: Vec<String>,
     /// Template for peers created when an unknown identity is accepted.
     pub accepted_peer: Option<PeerConfig>,
-    /// Identities accepted by `accept_peers` are remembered (as peers) at most this many; a CER from one more new
-    /// identity gets 3010, so that a flood of made-up Origin-Hosts cannot grow the peer table without bound.
+    /// Identities accepted by `accept_peers` are remembered (as peers) at most this many, so that a flood of made-up
+    /// Origin-Hosts cannot grow the peer table without bound. Beyond it a new identity takes the entry of a closed
+    /// accepted peer; when every one is connected, its CER gets 3010.
     pub max_accepted_peers: usize,
     /// Decoder limits.
     pub limits: DecodeLimits,
@@ -574,25 +575,41 @@ impl Router {
             p.identity().is_some_and(|id| id.eq_ignore_ascii_case(&host))
                 || p.capabilities().is_some_and(|c| c.origin_host.eq_ignore_ascii_case(&host))
         });
-        let peer = match found {
-            Some(i) => PeerId(i),
-            None if self.config.accept_peers.iter().any(|p| identity_matches(p, &host))
-                && self.peers.len() - self.configured_peers < self.config.max_accepted_peers =>
-            {
-                let mut cfg = self
-                    .config
-                    .accepted_peer
-                    .clone()
-                    .unwrap_or_else(|| PeerConfig::new(self.config.local.clone(), None, false));
-                cfg.expected_host = Some(host.clone());
-                cfg.initiate = false;
-                self.peers.push(Peer::new(cfg, self.e2e.clone()));
+        let slot = match found {
+            Some(i) => Some(PeerId(i)),
+            None if self.config.accept_peers.iter().any(|p| identity_matches(p, &host)) => self.accepted_slot(),
+            None => None,
+        };
+        if found.is_none()
+            && let Some(PeerId(i)) = slot
+        {
+            let mut cfg = self
+                .config
+                .accepted_peer
+                .clone()
+                .unwrap_or_else(|| PeerConfig::new(self.config.local.clone(), None, false));
+            cfg.expected_host = Some(host.clone());
+            cfg.initiate = false;
+            let peer = Peer::new(cfg, self.e2e.clone());
+            if i == self.peers.len() {
+                self.peers.push(peer);
                 self.metrics.push(PeerMetrics::default());
-                PeerId(self.peers.len() - 1)
+            } else {
+                tracing::info!(
+                    peer = i,
+                    old = self.peers[i].identity().unwrap_or_default(),
+                    new = %host,
+                    "accepted peer table full: a closed peer's entry goes to a new identity"
+                );
+                self.peers[i] = peer;
+                self.metrics[i] = PeerMetrics::default();
             }
+        }
+        let peer = match slot {
+            Some(peer) => peer,
             None => {
                 // RFC 6733 §5.3: a CER from an unknown peer gets 3010 DIAMETER_UNKNOWN_PEER (and so does one more
-                // new identity once `max_accepted_peers` are remembered).
+                // new identity while `max_accepted_peers` are remembered and none of them is closed).
                 tracing::info!(conn = conn.0, origin_host = %host, "CER from an unknown peer refused (3010)");
                 self.connections_refused += 1;
                 let mut cea = Message::answer_to(&msg);
@@ -611,6 +628,18 @@ impl Router {
             self.conns.remove(&conn);
         }
         self.pump(now, peer);
+    }
+
+    /// Where a newly accepted identity goes: a new entry while fewer than `max_accepted_peers` are remembered, else
+    /// the entry of an accepted peer that is closed, so that a node whose clients come and go under new names
+    /// (restarted containers) keeps taking them. A closed peer owes nothing: what was pending on its connection
+    /// failed over or failed when it closed (`connection_lost`), and an answer the application gives later to one of
+    /// its requests finds nothing to answer and is dropped, not sent to the new identity.
+    fn accepted_slot(&self) -> Option<PeerId> {
+        if self.peers.len() - self.configured_peers < self.config.max_accepted_peers {
+            return Some(PeerId(self.peers.len()));
+        }
+        (self.configured_peers..self.peers.len()).map(PeerId).find(|p| self.peers[p.0].state() == PeerState::Closed)
     }
 
     /// Answers a request that failed to decode or validate, or closes the connection when nothing can be

@@ -620,6 +620,40 @@ fn cer_from_a_pattern_is_accepted_and_others_get_3010() {
 }
 
 #[test]
+fn a_full_table_of_accepted_peers_gives_a_closed_peer_s_entry_to_a_new_identity() {
+    // Clients restarted under new names (containers): the table of accepted identities must not fill up for good.
+    let mut ocs = LocalIdentity::charging_client("ocs1.ocs.example.net", "ocs.example.net", 1);
+    ocs.applications = vec![Application::Auth(AppId::CREDIT_CONTROL)];
+    let mut cfg = RouterConfig::new(ocs, vec![]);
+    cfg.accept_peers = vec!["*.clients.example.net".into()];
+    cfg.max_accepted_peers = 1;
+    let mut r = Router::new(cfg, vec![], Arc::new(Dictionary::builtin()), EndToEndIds::new(1, 0));
+    let now = Instant::now();
+    assert_eq!(cer_from(&mut r, now, 1, "pod-a.clients.example.net").1, Some(ResultCode::SUCCESS));
+    // pod-a has a request in process when it goes.
+    r.handle_frame(now, ConnId(1), client_ccr(1, 7).encode().unwrap());
+    let out: Vec<_> = std::iter::from_fn(|| r.poll_output()).collect();
+    let [RouterOutput::Request(peer, req)] = &out[..] else { panic!("{out:?}") };
+    let (peer, req) = (*peer, req.clone());
+    // While pod-a is connected, a new identity finds the table full.
+    assert_eq!(cer_from(&mut r, now, 2, "pod-b.clients.example.net").1, Some(ResultCode::UNKNOWN_PEER));
+    r.handle_disconnected(now, ConnId(1));
+    while r.poll_output().is_some() {}
+    // Closed and owing nothing now: its entry goes to the next new identity, with counters of its own.
+    assert_eq!(cer_from(&mut r, now, 3, "pod-b.clients.example.net").1, Some(ResultCode::SUCCESS));
+    assert_eq!(r.peers().len(), 1);
+    assert_eq!(r.peers()[peer.0].identity(), Some("pod-b.clients.example.net"));
+    assert_eq!(r.metrics(peer).messages_in.values().sum::<u64>(), 1, "pod-b's CER only");
+    // The application's late answer to pod-a's request is not sent to pod-b.
+    let mut answer = Message::answer_to(&req);
+    answer.push(Avp::u32(code::RESULT_CODE, 2001));
+    r.answer_request(now, peer, answer);
+    assert!(sent_answers(&mut r).is_empty());
+    // pod-a back now is a new identity again, and pod-b, connected, holds the only entry.
+    assert_eq!(cer_from(&mut r, now, 4, "pod-a.clients.example.net").1, Some(ResultCode::UNKNOWN_PEER));
+}
+
+#[test]
 fn requests_beyond_max_incoming_get_3004_and_a_retransmission_is_a_fresh_try() {
     let (mut r, now, conn) = server();
     r.config.max_incoming = 2;
