@@ -75,8 +75,12 @@ fn serialize_encoded<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, 
 }
 
 /// A message serialized as the [`Encoded`] bytes of its encoding, without keeping them: they are made in a buffer
-/// each thread reuses.
+/// each thread reuses (and lets go of after a message larger than [`SCRATCH_KEPT`]).
 struct EncodedMessage<'a>(&'a Message);
+
+/// The largest scratch buffer a thread keeps between messages: a request is a few hundred octets, and one outsized
+/// message (up to the 1 MiB decode limit) must not pin its size for the thread's life.
+const SCRATCH_KEPT: usize = 64 * 1024;
 
 impl Serialize for EncodedMessage<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -89,7 +93,11 @@ impl Serialize for EncodedMessage<'_> {
             if self.0.encode_into(buf).is_err() {
                 buf.clear();
             }
-            serialize_encoded(buf, s)
+            let out = serialize_encoded(buf, s);
+            if buf.capacity() > SCRATCH_KEPT {
+                *buf = bytes::BytesMut::new();
+            }
+            out
         })
     }
 }

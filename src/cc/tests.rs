@@ -792,6 +792,22 @@ fn a_snapshot_restores_on_another_node_with_timers_and_the_request_in_flight() {
 }
 
 #[test]
+fn a_request_larger_than_the_kept_scratch_buffer_serializes_in_place_too() {
+    // The write-ahead encodes the request in flight into a per-thread buffer, let go of after an outsized one.
+    let (mut h, wall) = (H::new(Ccfh::Terminate), 1_795_770_000_000);
+    h.open();
+    for size in [200_000, 10] {
+        h.s.attach(vec![Avp::octets(9999, bytes::Bytes::from(vec![7u8; size]))]);
+        h.s.update(h.now, vec![(Some(10), Units::default())], vec![Some(10)], None, None);
+        let u = h.one_request();
+        assert!(u.encoded_len() > size);
+        view_matches_snapshot(&h.s, h.now, wall);
+        h.s.handle_answer(h.now, &cca(&u, 2001, &[grant(10, 300, None, None)]));
+        h.drain();
+    }
+}
+
+#[test]
 fn every_field_of_a_snapshot_reads_back_from_a_binary_record() {
     // A positional format has no field names: a field written conditionally (or a type that leaves empty values
     // out) would shift every later one. Both extremes go through: a session with everything set and a bare one.
