@@ -4,7 +4,7 @@
 //! Skipped, saying so, where freediameterd is not installed; CI installs it. `cargo test freediameter` selects
 //! them.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -26,8 +26,10 @@ struct FreeDiameter {
     log: PathBuf,
 }
 
+/// A port below the kernel's ephemeral range, which no outgoing connection of the busy test run can take between
+/// now and the listener's start (`demo::free_port`).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    charging_ra::demo::free_port().unwrap()
 }
 
 fn available(test: &str) -> bool {
