@@ -203,7 +203,9 @@ pub fn run(config: &Config, filter: Option<&str>, out: &mut dyn std::io::Write) 
             r
         });
         let elapsed = started.elapsed();
-        if result.is_ok() {
+        // A failed scenario's directory (configurations, node and simulator logs, the store) is kept for a look;
+        // CONFORMANCE_KEEP keeps every one.
+        if result.is_ok() && std::env::var_os("CONFORMANCE_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&dir);
         }
         let outcome = match (result, s.known_failing) {
