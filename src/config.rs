@@ -365,6 +365,10 @@ pub struct ReplicationSection {
     /// How long a change that sends nothing may wait to be written with later ones.
     #[serde(with = "humantime_serde")]
     pub write_delay: std::time::Duration,
+    /// How long a request waits for its write-ahead before it goes anyway (docs/replication.md, "When the store
+    /// is unreachable").
+    #[serde(with = "humantime_serde")]
+    pub write_ahead_wait: std::time::Duration,
     /// Lease renewal period.
     #[serde(with = "humantime_serde")]
     pub lease_period: std::time::Duration,
@@ -430,6 +434,7 @@ impl ReplicationSection {
     ) -> crate::api::ReplicationConfig {
         let mut r = crate::api::ReplicationConfig::new(store, &self.cluster, node_id, diameter_uri);
         r.write_delay = self.write_delay;
+        r.write_ahead_wait = self.write_ahead_wait;
         r.lease_period = self.lease_period;
         r.lease_ttl = self.lease_ttl;
         r.record_ttl = self.record_ttl;
@@ -446,6 +451,7 @@ impl Default for ReplicationSection {
             enabled: false,
             cluster: "default".into(),
             write_delay: std::time::Duration::from_millis(100),
+            write_ahead_wait: std::time::Duration::from_secs(1),
             lease_period: std::time::Duration::from_millis(500),
             lease_ttl: std::time::Duration::from_secs(2),
             record_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
@@ -618,6 +624,9 @@ impl Config {
         }
         if r.write_delay > std::time::Duration::from_secs(10) {
             return Err(invalid("replication.write_delay", "must be at most 10s"));
+        }
+        if !(std::time::Duration::from_millis(10)..=std::time::Duration::from_secs(30)).contains(&r.write_ahead_wait) {
+            return Err(invalid("replication.write_ahead_wait", "must be from 10ms to 30s"));
         }
         if !(1..=crate::api::MAX_BATCHES_IN_FLIGHT).contains(&r.batches_in_flight) {
             return Err(invalid("replication.batches_in_flight", "must be from 1 to 8"));
@@ -819,7 +828,16 @@ mod tests {
             c.replication.enabled && !c.replication.replicate_by_default.gx && c.replication.replicate_by_default.ro
         );
         assert_eq!(c.replication.write_delay, std::time::Duration::from_millis(250));
+        assert_eq!(c.replication.write_ahead_wait, std::time::Duration::from_secs(1), "the default");
         assert_eq!(c.store.kind, StoreType::Memory);
+        let c = Config::parse("[replication]\nwrite_ahead_wait = \"300ms\"\n", Path::new("n.toml")).unwrap();
+        let r = c.replication.engine_config(crate::store::AnyStore::memory(), "n1", "aaa://n1.example.net");
+        assert_eq!(r.write_ahead_wait, std::time::Duration::from_millis(300));
+        for bad in ["0s", "1ms", "31s"] {
+            let toml = format!("[replication]\nwrite_ahead_wait = \"{bad}\"\n");
+            let err = Config::parse(&toml, Path::new("n.toml")).unwrap_err().to_string();
+            assert!(err.contains("replication.write_ahead_wait"), "{bad}: {err}");
+        }
         let err = Config::parse("[store]\ntype = \"postgres\"\n", Path::new("n.toml")).unwrap_err().to_string();
         assert!(err.contains("postgres") && err.contains("sqlite"), "{err}");
         let err = Config::parse("[replication]\nlease_ttl = \"600ms\"\n", Path::new("n.toml")).unwrap_err().to_string();

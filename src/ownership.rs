@@ -61,6 +61,9 @@ pub struct Ownership<S: Store> {
     me: NodeIdentity,
     lease_ttl: Duration,
     record_ttl: Option<Duration>,
+    /// The wall-clock time (ms) until which this node's lease is known to run: the expiry of the newest renewal
+    /// the store confirmed. Until then no other node may adopt its sessions.
+    held_until_ms: std::sync::atomic::AtomicU64,
 }
 
 /// The cluster by its leases ([`Ownership::members`]).
@@ -81,7 +84,7 @@ fn now_ms() -> u64 {
 impl<S: Store> Ownership<S> {
     /// Ownership for node `me` in `cluster`; leases last `lease_ttl` (default 2 s, renewed every 500 ms).
     pub fn new(store: Arc<S>, cluster: &str, me: NodeIdentity, lease_ttl: Duration) -> Ownership<S> {
-        Ownership { store, cluster: cluster.into(), me, lease_ttl, record_ttl: None }
+        Ownership { store, cluster: cluster.into(), me, lease_ttl, record_ttl: None, held_until_ms: Default::default() }
     }
 
     /// Expiry of a convergence record this node writes when it adopts a session (none by default); the engine sets
@@ -109,7 +112,15 @@ impl<S: Store> Ownership<S> {
         self.store
             .put(&keys::node(&self.cluster, &self.me.node), replication::encode(&lease), Expect::Any, Some(ttl))
             .await?;
+        self.held_until_ms.fetch_max(lease.expires_at_ms, std::sync::atomic::Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Until when (wall-clock ms) this node's lease is known to run: the expiry of the newest renewal the store
+    /// confirmed (0 before the first). The expiry is computed before the write, so it never runs later than the
+    /// one other nodes read.
+    pub fn lease_held_until_ms(&self) -> u64 {
+        self.held_until_ms.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Renews the lease every `period` until the returned task is aborted.
@@ -149,6 +160,7 @@ impl<S: Store> Ownership<S> {
 
     /// Gives the lease up (graceful shutdown): survivors adopt at once instead of waiting for it to run out.
     pub async fn release_lease(&self) -> Result<(), OwnershipError> {
+        self.held_until_ms.store(0, std::sync::atomic::Ordering::Relaxed);
         self.store.delete(&keys::node(&self.cluster, &self.me.node), Expect::Any).await?;
         Ok(())
     }

@@ -172,6 +172,11 @@ pub async fn render(engine: &Engine, sip: Option<&B2bua>) -> String {
             ("store_batches_total", "Group commits written to the store.", r.batches),
             ("store_writes_total", "Records written to the store.", r.writes),
             ("store_errors_total", "Store operations that failed.", r.store_errors),
+            (
+                "store_slow_batches_total",
+                "Group commits unanswered after write_ahead_wait: their requests were sent without waiting.",
+                r.slow_batches,
+            ),
             ("sessions_fenced_total", "Sessions dropped because another node adopted them (fencing).", r.fenced),
             ("sessions_adopted_total", "Sessions adopted from a dead node.", r.adopted),
             ("sessions_loaded_total", "Sessions loaded from the store (adopted or owned).", r.loaded),

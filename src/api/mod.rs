@@ -29,6 +29,15 @@ use crate::store::{AnyStore, Store, StoreError};
 use crate::units::Units;
 use replica::{Outgoing, Repl, Replica};
 
+/// How long a group commit may take before it counts as failed (the store hangs).
+const BATCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long before its lease's expiry a node stops sending requests whose write-ahead the store has not confirmed:
+/// a quarter of the lease, for the request to reach the server and for the nodes' clocks to differ.
+fn lease_margin(lease_ttl: Duration) -> u64 {
+    (lease_ttl / 4).as_millis() as u64
+}
+
 /// Defaults of one application (Ro or Gx).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AppSettings {
@@ -414,6 +423,9 @@ enum Net {
     Answer(String, Result<Message, RequestError>),
     /// A batch of replication writes finished.
     Written(Vec<replica::Part>, Result<Vec<Result<u64, StoreError>>, StoreError>, Duration),
+    /// A batch still unanswered after `write_ahead_wait`: the requests it held, per session, to be sent now, and
+    /// until when (wall ms, less a margin) this node's lease is known to run.
+    StoreSlow(Vec<(String, Vec<Outgoing>)>, u64),
     /// A session this node did not hold was looked up in the store.
     Loaded(String, Box<Result<replica::Loaded, replica::LoadError>>),
     /// A session's records were read back after an uncertain write.
@@ -1276,6 +1288,7 @@ impl Driver {
         let (sid, result) = match n {
             Net::Answer(sid, result) => (sid, result),
             Net::Written(parts, result, took) => return self.written(parts, result, took),
+            Net::StoreSlow(held, safe_until) => return self.store_slow(held, safe_until),
             Net::Loaded(sid, result) => return self.loaded(sid, *result),
             Net::Resynced(sid, result) => return self.resynced(sid, result),
             Net::Foreign(result) => return self.foreign(result),
@@ -1721,9 +1734,11 @@ impl Driver {
         repl.started += 1;
         repl.stats.batches += 1;
         repl.stats.writes += writes.len() as u64;
-        let (store, tx) = (repl.cfg.store.clone(), self.net_tx.clone());
+        let (store, tx, wait) = (repl.cfg.store.clone(), self.net_tx.clone(), repl.cfg.write_ahead_wait);
+        let (own, margin) = (repl.own.clone(), lease_margin(repl.cfg.lease_ttl));
         let (after, (stored, next_stores)) = (repl.chain.take(), oneshot::channel());
         repl.chain = Some(next_stores);
+        let mut parts = parts;
         tokio::spawn(async move {
             // The store writes the batches in the order they started: a name one batch deletes (a convergence name
             // the service chose, a timer hint) may be created again by the next. This batch was built and handed
@@ -1734,19 +1749,35 @@ impl Driver {
             let started = Instant::now();
             // A store that hangs or a backend that panics must not hold every replicated session's requests
             // for good: both count as the store failing.
-            let r = match tokio::time::timeout(
-                Duration::from_secs(30),
-                tokio::spawn(async move { store.batch(writes).await }),
-            )
-            .await
-            {
+            let batch = tokio::time::timeout(BATCH_TIMEOUT, tokio::spawn(async move { store.batch(writes).await }));
+            tokio::pin!(batch);
+            let answer = tokio::select! {
+                answer = &mut batch => answer,
+                () = tokio::time::sleep(wait) => {
+                    // The store stalls. While this node's lease is known to run, no other node can have adopted
+                    // these sessions: what this batch holds goes now, as while the store fails (module replica).
+                    // Past that, the requests wait for the batch, so that a node cut off from the store cannot
+                    // charge beside an adopter.
+                    let safe_until = own.lease_held_until_ms().saturating_sub(margin);
+                    if safe_until > replica::wall_ms() {
+                        let held: Vec<_> = parts
+                            .iter_mut()
+                            .filter(|p| !p.sends.is_empty())
+                            .map(|p| (p.sid.clone(), std::mem::take(&mut p.sends)))
+                            .collect();
+                        let _ = tx.send(Net::StoreSlow(held, safe_until));
+                    }
+                    batch.await
+                }
+            };
+            let r = match answer {
                 Ok(Ok(r)) => r,
                 Ok(Err(panic)) => Err(StoreError::Unavailable {
                     reason: format!("the store failed: {panic}"),
                     retry_after: Duration::from_secs(1),
                 }),
                 Err(_) => Err(StoreError::Unavailable {
-                    reason: "the store did not answer within 30 s".into(),
+                    reason: format!("the store did not answer within {BATCH_TIMEOUT:?}"),
                     retry_after: Duration::from_secs(1),
                 }),
             };
@@ -1755,6 +1786,28 @@ impl Driver {
             let _ = tx.send(Net::Written(parts, r, started.elapsed()));
             let _ = stored.send(());
         });
+    }
+
+    /// A group commit is still unanswered after `write_ahead_wait`, and this node's lease is known to run until
+    /// `safe_until_ms`: the requests the batch holds go now, and the store counts as down until it answers
+    /// (`written` ends that) or that time comes, so that requests made meanwhile go at once too and their sessions
+    /// stay dirty. As with a failing store, a node that dies before the batch lands can leave an adopter a snapshot
+    /// older than what the OCS has seen; charging does not wait on a stalled store.
+    fn store_slow(&mut self, held: Vec<(String, Vec<Outgoing>)>, safe_until_ms: u64) {
+        let Some(repl) = &mut self.repl else { return };
+        let now = Instant::now();
+        repl.stats.slow_batches += 1;
+        // Down no longer than the lease is known to run (see `write_batch`).
+        let safe = Duration::from_millis(safe_until_ms.saturating_sub(replica::wall_ms()));
+        if repl.down_until.replace(now + safe.min(BATCH_TIMEOUT)).is_none_or(|t| t <= now) {
+            tracing::warn!(
+                wait = ?repl.cfg.write_ahead_wait,
+                requests = held.iter().map(|(_, s)| s.len()).sum::<usize>(),
+                backlog = repl.backlog(),
+                "replication store slow: requests sent without waiting for their write-ahead; writes queue until it answers"
+            );
+        }
+        self.release(held);
     }
 
     /// A group commit finished: release the requests it carried, learn the new versions, drop fenced sessions.

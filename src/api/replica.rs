@@ -17,7 +17,8 @@
 //!
 //! While the store is unreachable, sessions keep working locally: requests leave without their write-ahead, the
 //! sessions stay dirty (a bounded backlog: beyond `backlog_limit` no new session starts replicating), and
-//! everything dirty is written when the store answers again.
+//! everything dirty is written when the store answers again. A store that has not answered a group commit within
+//! `write_ahead_wait` counts as unreachable until it does: the requests that batch holds are sent.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -54,6 +55,10 @@ pub struct ReplicationConfig {
     pub sip: Option<String>,
     /// How long a write-behind change may wait to be coalesced with later ones.
     pub write_delay: Duration,
+    /// How long a request waits for its write-ahead. A group commit still unanswered then sends the requests it
+    /// holds, and the store counts as down until it answers: a store that stalls without failing slows charging by
+    /// this much at most, instead of holding requests until their Tx runs out.
+    pub write_ahead_wait: Duration,
     /// How often the node renews its lease.
     pub lease_period: Duration,
     /// How long a lease lasts: a node is dead this long after its last renewal.
@@ -75,8 +80,8 @@ pub struct ReplicationConfig {
 pub const MAX_BATCHES_IN_FLIGHT: usize = 8;
 
 impl ReplicationConfig {
-    /// The defaults for node `node_id` on `store`: write_delay 100 ms, lease 500 ms / 2 s, records 7 days,
-    /// backlog 100,000 sessions, one batch in flight.
+    /// The defaults for node `node_id` on `store`: write_delay 100 ms, write_ahead_wait 1 s, lease 500 ms / 2 s,
+    /// records 7 days, backlog 100,000 sessions, one batch in flight.
     pub fn new(store: AnyStore, cluster: &str, node_id: &str, diameter_uri: &str) -> ReplicationConfig {
         ReplicationConfig {
             store,
@@ -86,6 +91,7 @@ impl ReplicationConfig {
             http: None,
             sip: None,
             write_delay: Duration::from_millis(100),
+            write_ahead_wait: Duration::from_secs(1),
             lease_period: Duration::from_millis(500),
             lease_ttl: Duration::from_secs(2),
             record_ttl: Duration::from_secs(7 * 24 * 3600),
@@ -111,6 +117,8 @@ pub struct ReplicationStats {
     pub writes: u64,
     /// Batches the store failed.
     pub store_errors: u64,
+    /// Batches still unanswered after `write_ahead_wait`: the requests they held were sent without waiting.
+    pub slow_batches: u64,
     /// Sessions dropped because another node had adopted them (a refused conditional write).
     pub fenced: u64,
     /// Sessions adopted from a dead node.

@@ -2,7 +2,7 @@
 
 use std::collections::hash_map::Entry;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -27,6 +27,8 @@ pub struct MemoryStore {
     records: Mutex<(FxHashMap<String, Record>, u64)>,
     /// Batches still to be applied and then reported failed ([`MemoryStore::lose_acknowledgements`]).
     lost: AtomicUsize,
+    /// How long each batch waits before it is applied, in milliseconds ([`MemoryStore::stall_batches`]).
+    stall_ms: AtomicU64,
 }
 
 impl MemoryStore {
@@ -40,6 +42,12 @@ impl MemoryStore {
     /// that from a write that did not happen, and its next conditional write meets its own record's new version.
     pub fn lose_acknowledgements(&self, n: usize) {
         self.lost.store(n, Ordering::SeqCst);
+    }
+
+    /// For tests: from now on each batch (and so each `put` and `delete`) waits `stall` before it is applied, as a
+    /// store that is slow without failing would; `Duration::ZERO` ends it. Reads are not delayed.
+    pub fn stall_batches(&self, stall: Duration) {
+        self.stall_ms.store(stall.as_millis() as u64, Ordering::SeqCst);
     }
 }
 
@@ -66,6 +74,10 @@ impl Store for MemoryStore {
     }
 
     async fn batch(&self, writes: Vec<Write>) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+        let stall = self.stall_ms.load(Ordering::SeqCst);
+        if stall > 0 {
+            tokio::time::sleep(Duration::from_millis(stall)).await;
+        }
         let now = Instant::now();
         let mut guard = self.records.lock().expect("store lock");
         let (map, seq) = &mut *guard;

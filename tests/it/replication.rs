@@ -347,6 +347,92 @@ async fn a_write_applied_but_reported_failed_is_read_back_and_the_session_carrie
     e.stop().await;
 }
 
+/// Waits until nothing is left to write and the store is up; returns the stats then.
+async fn settled(e: &Engine, within: Duration) -> charging_ra::api::ReplicationStats {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        let s = e.replication_stats().await.unwrap();
+        if !s.store_down && s.backlog == 0 && s.batches == s.batches_done {
+            return s;
+        }
+        assert!(tokio::time::Instant::now() < end, "writes never settled: {s:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An engine replicating to a memory store the test can stall, with one open session, its writes settled.
+async fn stallable(
+    lease: (Duration, Duration),
+    write_ahead_wait: Duration,
+) -> (OcsServer, Arc<MemoryStore>, AnyStore, Engine, String) {
+    let sim = sim(OcsConfig::default()).await;
+    let memory = Arc::new(MemoryStore::new());
+    let store = AnyStore::Memory(memory.clone());
+    let mut cfg = replicated(&sim, "n1", &store, lease);
+    cfg.replication.as_mut().unwrap().write_ahead_wait = write_ahead_wait;
+    let e = Engine::start(cfg).await.unwrap();
+    connected(&e).await;
+    let sid = e.open_session(App::Ro, msisdn("46721"), None, vec![rg(10)]).await.unwrap().session_id;
+    settled(&e, Duration::from_secs(5)).await;
+    (sim, memory, store, e, sid)
+}
+
+/// A store that stalls without failing: a request waits `write_ahead_wait` for its write-ahead, then goes (this
+/// node's lease is known to run far longer), and requests made meanwhile go at once. Everything is written once
+/// the store answers, and the OCS sees every number once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_store_delays_a_request_by_write_ahead_wait_at_most() {
+    let wait = Duration::from_millis(300);
+    let (sim, memory, store, e, sid) = stallable((Duration::from_millis(500), Duration::from_secs(20)), wait).await;
+
+    memory.stall_batches(Duration::from_secs(3));
+    let t = tokio::time::Instant::now();
+    let o = e.update(&sid, vec![used(10, 10)], vec![rg(10)], None).await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(o.result_code, Some(2001));
+    assert!(took >= wait && took < Duration::from_millis(1500), "sent after write_ahead_wait: {took:?}");
+    let s = e.replication_stats().await.unwrap();
+    assert!(s.slow_batches == 1 && s.store_down, "{s:?}");
+    // The store still stalls: the next request goes at once, and its session stays dirty.
+    let t = tokio::time::Instant::now();
+    let o = e.update(&sid, vec![used(10, 10)], vec![rg(10)], None).await.unwrap();
+    assert_eq!(o.result_code, Some(2001));
+    assert!(t.elapsed() < wait, "no wait while the store is down: {:?}", t.elapsed());
+
+    memory.stall_batches(Duration::ZERO);
+    settled(&e, Duration::from_secs(10)).await;
+    let rec = charging_ra::api::record_json(&state_record(&store, &sid).await).unwrap();
+    assert_eq!(rec["state"]["cc"]["next_number"], 3, "the state written is the latest: {rec}");
+    e.terminate(&sid, vec![]).await.unwrap();
+    // The simulator's ledger flags a number repeated without the T flag, skipped or out of order.
+    assert_eq!(check(&sim).await["clean"], true);
+    e.stop().await;
+}
+
+/// The same stall once this node's lease has run out (its renewals stall too): another node may have adopted the
+/// session, so the request waits for its write-ahead, however long the store takes (here less than Tx, 2 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_store_past_the_lease_holds_the_request_for_its_write_ahead() {
+    let (sim, memory, _, e, sid) = stallable(QUICK_LEASE, Duration::from_millis(600)).await;
+
+    let stall = Duration::from_millis(1200);
+    memory.stall_batches(stall);
+    let t = tokio::time::Instant::now();
+    let update = e.update(&sid, vec![used(10, 10)], vec![rg(10)], None);
+    // The stall ends while the request waits: only then is it written and sent.
+    let (o, ()) = tokio::join!(update, async {
+        tokio::time::sleep(stall).await;
+        memory.stall_batches(Duration::ZERO);
+    });
+    assert_eq!(o.unwrap().result_code, Some(2001));
+    assert!(t.elapsed() >= stall, "held for its write-ahead: {:?}", t.elapsed());
+    let s = settled(&e, Duration::from_secs(10)).await;
+    assert_eq!(s.slow_batches, 0, "{s:?}");
+    e.terminate(&sid, vec![]).await.unwrap();
+    assert_eq!(check(&sim).await["clean"], true);
+    e.stop().await;
+}
+
 /// With `batches_in_flight = 2`, two group commits are in flight at once, a session is never in both, and what
 /// waits behind them is written when they complete: the store is held by another process's write lock meanwhile,
 /// so the batches cannot finish early.
