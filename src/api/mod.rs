@@ -1738,7 +1738,6 @@ impl Driver {
         let (own, margin) = (repl.own.clone(), lease_margin(repl.cfg.lease_ttl));
         let (after, (stored, next_stores)) = (repl.chain.take(), oneshot::channel());
         repl.chain = Some(next_stores);
-        let mut parts = parts;
         tokio::spawn(async move {
             // The store writes the batches in the order they started: a name one batch deletes (a convergence name
             // the service chose, a timer hint) may be created again by the next. This batch was built and handed

@@ -312,7 +312,7 @@ impl CcSession {
     pub fn snapshot(&self, now: Instant, wall_ms: u64) -> CcSnapshot {
         let c = &self.config;
         CcSnapshot {
-            format: if self.service_reports || self.owed.is_some() { SNAPSHOT_FORMAT } else { FORMAT_1 },
+            format: self.snapshot_format(),
             session_id: self.session_id.clone(),
             application: c.application.0,
             origin_host: c.origin_host.clone(),
@@ -343,11 +343,16 @@ impl CcSession {
         }
     }
 
+    /// The oldest snapshot format that says all this session needs (see [`FORMAT_1`]).
+    fn snapshot_format(&self) -> u32 {
+        if self.service_reports || self.owed.is_some() { SNAPSHOT_FORMAT } else { FORMAT_1 }
+    }
+
     /// What [`CcSession::snapshot`] holds, to be serialized in place ([`SnapshotView`]).
     pub fn snapshot_view(&self, now: Instant, wall_ms: u64) -> SnapshotView<'_> {
         let c = &self.config;
         SnapshotView {
-            format: if self.service_reports || self.owed.is_some() { SNAPSHOT_FORMAT } else { FORMAT_1 },
+            format: self.snapshot_format(),
             session_id: &self.session_id,
             application: c.application.0,
             origin_host: &c.origin_host,
