@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# The reference pair of issue #10 measured here, side by side with ours (BENCHMARKS.md, "freeDiameter's benchmark
+# pair"): two freeDiameterd daemons on loopback, one running freeDiameter's test_app extension as a server (it
+# echoes each request), the other running it in benchmark mode (100 requests outstanding on one connection for
+# 10 s). Each run of it is followed by our pair on the same workload shape: the OCS simulator and the built-in
+# client (examples/ocs_load.rs, 100 sessions each with one CCR-U outstanding on one connection, 10 s); then by
+# `charging-ra load` through the whole engine (100 sessions outstanding, CCR-I + 3 CCR-U + CCR-T each), once per
+# replication mode in MODES (default "off memory sqlite"). RUNS rounds (default 3), interleaved.
+#
+# Debian does not package test_app, so the script builds it once from the Debian source of the installed
+# freeDiameter (deb.debian.org), against libfreediameter-dev, into target/freediameter-test-app/. Needs:
+#   apt-get install freediameterd freediameter-extensions libfreediameter-dev bison flex gcc openssl
+set -euo pipefail
+cd "$(dirname "$0")/.."
+runs=${RUNS:-3}
+port=${PORT:-39890}
+work=target/freediameter-test-app
+mkdir -p "$work"
+work=$(cd "$work" && pwd)
+
+for tool in freeDiameterd bison flex gcc openssl curl; do
+  command -v "$tool" >/dev/null || { echo "bench/freediameter.sh needs $tool (see the header)" >&2; exit 1; }
+done
+[ -f /usr/include/freeDiameter/extension.h ] || { echo "needs libfreediameter-dev" >&2; exit 1; }
+
+# test_app.fdx, built from the source of the freeDiameter version installed (its extensions must match the daemon).
+version=$(dpkg-query -W -f '${Version}' freediameterd)
+upstream=${version%%-*}
+fdx=$work/test_app-$upstream.fdx
+if [ ! -f "$fdx" ]; then
+  tarball=freediameter_$upstream.orig.tar.gz
+  [ -f "$work/$tarball" ] || curl -sSf -o "$work/$tarball" "http://deb.debian.org/debian/pool/main/f/freediameter/$tarball"
+  rm -rf "$work/src" && mkdir "$work/src" && tar xzf "$work/$tarball" -C "$work/src"
+  src=$(echo "$work"/src/*/extensions/test_app)
+  bison --name-prefix=ta_conf --defines --output-file="$work/ta_conf.tab.c" "$src/ta_conf.y" 2>/dev/null
+  flex -Pta_conf -o"$work/lex.ta_conf.c" "$src/ta_conf.l"
+  gcc -O2 -shared -fPIC -w -I"$src" -I"$work" -o "$fdx" "$src"/test_app.c "$src"/ta_dict.c "$src"/ta_cli.c \
+    "$src"/ta_bench.c "$src"/ta_serv.c "$work/ta_conf.tab.c" "$work/lex.ta_conf.c"
+fi
+
+daemon_conf() { # name port test_app-conf [connect-port]
+  # freeDiameter wants TLS credentials even with TLS off, and their subject must be its identity.
+  [ -f "$work/$1.cert.pem" ] || openssl req -x509 -newkey rsa:2048 -nodes -subj "/CN=$1.bench.localdomain" \
+    -days 3650 -keyout "$work/$1.key.pem" -out "$work/$1.cert.pem" 2>/dev/null
+  cat >"$work/$1.test_app.conf" <<<"$3"
+  cat >"$work/$1.conf" <<EOF
+Identity = "$1.bench.localdomain";
+Realm = "$1.localdomain";
+Port = $2;
+SecPort = 0;
+No_SCTP;
+No_IPv6;
+ListenOn = "127.0.0.1";
+TLS_Cred = "$work/$1.cert.pem", "$work/$1.key.pem";
+TLS_CA = "$work/$1.cert.pem";
+LoadExtension = "$fdx" : "$work/$1.test_app.conf";
+EOF
+  if [ -z "${4:-}" ]; then
+    # The server accepts the client without TLS.
+    echo "ALLOW_IPSEC client.bench.localdomain" >"$work/acl_wl.conf"
+    echo "LoadExtension = \"/usr/lib/freeDiameter/acl_wl.fdx\" : \"$work/acl_wl.conf\";" >>"$work/$1.conf"
+  else
+    echo "ConnectPeer = \"server.bench.localdomain\" { ConnectTo = \"127.0.0.1\"; Port = $4; No_TLS; };" >>"$work/$1.conf"
+  fi
+}
+daemon_conf server "$port" 'mode = server;'
+daemon_conf client $((port + 1)) 'mode = client; Benchmark 10 100; dest-realm = "server.localdomain";' "$port"
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+# Each run sets `result`: run in the script's own shell, so that the trap stops what a failing run started.
+freediameter_pair() { # test_app's "Throughput" (answers per second over the run) and its error count
+  pids=()
+  freeDiameterd -c "$work/server.conf" >"$work/server.log" 2>&1 &
+  pids+=($!)
+  sleep 0.5
+  freeDiameterd -c "$work/client.conf" >"$work/client.log" 2>&1 &
+  pids+=($!)
+  local client=$!
+  for _ in $(seq 100); do
+    grep -q "'STATE_OPEN'" "$work/client.log" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep -q "'STATE_OPEN'" "$work/client.log" || { echo "freeDiameter pair did not connect" >&2; exit 1; }
+  kill -USR1 "$client"
+  for _ in $(seq 300); do
+    grep -q "Test Complete" "$work/client.log" && break
+    sleep 0.1
+  done
+  # test_app divides the answers by the sending time plus the second it waits for the last ones; the answers over
+  # the 10 s of sending are the figure comparable to ours.
+  local t a e
+  t=$(sed -n 's/.*Throughput: \([0-9]*\) messages \/ sec.*/\1/p' "$work/client.log" | tail -1)
+  a=$(sed -n 's/.* \([0-9]*\) answer(s) received.*/\1/p' "$work/client.log" | tail -1)
+  e=$(sed -n 's/.* \([0-9]*\) error(s) received.*/\1/p' "$work/client.log" | tail -1)
+  cleanup
+  pids=()
+  [ -n "$t" ] && [ -n "$a" ] || { echo "no benchmark result in $work/client.log" >&2; exit 1; }
+  result="$((a / 10)) ($t by test_app's count; $e errors)"
+}
+
+cargo build --release --quiet --bin charging-ra --example ocs_load
+ours_pair() {
+  ./target/release/charging-ra ocs-sim --listen 127.0.0.1:$((port + 2)) >/dev/null 2>&1 &
+  pids=($!)
+  sleep 0.5
+  result=$(./target/release/examples/ocs_load --ocs 127.0.0.1:$((port + 2)) --sessions 100 --duration 10 |
+    sed -n 's/^throughput: \([0-9]*\) tx\/s/\1/p')
+  cleanup
+  pids=()
+}
+ours_engine() { # replication mode
+  ./target/release/charging-ra ocs-sim --listen 127.0.0.1:$((port + 3)) >/dev/null 2>&1 &
+  pids=($!)
+  sleep 0.5
+  result=$(./target/release/charging-ra load --ocs 127.0.0.1:$((port + 3)) --sessions 40000 --concurrency 100 \
+    --updates 3 --replication "$1" --threads 1 2>&1 | sed -n 's/^throughput: \([0-9]*\) tx\/s/\1/p')
+  cleanup
+  pids=()
+}
+
+modes=${MODES:-off memory sqlite}
+header="| run | freeDiameter test_app pair, answers/s over 10 s | charging-ra simulator + ocs_load, tx/s |"
+rule="|---|---|---|"
+for m in $modes; do
+  header+=" charging-ra load, replication $m, tx/s |"
+  rule+="---|"
+done
+echo "$header"
+echo "$rule"
+for r in $(seq "$runs"); do
+  freediameter_pair
+  row="| $r | $result |"
+  ours_pair
+  row+=" $result |"
+  for m in $modes; do
+    ours_engine "$m"
+    row+=" $result |"
+  done
+  echo "$row"
+done
