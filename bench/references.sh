@@ -1,27 +1,32 @@
 #!/usr/bin/env bash
-# The reference pair of issue #10 measured here, side by side with ours (BENCHMARKS.md, "freeDiameter's benchmark
-# pair"): two freeDiameterd daemons on loopback, one running freeDiameter's test_app extension as a server (it
-# echoes each request), the other running it in benchmark mode (100 requests outstanding on one connection for
-# 10 s). Each run of it is followed by our pair on the same workload shape: the OCS simulator and the built-in
-# client (examples/ocs_load.rs, 100 sessions each with one CCR-U outstanding on one connection, 10 s); then by
-# `charging-ra load` through the whole engine (100 sessions outstanding, CCR-I + 3 CCR-U + CCR-T each), once per
-# replication mode in MODES (default "off memory sqlite"). RUNS rounds (default 3), interleaved.
-#
+# The two reference pairs issue #10 names, measured here side by side with ours in one run (BENCHMARKS.md,
+# "thirteenth measurement"). Each round runs, one after the other:
+#   - freeDiameter's own benchmark pair: two freeDiameterd daemons on loopback, one running freeDiameter's test_app
+#     extension as a server (it echoes each request), the other running it in benchmark mode (100 requests
+#     outstanding on one connection for 10 s, started by SIGUSR1);
+#   - an Erlang/OTP `diameter` credit-control pair (bench/erlang/): a CCR-U with the shape of ours, answered with a
+#     granted quota, 100 outstanding on one connection for 10 s; once with the VM's defaults (a scheduler per CPU)
+#     and once with `+S 1` (one scheduler per VM, as our simulator and load each use one thread);
+#   - our pair on the same shape: the OCS simulator and the built-in client (examples/ocs_load.rs, 100 sessions
+#     each with one CCR-U outstanding on one connection, 10 s);
+#   - `charging-ra load` through the whole engine (100 sessions outstanding, CCR-I + 3 CCR-U + CCR-T each), once
+#     per replication mode in MODES (default "off memory sqlite").
+# RUNS rounds (default 3). Needs:
+#   apt-get install freediameterd libfreediameter-dev bison flex gcc openssl curl erlang-base erlang-diameter erlang-dev
 # Debian does not package test_app, so the script builds it once from the Debian source of the installed
-# freeDiameter (deb.debian.org), against libfreediameter-dev, into target/freediameter-test-app/. Needs:
-#   apt-get install freediameterd freediameter-extensions libfreediameter-dev bison flex gcc openssl
+# freeDiameter (deb.debian.org), against libfreediameter-dev, into target/bench-references/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-3}
 port=${PORT:-39890}
-work=target/freediameter-test-app
+work=target/bench-references
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 
-for tool in freeDiameterd bison flex gcc openssl curl; do
-  command -v "$tool" >/dev/null || { echo "bench/freediameter.sh needs $tool (see the header)" >&2; exit 1; }
+for tool in freeDiameterd bison flex gcc openssl curl erl erlc diameterc; do
+  command -v "$tool" >/dev/null || { echo "bench/references.sh needs $tool (see the header)" >&2; exit 1; }
 done
-[ -f /usr/include/freeDiameter/extension.h ] || { echo "needs libfreediameter-dev" >&2; exit 1; }
+[ -f /usr/include/freeDiameter/extension.h ] || { echo "bench/references.sh needs libfreediameter-dev" >&2; exit 1; }
 
 # test_app.fdx, built from the source of the freeDiameter version installed (its extensions must match the daemon).
 version=$(dpkg-query -W -f '${Version}' freediameterd)
@@ -66,12 +71,19 @@ EOF
 daemon_conf server "$port" 'mode = server;'
 daemon_conf client $((port + 1)) 'mode = client; Benchmark 10 100; dest-realm = "server.localdomain";' "$port"
 
+# The Erlang pair: the dictionary compiled, then the module.
+diameterc -o "$work" bench/erlang/cc_bench_dict.dia
+erlc -o "$work" "$work/cc_bench_dict.erl" bench/erlang/cc_bench.erl
+
+cargo build --release --quiet --bin charging-ra --example ocs_load
+
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
+throughput() { sed -n 's/^throughput: \([0-9]*\) tx\/s/\1/p'; }
 
 # Each run sets `result`: run in the script's own shell, so that the trap stops what a failing run started.
-freediameter_pair() { # test_app's "Throughput" (answers per second over the run) and its error count
+freediameter_pair() { # the answers over the 10 s of sending, and test_app's own figure and error count
   pids=()
   freeDiameterd -c "$work/server.conf" >"$work/server.log" 2>&1 &
   pids+=($!)
@@ -83,7 +95,7 @@ freediameter_pair() { # test_app's "Throughput" (answers per second over the run
     grep -q "'STATE_OPEN'" "$work/client.log" 2>/dev/null && break
     sleep 0.1
   done
-  grep -q "'STATE_OPEN'" "$work/client.log" || { echo "freeDiameter pair did not connect" >&2; exit 1; }
+  grep -q "'STATE_OPEN'" "$work/client.log" || { echo "the freeDiameter pair did not connect: $work/client.log" >&2; exit 1; }
   kill -USR1 "$client"
   for _ in $(seq 300); do
     grep -q "Test Complete" "$work/client.log" && break
@@ -101,29 +113,41 @@ freediameter_pair() { # test_app's "Throughput" (answers per second over the run
   result="$((a / 10)) ($t by test_app's count; $e errors)"
 }
 
-cargo build --release --quiet --bin charging-ra --example ocs_load
+erlang_pair() { # erl flags (one word, may be empty)
+  erl $1 -noshell -pa "$work" -run cc_bench server $((port + 4)) >"$work/erlang-server.log" 2>&1 &
+  pids=($!)
+  sleep 1.5
+  local out
+  out=$(erl $1 -noshell -pa "$work" -run cc_bench client $((port + 4)) 100 10 2>&1)
+  cleanup
+  pids=()
+  grep -q ", 0 not 2001$" <<<"$out" || { echo "the Erlang pair failed: $out" >&2; exit 1; }
+  result=$(throughput <<<"$out")
+}
+
 ours_pair() {
   ./target/release/charging-ra ocs-sim --listen 127.0.0.1:$((port + 2)) >/dev/null 2>&1 &
   pids=($!)
   sleep 0.5
-  result=$(./target/release/examples/ocs_load --ocs 127.0.0.1:$((port + 2)) --sessions 100 --duration 10 |
-    sed -n 's/^throughput: \([0-9]*\) tx\/s/\1/p')
+  result=$(./target/release/examples/ocs_load --ocs 127.0.0.1:$((port + 2)) --sessions 100 --duration 10 | throughput)
   cleanup
   pids=()
 }
+
 ours_engine() { # replication mode
   ./target/release/charging-ra ocs-sim --listen 127.0.0.1:$((port + 3)) >/dev/null 2>&1 &
   pids=($!)
   sleep 0.5
   result=$(./target/release/charging-ra load --ocs 127.0.0.1:$((port + 3)) --sessions 40000 --concurrency 100 \
-    --updates 3 --replication "$1" --threads 1 2>&1 | sed -n 's/^throughput: \([0-9]*\) tx\/s/\1/p')
+    --updates 3 --replication "$1" --threads 1 2>&1 | throughput)
   cleanup
   pids=()
 }
 
 modes=${MODES:-off memory sqlite}
-header="| run | freeDiameter test_app pair, answers/s over 10 s | charging-ra simulator + ocs_load, tx/s |"
-rule="|---|---|---|"
+header="| run | freeDiameter test_app pair, answers/s over 10 s | Erlang/OTP diameter pair, tx/s | the same, +S 1 |"
+header+=" charging-ra simulator + ocs_load, tx/s |"
+rule="|---|---|---|---|---|"
 for m in $modes; do
   header+=" charging-ra load, replication $m, tx/s |"
   rule+="---|"
@@ -133,6 +157,10 @@ echo "$rule"
 for r in $(seq "$runs"); do
   freediameter_pair
   row="| $r | $result |"
+  erlang_pair ""
+  row+=" $result |"
+  erlang_pair "+S 1"
+  row+=" $result |"
   ours_pair
   row+=" $result |"
   for m in $modes; do
