@@ -303,9 +303,18 @@ pub(super) struct SessionState {
 #[serde(rename = "SessionState")]
 pub(super) struct SessionStateView<'a> {
     cc: crate::cc::SnapshotView<'a>,
-    #[serde(serialize_with = "replication::json_in_binary::serialize")]
+    #[serde(serialize_with = "done_json")]
     done: &'a VecDeque<(String, Outcome)>,
     in_flight_key: Option<&'a str>,
+}
+
+/// [`replication::json_in_binary`] for the idempotency keys, without building JSON when there are none: most
+/// sessions' write-aheads, which would otherwise allocate for the two bytes of `[]`.
+fn done_json<S: serde::Serializer>(done: &&VecDeque<(String, Outcome)>, s: S) -> Result<S::Ok, S::Error> {
+    if done.is_empty() && !s.is_human_readable() {
+        return s.serialize_bytes(b"[]");
+    }
+    replication::json_in_binary::serialize(done, s)
 }
 
 /// Any record of the store as JSON, whichever way it was written: a binary credit-control state record is decoded
@@ -920,18 +929,22 @@ mod tests {
             event: Some(EventResult { check_balance_result: Some(0), cost: Some(-5), granted: None }),
             ..sparse.clone()
         };
-        let done = VecDeque::from([("k1".to_string(), sparse), ("k2".to_string(), full)]);
-        let state = SessionState { cc, done: done.iter().cloned().collect(), in_flight_key: Some("k3".into()) };
-        let record = StateRecord { format: FORMAT, written_by_epoch: 2, written_by: "node-b".to_string(), state };
-        // What a write-ahead encodes: the same, serialized in place.
-        let view = SessionStateView { cc: session.snapshot_view(now, wall), done: &done, in_flight_key: Some("k3") };
-        let view = StateRecord { format: FORMAT, written_by_epoch: 2, written_by: "node-b", state: view };
-        let want = serde_json::to_value(&record).unwrap();
-        for encoding in [StateEncoding::Json, StateEncoding::Binary] {
-            let bytes = replication::encode_state(&record, encoding);
-            assert_eq!(replication::encode_state(&view, encoding), bytes, "{encoding:?}");
-            let back: StateRecord<SessionState> = replication::decode(&bytes).unwrap();
-            assert_eq!(serde_json::to_value(&back).unwrap(), want, "{encoding:?}");
+        // With idempotency keys, and without (most sessions: the view skips building the JSON of none).
+        for done in [VecDeque::from([("k1".to_string(), sparse), ("k2".to_string(), full)]), VecDeque::new()] {
+            let state =
+                SessionState { cc: cc.clone(), done: done.iter().cloned().collect(), in_flight_key: Some("k3".into()) };
+            let record = StateRecord { format: FORMAT, written_by_epoch: 2, written_by: "node-b".to_string(), state };
+            // What a write-ahead encodes: the same, serialized in place.
+            let view =
+                SessionStateView { cc: session.snapshot_view(now, wall), done: &done, in_flight_key: Some("k3") };
+            let view = StateRecord { format: FORMAT, written_by_epoch: 2, written_by: "node-b", state: view };
+            let want = serde_json::to_value(&record).unwrap();
+            for encoding in [StateEncoding::Json, StateEncoding::Binary] {
+                let bytes = replication::encode_state(&record, encoding);
+                assert_eq!(replication::encode_state(&view, encoding), bytes, "{encoding:?}, {} keys", done.len());
+                let back: StateRecord<SessionState> = replication::decode(&bytes).unwrap();
+                assert_eq!(serde_json::to_value(&back).unwrap(), want, "{encoding:?}, {} keys", done.len());
+            }
         }
     }
 
