@@ -560,12 +560,11 @@ impl Repl {
         }
     }
 
-    /// Marks a session for a write-ahead in the next batch.
+    /// Marks a session for a write-ahead in the next batch. The write-behind it replaces, if any (the usual case:
+    /// an answer's, then the session's next request), gives up its copy of the Session-Id for it.
     pub fn write_now(&mut self, sid: &str, r: &mut Replica) {
-        if let Some(k) = r.flush_at.take() {
-            self.flushes.remove(&k);
-        }
-        self.urgent.insert(sid.to_string());
+        let behind = r.flush_at.take().and_then(|k| self.flushes.remove(&k));
+        self.urgent.insert(behind.unwrap_or_else(|| sid.to_string()));
     }
 
     /// Marks a session for a write-behind `write_delay` from now (unless one is already due).
