@@ -7,6 +7,7 @@
 #   - an Erlang/OTP `diameter` credit-control pair (bench/erlang/): a CCR-U with the shape of ours, answered with a
 #     granted quota, 100 outstanding on one connection for 10 s; once with the VM's defaults (a scheduler per CPU)
 #     and once with `+S 1` (one scheduler per VM, as our simulator and load each use one thread);
+#   - the Erlang client against our OCS simulator (the VM's defaults): the two stacks interoperating at full rate;
 #   - our pair on the same shape: the OCS simulator and the built-in client (examples/ocs_load.rs, 100 sessions
 #     each with one CCR-U outstanding on one connection, 10 s);
 #   - `charging-ra load` through the whole engine (100 sessions outstanding, CCR-I + 3 CCR-U + CCR-T each), once
@@ -125,6 +126,18 @@ erlang_pair() { # erl flags (one word, may be empty)
   result=$(throughput <<<"$out")
 }
 
+erlang_client_ours() { # the Erlang client against our simulator: an interoperability check at full rate too
+  ./target/release/charging-ra ocs-sim --listen 127.0.0.1:$((port + 5)) >/dev/null 2>&1 &
+  pids=($!)
+  sleep 0.5
+  local out
+  out=$(erl -noshell -pa "$work" -run cc_bench client $((port + 5)) 100 10 2>&1)
+  cleanup
+  pids=()
+  grep -q ", 0 not 2001$" <<<"$out" || { echo "the Erlang client against the simulator failed: $out" >&2; exit 1; }
+  result=$(throughput <<<"$out")
+}
+
 ours_pair() {
   ./target/release/charging-ra ocs-sim --listen 127.0.0.1:$((port + 2)) >/dev/null 2>&1 &
   pids=($!)
@@ -146,8 +159,8 @@ ours_engine() { # replication mode
 
 modes=${MODES:-off memory sqlite}
 header="| run | freeDiameter test_app pair, answers/s over 10 s | Erlang/OTP diameter pair, tx/s | the same, +S 1 |"
-header+=" charging-ra simulator + ocs_load, tx/s |"
-rule="|---|---|---|---|---|"
+header+=" Erlang client + charging-ra simulator, tx/s | charging-ra simulator + ocs_load, tx/s |"
+rule="|---|---|---|---|---|---|"
 for m in $modes; do
   header+=" charging-ra load, replication $m, tx/s |"
   rule+="---|"
@@ -160,6 +173,8 @@ for r in $(seq "$runs"); do
   erlang_pair ""
   row+=" $result |"
   erlang_pair "+S 1"
+  row+=" $result |"
+  erlang_client_ours
   row+=" $result |"
   ours_pair
   row+=" $result |"

@@ -66,7 +66,7 @@ collect([W | Ws], A, E) ->
     receive {W, WA, WE} -> collect(Ws, A + WA, E + WE) end.
 
 %% One session: a CCR-I, then CCR-Us, each reporting 1 s of usage, until Stop. Answers received between Start and
-%% Stop are counted.
+%% Stop are counted; failures are counted whenever they happen (the CCR-I goes during the warm-up).
 worker(Parent, I, Start, Stop) ->
     Sid = diameter:session_id("load.localdomain;" ++ integer_to_list(I)),
     {A, E} = loop(Sid, 0, Start, Stop, 0, 0),
@@ -80,9 +80,9 @@ loop(Sid, Number, Start, Stop, A, E) ->
             Result = diameter:call(client, cc, ccr(Sid, Number), []),
             Counted = erlang:monotonic_time(millisecond) >= Start,
             case {Result, Counted} of
-                {_, false} -> loop(Sid, Number + 1, Start, Stop, A, E);
+                {{ok, ['CCA' | #{'Result-Code' := 2001}]}, false} -> loop(Sid, Number + 1, Start, Stop, A, E);
                 {{ok, ['CCA' | #{'Result-Code' := 2001}]}, true} -> loop(Sid, Number + 1, Start, Stop, A + 1, E);
-                {_, true} -> loop(Sid, Number + 1, Start, Stop, A, E + 1)
+                {_, _} -> loop(Sid, Number + 1, Start, Stop, A, E + 1)
             end
     end.
 
