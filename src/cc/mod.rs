@@ -664,7 +664,7 @@ impl CcSession {
         match self.state {
             CcState::PendingI | CcState::PendingU => {
                 self.outstanding = None;
-                self.failure_by_ccfh(now, reason.to_string());
+                self.failure_by_ccfh(now, reason.to_string(), None);
             }
             CcState::PendingT => {
                 self.outstanding = None;
@@ -945,8 +945,11 @@ impl CcSession {
                 }));
                 self.end(now);
             }
-            // Transient (4xxx), protocol (3xxx) and permanent (5xxx) failures: CCFH decides (RFC 4006 §7).
-            rc => self.failure_by_ccfh(now, format!("{rc} from the server")),
+            // Transient (4xxx), protocol (3xxx) and permanent (5xxx) failures: CCFH decides (RFC 4006 §7). A
+            // permanent failure is the server refusing the request (5001 with a Failed-AVP, 5031 rating failed):
+            // a session it ends reports that Result-Code. Transient and protocol failures are credit control
+            // failing, as when no answer comes.
+            rc => self.failure_by_ccfh(now, format!("{rc} from the server"), rc.is_permanent().then_some(rc)),
         }
     }
 
@@ -1012,14 +1015,15 @@ impl CcSession {
     }
 
     /// The "failure to send, temporary error, failed answer" rows of RFC 4006 §7 for PendingI / PendingU.
-    fn failure_by_ccfh(&mut self, now: Instant, reason: String) {
+    /// `answered` is the Result-Code of a server's refusal: a session that ends on it reports it.
+    fn failure_by_ccfh(&mut self, now: Instant, reason: String, answered: Option<ResultCode>) {
         match self.ccfh {
             Ccfh::Continue => {
                 self.out.push_back(CcOutput::Event(CcEvent::ContinueWithoutCreditControl { reason }));
                 self.end(now);
             }
             Ccfh::Terminate | Ccfh::RetryAndTerminate => {
-                self.out.push_back(CcOutput::Event(CcEvent::Terminate { result_code: None, reason }));
+                self.out.push_back(CcOutput::Event(CcEvent::Terminate { result_code: answered, reason }));
                 self.end(now);
             }
         }

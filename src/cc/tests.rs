@@ -248,6 +248,8 @@ fn failures_and_failure_codes_follow_the_client_table() {
         let (_, ev) = h.drain();
         assert_eq!((continued(&ev), terminated(&ev)), (cont, !cont), "{ccfh:?}");
         assert_eq!(h.s.state(), CcState::Idle);
+        // No answer came: no Result-Code to report.
+        assert!(!ev.iter().any(|e| matches!(e, CcEvent::Terminate { result_code: Some(_), .. })), "{ev:?}");
     }
     // Answers: 4010 and 5030 end the service whatever CCFH; 4011 lets it go on; a failed answer follows CCFH;
     // 4012 on CCR-I ends it.
@@ -258,6 +260,9 @@ fn failures_and_failure_codes_follow_the_client_table() {
         (5031, Ccfh::Continue, true),
         (5031, Ccfh::Terminate, false),
         (4012, Ccfh::Continue, false),
+        (5001, Ccfh::RetryAndTerminate, false),
+        (4002, Ccfh::Terminate, false),
+        (3004, Ccfh::Terminate, false),
     ] {
         let mut h = H::new(ccfh);
         h.s.start(h.now, &[(Some(10), Units::default())], None);
@@ -267,6 +272,16 @@ fn failures_and_failure_codes_follow_the_client_table() {
         assert_eq!(continued(&ev), expect_continue, "{rc} {ccfh:?}: {ev:?}");
         assert_eq!(terminated(&ev), !expect_continue, "{rc} {ccfh:?}");
         assert_eq!(h.s.state(), CcState::Idle);
+        // A session the answer ends reports the server's Result-Code when the server refused (4010, 4012, any
+        // 5xxx); a transient or protocol failure ends it as credit control failing, with none.
+        if !expect_continue {
+            let reported = ev.iter().find_map(|e| match e {
+                CcEvent::Terminate { result_code, .. } => Some(*result_code),
+                _ => None,
+            });
+            let refused = rc == 4010 || rc == 4012 || rc >= 5000;
+            assert_eq!(reported, Some(refused.then_some(ResultCode(rc))), "{rc} {ccfh:?}: {ev:?}");
+        }
     }
     // A 3GPP server's Experimental-Result reads the same way.
     let mut h = H::new(Ccfh::Continue);
