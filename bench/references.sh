@@ -35,7 +35,8 @@ upstream=${version%%-*}
 fdx=$work/test_app-$upstream.fdx
 if [ ! -f "$fdx" ]; then
   tarball=freediameter_$upstream.orig.tar.gz
-  [ -f "$work/$tarball" ] || curl -sSf -o "$work/$tarball" "http://deb.debian.org/debian/pool/main/f/freediameter/$tarball"
+  pool=http://deb.debian.org/debian/pool/main/f/freediameter
+  [ -f "$work/$tarball" ] || curl -sSf -o "$work/$tarball" "$pool/$tarball"
   rm -rf "$work/src" && mkdir "$work/src" && tar xzf "$work/$tarball" -C "$work/src"
   src=$(echo "$work"/src/*/extensions/test_app)
   bison --name-prefix=ta_conf --defines --output-file="$work/ta_conf.tab.c" "$src/ta_conf.y" 2>/dev/null
@@ -66,7 +67,8 @@ EOF
     echo "ALLOW_IPSEC client.bench.localdomain" >"$work/acl_wl.conf"
     echo "LoadExtension = \"/usr/lib/freeDiameter/acl_wl.fdx\" : \"$work/acl_wl.conf\";" >>"$work/$1.conf"
   else
-    echo "ConnectPeer = \"server.bench.localdomain\" { ConnectTo = \"127.0.0.1\"; Port = $4; No_TLS; };" >>"$work/$1.conf"
+    echo "ConnectPeer = \"server.bench.localdomain\" { ConnectTo = \"127.0.0.1\"; Port = $4; No_TLS; };" \
+      >>"$work/$1.conf"
   fi
 }
 daemon_conf server "$port" 'mode = server;'
@@ -96,7 +98,10 @@ freediameter_pair() { # the answers over the 10 s of sending, and test_app's own
     grep -q "'STATE_OPEN'" "$work/client.log" 2>/dev/null && break
     sleep 0.1
   done
-  grep -q "'STATE_OPEN'" "$work/client.log" || { echo "the freeDiameter pair did not connect: $work/client.log" >&2; exit 1; }
+  if ! grep -q "'STATE_OPEN'" "$work/client.log"; then
+    echo "the freeDiameter pair did not connect: $work/client.log" >&2
+    exit 1
+  fi
   kill -USR1 "$client"
   for _ in $(seq 300); do
     grep -q "Test Complete" "$work/client.log" && break

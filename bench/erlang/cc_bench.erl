@@ -6,7 +6,8 @@
 %% examples/ocs_load.rs). It warms up for one second, counts the answers of the next Seconds, and prints
 %% "throughput: N tx/s" and the errors.
 %%
-%% Both ends are one module: the diameter_app callbacks below serve both services. The arguments are strings
+%% The server prints the decode errors of the first request that has any (tests/it/erlang.rs checks our requests
+%% with it). Both ends are one module: the diameter_app callbacks below serve both services. The arguments are strings
 %% (`erl -run cc_bench server 3868`).
 
 -module(cc_bench).
@@ -114,7 +115,8 @@ prepare_retransmit(Packet, _Svc, _Peer) -> {send, Packet}.
 handle_answer(#diameter_packet{msg = Msg}, _Request, _Svc, _Peer) -> {ok, Msg}.
 handle_error(Reason, _Request, _Svc, _Peer) -> {error, Reason}.
 
-handle_request(#diameter_packet{msg = ['CCR' | Req]}, _Svc, _Peer) ->
+handle_request(#diameter_packet{msg = ['CCR' | Req], errors = Errors}, _Svc, _Peer) ->
+    Errors == [] orelse report(Errors),
     #{'Session-Id' := Sid, 'CC-Request-Type' := Type, 'CC-Request-Number' := Number} = Req,
     {reply, ['CCA',
              {'Session-Id', Sid},
@@ -126,3 +128,14 @@ handle_request(#diameter_packet{msg = ['CCR' | Req]}, _Svc, _Peer) ->
              {'CC-Request-Number', Number},
              {'Multiple-Services-Credit-Control',
               [[{'Granted-Service-Unit', [[{'CC-Time', 60}]]}, {'Rating-Group', 10}, {'Result-Code', 2001}]]}]}.
+
+%% What the decoder found wrong in a request, printed the first time (tests/it/erlang.rs reads it). diameter also
+%% answers such a request with the error's Result-Code (5001 and a Failed-AVP for an unknown M-bit AVP) instead of
+%% the 2001 above.
+report(Errors) ->
+    case persistent_term:get(cc_bench_reported, false) of
+        true -> ok;
+        false ->
+            persistent_term:put(cc_bench_reported, true),
+            io:format("decode errors: ~p~n", [Errors])
+    end.

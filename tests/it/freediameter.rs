@@ -304,7 +304,7 @@ async fn freediameter_relays_ocs_sim_rar_back_to_the_client() {
 }
 
 /// A live tshark capture of the test ports, or a visible skip when tshark is missing.
-fn capture(dir: &Path, ports: &[u16]) -> Option<Capture> {
+pub(crate) fn capture(dir: &Path, ports: &[u16]) -> Option<Capture> {
     match Capture::start(dir, ports) {
         Ok(c) => Some(c),
         Err(why) if !charging_ra::wirecheck::available() => {

@@ -7,6 +7,7 @@ mod demo;
 mod deps;
 mod dict;
 mod engine;
+mod erlang;
 mod freediameter;
 mod http_front;
 mod ocs;

@@ -1,0 +1,185 @@
+//! Against Erlang/OTP's `diameter` application (Debian `erlang-base`, `erlang-diameter`, `erlang-dev`), an
+//! independent Diameter stack with a strict dictionary-driven decoder, using bench/erlang/ (the credit-control
+//! dictionary and the module that serves both ends of bench/references.sh): its client against our OCS simulator,
+//! and our engine against its server, whose decoder reports any AVP our requests carry outside RFC 4006 and TS
+//! 32.299's grammar. Both runs are captured with tshark. Skipped, saying so, where Erlang is not installed; CI
+//! installs it. `cargo test erlang` selects them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use charging_ra::api::{App, AppSettings, Engine, EngineConfig};
+use charging_ra::cc::{CcState, Ccfh};
+use charging_ra::codec::AppId;
+use charging_ra::ocs::server::{OcsServer, OcsServerConfig};
+use charging_ra::peer::Application;
+
+use crate::engine::{msisdn, rg, used};
+use crate::freediameter::capture;
+use crate::stack::{OCS_REALM, client_config, open};
+
+fn available(test: &str) -> bool {
+    let hrl = std::fs::read_dir("/usr/lib/erlang/lib").ok().into_iter().flatten().flatten().any(|d| {
+        d.file_name().to_string_lossy().starts_with("diameter-") && d.path().join("include/diameter.hrl").exists()
+    });
+    let ok = crate::have("erl") && crate::have("erlc") && crate::have("diameterc") && hrl;
+    if !ok {
+        crate::skip(
+            test,
+            "Erlang/OTP diameter not installed (apt-get install erlang-base erlang-diameter erlang-dev); CI installs it",
+        );
+    }
+    ok
+}
+
+/// Compiles bench/erlang/ (the dictionary, then the module) into `dir`.
+fn build(dir: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/erlang");
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("runs");
+        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(Command::new("diameterc").arg("-o").arg(dir).arg(src.join("cc_bench_dict.dia")));
+    run(Command::new("erlc").arg("-o").arg(dir).arg(dir.join("cc_bench_dict.erl")).arg(src.join("cc_bench.erl")));
+}
+
+fn port() -> u16 {
+    charging_ra::demo::free_port().unwrap()
+}
+
+/// An Erlang VM running bench/erlang's credit-control server, killed when dropped; what it prints goes to `log`.
+struct ErlangOcs {
+    child: Child,
+    log: PathBuf,
+}
+
+impl ErlangOcs {
+    fn start(dir: &Path, port: u16) -> ErlangOcs {
+        let log = dir.join("erlang-ocs.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new("erl")
+            .args(["-noshell", "-pa"])
+            .arg(dir)
+            .args(["-run", "cc_bench", "server", &port.to_string()])
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("erl starts");
+        let ocs = ErlangOcs { child, log };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return ocs;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the Erlang OCS did not listen on {port}: {}", ocs.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ErlangOcs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Erlang's client sends CCR-I then CCR-Us, ten sessions at a time for a second, to the simulator: every answer
+/// decodes in Erlang's `diameter` (an answer with an AVP it cannot place would be discarded and the call fail) and
+/// is a 2001, and every frame of the run decodes clean in tshark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_erlang_diameter_client_is_answered_by_the_ocs_simulator() {
+    if !available("the_erlang_diameter_client_is_answered_by_the_ocs_simulator") {
+        return;
+    }
+    let dir = crate::wire::tempdir("erlang-client");
+    build(&dir);
+    let port = port();
+    // The identities bench/erlang's client expects of the simulator.
+    let cfg = OcsServerConfig::new(SocketAddr::from(([127, 0, 0, 1], port)), "ocs.localdomain", "localdomain");
+    let sim = OcsServer::start(cfg).await.unwrap();
+    let capture = capture(&dir, &[port]);
+    let run_dir = dir.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("erl")
+            .args(["-noshell", "-pa"])
+            .arg(&run_dir)
+            .args(["-run", "cc_bench", "client", &port.to_string(), "10", "1"])
+            .output()
+            .expect("erl runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(", 0 not 2001\n"), "answers Erlang could not read, or not 2001: {stdout}");
+    let answers: u64 = stdout
+        .split(", ")
+        .find_map(|w| w.strip_suffix(" answers in 1 s").and_then(|n| n.rsplit(' ').next()?.parse().ok()))
+        .unwrap_or_else(|| panic!("no count of answers: {stdout}"));
+    assert!(answers >= 100, "{stdout}");
+    assert!(sim.stop().await.clean);
+    if let Some(c) = capture {
+        let v = c.finish().unwrap();
+        assert!(v.problems.is_empty(), "tshark found problems in the capture:\n{}", v.problems.join("\n"));
+        assert!(v.diameter_frames >= 200, "the capture holds the exchange ({} frames)", v.diameter_frames);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Our engine opens, updates and ends an Ro session against Erlang's server: CER/CEA with a stack that checks
+/// the capabilities, and CCRs its strict decoder finds nothing to object to (it prints what it finds; an error
+/// would also turn the answer into a 5001 with a Failed-AVP, which the engine reports as the server's refusal).
+#[tokio::test]
+async fn the_engine_charges_against_an_erlang_diameter_ocs() {
+    if !available("the_engine_charges_against_an_erlang_diameter_ocs") {
+        return;
+    }
+    let dir = crate::wire::tempdir("erlang-ocs");
+    build(&dir);
+    let port = port();
+    let ocs = ErlangOcs::start(&dir, port);
+    let capture = capture(&dir, &[port]);
+    let mut node = client_config(
+        "as1.test.localdomain",
+        &[("ocs.localdomain", ([127, 0, 0, 1], port).into(), 1)],
+        Duration::from_secs(6),
+    );
+    node.router.local.applications = vec![Application::Auth(AppId::CREDIT_CONTROL)];
+    let mut ro = AppSettings::new(OCS_REALM);
+    ro.ccfh = Ccfh::Terminate;
+    let e = Engine::start(EngineConfig::new(node, ro, AppSettings::new(OCS_REALM))).await.unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !e.node_status().await.is_some_and(|s| open(&s, 0)) {
+        assert!(tokio::time::Instant::now() < end, "no CER/CEA with Erlang: {}", ocs.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let o = e.open_session(App::Ro, msisdn("46701"), None, vec![rg(10)]).await;
+    let o = o.unwrap_or_else(|err| panic!("CCR-I: {err}\n{}", ocs.log()));
+    assert_eq!((o.result_code, o.state), (Some(2001), CcState::Open), "{}", ocs.log());
+    assert_eq!(o.granted.first().and_then(|g| g.granted.time), Some(60), "the grant Erlang sent: {o:?}");
+    for _ in 0..2 {
+        let u = e.update(&o.session_id, vec![used(10, 30)], vec![], None).await;
+        let u = u.unwrap_or_else(|err| panic!("CCR-U: {err}\n{}", ocs.log()));
+        assert_eq!(u.result_code, Some(2001), "{}", ocs.log());
+    }
+    let t = e.terminate(&o.session_id, vec![used(10, 5)]).await;
+    let t = t.unwrap_or_else(|err| panic!("CCR-T: {err}\n{}", ocs.log()));
+    assert_eq!((t.result_code, t.state), (Some(2001), CcState::Idle));
+    e.stop().await;
+    let log = ocs.log();
+    assert!(!log.contains("decode errors"), "Erlang's decoder objected to our requests:\n{log}");
+    drop(ocs);
+    if let Some(c) = capture {
+        let v = c.finish().unwrap();
+        assert!(v.problems.is_empty(), "tshark found problems in the capture:\n{}", v.problems.join("\n"));
+        assert!(v.diameter_frames >= 10, "the capture holds the exchange ({} frames)", v.diameter_frames);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
