@@ -1,9 +1,9 @@
 //! Against Erlang/OTP's `diameter` application (Debian `erlang-base`, `erlang-diameter`, `erlang-dev`), an
 //! independent Diameter stack with a strict dictionary-driven decoder, using bench/erlang/ (the credit-control
-//! dictionary and the module that serves both ends of bench/references.sh): its client against our OCS simulator,
-//! and our engine against its server, whose decoder reports any AVP our requests carry outside RFC 4006 and TS
-//! 32.299's grammar. Both runs are captured with tshark. Skipped, saying so, where Erlang is not installed; CI
-//! installs it. `cargo test erlang` selects them.
+//! dictionary and the module that serves both ends of bench/references.sh): its client against our OCS simulator;
+//! our engine against its server, whose decoder reports any AVP our requests carry outside RFC 4006 and TS 32.299's
+//! grammar; and the base protocol with it (CER/CEA, DWR/DWA, DPR/DPA). Every run is captured with tshark. Skipped,
+//! saying so, where Erlang is not installed; CI installs it. `cargo test erlang` selects them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,12 +13,13 @@ use std::time::Duration;
 use charging_ra::api::{App, AppSettings, Engine, EngineConfig};
 use charging_ra::cc::{CcState, Ccfh};
 use charging_ra::codec::AppId;
+use charging_ra::node::DiameterNode;
 use charging_ra::ocs::server::{OcsServer, OcsServerConfig};
-use charging_ra::peer::Application;
+use charging_ra::peer::{Application, DisconnectCause};
 
 use crate::engine::{msisdn, rg, used};
 use crate::freediameter::capture;
-use crate::stack::{OCS_REALM, client_config, open};
+use crate::stack::{OCS_REALM, client_config, open, wait_for};
 
 fn available(test: &str) -> bool {
     let hrl = std::fs::read_dir("/usr/lib/erlang/lib").ok().into_iter().flatten().flatten().any(|d| {
@@ -125,11 +126,7 @@ async fn the_erlang_diameter_client_is_answered_by_the_ocs_simulator() {
         .unwrap_or_else(|| panic!("no count of answers: {stdout}"));
     assert!(answers >= 100, "{stdout}");
     assert!(sim.stop().await.clean);
-    if let Some(c) = capture {
-        let v = c.finish().unwrap();
-        assert!(v.problems.is_empty(), "tshark found problems in the capture:\n{}", v.problems.join("\n"));
-        assert!(v.diameter_frames >= 200, "the capture holds the exchange ({} frames)", v.diameter_frames);
-    }
+    clean(capture, 200);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -176,10 +173,48 @@ async fn the_engine_charges_against_an_erlang_diameter_ocs() {
     let log = ocs.log();
     assert!(!log.contains("decode errors"), "Erlang's decoder objected to our requests:\n{log}");
     drop(ocs);
+    clean(capture, 10);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The base protocol with Erlang's stack: CER/CEA, our DWRs answered (Tw 1 s here, below RFC 3539's floor of 6 s
+/// to keep the test short), and DPR/DPA when we leave.
+#[tokio::test]
+async fn erlang_diameter_peer_cer_dwr_and_dpr() {
+    if !available("erlang_diameter_peer_cer_dwr_and_dpr") {
+        return;
+    }
+    let dir = crate::wire::tempdir("erlang-peer");
+    build(&dir);
+    let port = port();
+    let ocs = ErlangOcs::start(&dir, port);
+    let capture = capture(&dir, &[port]);
+    let cfg = client_config(
+        "as1.test.localdomain",
+        &[("ocs.localdomain", ([127, 0, 0, 1], port).into(), 1)],
+        Duration::from_secs(1),
+    );
+    let (node, _) = DiameterNode::start(cfg).await.unwrap();
+    let st = wait_for(&node, Duration::from_secs(10), "CER/CEA with Erlang", |s| open(s, 0)).await;
+    assert_eq!(st.peers[0].identity.as_deref(), Some("ocs.localdomain"), "{}", ocs.log());
+    let st = wait_for(&node, Duration::from_secs(10), "DWAs from Erlang", |s| {
+        s.peers[0].metrics.messages_in.get("DWA").is_some_and(|&n| n >= 2)
+    })
+    .await;
+    assert!(st.peers[0].available, "{st:#?}");
+    let fin = node.stop(DisconnectCause::Rebooting).await.unwrap();
+    assert_eq!(fin.peers[0].metrics.messages_out.get("DPR"), Some(&1));
+    assert_eq!(fin.peers[0].metrics.messages_in.get("DPA"), Some(&1), "Erlang answered our DPR: {fin:#?}");
+    drop(ocs);
+    clean(capture, 6);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A finished capture: every frame decoded clean in tshark, and at least `frames` Diameter messages.
+fn clean(capture: Option<charging_ra::wirecheck::Capture>, frames: usize) {
     if let Some(c) = capture {
         let v = c.finish().unwrap();
         assert!(v.problems.is_empty(), "tshark found problems in the capture:\n{}", v.problems.join("\n"));
-        assert!(v.diameter_frames >= 10, "the capture holds the exchange ({} frames)", v.diameter_frames);
+        assert!(v.diameter_frames >= frames, "the capture holds the exchange ({} frames)", v.diameter_frames);
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
