@@ -946,10 +946,14 @@ impl CcSession {
                 self.end(now);
             }
             // Transient (4xxx), protocol (3xxx) and permanent (5xxx) failures: CCFH decides (RFC 4006 §7). A
-            // permanent failure is the server refusing the request (5001 with a Failed-AVP, 5031 rating failed):
-            // a session it ends reports that Result-Code. Transient and protocol failures are credit control
-            // failing, as when no answer comes.
-            rc => self.failure_by_ccfh(now, format!("{rc} from the server"), rc.is_permanent().then_some(rc)),
+            // permanent failure the server sent is its refusal of the request (5001 with a Failed-AVP, 5031 rating
+            // failed): a session it ends reports that Result-Code. Transient and protocol failures are credit
+            // control failing, as when no answer comes, and so is an answer without a Result-Code (read as 5012
+            // above, which the server did not say).
+            rc => {
+                let refused = a.result_code().filter(|r| r.is_permanent());
+                self.failure_by_ccfh(now, format!("{rc} from the server"), refused)
+            }
         }
     }
 

@@ -283,6 +283,16 @@ fn failures_and_failure_codes_follow_the_client_table() {
             assert_eq!(reported, Some(refused.then_some(ResultCode(rc))), "{rc} {ccfh:?}: {ev:?}");
         }
     }
+    // An answer without a Result-Code fails like a 5012 under CCFH, but the server did not say 5012: none is
+    // reported.
+    let mut h = H::new(Ccfh::Terminate);
+    h.s.start(h.now, &[(Some(10), Units::default())], None);
+    let i = h.one_request();
+    let mut a = cca(&i, 2001, &[]);
+    a.avps.retain(|x| !x.is(code::RESULT_CODE, 0));
+    h.s.handle_answer(h.now, &a);
+    let ev = h.drain().1;
+    assert!(ev.iter().any(|e| matches!(e, CcEvent::Terminate { result_code: None, .. })), "{ev:?}");
     // A 3GPP server's Experimental-Result reads the same way.
     let mut h = H::new(Ccfh::Continue);
     h.s.start(h.now, &[(Some(10), Units::default())], None);
