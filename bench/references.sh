@@ -8,18 +8,21 @@
 #     granted quota, 100 outstanding on one connection for 10 s; once with the VM's defaults (a scheduler per CPU)
 #     and once with `+S 1` (one scheduler per VM, as our simulator and load each use one thread);
 #   - the Erlang client against our OCS simulator (the VM's defaults): the two stacks interoperating at full rate;
+#   - our client (examples/ocs_load.rs) against the Erlang server: the two OCSes driven by the same client;
 #   - our pair on the same shape: the OCS simulator and the built-in client (examples/ocs_load.rs, 100 sessions
 #     each with one CCR-U outstanding on one connection, 10 s);
 #   - `charging-ra load` through the whole engine (100 sessions outstanding, CCR-I + 3 CCR-U + CCR-T each), once
 #     per replication mode in MODES (default "off memory sqlite").
 # RUNS rounds (default 3). Needs:
-#   apt-get install freediameterd libfreediameter-dev bison flex gcc openssl curl erlang-base erlang-diameter erlang-dev
-# Debian does not package test_app, so the script builds it once from the Debian source of the installed
-# freeDiameter (deb.debian.org), against libfreediameter-dev, into target/bench-references/.
+#   apt-get install freediameterd freediameter-extensions libfreediameter-dev bison flex gcc openssl curl \
+#     erlang-base erlang-diameter erlang-dev
+# Debian does not package test_app, so the script builds it once from the upstream source tarball Debian ships for
+# the installed freeDiameter (its .orig.tar.gz on deb.debian.org, without Debian's patches, which do not touch
+# test_app), against libfreediameter-dev, into target/bench-references/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${RUNS:-3}
-port=${PORT:-39890}
+port=${PORT:-39930}
 work=target/bench-references
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
@@ -28,6 +31,8 @@ for tool in freeDiameterd bison flex gcc openssl curl erl erlc diameterc; do
   command -v "$tool" >/dev/null || { echo "bench/references.sh needs $tool (see the header)" >&2; exit 1; }
 done
 [ -f /usr/include/freeDiameter/extension.h ] || { echo "bench/references.sh needs libfreediameter-dev" >&2; exit 1; }
+acl_wl=/usr/lib/freeDiameter/acl_wl.fdx
+[ -f $acl_wl ] || { echo "bench/references.sh needs freediameter-extensions ($acl_wl)" >&2; exit 1; }
 
 # test_app.fdx, built from the source of the freeDiameter version installed (its extensions must match the daemon).
 version=$(dpkg-query -W -f '${Version}' freediameterd)
@@ -65,7 +70,7 @@ EOF
   if [ -z "${4:-}" ]; then
     # The server accepts the client without TLS.
     echo "ALLOW_IPSEC client.bench.localdomain" >"$work/acl_wl.conf"
-    echo "LoadExtension = \"/usr/lib/freeDiameter/acl_wl.fdx\" : \"$work/acl_wl.conf\";" >>"$work/$1.conf"
+    echo "LoadExtension = \"$acl_wl\" : \"$work/acl_wl.conf\";" >>"$work/$1.conf"
   else
     echo "ConnectPeer = \"server.bench.localdomain\" { ConnectTo = \"127.0.0.1\"; Port = $4; No_TLS; };" \
       >>"$work/$1.conf"
@@ -85,6 +90,15 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 throughput() { sed -n 's/^throughput: \([0-9]*\) tx\/s/\1/p'; }
 
+listening() { # port: waits up to 10 s for something to accept on it
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2
+  exit 1
+}
+
 # Each run sets `result`: run in the script's own shell, so that the trap stops what a failing run started.
 freediameter_pair() { # the answers over the 10 s of sending, and test_app's own figure and error count
   pids=()
@@ -99,7 +113,7 @@ freediameter_pair() { # the answers over the 10 s of sending, and test_app's own
     sleep 0.1
   done
   if ! grep -q "'STATE_OPEN'" "$work/client.log"; then
-    echo "the freeDiameter pair did not connect: $work/client.log" >&2
+    echo "the freeDiameter pair did not connect: see $work/client.log and $work/server.log" >&2
     exit 1
   fi
   kill -USR1 "$client"
@@ -107,6 +121,10 @@ freediameter_pair() { # the answers over the 10 s of sending, and test_app's own
     grep -q "Test Complete" "$work/client.log" && break
     sleep 0.1
   done
+  if ! grep -q "Test Complete" "$work/client.log"; then
+    echo "test_app's benchmark did not complete: $work/client.log" >&2
+    exit 1
+  fi
   # test_app divides the answers by the sending time plus the second it waits for the last ones; the answers over
   # the 10 s of sending are the figure comparable to ours.
   local t a e
@@ -119,12 +137,14 @@ freediameter_pair() { # the answers over the 10 s of sending, and test_app's own
   result="$((a / 10)) ($t by test_app's count; $e errors)"
 }
 
+
 erlang_pair() { # erl flags (one word, may be empty)
   erl $1 -noshell -pa "$work" -run cc_bench server $((port + 4)) >"$work/erlang-server.log" 2>&1 &
   pids=($!)
-  sleep 1.5
+  listening $((port + 4))
   local out
-  out=$(erl $1 -noshell -pa "$work" -run cc_bench client $((port + 4)) 100 10 2>&1)
+  # A crashing client's output is kept for the message below.
+  out=$(erl $1 -noshell -pa "$work" -run cc_bench client $((port + 4)) 100 10 2>&1) || true
   cleanup
   pids=()
   grep -q ", 0 not 2001$" <<<"$out" || { echo "the Erlang pair failed: $out" >&2; exit 1; }
@@ -134,38 +154,57 @@ erlang_pair() { # erl flags (one word, may be empty)
 erlang_client_ours() { # the Erlang client against our simulator: an interoperability check at full rate too
   ./target/release/charging-ra ocs-sim --listen 127.0.0.1:$((port + 5)) >/dev/null 2>&1 &
   pids=($!)
-  sleep 0.5
+  listening $((port + 5))
   local out
-  out=$(erl -noshell -pa "$work" -run cc_bench client $((port + 5)) 100 10 2>&1)
+  out=$(erl -noshell -pa "$work" -run cc_bench client $((port + 5)) 100 10 2>&1) || true
   cleanup
   pids=()
   grep -q ", 0 not 2001$" <<<"$out" || { echo "the Erlang client against the simulator failed: $out" >&2; exit 1; }
   result=$(throughput <<<"$out")
 }
 
+ocs_load_erlang() { # our client against the Erlang server: the two OCSes driven by the same client
+  erl -noshell -pa "$work" -run cc_bench server $((port + 4)) >"$work/erlang-server.log" 2>&1 &
+  pids=($!)
+  listening $((port + 4))
+  local out
+  out=$(./target/release/examples/ocs_load --ocs 127.0.0.1:$((port + 4)) --sessions 100 --duration 10 2>&1) || true
+  cleanup
+  pids=()
+  grep -q ", 0 not 2001$" <<<"$out" || { echo "ocs_load against the Erlang server failed: $out" >&2; exit 1; }
+  result=$(throughput <<<"$out")
+}
+
 ours_pair() {
   ./target/release/charging-ra ocs-sim --listen 127.0.0.1:$((port + 2)) >/dev/null 2>&1 &
   pids=($!)
-  sleep 0.5
-  result=$(./target/release/examples/ocs_load --ocs 127.0.0.1:$((port + 2)) --sessions 100 --duration 10 | throughput)
+  listening $((port + 2))
+  local out
+  out=$(./target/release/examples/ocs_load --ocs 127.0.0.1:$((port + 2)) --sessions 100 --duration 10 2>&1) || true
   cleanup
   pids=()
+  grep -q ", 0 not 2001$" <<<"$out" || { echo "ocs_load against the simulator failed: $out" >&2; exit 1; }
+  result=$(throughput <<<"$out")
 }
 
 ours_engine() { # replication mode
   ./target/release/charging-ra ocs-sim --listen 127.0.0.1:$((port + 3)) >/dev/null 2>&1 &
   pids=($!)
-  sleep 0.5
-  result=$(./target/release/charging-ra load --ocs 127.0.0.1:$((port + 3)) --sessions 40000 --concurrency 100 \
-    --updates 3 --replication "$1" --threads 1 2>&1 | throughput)
+  listening $((port + 3))
+  local out
+  out=$(./target/release/charging-ra load --ocs 127.0.0.1:$((port + 3)) --sessions 40000 --concurrency 100 \
+    --updates 3 --replication "$1" --threads 1 2>&1) || true
   cleanup
   pids=()
+  grep -q "^results: 2001: 200000$" <<<"$out" || { echo "load --replication $1 failed: $out" >&2; exit 1; }
+  result=$(throughput <<<"$out")
 }
 
 modes=${MODES:-off memory sqlite}
 header="| run | freeDiameter test_app pair, answers/s over 10 s | Erlang/OTP diameter pair, tx/s | the same, +S 1 |"
-header+=" Erlang client + charging-ra simulator, tx/s | charging-ra simulator + ocs_load, tx/s |"
-rule="|---|---|---|---|---|---|"
+header+=" Erlang client + charging-ra simulator, tx/s | ocs_load + Erlang server, tx/s |"
+header+=" charging-ra simulator + ocs_load, tx/s |"
+rule="|---|---|---|---|---|---|---|"
 for m in $modes; do
   header+=" charging-ra load, replication $m, tx/s |"
   rule+="---|"
@@ -180,6 +219,8 @@ for r in $(seq "$runs"); do
   erlang_pair "+S 1"
   row+=" $result |"
   erlang_client_ours
+  row+=" $result |"
+  ocs_load_erlang
   row+=" $result |"
   ours_pair
   row+=" $result |"
