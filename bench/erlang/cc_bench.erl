@@ -38,6 +38,11 @@ transport(Kind, Port) ->
                            end}].
 
 server([Port]) ->
+    server([Port, "answer"]);
+%% "reauth": also re-authorizes each session after its CCR-I (RAR) and aborts it after its second CCR-U (ASR),
+%% printing every CCR and the answers to its own requests (tests/it/erlang.rs).
+server([Port, Mode]) ->
+    persistent_term:put(cc_bench_mode, Mode),
     ok = diameter:start(),
     ok = diameter:start_service(server, service("ocs")),
     {ok, _} = diameter:add_transport(server, {listen, transport(listen, list_to_integer(Port))}),
@@ -118,6 +123,7 @@ handle_error(Reason, _Request, _Svc, _Peer) -> {error, Reason}.
 handle_request(#diameter_packet{msg = ['CCR' | Req], errors = Errors}, _Svc, _Peer) ->
     Errors == [] orelse report(Errors),
     #{'Session-Id' := Sid, 'CC-Request-Type' := Type, 'CC-Request-Number' := Number} = Req,
+    persistent_term:get(cc_bench_mode, "answer") == "reauth" andalso reauth(Req),
     {reply, ['CCA',
              {'Session-Id', Sid},
              {'Result-Code', 2001},
@@ -138,4 +144,27 @@ report(Errors) ->
         false ->
             persistent_term:put(cc_bench_reported, true),
             io:format("decode errors: ~p~n", [Errors])
+    end.
+
+%% In "reauth" mode: after a CCR-I, a RAR (RFC 4006 §5.5: the client answers and sends a CCR-U); after the second
+%% CCR-U, an ASR (§5.6: the client answers and ends the session with a CCR-T). Sent from a process of their own,
+%% once this CCR's answer has gone.
+reauth(#{'Session-Id' := Sid, 'CC-Request-Type' := Type, 'CC-Request-Number' := Number,
+         'Origin-Host' := Host, 'Origin-Realm' := Realm}) ->
+    io:format("CCR ~b ~b~n", [Type, Number]),
+    Common = [{'Session-Id', Sid}, {'Origin-Host', "ocs.localdomain"}, {'Origin-Realm', "localdomain"},
+              {'Destination-Realm', Realm}, {'Destination-Host', Host}, {'Auth-Application-Id', ?CC_APP}],
+    Ask = fun(Name, Msg) ->
+                  spawn(fun() ->
+                                timer:sleep(50),
+                                case diameter:call(server, cc, Msg, []) of
+                                    {ok, [_ | #{'Result-Code' := RC}]} -> io:format("~s answered ~b~n", [Name, RC]);
+                                    Other -> io:format("~s failed: ~p~n", [Name, Other])
+                                end
+                        end)
+          end,
+    case {Type, Number} of
+        {1, _} -> Ask("RAR", ['RAR', {'Re-Auth-Request-Type', 0} | Common]);
+        {2, 2} -> Ask("ASR", ['ASR' | Common]);
+        _ -> ok
     end.

@@ -2,8 +2,9 @@
 //! independent Diameter stack with a strict dictionary-driven decoder, using bench/erlang/ (the credit-control
 //! dictionary and the module that serves both ends of bench/references.sh): its client against our OCS simulator;
 //! our engine against its server, whose decoder reports any AVP our requests carry outside RFC 4006 and TS 32.299's
-//! grammar; and the base protocol with it (CER/CEA, DWR/DWA, DPR/DPA). Every run is captured with tshark. Skipped,
-//! saying so, where Erlang is not installed; CI installs it. `cargo test erlang` selects them.
+//! grammar, and which also sends RAR and ASR; and the base protocol with it (CER/CEA, DWR/DWA, DPR/DPA). Every run
+//! is captured with tshark. Skipped, saying so, where Erlang is not installed; CI installs it. `cargo test erlang`
+//! selects them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use charging_ra::api::{App, AppSettings, Engine, EngineConfig};
-use charging_ra::cc::{CcState, Ccfh};
+use charging_ra::cc::{CcEvent, CcState, Ccfh};
 use charging_ra::codec::AppId;
 use charging_ra::node::DiameterNode;
 use charging_ra::ocs::server::{OcsServer, OcsServerConfig};
@@ -29,7 +30,7 @@ fn available(test: &str) -> bool {
     if !ok {
         crate::skip(
             test,
-            "Erlang/OTP diameter not installed (apt-get install erlang-base erlang-diameter erlang-dev); CI installs it",
+            "Erlang/OTP diameter not installed (apt-get install erlang-base erlang-diameter erlang-dev); CI has it",
         );
     }
     ok
@@ -57,13 +58,14 @@ struct ErlangOcs {
 }
 
 impl ErlangOcs {
-    fn start(dir: &Path, port: u16) -> ErlangOcs {
+    /// `mode`: "answer" (CCA only) or "reauth" (also RAR and ASR: bench/erlang/cc_bench.erl).
+    fn start(dir: &Path, port: u16, mode: &str) -> ErlangOcs {
         let log = dir.join("erlang-ocs.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new("erl")
             .args(["-noshell", "-pa"])
             .arg(dir)
-            .args(["-run", "cc_bench", "server", &port.to_string()])
+            .args(["-run", "cc_bench", "server", &port.to_string(), mode])
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(Stdio::null())
@@ -82,6 +84,34 @@ impl ErlangOcs {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits up to 5 s for `line` in what the server printed.
+    async fn printed(&self, line: &str) {
+        let end = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !self.log().lines().any(|l| l == line) {
+            assert!(tokio::time::Instant::now() < end, "the Erlang OCS never printed {line:?}:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Our engine, open with the Erlang OCS on `port`.
+async fn engine_against(port: u16, ocs: &ErlangOcs) -> Engine {
+    let mut node = client_config(
+        "as1.test.localdomain",
+        &[("ocs.localdomain", ([127, 0, 0, 1], port).into(), 1)],
+        Duration::from_secs(6),
+    );
+    node.router.local.applications = vec![Application::Auth(AppId::CREDIT_CONTROL)];
+    let mut ro = AppSettings::new(OCS_REALM);
+    ro.ccfh = Ccfh::Terminate;
+    let e = Engine::start(EngineConfig::new(node, ro, AppSettings::new(OCS_REALM))).await.unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !e.node_status().await.is_some_and(|s| open(&s, 0)) {
+        assert!(tokio::time::Instant::now() < end, "no CER/CEA with Erlang: {}", ocs.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    e
 }
 
 impl Drop for ErlangOcs {
@@ -141,22 +171,9 @@ async fn the_engine_charges_against_an_erlang_diameter_ocs() {
     let dir = crate::wire::tempdir("erlang-ocs");
     build(&dir);
     let port = port();
-    let ocs = ErlangOcs::start(&dir, port);
+    let ocs = ErlangOcs::start(&dir, port, "answer");
     let capture = capture(&dir, &[port]);
-    let mut node = client_config(
-        "as1.test.localdomain",
-        &[("ocs.localdomain", ([127, 0, 0, 1], port).into(), 1)],
-        Duration::from_secs(6),
-    );
-    node.router.local.applications = vec![Application::Auth(AppId::CREDIT_CONTROL)];
-    let mut ro = AppSettings::new(OCS_REALM);
-    ro.ccfh = Ccfh::Terminate;
-    let e = Engine::start(EngineConfig::new(node, ro, AppSettings::new(OCS_REALM))).await.unwrap();
-    let end = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !e.node_status().await.is_some_and(|s| open(&s, 0)) {
-        assert!(tokio::time::Instant::now() < end, "no CER/CEA with Erlang: {}", ocs.log());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let e = engine_against(port, &ocs).await;
     let o = e.open_session(App::Ro, msisdn("46701"), None, vec![rg(10)]).await;
     let o = o.unwrap_or_else(|err| panic!("CCR-I: {err}\n{}", ocs.log()));
     assert_eq!((o.result_code, o.state), (Some(2001), CcState::Open), "{}", ocs.log());
@@ -177,6 +194,44 @@ async fn the_engine_charges_against_an_erlang_diameter_ocs() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Erlang's server asks for re-authorization after the CCR-I (RAR) and aborts the session after the second CCR-U
+/// (ASR): the engine answers both with 2001, sends the CCR-U the RAR asks for (RFC 4006 §5.5) and tells the service,
+/// and ends the session with a CCR-T after the ASR (§5.6).
+#[tokio::test]
+async fn the_engine_answers_an_erlang_ocs_rar_and_asr() {
+    if !available("the_engine_answers_an_erlang_ocs_rar_and_asr") {
+        return;
+    }
+    let dir = crate::wire::tempdir("erlang-reauth");
+    build(&dir);
+    let port = port();
+    let ocs = ErlangOcs::start(&dir, port, "reauth");
+    let capture = capture(&dir, &[port]);
+    let e = engine_against(port, &ocs).await;
+    let mut events = e.events().await.unwrap();
+    let o = e.open_session(App::Ro, msisdn("46702"), None, vec![rg(10)]).await;
+    let sid = o.unwrap_or_else(|err| panic!("CCR-I: {err}\n{}", ocs.log())).session_id;
+    ocs.printed("RAR answered 2001").await;
+    ocs.printed("CCR 2 1").await;
+    let ev = tokio::time::timeout(Duration::from_secs(2), events.recv()).await.unwrap().unwrap();
+    assert_eq!((ev.session_id.as_str(), ev.event), (sid.as_str(), CcEvent::ReAuthRequested));
+    let u = e.update(&sid, vec![used(10, 30)], vec![], None).await;
+    assert_eq!(u.unwrap_or_else(|err| panic!("CCR-U: {err}\n{}", ocs.log())).result_code, Some(2001));
+    ocs.printed("ASR answered 2001").await;
+    ocs.printed("CCR 3 3").await;
+    let end = tokio::time::Instant::now() + Duration::from_secs(3);
+    while e.session(&sid).await.is_some() {
+        assert!(tokio::time::Instant::now() < end, "the session did not end after the ASR:\n{}", ocs.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    e.stop().await;
+    let log = ocs.log();
+    assert!(!log.contains("decode errors"), "Erlang's decoder objected to our messages:\n{log}");
+    drop(ocs);
+    clean(capture, 14);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The base protocol with Erlang's stack: CER/CEA, our DWRs answered (Tw 1 s here, below RFC 3539's floor of 6 s
 /// to keep the test short), and DPR/DPA when we leave.
 #[tokio::test]
@@ -187,7 +242,7 @@ async fn erlang_diameter_peer_cer_dwr_and_dpr() {
     let dir = crate::wire::tempdir("erlang-peer");
     build(&dir);
     let port = port();
-    let ocs = ErlangOcs::start(&dir, port);
+    let ocs = ErlangOcs::start(&dir, port, "answer");
     let capture = capture(&dir, &[port]);
     let cfg = client_config(
         "as1.test.localdomain",
