@@ -147,8 +147,8 @@ report(Errors) ->
     end.
 
 %% In "reauth" mode: after a CCR-I, a RAR (RFC 4006 §5.5: the client answers and sends a CCR-U); after the second
-%% CCR-U, an ASR (§5.6: the client answers and ends the session with a CCR-T). Sent from a process of their own,
-%% once this CCR's answer has gone.
+%% CCR-U, an ASR (§5.6: the client answers and ends the session with a CCR-T) and a RAR for an unknown session.
+%% Sent from processes of their own, once this CCR's answer has gone.
 reauth(#{'Session-Id' := Sid, 'CC-Request-Type' := Type, 'CC-Request-Number' := Number,
          'Origin-Host' := Host, 'Origin-Realm' := Realm}) ->
     io:format("CCR ~b ~b~n", [Type, Number]),
@@ -165,6 +165,10 @@ reauth(#{'Session-Id' := Sid, 'CC-Request-Type' := Type, 'CC-Request-Number' := 
           end,
     case {Type, Number} of
         {1, _} -> Ask("RAR", ['RAR', {'Re-Auth-Request-Type', 0} | Common]);
-        {2, 2} -> Ask("ASR", ['ASR' | Common]);
+        {2, 2} ->
+            Ask("ASR", ['ASR' | Common]),
+            %% And a RAR for a session the client never had (RFC 6733 §8.3: 5002 DIAMETER_UNKNOWN_SESSION_ID).
+            Unknown = lists:keyreplace('Session-Id', 1, Common, {'Session-Id', Sid ++ ".unknown"}),
+            Ask("unknown RAR", ['RAR', {'Re-Auth-Request-Type', 0} | Unknown]);
         _ -> ok
     end.

@@ -196,7 +196,7 @@ async fn the_engine_charges_against_an_erlang_diameter_ocs() {
 
 /// Erlang's server asks for re-authorization after the CCR-I (RAR) and aborts the session after the second CCR-U
 /// (ASR): the engine answers both with 2001, sends the CCR-U the RAR asks for (RFC 4006 §5.5) and tells the service,
-/// and ends the session with a CCR-T after the ASR (§5.6).
+/// and ends the session with a CCR-T after the ASR (§5.6). A RAR for an unknown session gets 5002.
 #[tokio::test]
 async fn the_engine_answers_an_erlang_ocs_rar_and_asr() {
     if !available("the_engine_answers_an_erlang_ocs_rar_and_asr") {
@@ -219,6 +219,8 @@ async fn the_engine_answers_an_erlang_ocs_rar_and_asr() {
     assert_eq!(u.unwrap_or_else(|err| panic!("CCR-U: {err}\n{}", ocs.log())).result_code, Some(2001));
     ocs.printed("ASR answered 2001").await;
     ocs.printed("CCR 3 3").await;
+    // A RAR for a session the engine never had: 5002, in an RAA Erlang reads (RFC 6733 §8.3).
+    ocs.printed("unknown RAR answered 5002").await;
     let end = tokio::time::Instant::now() + Duration::from_secs(3);
     while e.session(&sid).await.is_some() {
         assert!(tokio::time::Instant::now() < end, "the session did not end after the ASR:\n{}", ocs.log());
