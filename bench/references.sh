@@ -138,66 +138,49 @@ freediameter_pair() { # the answers over the 10 s of sending, and test_app's own
 }
 
 
-erlang_pair() { # erl flags (one word, may be empty)
-  erl $1 -noshell -pa "$work" -run cc_bench server $((port + 4)) >"$work/erlang-server.log" 2>&1 &
+# One pair: a server started on `port`, a client run against it, the server stopped. `result` gets the client's
+# throughput; a client whose output lacks `check` (every answer a 2001) stops the script with that output, kept even
+# when the client crashes. The commands are split into words (no path here has spaces).
+pair() { # label port server-command client-command check
+  $3 >"$work/server-$2.log" 2>&1 &
   pids=($!)
-  listening $((port + 4))
+  listening "$2"
   local out
-  # A crashing client's output is kept for the message below.
-  out=$(erl $1 -noshell -pa "$work" -run cc_bench client $((port + 4)) 100 10 2>&1) || true
+  out=$($4 2>&1) || true
   cleanup
   pids=()
-  grep -q ", 0 not 2001$" <<<"$out" || { echo "the Erlang pair failed: $out" >&2; exit 1; }
+  grep -q "$5" <<<"$out" || { echo "$1 failed: $out" >&2; exit 1; }
   result=$(throughput <<<"$out")
+}
+
+sim="./target/release/charging-ra ocs-sim --listen 127.0.0.1"
+erlang="-noshell -pa $work -run cc_bench"
+ocs_load="./target/release/examples/ocs_load --sessions 100 --duration 10 --ocs 127.0.0.1"
+all_2001=", 0 not 2001$"
+
+erlang_pair() { # erl flags (may be empty)
+  pair "the Erlang pair" $((port + 4)) "erl $1 $erlang server $((port + 4))" \
+    "erl $1 $erlang client $((port + 4)) 100 10" "$all_2001"
 }
 
 erlang_client_ours() { # the Erlang client against our simulator: an interoperability check at full rate too
-  ./target/release/charging-ra ocs-sim --listen 127.0.0.1:$((port + 5)) >/dev/null 2>&1 &
-  pids=($!)
-  listening $((port + 5))
-  local out
-  out=$(erl -noshell -pa "$work" -run cc_bench client $((port + 5)) 100 10 2>&1) || true
-  cleanup
-  pids=()
-  grep -q ", 0 not 2001$" <<<"$out" || { echo "the Erlang client against the simulator failed: $out" >&2; exit 1; }
-  result=$(throughput <<<"$out")
+  pair "the Erlang client against the simulator" $((port + 5)) "$sim:$((port + 5))" \
+    "erl $erlang client $((port + 5)) 100 10" "$all_2001"
 }
 
 ocs_load_erlang() { # our client against the Erlang server: the two OCSes driven by the same client
-  erl -noshell -pa "$work" -run cc_bench server $((port + 4)) >"$work/erlang-server.log" 2>&1 &
-  pids=($!)
-  listening $((port + 4))
-  local out
-  out=$(./target/release/examples/ocs_load --ocs 127.0.0.1:$((port + 4)) --sessions 100 --duration 10 2>&1) || true
-  cleanup
-  pids=()
-  grep -q ", 0 not 2001$" <<<"$out" || { echo "ocs_load against the Erlang server failed: $out" >&2; exit 1; }
-  result=$(throughput <<<"$out")
+  pair "ocs_load against the Erlang server" $((port + 4)) "erl $erlang server $((port + 4))" \
+    "$ocs_load:$((port + 4))" "$all_2001"
 }
 
 ours_pair() {
-  ./target/release/charging-ra ocs-sim --listen 127.0.0.1:$((port + 2)) >/dev/null 2>&1 &
-  pids=($!)
-  listening $((port + 2))
-  local out
-  out=$(./target/release/examples/ocs_load --ocs 127.0.0.1:$((port + 2)) --sessions 100 --duration 10 2>&1) || true
-  cleanup
-  pids=()
-  grep -q ", 0 not 2001$" <<<"$out" || { echo "ocs_load against the simulator failed: $out" >&2; exit 1; }
-  result=$(throughput <<<"$out")
+  pair "ocs_load against the simulator" $((port + 2)) "$sim:$((port + 2))" "$ocs_load:$((port + 2))" "$all_2001"
 }
 
 ours_engine() { # replication mode
-  ./target/release/charging-ra ocs-sim --listen 127.0.0.1:$((port + 3)) >/dev/null 2>&1 &
-  pids=($!)
-  listening $((port + 3))
-  local out
-  out=$(./target/release/charging-ra load --ocs 127.0.0.1:$((port + 3)) --sessions 40000 --concurrency 100 \
-    --updates 3 --replication "$1" --threads 1 2>&1) || true
-  cleanup
-  pids=()
-  grep -q "^results: 2001: 200000$" <<<"$out" || { echo "load --replication $1 failed: $out" >&2; exit 1; }
-  result=$(throughput <<<"$out")
+  pair "load --replication $1" $((port + 3)) "$sim:$((port + 3))" \
+    "./target/release/charging-ra load --ocs 127.0.0.1:$((port + 3)) --sessions 40000 --concurrency 100 \
+    --updates 3 --replication $1 --threads 1" "^results: 2001: 200000$"
 }
 
 modes=${MODES:-off memory sqlite}

@@ -19,7 +19,7 @@ use charging_ra::ocs::server::{OcsServer, OcsServerConfig};
 use charging_ra::peer::{Application, DisconnectCause};
 
 use crate::engine::{msisdn, rg, used};
-use crate::freediameter::capture;
+use crate::freediameter::{capture, free_port};
 use crate::stack::{OCS_REALM, client_config, open, wait_for};
 
 fn available(test: &str) -> bool {
@@ -45,10 +45,6 @@ fn build(dir: &Path) {
     };
     run(Command::new("diameterc").arg("-o").arg(dir).arg(src.join("cc_bench_dict.dia")));
     run(Command::new("erlc").arg("-o").arg(dir).arg(dir.join("cc_bench_dict.erl")).arg(src.join("cc_bench.erl")));
-}
-
-fn port() -> u16 {
-    charging_ra::demo::free_port().unwrap()
 }
 
 /// An Erlang VM running bench/erlang's credit-control server, killed when dropped; what it prints goes to `log`.
@@ -121,6 +117,39 @@ impl Drop for ErlangOcs {
     }
 }
 
+/// A test against Erlang's server: its directory, the server on `port` and the capture of that port.
+struct Run {
+    dir: PathBuf,
+    port: u16,
+    ocs: ErlangOcs,
+    capture: Option<charging_ra::wirecheck::Capture>,
+}
+
+impl Run {
+    /// `None` (the test skipped, saying so) where Erlang is not installed.
+    fn start(test: &str, mode: &str) -> Option<Run> {
+        if !available(test) {
+            return None;
+        }
+        let dir = crate::wire::tempdir(test);
+        build(&dir);
+        let port = free_port();
+        let ocs = ErlangOcs::start(&dir, port, mode);
+        let capture = capture(&dir, &[port]);
+        Some(Run { dir, port, ocs, capture })
+    }
+
+    /// The end of the test: Erlang's decoder found nothing wrong in what we sent, and the capture of the exchange
+    /// (at least `frames` Diameter messages) decoded clean in tshark.
+    fn finish(self, frames: usize) {
+        let log = self.ocs.log();
+        assert!(!log.contains("decode errors"), "Erlang's decoder objected to our messages:\n{log}");
+        drop(self.ocs);
+        clean(self.capture, frames);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Erlang's client sends CCR-I then CCR-Us, ten sessions at a time for a second, to the simulator: every answer
 /// decodes in Erlang's `diameter` (an answer with an AVP it cannot place would be discarded and the call fail) and
 /// is a 2001, and every frame of the run decodes clean in tshark.
@@ -131,7 +160,7 @@ async fn the_erlang_diameter_client_is_answered_by_the_ocs_simulator() {
     }
     let dir = crate::wire::tempdir("erlang-client");
     build(&dir);
-    let port = port();
+    let port = free_port();
     // The identities bench/erlang's client expects of the simulator.
     let cfg = OcsServerConfig::new(SocketAddr::from(([127, 0, 0, 1], port)), "ocs.localdomain", "localdomain");
     let sim = OcsServer::start(cfg).await.unwrap();
@@ -165,15 +194,9 @@ async fn the_erlang_diameter_client_is_answered_by_the_ocs_simulator() {
 /// would also turn the answer into a 5001 with a Failed-AVP, which the engine reports as the server's refusal).
 #[tokio::test]
 async fn the_engine_charges_against_an_erlang_diameter_ocs() {
-    if !available("the_engine_charges_against_an_erlang_diameter_ocs") {
-        return;
-    }
-    let dir = crate::wire::tempdir("erlang-ocs");
-    build(&dir);
-    let port = port();
-    let ocs = ErlangOcs::start(&dir, port, "answer");
-    let capture = capture(&dir, &[port]);
-    let e = engine_against(port, &ocs).await;
+    let Some(run) = Run::start("the_engine_charges_against_an_erlang_diameter_ocs", "answer") else { return };
+    let ocs = &run.ocs;
+    let e = engine_against(run.port, ocs).await;
     let o = e.open_session(App::Ro, msisdn("46701"), None, vec![rg(10)]).await;
     let o = o.unwrap_or_else(|err| panic!("CCR-I: {err}\n{}", ocs.log()));
     assert_eq!((o.result_code, o.state), (Some(2001), CcState::Open), "{}", ocs.log());
@@ -187,11 +210,7 @@ async fn the_engine_charges_against_an_erlang_diameter_ocs() {
     let t = t.unwrap_or_else(|err| panic!("CCR-T: {err}\n{}", ocs.log()));
     assert_eq!((t.result_code, t.state), (Some(2001), CcState::Idle));
     e.stop().await;
-    let log = ocs.log();
-    assert!(!log.contains("decode errors"), "Erlang's decoder objected to our requests:\n{log}");
-    drop(ocs);
-    clean(capture, 10);
-    let _ = std::fs::remove_dir_all(&dir);
+    run.finish(10);
 }
 
 /// Erlang's server asks for re-authorization after the CCR-I (RAR) and aborts the session after the second CCR-U
@@ -199,15 +218,9 @@ async fn the_engine_charges_against_an_erlang_diameter_ocs() {
 /// and ends the session with a CCR-T after the ASR (§5.6). A RAR for an unknown session gets 5002.
 #[tokio::test]
 async fn the_engine_answers_an_erlang_ocs_rar_and_asr() {
-    if !available("the_engine_answers_an_erlang_ocs_rar_and_asr") {
-        return;
-    }
-    let dir = crate::wire::tempdir("erlang-reauth");
-    build(&dir);
-    let port = port();
-    let ocs = ErlangOcs::start(&dir, port, "reauth");
-    let capture = capture(&dir, &[port]);
-    let e = engine_against(port, &ocs).await;
+    let Some(run) = Run::start("the_engine_answers_an_erlang_ocs_rar_and_asr", "reauth") else { return };
+    let ocs = &run.ocs;
+    let e = engine_against(run.port, ocs).await;
     let mut events = e.events().await.unwrap();
     let o = e.open_session(App::Ro, msisdn("46702"), None, vec![rg(10)]).await;
     let sid = o.unwrap_or_else(|err| panic!("CCR-I: {err}\n{}", ocs.log())).session_id;
@@ -227,33 +240,22 @@ async fn the_engine_answers_an_erlang_ocs_rar_and_asr() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     e.stop().await;
-    let log = ocs.log();
-    assert!(!log.contains("decode errors"), "Erlang's decoder objected to our messages:\n{log}");
-    drop(ocs);
-    clean(capture, 14);
-    let _ = std::fs::remove_dir_all(&dir);
+    run.finish(14);
 }
 
 /// The base protocol with Erlang's stack: CER/CEA, our DWRs answered (Tw 1 s here, below RFC 3539's floor of 6 s
 /// to keep the test short), and DPR/DPA when we leave.
 #[tokio::test]
 async fn erlang_diameter_peer_cer_dwr_and_dpr() {
-    if !available("erlang_diameter_peer_cer_dwr_and_dpr") {
-        return;
-    }
-    let dir = crate::wire::tempdir("erlang-peer");
-    build(&dir);
-    let port = port();
-    let ocs = ErlangOcs::start(&dir, port, "answer");
-    let capture = capture(&dir, &[port]);
+    let Some(run) = Run::start("erlang_diameter_peer_cer_dwr_and_dpr", "answer") else { return };
     let cfg = client_config(
         "as1.test.localdomain",
-        &[("ocs.localdomain", ([127, 0, 0, 1], port).into(), 1)],
+        &[("ocs.localdomain", ([127, 0, 0, 1], run.port).into(), 1)],
         Duration::from_secs(1),
     );
     let (node, _) = DiameterNode::start(cfg).await.unwrap();
     let st = wait_for(&node, Duration::from_secs(10), "CER/CEA with Erlang", |s| open(s, 0)).await;
-    assert_eq!(st.peers[0].identity.as_deref(), Some("ocs.localdomain"), "{}", ocs.log());
+    assert_eq!(st.peers[0].identity.as_deref(), Some("ocs.localdomain"), "{}", run.ocs.log());
     let st = wait_for(&node, Duration::from_secs(10), "DWAs from Erlang", |s| {
         s.peers[0].metrics.messages_in.get("DWA").is_some_and(|&n| n >= 2)
     })
@@ -262,9 +264,7 @@ async fn erlang_diameter_peer_cer_dwr_and_dpr() {
     let fin = node.stop(DisconnectCause::Rebooting).await.unwrap();
     assert_eq!(fin.peers[0].metrics.messages_out.get("DPR"), Some(&1));
     assert_eq!(fin.peers[0].metrics.messages_in.get("DPA"), Some(&1), "Erlang answered our DPR: {fin:#?}");
-    drop(ocs);
-    clean(capture, 6);
-    let _ = std::fs::remove_dir_all(&dir);
+    run.finish(6);
 }
 
 /// A finished capture: every frame decoded clean in tshark, and at least `frames` Diameter messages.

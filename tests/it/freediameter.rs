@@ -28,7 +28,7 @@ struct FreeDiameter {
 
 /// A port below the kernel's ephemeral range, which no outgoing connection of the busy test run can take between
 /// now and the listener's start (`demo::free_port`).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     charging_ra::demo::free_port().unwrap()
 }
 
